@@ -1,0 +1,44 @@
+"""audiotune: fine-tune, evaluate, run and serve audio-text-to-text models.
+
+Importing the package registers the ``audio-text-to-text`` task with transformers' ``pipeline()``.
+Every CLI command is also a function here.
+"""
+
+from __future__ import annotations
+
+from .config import TrainConfig
+from .errors import (AudioDecodeError, AudioTooLongError, AudiotuneError, CheckpointError, ConfigError,
+                     DatasetSchemaError, ModelFamilyError)
+from .pipeline import register as _register_pipeline
+
+_register_pipeline()
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # Heavy submodules load on first use so that `import audiotune` stays quick.
+    lazy = {
+        "finetune": ("train", "train"),
+        "generate_answers": ("generate", "generate"),
+        "GenerationSettings": ("generate", "GenerationSettings"),
+        "examples_from_audio": ("generate", "examples_from_audio"),
+        "merge_adapter": ("merge", "merge_adapter"),
+        "load_model": ("models.loading", "load_model"),
+        "load_processor": ("models.loading", "load_processor"),
+        "build_tiny": ("models.tiny", "build_tiny"),
+        "write_synthetic_audiocaps": ("data.synthetic", "write_synthetic_audiocaps"),
+        "load_audio": ("audio", "load_audio"),
+        "evaluate_model": ("evaluate", "evaluate_model"),
+        "run_demo": ("demo", "run_demo"),
+    }
+    if name in lazy:
+        import importlib
+
+        module, attribute = lazy[name]
+        return getattr(importlib.import_module(f".{module}", __name__), attribute)
+    raise AttributeError(f"module 'audiotune' has no attribute {name!r}")
+
+
+__all__ = ["TrainConfig", "AudiotuneError", "AudioDecodeError", "AudioTooLongError", "CheckpointError", "ConfigError",
+           "DatasetSchemaError", "ModelFamilyError", "__version__"]

@@ -1,0 +1,178 @@
+"""Decode any audio item to a mono float32 waveform at the model family's rate, or say why not.
+
+Why our own decoder rather than ``datasets``' ``Audio(sampling_rate=...)`` cast: we need to name the
+row when a file is corrupt (``datasets`` raises deep inside its iterator and the run dies), to apply
+a policy to long audio instead of the processor's silent truncation, and soundfile + soxr decode and
+resample WAV/FLAC faster than the generic ffmpeg path. ffmpeg (through torchcodec) remains the
+fallback for containers soundfile cannot read (m4a, opus, webm, ...).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from .errors import AudioDecodeError, AudioTooLongError
+
+logger = logging.getLogger(__name__)
+
+
+class LongAudioPolicy(str, Enum):
+    """What to do with audio longer than the model accepts.
+
+    ``window``: pass up to the family's maximum (AF3: 10 min, processed in 30 s windows), cut
+    beyond it with a warning naming the clip. ``truncate``: keep the first window only, with a
+    warning. ``skip``: treat the clip as a bad sample. ``error``: raise.
+    """
+
+    WINDOW = "window"
+    TRUNCATE = "truncate"
+    SKIP = "skip"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class AudioLimits:
+    """The window and the maximum length (seconds) of a model family, and the policy beyond them."""
+
+    window_seconds: float
+    max_seconds: float
+    policy: LongAudioPolicy = LongAudioPolicy.WINDOW
+
+
+def _decode_bytes(data: bytes, name: str) -> tuple[np.ndarray, int]:
+    if not data:
+        raise AudioDecodeError(f"{name}: the audio is empty (0 bytes). Remove the row or replace the file.")
+    try:
+        wave, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+        return wave, int(sr)
+    except Exception as sf_error:  # soundfile cannot read this container: try ffmpeg.
+        try:
+            return _decode_with_torchcodec(data)
+        except Exception as ff_error:
+            raise AudioDecodeError(
+                f"{name}: cannot decode audio ({len(data)} bytes; soundfile: {sf_error}; ffmpeg: {ff_error}). "
+                "The file is corrupt or not audio: re-export it (e.g. `ffmpeg -i IN -ar 16000 OUT.wav`) or drop the row."
+            ) from ff_error
+
+
+def _decode_with_torchcodec(source: bytes | str) -> tuple[np.ndarray, int]:
+    from torchcodec.decoders import AudioDecoder
+
+    samples = AudioDecoder(source).get_all_samples()
+    wave = samples.data.numpy().T.astype(np.float32, copy=False)  # (channels, n) -> (n, channels)
+    return wave, int(samples.sample_rate)
+
+
+def _decode_path(path: str, name: str) -> tuple[np.ndarray, int]:
+    p = Path(path)
+    if not p.exists():
+        raise AudioDecodeError(f"{name}: audio file {path} does not exist. Fix the path (relative paths are "
+                               "resolved against the manifest's folder) or drop the row.")
+    if p.stat().st_size == 0:
+        raise AudioDecodeError(f"{name}: audio file {path} is empty (0 bytes). Replace the file or drop the row.")
+    return _decode_bytes(p.read_bytes(), f"{name} ({path})")
+
+
+def decode_any(item: Any, name: str, default_rate: int | None = None) -> tuple[np.ndarray, int]:
+    """Decode ``item`` into ``(samples × channels float32, rate)``.
+
+    Accepts what users and datasets hand over: raw bytes, a path, ``{"bytes", "path"}`` (datasets'
+    undecoded ``Audio``), ``{"array", "sampling_rate"}`` (decoded), ``(array, rate)``, a torchcodec
+    ``AudioDecoder``, or a bare array at ``default_rate``.
+    """
+    if isinstance(item, (bytes, bytearray)):
+        return _decode_bytes(bytes(item), name)
+    if isinstance(item, (str, Path)):
+        return _decode_path(str(item), name)
+    if isinstance(item, tuple) and len(item) == 2:
+        return _as_2d(np.asarray(item[0]), name), int(item[1])
+    if isinstance(item, dict):
+        if item.get("array") is not None:
+            return _as_2d(np.asarray(item["array"]), name), int(item["sampling_rate"])
+        if item.get("bytes"):
+            return _decode_bytes(item["bytes"], f"{name} ({item.get('path') or 'embedded bytes'})")
+        if item.get("path"):
+            return _decode_path(item["path"], name)
+        raise AudioDecodeError(f"{name}: the audio cell holds neither bytes, a path nor an array: {sorted(item)}.")
+    if hasattr(item, "get_all_samples"):
+        samples = item.get_all_samples()
+        return samples.data.numpy().T.astype(np.float32), int(samples.sample_rate)
+    if isinstance(item, np.ndarray) or hasattr(item, "numpy"):
+        if default_rate is None:
+            raise AudioDecodeError(f"{name}: a bare array needs its sampling rate; pass (array, rate).")
+        array = item.numpy() if hasattr(item, "numpy") else item
+        return _as_2d(np.asarray(array), name), default_rate
+    raise AudioDecodeError(f"{name}: unsupported audio value of type {type(item).__name__}.")
+
+
+def _as_2d(array: np.ndarray, name: str) -> np.ndarray:
+    array = np.asarray(array, dtype=np.float32)
+    if array.ndim == 1:
+        return array[:, None]
+    if array.ndim == 2:
+        # Accept (channels, n) as well as (n, channels): channels are the short side.
+        return array.T if array.shape[0] < array.shape[1] and array.shape[0] <= 8 else array
+    raise AudioDecodeError(f"{name}: audio array has {array.ndim} dimensions; expected 1 (mono) or 2.")
+
+
+def to_mono(wave: np.ndarray) -> np.ndarray:
+    """Average the channels: the audio encoders we support all take one channel."""
+    return wave.mean(axis=1) if wave.shape[1] > 1 else wave[:, 0]
+
+
+def resample(wave: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
+    if rate == target_rate:
+        return wave
+    return soxr.resample(wave, rate, target_rate, quality="HQ").astype(np.float32, copy=False)
+
+
+def load_audio(item: Any, target_rate: int, name: str, limits: AudioLimits | None = None) -> np.ndarray:
+    """Decode, downmix, resample and validate one audio item; return mono float32 at ``target_rate``.
+
+    Raises :class:`AudioDecodeError` for empty, corrupt or non-finite audio and
+    :class:`AudioTooLongError` when the long-audio policy says so.
+    """
+    wave, rate = decode_any(item, name, default_rate=target_rate)
+    if wave.shape[0] == 0:
+        raise AudioDecodeError(f"{name}: the audio has no samples. Drop the row or replace the file.")
+    if not np.isfinite(wave).all():
+        bad = int((~np.isfinite(wave)).sum())
+        raise AudioDecodeError(f"{name}: the audio holds {bad} NaN/Inf samples. Re-export the file or drop the row.")
+    mono = resample(to_mono(wave), rate, target_rate)
+    return apply_length_policy(mono, target_rate, name, limits) if limits else mono
+
+
+def apply_length_policy(wave: np.ndarray, rate: int, name: str, limits: AudioLimits) -> np.ndarray:
+    seconds = len(wave) / rate
+    policy = LongAudioPolicy(limits.policy)
+    if policy is LongAudioPolicy.WINDOW:
+        if seconds > limits.max_seconds:
+            logger.warning("%s: %.1f s is longer than the model's maximum of %.0f s; keeping the first %.0f s.",
+                           name, seconds, limits.max_seconds, limits.max_seconds)
+            return wave[: int(limits.max_seconds * rate)]
+        return wave
+    if seconds <= limits.window_seconds:
+        return wave
+    if policy is LongAudioPolicy.TRUNCATE:
+        logger.warning("%s: %.1f s truncated to the first %.0f s window (--long-audio truncate).",
+                       name, seconds, limits.window_seconds)
+        return wave[: int(limits.window_seconds * rate)]
+    raise AudioTooLongError(
+        f"{name}: {seconds:.1f} s is longer than one {limits.window_seconds:.0f} s window "
+        f"(--long-audio {policy.value}). Use --long-audio window to process it in windows "
+        f"(up to {limits.max_seconds:.0f} s), or truncate."
+    )
+
+
+def duration_seconds(n_samples: int, rate: int) -> float:
+    return n_samples / rate if rate else math.nan

@@ -1,0 +1,227 @@
+"""The ``audiotune`` command line: parse, call the API function of the same name, render with rich.
+
+User errors (:class:`~audiotune.errors.AudiotuneError`) are printed as one red message and exit 1;
+``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from .errors import AudiotuneError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Fine-tune, evaluate, run and serve audio-text-to-text models.")
+console = Console()
+_state = {"debug": False}
+
+
+@app.callback()
+def _main(debug: Annotated[bool, typer.Option(help="Show tracebacks for errors.")] = False,
+          verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More log output.")] = False) -> None:
+    _state["debug"] = debug
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
+                        handlers=[RichHandler(console=Console(stderr=True), show_path=False)])
+    logging.getLogger("audiotune").setLevel(logging.INFO)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # weight-loading bars; the Trainer keeps its own progress bar
+
+
+@app.command()
+def tiny(family: Annotated[str, typer.Option(help="Model family, e.g. af3.")] = "af3",
+         out: Annotated[Path, typer.Option(help="Folder to write the checkpoint to.")] = Path("models/tiny-af3"),
+         seed: int = 0,
+         preset: Annotated[str, typer.Option(help="default (benchmark proportions) or micro (unit tests).")] = "default",
+         ) -> None:
+    """Build a tiny random checkpoint of a real architecture, offline."""
+    from .models.tiny import build_tiny
+
+    path = build_tiny(family, out, seed=seed, preset=preset)
+    console.print(f"[green]tiny {family} checkpoint written to[/green] {path}")
+
+
+@app.command()
+def synth(out: Annotated[Path, typer.Option(help="Dataset folder.")] = Path("data/synth-audiocaps"),
+          clips: Annotated[int, typer.Option(help="Number of clips over all splits.")] = 300,
+          seed: int = 0) -> None:
+    """Write a synthetic AudioCaps-like dataset (parquet, audio + caption, 5 references per clip)."""
+    from .data.synthetic import write_synthetic_audiocaps
+
+    counts = write_synthetic_audiocaps(out, n_clips=clips, seed=seed)
+    console.print(f"[green]wrote[/green] {out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+
+
+@app.command()
+def train(
+    model: Annotated[Optional[str], typer.Option(help="Hub id or local checkpoint.")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="Hub id, local folder or parquet/jsonl/csv files.")] = None,
+    out: Annotated[Optional[str], typer.Option(help="Run folder (adapter, checkpoints, config, model card).")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="YAML run config; flags override it.")] = None,
+    streaming: Annotated[Optional[bool], typer.Option("--streaming/--no-streaming")] = None,
+    train_take: Optional[int] = None,
+    eval_take: Optional[int] = None,
+    train_split: Optional[str] = None,
+    eval_split: Annotated[Optional[str], typer.Option(help="'none' carves eval rows from train, like the guide.")] = None,
+    prompt: Optional[str] = None,
+    system_prompt: Optional[str] = None,
+    audio_column: Optional[str] = None,
+    text_column: Optional[str] = None,
+    full: Annotated[Optional[bool], typer.Option("--full", help="Full fine-tuning of the LM instead of LoRA.")] = None,
+    lora_r: Optional[int] = None,
+    lora_alpha: Optional[int] = None,
+    lora_dropout: Optional[float] = None,
+    lora_targets: Annotated[Optional[str], typer.Option(help="Comma-separated module names, or a regex; "
+                                                             "default: the language model's linear layers.")] = None,
+    train_projector: Annotated[Optional[bool], typer.Option("--train-projector")] = None,
+    batch_size: Optional[int] = None,
+    gradient_accumulation_steps: Optional[int] = None,
+    learning_rate: Optional[float] = None,
+    max_steps: Optional[int] = None,
+    warmup_steps: Optional[int] = None,
+    logging_steps: Optional[int] = None,
+    eval_steps: Optional[int] = None,
+    save_steps: Optional[int] = None,
+    seed: Optional[int] = None,
+    bf16: Annotated[Optional[bool], typer.Option("--bf16")] = None,
+    gradient_checkpointing: Annotated[Optional[bool], typer.Option("--gradient-checkpointing")] = None,
+    dataloader_num_workers: Optional[int] = None,
+    long_audio: Annotated[Optional[str], typer.Option(help="window | truncate | skip | error")] = None,
+    on_bad_sample: Annotated[Optional[str], typer.Option(help="skip | fail")] = None,
+    resume: Annotated[Optional[bool], typer.Option("--resume", help="Continue from the newest checkpoint.")] = None,
+) -> None:
+    """Fine-tune a model (LoRA on the language model by default) and save the adapter."""
+    from .config import TrainConfig
+    from .train import train as run_train
+
+    targets = None
+    if lora_targets:
+        targets = lora_targets if any(c in lora_targets for c in "*.|()\\") else lora_targets.split(",")
+    overrides = dict(model=model, dataset=dataset, out=out, streaming=streaming, train_take=train_take,
+                     eval_take=eval_take, train_split=train_split, prompt=prompt, system_prompt=system_prompt,
+                     audio_column=audio_column, text_column=text_column, full=full, lora_r=lora_r,
+                     lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_targets=targets,
+                     train_projector=train_projector, batch_size=batch_size,
+                     gradient_accumulation_steps=gradient_accumulation_steps, learning_rate=learning_rate,
+                     max_steps=max_steps, warmup_steps=warmup_steps, logging_steps=logging_steps,
+                     eval_steps=eval_steps, save_steps=save_steps, seed=seed, bf16=bf16,
+                     gradient_checkpointing=gradient_checkpointing, dataloader_num_workers=dataloader_num_workers,
+                     long_audio=long_audio, on_bad_sample=on_bad_sample, resume=resume)
+    if eval_split is not None:
+        overrides["eval_split"] = None if eval_split.lower() == "none" else eval_split
+    if config is not None:
+        cfg = TrainConfig.from_yaml(config, **overrides)
+        if eval_split is not None and eval_split.lower() == "none":
+            cfg.eval_split = None
+    else:
+        cfg = TrainConfig(**{k: v for k, v in overrides.items() if v is not None})
+        if eval_split is not None and eval_split.lower() == "none":
+            cfg.eval_split = None
+    result = run_train(cfg)
+    console.print(f"trainable parameters: {result.trainable_parameters:,} of {result.total_parameters:,} "
+                  f"({100 * result.trainable_parameters / result.total_parameters:.3f}%)")
+    console.print(f"[green]done[/green] {result.steps} steps; train loss {result.train_loss:.4f}"
+                  + (f", eval loss {result.eval_loss:.4f}" if result.eval_loss is not None else "")
+                  + f"; adapter in {result.out_dir}")
+    if result.skipped:
+        console.print(f"[yellow]{len(result.skipped)} bad row(s) skipped[/yellow], listed in "
+                      f"{result.out_dir / 'skipped.jsonl'}")
+
+
+@app.command()
+def infer(
+    files: Annotated[list[Path], typer.Argument(help="Audio files.")],
+    model: Annotated[str, typer.Option(help="Hub id or local checkpoint (base or merged).")],
+    adapter: Annotated[Optional[str], typer.Option(help="LoRA adapter folder.")] = None,
+    prompt: str = "Describe the audio.",
+    system_prompt: Optional[str] = None,
+    batch_size: int = 16,
+    max_new_tokens: int = 100,
+    jsonl: Annotated[Optional[Path], typer.Option(help="Also write one JSON line per file here.")] = None,
+) -> None:
+    """Answer the prompt for each audio file, batched."""
+    from .audio import load_audio
+    from .generate import GenerationSettings, examples_from_audio, generate
+    from .models.loading import load_model, load_processor
+
+    net, family = load_model(model, adapter=adapter)
+    processor = load_processor(adapter if adapter and (Path(adapter) / "processor_config.json").exists() else model)
+    audios = [load_audio(f, family.sampling_rate, str(f)) for f in files]  # a bad file fails before generating
+    examples = examples_from_audio(audios, prompt, system_prompt, ids=[str(f) for f in files])
+    with console.status("generating"):
+        answers = generate(net, processor, family, examples, batch_size=batch_size,
+                           settings=GenerationSettings(max_new_tokens=max_new_tokens))
+    for f, a in zip(files, answers):
+        console.print(f"[bold]{f}[/bold]: {a}")
+    if jsonl:
+        with jsonl.open("w") as handle:
+            for f, a in zip(files, answers):
+                handle.write(json.dumps({"file": str(f), "prompt": prompt, "answer": a}) + "\n")
+
+
+@app.command()
+def merge(model: Annotated[str, typer.Option(help="Base model (Hub id or folder).")],
+          adapter: Annotated[str, typer.Option(help="LoRA adapter folder.")],
+          out: Annotated[Path, typer.Option(help="Folder for the merged checkpoint.")]) -> None:
+    """Fold a LoRA adapter into its base: a checkpoint plain transformers loads."""
+    from .merge import merge_adapter
+
+    path = merge_adapter(model, adapter, out)
+    console.print(f"[green]merged checkpoint written to[/green] {path}")
+
+
+@app.command()
+def demo(out: Annotated[Path, typer.Option(help="Run folder.")] = Path("runs/demo"),
+         clips: int = 400, max_steps: int = 150, seed: int = 0) -> None:
+    """Synthetic data → tiny AF3 → LoRA → base vs tuned → infer → merge → pipeline → report."""
+    from .demo import DemoSettings, run_demo
+    from .evaluate import CAPTION_METRICS
+
+    result = run_demo(DemoSettings(out=str(out), clips=clips, max_steps=max_steps, seed=seed),
+                      on_stage=lambda name: console.rule(f"[bold]{name}"))
+    table = Table(title="held-out test split: base vs tuned")
+    table.add_column("metric")
+    table.add_column("base", justify="right")
+    table.add_column("tuned", justify="right")
+    for metric in CAPTION_METRICS:
+        table.add_row(metric, f"{result.base[metric]:.4f}", f"{result.tuned[metric]:.4f}")
+    console.print(table)
+    for sample in result.samples:
+        console.print(f"[bold]{sample['id']}[/bold]: {sample['prediction']}  [dim](ref: {sample['references'][0]})")
+    console.print(f"pipeline(\"audio-text-to-text\") on the first test clip: \"{result.pipeline_output}\"")
+    console.print(f"report: {result.report}; total {result.timings['total']:.0f} s")
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except AudiotuneError as error:
+        if _state["debug"]:
+            raise
+        from rich.markup import escape
+
+        Console(stderr=True).print(f"[red]error:[/red] {escape(str(error))}")
+        sys.exit(1)
+    except (typer.Exit, SystemExit) as exit_:
+        raise exit_
+    except Exception as error:  # click usage errors arrive as ClickException
+        import click
+
+        if isinstance(error, click.ClickException):
+            error.show()
+            sys.exit(error.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""Run configuration: one flat, typed record that a YAML file or CLI flags fill in.
+
+Flat because every field is also a CLI flag of the same name (``lora_r`` ↔ ``--lora-r``), and a
+saved ``run_config.yaml`` can be fed back with ``--config`` to repeat a run exactly.
+Defaults reproduce the reference guide's hyper-parameters, except for its two mistakes: LoRA targets
+the language model only (``lora_targets=None`` → the family's LM regex) and the loss covers the
+assistant's tokens only (see ``data/collator.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .audio import LongAudioPolicy
+from .errors import ConfigError
+
+
+@dataclass
+class TrainConfig:
+    model: str = ""
+    dataset: str = ""
+    out: str = "runs/latest"
+    # data
+    task: str = "caption"
+    prompt: str = "Describe the audio."
+    system_prompt: str | None = None
+    audio_column: str = "audio"
+    text_column: str = "caption"
+    references_column: str | None = "captions"
+    id_column: str | None = None
+    train_split: str = "train"
+    eval_split: str | None = "validation"  # None: carve eval rows from train (guide: skip(train_take).take(eval_take))
+    streaming: bool = False
+    train_take: int | None = None
+    eval_take: int | None = None
+    long_audio: str = LongAudioPolicy.WINDOW.value
+    on_bad_sample: str = "skip"
+    # adaptation
+    full: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_targets: list[str] | None = None
+    train_projector: bool = False
+    # optimisation (the guide's values)
+    batch_size: int = 4
+    eval_batch_size: int = 4
+    gradient_accumulation_steps: int = 4
+    learning_rate: float = 1e-4
+    max_steps: int = 500
+    warmup_steps: int = 0
+    lr_scheduler: str = "linear"
+    weight_decay: float = 0.0
+    logging_steps: int = 10
+    eval_steps: int = 100
+    save_steps: int = 250
+    save_total_limit: int = 2
+    seed: int = 42
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    dataloader_num_workers: int = 0
+    resume: bool = False
+    max_new_tokens: int = 64
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> "TrainConfig":
+        if not self.model:
+            raise ConfigError("No model given: pass --model (a Hub id or a local checkpoint folder).")
+        if not self.dataset:
+            raise ConfigError("No dataset given: pass --dataset (a Hub id, a local folder or parquet files).")
+        try:
+            LongAudioPolicy(self.long_audio)
+        except ValueError:
+            raise ConfigError(f"--long-audio {self.long_audio!r}: choose one of "
+                              f"{', '.join(p.value for p in LongAudioPolicy)}.") from None
+        if self.on_bad_sample not in ("skip", "fail"):
+            raise ConfigError(f"--on-bad-sample {self.on_bad_sample!r}: choose skip or fail.")
+        if self.task != "caption":
+            raise ConfigError(f"--task {self.task!r} is not available yet; this version trains the caption task.")
+        for name in ("batch_size", "eval_batch_size", "gradient_accumulation_steps", "max_steps", "lora_r"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1 (got {getattr(self, name)}).")
+        return self
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
+        """Read ``path`` and apply ``overrides`` (those that are not ``None``) on top."""
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"Config file {path} does not exist.") from None
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{path}: unknown keys {unknown}. Known keys: {', '.join(sorted(known))}.")
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**data)
+
+    def to_yaml(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(dataclasses.asdict(self), sort_keys=False))

@@ -1,0 +1,86 @@
+"""Examples → a model batch, with the loss on the assistant's tokens only.
+
+The guide's ``apply_chat_template(..., output_labels=True)`` masks only audio placeholders and
+padding, so the system prompt and the user's question are trained on too: the model spends capacity
+learning to predict its own prompt. Here the label mask is built from the rendered conversation:
+every token is ``-100`` except those inside an assistant turn, from just after the family's
+assistant header up to and including the end-of-turn token (kept so the model learns to stop).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..models.families import Family
+from .tasks import Example
+
+IGNORE_INDEX = -100
+
+
+def _find_subsequence(sequence: list[int], pattern: list[int], start: int) -> int:
+    n = len(pattern)
+    first = pattern[0]
+    for i in range(start, len(sequence) - n + 1):
+        if sequence[i] == first and sequence[i : i + n] == pattern:
+            return i
+    return -1
+
+
+def assistant_label_mask(input_ids: torch.Tensor, header_ids: list[int], end_id: int) -> torch.Tensor:
+    """Boolean mask of the tokens of every assistant turn (header excluded, end-of-turn included)."""
+    mask = torch.zeros_like(input_ids, dtype=torch.bool)
+    for row, ids in enumerate(input_ids.tolist()):
+        position = 0
+        while True:
+            start = _find_subsequence(ids, header_ids, position)
+            if start < 0:
+                break
+            body = start + len(header_ids)
+            try:
+                end = ids.index(end_id, body)
+            except ValueError:
+                end = len(ids) - 1
+            mask[row, body : end + 1] = True
+            position = end + 1
+    return mask
+
+
+@dataclass
+class ConversationCollator:
+    """Render each example with the processor's chat template and build inputs (+ labels when training).
+
+    ``training=True`` appends the assistant's answer and pads on the right; ``False`` renders the
+    prompt with the generation header and pads on the left, as batched generation needs.
+    """
+
+    processor: Any
+    family: Family
+    training: bool = True
+
+    def __post_init__(self) -> None:
+        tokenizer = self.processor.tokenizer
+        self.header_ids = tokenizer.encode(self.family.assistant_header, add_special_tokens=False)
+        self.end_id = tokenizer.convert_tokens_to_ids(self.family.end_of_turn)
+
+    def render(self, examples: list[Example]) -> list[str]:
+        conversations = [e.conversation() if self.training else e.messages for e in examples]
+        return self.processor.apply_chat_template(conversations, tokenize=False,
+                                                  add_generation_prompt=not self.training)
+
+    def __call__(self, examples: list[Example]) -> dict[str, torch.Tensor]:
+        texts = self.render(examples)
+        audios = [a for e in examples for a in e.audios()]
+        # Padding options go to the text side only: the audio side must keep its fixed 30 s windows.
+        side = "right" if self.training else "left"
+        batch = self.processor(text=texts, audio=audios or None,
+                               text_kwargs={"padding": True, "padding_side": side}, return_tensors="pt")
+        batch = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "input_features",
+                                                         "input_features_mask")}
+        if self.training:
+            mask = assistant_label_mask(batch["input_ids"], self.header_ids, self.end_id)
+            mask &= batch["attention_mask"].bool()
+            batch["labels"] = torch.where(mask, batch["input_ids"], torch.full_like(batch["input_ids"], IGNORE_INDEX))
+        return batch

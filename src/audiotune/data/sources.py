@@ -1,0 +1,82 @@
+"""Open a dataset split from the Hub or from local files, and check its columns before any model loads.
+
+The audio column is cast to ``Audio(decode=False)`` so that rows carry the raw ``{bytes, path}``
+and :mod:`audiotune.audio` decodes them: this names the row when a file is bad instead of dying
+inside the ``datasets`` iterator.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+from pathlib import Path
+from typing import Any
+
+from ..errors import DatasetSchemaError
+
+logger = logging.getLogger(__name__)
+
+_FILE_BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv", ".arrow": "arrow"}
+
+
+def _load(source: str, split: str, streaming: bool):
+    from datasets import load_dataset
+
+    path = Path(source)
+    matches = sorted(glob.glob(source)) if any(c in source for c in "*?[") else []
+    if path.is_file() or matches:
+        files = matches or [str(path)]
+        builder = _FILE_BUILDERS.get(Path(files[0]).suffix)
+        if builder is None:
+            raise DatasetSchemaError(f"{source}: unsupported file type; use parquet, jsonl, csv or arrow.")
+        return load_dataset(builder, data_files={split: files}, split=split, streaming=streaming)
+    if path.is_dir():
+        return load_dataset(str(path), split=split, streaming=streaming)
+    if path.suffix or source.startswith((".", "/")):
+        raise DatasetSchemaError(f"{source}: no such file or folder. Check the path, or pass a Hub dataset id.")
+    return load_dataset(source, split=split, streaming=streaming)  # a Hub id
+
+
+def open_split(source: str, split: str, streaming: bool = False, audio_column: str = "audio"):
+    """Load ``split`` of ``source`` with the audio column left undecoded; raise a clear error on a bad split."""
+    from datasets import Audio
+
+    try:
+        dataset = _load(source, split, streaming)
+    except ValueError as error:  # datasets raises ValueError for an unknown split
+        if "split" in str(error).lower():
+            raise DatasetSchemaError(f"{source}: has no split {split!r} ({error}). Pick one with --train-split/"
+                                     "--eval-split.") from error
+        raise
+    columns = list(dataset.column_names or [])
+    if columns and audio_column not in columns:
+        raise DatasetSchemaError(
+            f"{source} [{split}]: no audio column {audio_column!r}; columns are {columns}. Pass --audio-column NAME.")
+    if columns:
+        dataset = dataset.cast_column(audio_column, Audio(decode=False))
+    return dataset
+
+
+def require_columns(dataset, columns: list[str], source: str, split: str) -> None:
+    present = list(dataset.column_names or [])
+    missing = [c for c in columns if c not in present]
+    if missing:
+        raise DatasetSchemaError(
+            f"{source} [{split}]: missing column(s) {missing}; columns are {present}. "
+            "Pass --text-column/--audio-column to map yours.")
+
+
+def first_row(dataset, source: str, split: str) -> dict[str, Any]:
+    """The first row, or a clear error when the split is empty (checked before the model loads)."""
+    for row in dataset.take(1) if hasattr(dataset, "take") else dataset:
+        return row
+    raise DatasetSchemaError(f"{source} [{split}]: the split is empty. Point --dataset at data with rows.")
+
+
+def row_id(row: dict[str, Any], index: int, id_column: str | None) -> str:
+    if id_column and row.get(id_column) is not None:
+        return str(row[id_column])
+    for column in ("youtube_id", "id", "clip_id", "audiocap_id"):
+        if row.get(column) is not None:
+            return str(row[column])
+    return f"row {index}"

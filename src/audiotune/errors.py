@@ -1,0 +1,36 @@
+"""audiotune's exception hierarchy.
+
+Every error a user can cause (bad audio, a wrong column, an unknown model) is an
+:class:`AudiotuneError` whose message names the item at fault and says what to do.
+The CLI prints these without a traceback; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class AudiotuneError(Exception):
+    """Base class: a problem the user can fix, described in the message."""
+
+
+class AudioDecodeError(AudiotuneError):
+    """An audio item cannot be decoded, is empty, or holds non-finite samples."""
+
+
+class AudioTooLongError(AudiotuneError):
+    """An audio item is longer than the model family accepts under the chosen policy."""
+
+
+class DatasetSchemaError(AudiotuneError):
+    """A dataset lacks a column, has a wrong type in one, or is empty."""
+
+
+class ModelFamilyError(AudiotuneError):
+    """A checkpoint's architecture is not one audiotune knows how to handle."""
+
+
+class ConfigError(AudiotuneError):
+    """A run configuration value is invalid or inconsistent."""
+
+
+class CheckpointError(AudiotuneError):
+    """A checkpoint or adapter folder is missing, incomplete or does not match the base model."""

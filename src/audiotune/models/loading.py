@@ -1,0 +1,127 @@
+"""Load a base model (+ adapter) and its processor; wrap it for LoRA or full fine-tuning.
+
+The family (from ``config.model_type``) decides the model class and which modules are the
+language model, the audio encoder and the projector; nothing here is architecture-specific.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import CheckpointError, ModelFamilyError
+from .families import Family, family_for_config
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_family(model_id_or_path: str) -> Family:
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(model_id_or_path)
+    except OSError as error:
+        raise CheckpointError(
+            f"Cannot read a model config from {model_id_or_path!r}: {error}. Pass a local checkpoint folder "
+            "(e.g. one made by `audiotune tiny`) or a Hub id reachable from this machine.") from error
+    except ValueError as error:
+        raise ModelFamilyError(f"{model_id_or_path}: {error}") from error
+    return family_for_config(config)
+
+
+def load_processor(model_id_or_path: str | Path):
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(str(model_id_or_path))
+
+
+def load_base_model(model_id_or_path: str | Path, dtype: torch.dtype = torch.float32, device: str | None = None):
+    """The base model in ``dtype`` on ``device`` (``None``: CPU, or as ``device_map='auto'`` places it on GPUs)."""
+    import transformers
+
+    family = resolve_family(str(model_id_or_path))
+    model_class = getattr(transformers, family.model_class)
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if device == "auto":
+        kwargs["device_map"] = "auto"
+    model = model_class.from_pretrained(str(model_id_or_path), **kwargs)
+    if device not in (None, "auto"):
+        model = model.to(device)
+    return model, family
+
+
+def load_model(model_id_or_path: str | Path, adapter: str | Path | None = None,
+               dtype: torch.dtype = torch.float32, device: str | None = None):
+    """Base model, with a PEFT adapter on top when ``adapter`` is given; in eval mode."""
+    model, family = load_base_model(model_id_or_path, dtype=dtype, device=device)
+    if adapter is not None:
+        from peft import PeftModel
+
+        adapter_path = Path(adapter)
+        if adapter_path.exists() and not (adapter_path / "adapter_config.json").exists():
+            raise CheckpointError(f"{adapter}: no adapter_config.json here. Pass the folder `audiotune train` "
+                                  "wrote (its --out), or a checkpoint-N folder inside it.")
+        model = PeftModel.from_pretrained(model, str(adapter))
+    model.eval()
+    return model, family
+
+
+@dataclass(frozen=True)
+class AdaptationPlan:
+    """What will be trained: LoRA on given targets (or full LM), and whether the projector trains."""
+
+    full: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_targets: list[str] | str | None = None  # None → the family's language-model regex
+    train_projector: bool = False
+
+
+def projector_module_names(model: torch.nn.Module, family: Family) -> list[str]:
+    """Top-level projector module names, relative to ``model`` (for PEFT's ``modules_to_save``)."""
+    return [name for name, _ in model.named_modules() if family.is_projector_module(name)
+            and not family.is_projector_module(name.rsplit(".", 1)[0])]
+
+
+def prepare_for_training(model: torch.nn.Module, family: Family, plan: AdaptationPlan) -> torch.nn.Module:
+    """Freeze what stays frozen and wrap with LoRA (default) or unfreeze the LM (``full``).
+
+    The audio encoder is always frozen unless the user's own ``lora_targets`` reach into it, and
+    then only the LoRA matrices train. With LoRA on the language model only, no gradient has to
+    flow back through the encoder: the backward pass stops at the projector's output.
+    """
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    if plan.full:
+        for name, parameter in model.named_parameters():
+            in_encoder = family.is_encoder_module(name)
+            in_projector = family.is_projector_module(name)
+            parameter.requires_grad_(not in_encoder and (not in_projector or plan.train_projector))
+        return model
+
+    from peft import LoraConfig, get_peft_model
+
+    targets = plan.lora_targets if plan.lora_targets is not None else family.lm_lora_targets()
+    config = LoraConfig(
+        r=plan.lora_r, lora_alpha=plan.lora_alpha, lora_dropout=plan.lora_dropout, bias="none",
+        target_modules=targets, task_type="CAUSAL_LM",
+        modules_to_save=projector_module_names(model, family) if plan.train_projector else None,
+    )
+    return get_peft_model(model, config)
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, total
+
+
+def lora_modules(model: torch.nn.Module) -> list[str]:
+    """Names of modules carrying LoRA matrices."""
+    return [name for name, module in model.named_modules() if hasattr(module, "lora_A") and module.lora_A]

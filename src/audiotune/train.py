@@ -1,0 +1,222 @@
+"""Fine-tune an audio-language model with the Hugging Face ``Trainer``: LoRA on the LM by default.
+
+The flow: check the data (columns, non-empty) *before* loading the model, so a wrong column costs
+seconds, not a model load; load the base; freeze encoder and projector; wrap with LoRA on the
+family's language-model layers; train with assistant-only labels; save adapter, processor,
+resolved config and a model card. Bad rows are skipped and listed (see ``data/examples.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .audio import AudioLimits, LongAudioPolicy
+from .config import TrainConfig
+from .data.collator import ConversationCollator
+from .data.examples import BadSampleLog, ExampleBuilder, ExampleDataset, ExampleStream
+from .data.sources import first_row, open_split, require_columns
+from .data.tasks import CaptionTask
+from .errors import CheckpointError
+from .models.families import Family
+from .models.loading import (AdaptationPlan, count_parameters, load_base_model, load_processor,
+                             prepare_for_training, resolve_family)
+
+logger = logging.getLogger(__name__)
+
+RUN_CONFIG = "run_config.yaml"
+SKIPPED = "skipped.jsonl"
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    trainable_parameters: int
+    total_parameters: int
+    train_loss: float | None
+    eval_loss: float | None
+    steps: int
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    log_history: list[dict[str, Any]] = field(default_factory=list)
+    resumed_from: str | None = None
+
+
+def task_from_config(cfg: TrainConfig) -> CaptionTask:
+    return CaptionTask(prompt=cfg.prompt, system_prompt=cfg.system_prompt, text_column=cfg.text_column,
+                       references_column=cfg.references_column)
+
+
+def example_builder(cfg: TrainConfig, family: Family) -> ExampleBuilder:
+    limits = AudioLimits(family.window_seconds, family.max_audio_seconds, LongAudioPolicy(cfg.long_audio))
+    return ExampleBuilder(task_from_config(cfg), family.sampling_rate, limits, cfg.audio_column, cfg.id_column)
+
+
+def _take(rows, start: int, count: int | None):
+    """Rows ``start … start+count`` of a streaming or in-memory split (the guide's skip/take)."""
+    if hasattr(rows, "select"):
+        stop = len(rows) if count is None else min(len(rows), start + count)
+        return rows.select(range(min(start, stop), stop))
+    rows = rows.skip(start) if start else rows
+    return rows.take(count) if count is not None else rows
+
+
+def build_datasets(cfg: TrainConfig, family: Family, run_dir: Path):
+    """Train and eval datasets of Examples; fatal data problems raise here, before the model loads."""
+    task = task_from_config(cfg)
+    train_rows = open_split(cfg.dataset, cfg.train_split, cfg.streaming, cfg.audio_column)
+    require_columns(train_rows, [cfg.audio_column, *task.required_columns()], cfg.dataset, cfg.train_split)
+    first_row(train_rows, cfg.dataset, cfg.train_split)
+    if cfg.eval_split:
+        eval_rows = open_split(cfg.dataset, cfg.eval_split, cfg.streaming, cfg.audio_column)
+        require_columns(eval_rows, [cfg.audio_column, *task.required_columns()], cfg.dataset, cfg.eval_split)
+        eval_rows = _take(eval_rows, 0, cfg.eval_take)
+        train_rows = _take(train_rows, 0, cfg.train_take)
+    else:
+        eval_rows = _take(train_rows, cfg.train_take or 0, cfg.eval_take) if cfg.eval_take else None
+        train_rows = _take(train_rows, 0, cfg.train_take)
+    first_row(train_rows, cfg.dataset, cfg.train_split)
+
+    bad_log = BadSampleLog(run_dir / SKIPPED)
+    build = example_builder(cfg, family)
+    wrap = ExampleStream if cfg.streaming else ExampleDataset
+    train_ds = wrap(train_rows, build, bad_log, cfg.on_bad_sample)
+    eval_ds = wrap(eval_rows, build, bad_log, cfg.on_bad_sample) if eval_rows is not None else None
+    return train_ds, eval_ds, bad_log
+
+
+def checkpoint_is_complete(path: Path) -> bool:
+    """A Trainer checkpoint is usable when its state, optimizer and weights were all written."""
+    has_weights = any((path / name).exists() for name in
+                      ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json"))
+    return has_weights and (path / "trainer_state.json").exists() and (path / "optimizer.pt").exists()
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    """The newest *complete* ``checkpoint-N`` under ``out_dir`` (a half-written one is passed over)."""
+    candidates = []
+    for path in out_dir.glob("checkpoint-*"):
+        match = re.fullmatch(r"checkpoint-(\d+)", path.name)
+        if match and path.is_dir() and checkpoint_is_complete(path):
+            candidates.append((int(match.group(1)), path))
+    return max(candidates)[1] if candidates else None
+
+
+def training_arguments(cfg: TrainConfig, out_dir: Path, has_eval: bool):
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(out_dir),
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.eval_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        learning_rate=cfg.learning_rate,
+        max_steps=cfg.max_steps,
+        warmup_steps=cfg.warmup_steps,
+        lr_scheduler_type=cfg.lr_scheduler,
+        weight_decay=cfg.weight_decay,
+        logging_steps=cfg.logging_steps,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=cfg.eval_steps if has_eval else None,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        remove_unused_columns=False,
+        label_names=["labels"],
+        dataloader_num_workers=cfg.dataloader_num_workers,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
+        bf16=cfg.bf16,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        report_to="none",
+        use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=False,
+    )
+
+
+def write_model_card(out_dir: Path, cfg: TrainConfig, family: Family, result: TrainResult,
+                     metrics: dict[str, float] | None = None) -> None:
+    """README.md in the adapter folder: what was trained, on what, and how it scored."""
+    rows = {"train loss": result.train_loss, "eval loss": result.eval_loss, **(metrics or {})}
+    table = "\n".join(f"| {k} | {v:.4f} |" for k, v in rows.items() if isinstance(v, (int, float)))
+    mode = "full fine-tuning of the language model" if cfg.full else (
+        f"LoRA r={cfg.lora_r}, alpha={cfg.lora_alpha}, dropout={cfg.lora_dropout} on "
+        + ("the language model's linear layers" if cfg.lora_targets is None else f"{cfg.lora_targets}"))
+    (out_dir / "README.md").write_text(
+        f"---\nbase_model: {cfg.model}\nlibrary_name: peft\npipeline_tag: audio-text-to-text\n"
+        f"tags: [audiotune, {family.name}, {cfg.task}]\n---\n\n"
+        f"# {out_dir.name}\n\nFine-tuned with audiotune from `{cfg.model}` on `{cfg.dataset}` "
+        f"({cfg.task}, prompt: \"{cfg.prompt}\").\n\n"
+        f"- Adaptation: {mode}; audio encoder frozen"
+        f"{'' if cfg.train_projector else ', projector frozen'}.\n"
+        f"- Loss on the assistant's tokens only.\n"
+        f"- Steps: {result.steps}, batch {cfg.batch_size} × accumulation {cfg.gradient_accumulation_steps}, "
+        f"learning rate {cfg.learning_rate}.\n"
+        f"- Trainable parameters: {result.trainable_parameters:,} of {result.total_parameters:,}.\n"
+        f"- Rows skipped as bad: {len(result.skipped)}.\n\n"
+        f"## Metrics\n\n| metric | value |\n|---|---|\n{table}\n\n"
+        "## Use\n\n```python\nimport audiotune\nfrom audiotune import load_model, generate\n"
+        f"model, processor = audiotune.load('{cfg.model}', adapter='{out_dir}')\n```\n"
+    )
+
+
+def train(cfg: TrainConfig, callbacks: list | None = None) -> TrainResult:
+    """Run one fine-tuning job described by ``cfg``; return losses, counts and the output folder."""
+    from transformers import Trainer
+
+    cfg.validate()
+    out_dir = Path(cfg.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    family = resolve_family(cfg.model)
+    train_ds, eval_ds, bad_log = build_datasets(cfg, family, out_dir)  # fails fast, before the model loads
+
+    resume_from = None
+    if cfg.resume:
+        checkpoint = latest_checkpoint(out_dir)
+        if checkpoint is None:
+            logger.warning("--resume: no complete checkpoint in %s; starting from scratch.", out_dir)
+        resume_from = str(checkpoint) if checkpoint else None
+
+    torch.manual_seed(cfg.seed)
+    processor = load_processor(cfg.model)
+    dtype = torch.bfloat16 if cfg.bf16 else torch.float32
+    model, _ = load_base_model(cfg.model, dtype=dtype)
+    plan = AdaptationPlan(full=cfg.full, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                          lora_targets=cfg.lora_targets, train_projector=cfg.train_projector)
+    model = prepare_for_training(model, family, plan)
+    trainable, total = count_parameters(model)
+    logger.info("trainable parameters: %s of %s (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+
+    cfg.to_yaml(out_dir / RUN_CONFIG)
+    trainer = Trainer(
+        model=model,
+        args=training_arguments(cfg, out_dir, eval_ds is not None),
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        data_collator=ConversationCollator(processor, family, training=True),
+        callbacks=callbacks,
+    )
+    output = trainer.train(resume_from_checkpoint=resume_from)
+    eval_loss = None
+    if eval_ds is not None:
+        eval_loss = float(trainer.evaluate()["eval_loss"])
+
+    trainer.save_model(str(out_dir))
+    processor.save_pretrained(str(out_dir))
+    result = TrainResult(
+        out_dir=out_dir, trainable_parameters=trainable, total_parameters=total,
+        train_loss=float(output.training_loss) if output.training_loss is not None else None,
+        eval_loss=eval_loss, steps=int(output.global_step), skipped=bad_log.entries(),
+        log_history=list(trainer.state.log_history), resumed_from=resume_from,
+    )
+    (out_dir / "train_metrics.json").write_text(json.dumps(
+        {k: v for k, v in dataclasses.asdict(result).items() if k != "out_dir"}, indent=2, default=str))
+    write_model_card(out_dir, cfg, family, result)
+    return result

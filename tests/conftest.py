@@ -1,0 +1,68 @@
+"""Session fixtures: tiny checkpoints and synthetic data are built once (seconds) and shared."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def micro_af3(tmp_path_factory) -> Path:
+    """A micro AF3 (same architecture, smallest sizes) for unit tests."""
+    from audiotune.models.tiny import build_tiny
+
+    return build_tiny("af3", tmp_path_factory.mktemp("micro-af3"), seed=0, preset="micro")
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory) -> Path:
+    """48 short synthetic clips (1–3 s): train 38, validation 5, test 5."""
+    from audiotune.data.synthetic import write_synthetic_audiocaps
+
+    out = tmp_path_factory.mktemp("synth")
+    write_synthetic_audiocaps(out, n_clips=48, seed=1, min_seconds=1.0, max_seconds=3.0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def family():
+    from audiotune.models.families import AUDIO_FLAMINGO_3
+
+    return AUDIO_FLAMINGO_3
+
+
+@pytest.fixture(scope="session")
+def micro_processor(micro_af3):
+    from audiotune.models.loading import load_processor
+
+    return load_processor(micro_af3)
+
+
+@pytest.fixture(scope="session")
+def trained_adapter(tmp_path_factory, micro_af3, synth_data) -> Path:
+    """A LoRA adapter trained for 30 steps on the micro model (used by merge/pipeline/infer tests)."""
+    from audiotune.config import TrainConfig
+    from audiotune.train import train
+
+    out = tmp_path_factory.mktemp("adapter")
+    cfg = TrainConfig(model=str(micro_af3), dataset=str(synth_data), out=str(out), batch_size=4,
+                      gradient_accumulation_steps=1, learning_rate=3e-3, max_steps=30, logging_steps=5,
+                      eval_steps=15, save_steps=30, eval_take=4, seed=0)
+    train(cfg)
+    return out
+
+
+def tone(seconds: float = 1.0, freq: float = 440.0, rate: int = 16000):
+    import numpy as np
+
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.5 * np.sin(2 * np.pi * freq * t)).astype("float32")

@@ -1,0 +1,75 @@
+"""The tiny builder makes a real AF3 checkpoint that stock transformers loads, deterministically."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+from transformers import AudioFlamingo3ForConditionalGeneration, AutoProcessor
+
+from audiotune.errors import ModelFamilyError
+from audiotune.models.tiny import build_tiny
+
+
+def _digests(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_loads_with_stock_transformers(micro_af3):
+    processor = AutoProcessor.from_pretrained(micro_af3)
+    model = AudioFlamingo3ForConditionalGeneration.from_pretrained(micro_af3)
+    assert type(processor).__name__ == "AudioFlamingo3Processor"
+    assert processor.feature_extractor.feature_size == 128
+    assert model.config.audio_token_id == processor.tokenizer.convert_tokens_to_ids("<sound>")
+    assert model.config.text_config.vocab_size == len(processor.tokenizer)
+
+
+def test_same_seed_gives_identical_files(tmp_path):
+    a = build_tiny("af3", tmp_path / "a", seed=3, preset="micro")
+    b = build_tiny("af3", tmp_path / "b", seed=3, preset="micro")
+    c = build_tiny("af3", tmp_path / "c", seed=4, preset="micro")
+    assert _digests(a) == _digests(b)
+    assert _digests(a)["model.safetensors"] != _digests(c)["model.safetensors"]
+
+
+def test_chat_template_is_af3s(micro_processor):
+    conversation = [{"role": "user", "content": [{"type": "text", "text": "Describe the audio."},
+                                                 {"type": "audio", "audio": np.zeros(16000, dtype=np.float32)}]}]
+    text = micro_processor.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+    assert text == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+                    "<|im_start|>user\n<sound>Describe the audio.<|im_end|>\n<|im_start|>assistant\n")
+    with_system = [{"role": "system", "content": "Be brief."}] + conversation
+    text = micro_processor.apply_chat_template(with_system, tokenize=False)
+    assert text.startswith("<|im_start|>system\nBe brief.<|im_end|>\n") and "helpful" not in text
+
+
+def test_processor_expands_audio_placeholder(micro_processor):
+    conversation = [{"role": "user", "content": [{"type": "audio", "audio": np.zeros(32000, dtype=np.float32)},
+                                                 {"type": "text", "text": "Describe the audio."}]}]
+    text = micro_processor.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+    batch = micro_processor(text=text, audio=[np.zeros(32000, dtype=np.float32)])
+    audio_id = micro_processor.tokenizer.convert_tokens_to_ids("<sound>")
+    # 2 s → 200 mel frames → conv stride 2 → 100 → pool 2 → 50 placeholder tokens
+    assert int((batch["input_ids"] == audio_id).sum()) == 50
+    assert batch["input_features"].shape[-1] == 3000  # one full 30 s window, as the real AF3
+
+
+def test_unknown_family_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelFamilyError, match="Supported: af3"):
+        build_tiny("nope", tmp_path)
+
+
+def test_default_preset_keeps_af3_encoder_lm_proportion(tmp_path):
+    """Encoder/LM forward FLOPs for a 10 s clip stay near the real AF3's ≈0.55 (see models/tiny.py)."""
+    model = AudioFlamingo3ForConditionalGeneration.from_pretrained(build_tiny("af3", tmp_path / "d"))
+    enc = model.config.audio_config
+    txt = model.config.text_config
+    positions = 1500
+    enc_linear = enc.num_hidden_layers * 12 * enc.hidden_size**2 * positions * 2
+    enc_attention = enc.num_hidden_layers * 4 * positions**2 * enc.hidden_size
+    kv = txt.num_key_value_heads * (txt.hidden_size // txt.num_attention_heads)
+    per_token = txt.num_hidden_layers * 2 * (2 * txt.hidden_size**2 + 2 * txt.hidden_size * kv
+                                             + 3 * txt.hidden_size * txt.intermediate_size)
+    ratio = (enc_linear + enc_attention) / (per_token * 310)
+    assert 0.3 < ratio < 1.2, ratio
