@@ -24,6 +24,14 @@ def micro_af3(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_af3(tmp_path_factory) -> Path:
+    """The default tiny AF3 (benchmark proportions): used where a test needs the model to learn."""
+    from audiotune.models.tiny import build_tiny
+
+    return build_tiny("af3", tmp_path_factory.mktemp("tiny-af3"), seed=0)
+
+
+@pytest.fixture(scope="session")
 def synth_data(tmp_path_factory) -> Path:
     """48 short synthetic clips (1–3 s): train 38, validation 5, test 5."""
     from audiotune.data.synthetic import write_synthetic_audiocaps
@@ -48,15 +56,15 @@ def micro_processor(micro_af3):
 
 
 @pytest.fixture(scope="session")
-def trained_adapter(tmp_path_factory, micro_af3, synth_data) -> Path:
-    """A LoRA adapter trained for 30 steps on the micro model (used by merge/pipeline/infer tests)."""
+def trained_adapter(tmp_path_factory, tiny_af3, synth_data) -> Path:
+    """A LoRA adapter trained for 40 steps on the tiny model (~15 s; used by merge/pipeline/infer tests)."""
     from audiotune.config import TrainConfig
     from audiotune.train import train
 
     out = tmp_path_factory.mktemp("adapter")
-    cfg = TrainConfig(model=str(micro_af3), dataset=str(synth_data), out=str(out), batch_size=4,
-                      gradient_accumulation_steps=1, learning_rate=3e-3, max_steps=30, logging_steps=5,
-                      eval_steps=15, save_steps=30, eval_take=4, seed=0)
+    cfg = TrainConfig(model=str(tiny_af3), dataset=str(synth_data), out=str(out), batch_size=4,
+                      gradient_accumulation_steps=1, learning_rate=3e-3, warmup_steps=4, max_steps=40,
+                      logging_steps=5, eval_steps=20, save_steps=40, eval_take=4, seed=0)
     train(cfg)
     return out
 

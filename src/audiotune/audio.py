@@ -60,9 +60,16 @@ def _decode_bytes(data: bytes, name: str) -> tuple[np.ndarray, int]:
             return _decode_with_torchcodec(data)
         except Exception as ff_error:
             raise AudioDecodeError(
-                f"{name}: cannot decode audio ({len(data)} bytes; soundfile: {sf_error}; ffmpeg: {ff_error}). "
-                "The file is corrupt or not audio: re-export it (e.g. `ffmpeg -i IN -ar 16000 OUT.wav`) or drop the row."
+                f"{name}: cannot decode audio ({len(data)} bytes; soundfile: {_reason(sf_error)}; "
+                f"ffmpeg: {_reason(ff_error)}). The file is corrupt or not audio: re-export it "
+                "(e.g. `ffmpeg -i IN -ar 16000 OUT.wav`) or drop the row."
             ) from ff_error
+
+
+def _reason(error: Exception) -> str:
+    """The decoder's own last words, without object reprs and C++ source locations."""
+    text = str(error).strip().rstrip(".")
+    return text.rsplit(": ", 1)[-1].rsplit(", ", 1)[-1] or type(error).__name__
 
 
 def _decode_with_torchcodec(source: bytes | str) -> tuple[np.ndarray, int]:
@@ -80,7 +87,7 @@ def _decode_path(path: str, name: str) -> tuple[np.ndarray, int]:
                                "resolved against the manifest's folder) or drop the row.")
     if p.stat().st_size == 0:
         raise AudioDecodeError(f"{name}: audio file {path} is empty (0 bytes). Replace the file or drop the row.")
-    return _decode_bytes(p.read_bytes(), f"{name} ({path})")
+    return _decode_bytes(p.read_bytes(), name if name == str(path) else f"{name} ({path})")
 
 
 def decode_any(item: Any, name: str, default_rate: int | None = None) -> tuple[np.ndarray, int]:

@@ -210,7 +210,7 @@ def main() -> None:
             raise
         from rich.markup import escape
 
-        Console(stderr=True).print(f"[red]error:[/red] {escape(str(error))}")
+        Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {escape(str(error))}")
         sys.exit(1)
     except (typer.Exit, SystemExit) as exit_:
         raise exit_

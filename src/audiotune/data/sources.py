@@ -43,7 +43,10 @@ def open_split(source: str, split: str, streaming: bool = False, audio_column: s
 
     try:
         dataset = _load(source, split, streaming)
-    except ValueError as error:  # datasets raises ValueError for an unknown split
+    except ValueError as error:  # datasets raises ValueError for an unknown or empty split
+        if "corresponds to no data" in str(error):
+            raise DatasetSchemaError(f"{source} [{split}]: the split is empty. Point --dataset at data with rows.") \
+                from error
         if "split" in str(error).lower():
             raise DatasetSchemaError(f"{source}: has no split {split!r} ({error}). Pick one with --train-split/"
                                      "--eval-split.") from error

@@ -51,7 +51,7 @@ _BEEPS = ["{n} short beeps", "{n} quick beeps", "a beep repeated {n} times"]
 _SILENCE = ["a moment of silence", "a short pause", "silence"]
 _COUNTS = {2: "two", 3: "three", 4: "four", 5: "five"}
 _CONNECTORS = [" followed by ", " then ", ", and then ", " after which comes "]
-_OPENERS = ["", "there is ", "you can hear ", "the audio has "]
+_OPENERS = ["", "we hear ", "you can hear ", "the audio has "]
 
 
 @dataclass(frozen=True)

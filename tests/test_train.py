@@ -1,0 +1,147 @@
+"""Training: the loss falls, adapters round-trip, merging is exact, bad rows never kill a run."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from datasets import Audio, Dataset, Features, Value
+
+from audiotune.config import TrainConfig
+from audiotune.data.collator import ConversationCollator
+from audiotune.data.tasks import Example, prompt_messages
+from audiotune.errors import AudioDecodeError, DatasetSchemaError
+from audiotune.merge import merge_adapter
+from audiotune.models.loading import load_model
+from audiotune.train import latest_checkpoint, train
+from tests.conftest import tone
+
+
+def _config(model, data, out, **kw):
+    base = dict(model=str(model), dataset=str(data), out=str(out), batch_size=4, gradient_accumulation_steps=1,
+                learning_rate=3e-3, max_steps=8, logging_steps=2, eval_steps=4, save_steps=4, eval_take=4, seed=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _batch(processor, family):
+    examples = [Example("x", prompt_messages(tone(1.5, 330), "Describe the audio."), ["A low tone."]),
+                Example("y", prompt_messages(tone(2.0, 990), "Describe the audio."), ["Two short beeps."])]
+    return ConversationCollator(processor, family, training=True)(examples)
+
+
+@pytest.mark.slow
+def test_loss_falls_over_a_few_dozen_steps(trained_adapter):
+    history = json.loads((trained_adapter / "train_metrics.json").read_text())["log_history"]
+    losses = [h["loss"] for h in history if "loss" in h]
+    assert len(losses) >= 5
+    assert np.mean(losses[-2:]) < 0.92 * np.mean(losses[:2])
+    assert losses[-1] < losses[0] - 0.5
+    for name in ("adapter_model.safetensors", "adapter_config.json", "processor_config.json", "README.md",
+                 "run_config.yaml", "tokenizer.json"):
+        assert (trained_adapter / name).exists(), name
+    card = (trained_adapter / "README.md").read_text()
+    assert "eval loss" in card and "language model" in card
+
+
+@pytest.mark.slow
+def test_adapter_reload_and_merge_give_the_same_logits(trained_adapter, tiny_af3, family, tmp_path):
+    from audiotune.models.loading import load_processor
+
+    batch = _batch(load_processor(tiny_af3), family)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    peft_model, _ = load_model(tiny_af3, adapter=trained_adapter)
+    base, _ = load_model(tiny_af3)
+    with torch.no_grad():
+        adapted = peft_model(**inputs).logits
+        plain = base(**inputs).logits
+    assert not torch.allclose(adapted, plain, atol=1e-3)  # the adapter changes something
+
+    reloaded, _ = load_model(tiny_af3, adapter=trained_adapter)
+    with torch.no_grad():
+        assert torch.allclose(reloaded(**inputs).logits, adapted, atol=1e-6)
+
+    merged_dir = merge_adapter(str(tiny_af3), str(trained_adapter), tmp_path / "merged")
+    from transformers import AudioFlamingo3ForConditionalGeneration
+
+    merged = AudioFlamingo3ForConditionalGeneration.from_pretrained(merged_dir).eval()  # plain transformers
+    with torch.no_grad():
+        assert torch.allclose(merged(**inputs).logits, adapted, atol=1e-4)
+    assert not any("lora" in k for k in merged.state_dict())
+
+
+def test_wrong_column_fails_before_the_model_loads(micro_af3, synth_data, tmp_path, monkeypatch):
+    import audiotune.train as train_module
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the data was checked")
+
+    monkeypatch.setattr(train_module, "load_base_model", must_not_load)
+    with pytest.raises(DatasetSchemaError, match=r"missing column\(s\) \['transcript'\].*--text-column"):
+        train(_config(micro_af3, synth_data, tmp_path, text_column="transcript"))
+    with pytest.raises(DatasetSchemaError, match="no audio column 'sound'"):
+        train(_config(micro_af3, synth_data, tmp_path, audio_column="sound"))
+
+
+def _dataset_with_bad_rows(tmp_path):
+    rate = 16000
+    good = []
+    for i in range(10):
+        buffer = io.BytesIO()
+        sf.write(buffer, tone(1.0, 300 + 50 * i), rate, format="WAV")
+        good.append({"bytes": buffer.getvalue(), "path": f"good{i}.wav"})
+    rows = {"id": [f"good{i}" for i in range(10)] + ["corrupt", "empty-caption", "empty-audio"],
+            "caption": ["A tone."] * 10 + ["A tone.", "   ", "A tone."],
+            "audio": good + [{"bytes": b"not audio at all" * 20, "path": "corrupt.wav"},
+                             good[0], {"bytes": b"", "path": "empty.wav"}]}
+    features = Features({"id": Value("string"), "caption": Value("string"), "audio": Audio()})
+    path = tmp_path / "bad.parquet"
+    Dataset.from_dict(rows, features=features).to_parquet(str(path))
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("streaming", [False, True])
+def test_bad_rows_are_skipped_and_listed(micro_af3, tmp_path, streaming):
+    data = _dataset_with_bad_rows(tmp_path)
+    out = tmp_path / f"run-{streaming}"
+    result = train(_config(micro_af3, data, out, eval_split=None, eval_take=None, max_steps=4, save_steps=4,
+                           streaming=streaming, id_column="id"))
+    assert result.steps == 4
+    skipped = {entry["id"]: entry for entry in result.skipped}
+    assert set(skipped) == {"corrupt", "empty-caption", "empty-audio"}
+    assert "cannot decode" in skipped["corrupt"]["message"]
+    listed = [json.loads(line)["id"] for line in (out / "skipped.jsonl").read_text().splitlines()]
+    assert set(listed) == set(skipped)
+    assert (out / "adapter_model.safetensors").exists()
+
+
+def test_on_bad_sample_fail_raises_the_rows_error(micro_af3, tmp_path):
+    data = _dataset_with_bad_rows(tmp_path)
+    with pytest.raises((AudioDecodeError, DatasetSchemaError), match="^(corrupt|empty-caption|empty-audio)"):
+        train(_config(micro_af3, data, tmp_path / "fail", eval_split=None, eval_take=None, max_steps=4,
+                      on_bad_sample="fail", id_column="id", batch_size=13))
+
+
+def test_empty_dataset_is_caught(micro_af3, tmp_path):
+    path = tmp_path / "empty.parquet"
+    Dataset.from_dict({"caption": [], "audio": []},
+                      features=Features({"caption": Value("string"), "audio": Audio()})).to_parquet(str(path))
+    with pytest.raises(DatasetSchemaError, match="empty"):
+        train(_config(micro_af3, path, tmp_path / "e", eval_split=None))
+
+
+def test_latest_checkpoint_skips_incomplete(tmp_path):
+    for step, complete in ((2, True), (4, True), (6, False)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "adapter_model.safetensors").write_bytes(b"x")
+        if complete:
+            (folder / "trainer_state.json").write_text("{}")
+            (folder / "optimizer.pt").write_bytes(b"x")
+    assert latest_checkpoint(tmp_path).name == "checkpoint-4"
+
