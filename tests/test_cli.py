@@ -49,3 +49,5 @@ def test_user_errors_are_one_line_without_traceback(tmp_path, micro_af3):
     assert result.returncode == 1 and "no such file or folder" in result.stderr and "Traceback" not in result.stderr
     result = _cli("train", "--model", micro_af3, "--dataset", tmp_path, "--long-audio", "sometimes")
     assert result.returncode == 1 and "--long-audio" in result.stderr
+    result = _cli("train", "--no-such-flag")
+    assert result.returncode == 2 and "No such option" in result.stderr and "Traceback" not in result.stderr

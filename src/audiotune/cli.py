@@ -214,10 +214,10 @@ def main() -> None:
         sys.exit(1)
     except (typer.Exit, SystemExit) as exit_:
         raise exit_
-    except Exception as error:  # click usage errors arrive as ClickException
-        import click
-
-        if isinstance(error, click.ClickException):
+    except Exception as error:
+        # Usage errors (unknown option, missing argument) come from typer's bundled click, whose
+        # exception class is private: recognise them by their interface and show them as click would.
+        if hasattr(error, "show") and hasattr(error, "exit_code"):
             error.show()
             sys.exit(error.exit_code)
         raise

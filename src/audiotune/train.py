@@ -111,6 +111,13 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
 def training_arguments(cfg: TrainConfig, out_dir: Path, has_eval: bool):
     from transformers import TrainingArguments
 
+    # transformers renamed gradient_checkpointing to activation_checkpointing within our pinned range.
+    fields = {f.name for f in dataclasses.fields(TrainingArguments)}
+    prefix = "activation" if "activation_checkpointing" in fields else "gradient"
+    checkpointing = {
+        f"{prefix}_checkpointing": cfg.gradient_checkpointing,
+        f"{prefix}_checkpointing_kwargs": {"use_reentrant": False} if cfg.gradient_checkpointing else None,
+    }
     return TrainingArguments(
         output_dir=str(out_dir),
         per_device_train_batch_size=cfg.batch_size,
@@ -130,8 +137,7 @@ def training_arguments(cfg: TrainConfig, out_dir: Path, has_eval: bool):
         remove_unused_columns=False,
         label_names=["labels"],
         dataloader_num_workers=cfg.dataloader_num_workers,
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
+        **checkpointing,
         bf16=cfg.bf16,
         seed=cfg.seed,
         data_seed=cfg.seed,
