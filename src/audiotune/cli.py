@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -29,6 +30,9 @@ _state = {"debug": False}
 def _main(debug: Annotated[bool, typer.Option(help="Show tracebacks for errors.")] = False,
           verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More log output.")] = False) -> None:
     _state["debug"] = debug
+    if not debug:
+        # transformers' deprecation notices are about its own internals, not anything the user can change.
+        warnings.filterwarnings("ignore", category=FutureWarning)
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
                         handlers=[RichHandler(console=Console(stderr=True), show_path=False)])
     logging.getLogger("audiotune").setLevel(logging.INFO)

@@ -168,8 +168,10 @@ def write_model_card(out_dir: Path, cfg: TrainConfig, family: Family, result: Tr
         f"- Trainable parameters: {result.trainable_parameters:,} of {result.total_parameters:,}.\n"
         f"- Rows skipped as bad: {len(result.skipped)}.\n\n"
         f"## Metrics\n\n| metric | value |\n|---|---|\n{table}\n\n"
-        "## Use\n\n```python\nimport audiotune\nfrom audiotune import load_model, generate\n"
-        f"model, processor = audiotune.load('{cfg.model}', adapter='{out_dir}')\n```\n"
+        "## Use\n\n```python\nfrom peft import PeftModel\nfrom transformers import AutoProcessor, "
+        f"{family.model_class}\n\nbase = {family.model_class}.from_pretrained('{cfg.model}')\n"
+        f"model = PeftModel.from_pretrained(base, '{out_dir}')\nprocessor = AutoProcessor.from_pretrained('{out_dir}')\n"
+        "```\n\nor `audiotune infer --model ... --adapter ... FILES`.\n"
     )
 
 
