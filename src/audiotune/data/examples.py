@@ -79,14 +79,28 @@ class ExampleBuilder:
         return example
 
 
-class ExampleDataset(torch.utils.data.Dataset):
-    """Map-style dataset over a non-streaming ``datasets.Dataset``."""
+class _RowsToExamples:
+    """What both dataset kinds share: rows, the builder, and the bad-row policy."""
 
     def __init__(self, rows, build: ExampleBuilder, bad_log: BadSampleLog, on_bad_sample: str = "skip") -> None:
         self.rows = rows
         self.build = build
         self.bad_log = bad_log
         self.on_bad_sample = on_bad_sample
+
+    def _try_build(self, row: dict[str, Any], index: int) -> Example | None:
+        """The row's Example, or ``None`` after recording it as bad (``skip``); ``fail`` re-raises."""
+        try:
+            return self.build(row, index)
+        except AudiotuneError as error:
+            if self.on_bad_sample == "fail":
+                raise
+            self.bad_log.record(row_id(row, index, self.build.id_column), error)
+            return None
+
+
+class ExampleDataset(_RowsToExamples, torch.utils.data.Dataset):
+    """Map-style dataset over a non-streaming ``datasets.Dataset``; a bad row yields the next good one."""
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -95,33 +109,20 @@ class ExampleDataset(torch.utils.data.Dataset):
         n = len(self.rows)
         for offset in range(n):
             i = (index + offset) % n
-            row = self.rows[i]
-            try:
-                return self.build(row, i)
-            except AudiotuneError as error:
-                if self.on_bad_sample == "fail":
-                    raise
-                self.bad_log.record(row_id(row, i, self.build.id_column), error)
+            example = self._try_build(self.rows[i], i)
+            if example is not None:
+                return example
         raise DatasetSchemaError("Every row of the dataset is bad; see skipped.jsonl in the run folder.")
 
 
-class ExampleStream(torch.utils.data.IterableDataset):
+class ExampleStream(_RowsToExamples, torch.utils.data.IterableDataset):
     """Iterable dataset over a streaming ``datasets.IterableDataset``: bad rows are not yielded."""
-
-    def __init__(self, rows, build: ExampleBuilder, bad_log: BadSampleLog, on_bad_sample: str = "skip") -> None:
-        self.rows = rows
-        self.build = build
-        self.bad_log = bad_log
-        self.on_bad_sample = on_bad_sample
 
     def __iter__(self) -> Iterator[Example]:
         for i, row in enumerate(self.rows):
-            try:
-                yield self.build(row, i)
-            except AudiotuneError as error:
-                if self.on_bad_sample == "fail":
-                    raise
-                self.bad_log.record(row_id(row, i, self.build.id_column), error)
+            example = self._try_build(row, i)
+            if example is not None:
+                yield example
 
     def set_epoch(self, epoch: int) -> None:  # the Trainer calls this on iterable datasets
         if hasattr(self.rows, "set_epoch"):
