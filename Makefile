@@ -23,6 +23,7 @@ demo: setup
 	$(VENV)/bin/audiotune demo --out runs/demo
 
 test: setup
+	@bash scripts/system-deps.sh --test
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: setup

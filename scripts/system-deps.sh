@@ -2,10 +2,15 @@
 # Install the Debian packages audiotune needs, if they are missing:
 #   ffmpeg               - datasets' audio decoding (torchcodec) and our fallback decoder
 #   default-jre-headless - the PTB tokenizer and METEOR of the caption metrics (pycocoevalcap)
+# With --test also:
+#   chromium             - renders report.html headless in the report test
 set -euo pipefail
 need=()
 command -v ffmpeg >/dev/null 2>&1 || need+=(ffmpeg)
 command -v java >/dev/null 2>&1 || need+=(default-jre-headless)
+if [ "${1:-}" = "--test" ]; then
+  command -v chromium >/dev/null 2>&1 || need+=(chromium)
+fi
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
   echo "audiotune needs: ${need[*]}. Install them (e.g. sudo apt-get install ${need[*]}) and retry." >&2

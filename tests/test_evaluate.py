@@ -1,55 +1,116 @@
-"""Caption metrics equal pycocoevalcap's own pipeline, with hand-checkable edge cases."""
+"""``audiotune eval``: models scored on the same rows, every task's metrics, best checkpoint by a metric."""
 
 from __future__ import annotations
 
+import io
+import json
+import subprocess
+import sys
+
 import pytest
+import soundfile as sf
+from datasets import Audio, ClassLabel, Dataset, Features, Value
 
-from audiotune.evaluate import caption_metrics, ptb_tokenize
-
-PREDICTIONS = {"a": "A dog barks twice.", "b": "A high-pitched whistle, then silence.", "c": "Rain falls on a roof."}
-REFERENCES = {
-    "a": ["A dog barks two times.", "Two barks from a dog.", "A dog is barking."],
-    "b": ["A shrill whistle followed by a pause.", "A high whistle and then silence."],
-    "c": ["Heavy rain falls on a metal roof.", "Rain hitting a roof.", "Water drips.", "Rainfall."],
-}
-
-
-def _reference_scores():
-    from pycocoevalcap.bleu.bleu import Bleu
-    from pycocoevalcap.cider.cider import Cider
-    from pycocoevalcap.meteor.meteor import Meteor
-    from pycocoevalcap.rouge.rouge import Rouge
-    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
-
-    tok = PTBTokenizer()
-    gts = tok.tokenize({k: [{"caption": c} for c in v] for k, v in REFERENCES.items()})
-    res = tok.tokenize({k: [{"caption": v}] for k, v in PREDICTIONS.items()})
-    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
-    return {"BLEU-1": bleu[0], "BLEU-4": bleu[3], "METEOR": Meteor().compute_score(gts, res)[0],
-            "ROUGE-L": Rouge().compute_score(gts, res)[0], "CIDEr-D": Cider().compute_score(gts, res)[0]}
+from audiotune.config import TrainConfig
+from audiotune.errors import ConfigError
+from audiotune.evaluate import EvalConfig, run_evaluation
+from audiotune.merge import merge_adapter
+from audiotune.train import train
+from tests.conftest import tone
 
 
 @pytest.mark.slow
-def test_equal_to_pycocoevalcap():
-    ours, per_clip = caption_metrics(PREDICTIONS, REFERENCES)
-    for name, value in _reference_scores().items():
-        assert ours[name] == pytest.approx(value, abs=1e-9), name
-    assert set(per_clip) == set(PREDICTIONS) and all("CIDEr-D" in v for v in per_clip.values())
+def test_compare_scores_every_model_on_the_same_rows(tiny_af3, trained_adapter, synth_data, tmp_path):
+    merged = merge_adapter(str(tiny_af3), str(trained_adapter), tmp_path / "merged")
+    report = run_evaluation(EvalConfig(model=str(tiny_af3), dataset=str(synth_data), out=str(tmp_path / "eval"),
+                                       adapters=[str(trained_adapter), str(merged)], compare=True, max_new_tokens=12,
+                                       with_meteor=False), training_run=trained_adapter)
+    assert [m.name for m in report.models] == ["base", trained_adapter.name, "merged"]
+    rows = [json.loads(line) for line in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
+    by_model: dict[str, list] = {}
+    for row in rows:
+        by_model.setdefault(row["model"], []).append(row)
+        assert set(row) >= {"id", "prompt", "references", "prediction", "scores", "generation"}
+        assert len(row["references"]) == 5 and row["prompt"] == "Describe the audio."
+    ids = [[r["id"] for r in v] for v in by_model.values()]
+    assert ids[0] == ids[1] == ids[2] and len(ids[0]) == 5
+    # merging is exact, so the adapter and the merged checkpoint answer alike
+    assert [r["prediction"] for r in by_model[trained_adapter.name]] == [r["prediction"] for r in by_model["merged"]]
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert set(metrics["models"]) == {"base", trained_adapter.name, "merged"} and metrics["rows"] == 5
+    assert "CIDEr-D" in metrics["models"]["base"]
+    html = (tmp_path / "eval" / "report.html").read_text()
+    assert html.count("<img") == 2 and "<audio" in html  # loss and metric curves of the training run, players
 
 
-def test_identical_caption_scores_bleu1_of_one():
-    refs = {"x": ["a dog barks twice", "a dog barks twice"], "y": ["rain on a roof", "rain on a roof"]}
-    metrics, _ = caption_metrics({"x": "A dog barks twice.", "y": "Rain on a roof."}, refs, with_meteor=False)
-    assert metrics["BLEU-1"] == pytest.approx(1.0)
-    assert metrics["ROUGE-L"] == pytest.approx(1.0)
+@pytest.mark.slow
+def test_cli_eval_prints_the_caption_table(tiny_af3, trained_adapter, synth_data, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "audiotune", "eval", "--model", str(tiny_af3), "--adapter",
+                             str(trained_adapter), "--compare", "--dataset", str(synth_data), "--take", "3",
+                             "--max-new-tokens", "8", "--out", str(tmp_path)], capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for metric in ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D"):
+        assert metric in result.stdout
+    assert "base" in result.stdout and "SPICE/SPIDEr skipped" in result.stdout
+    assert (tmp_path / "report.html").exists() and (tmp_path / "report.md").exists()
 
 
-def test_empty_prediction_does_not_crash_and_scores_zero():
-    metrics, per_clip = caption_metrics({"x": "", "y": "rain on a roof"},
-                                        {"x": ["a dog barks"], "y": ["rain on a roof"]}, with_meteor=False)
-    assert per_clip["x"]["CIDEr-D"] == 0.0 and per_clip["x"]["BLEU-4"] < 1e-6
-    assert per_clip["y"]["ROUGE-L"] == pytest.approx(1.0)
+def _labelled_dataset(tmp_path, task: str):
+    audio, labels, texts = [], [], []
+    for i in range(8):
+        buffer = io.BytesIO()
+        sf.write(buffer, tone(1.0, 300 if i % 2 else 1200), 16000, format="WAV")
+        audio.append({"bytes": buffer.getvalue(), "path": f"{i}.wav"})
+        labels.append(i % 2)
+        texts.append("a low hum" if i % 2 else "a high whistle")
+    if task == "classify":
+        columns = {"label": labels, "audio": audio}
+        features = Features({"label": ClassLabel(names=["high", "low"]), "audio": Audio()})
+    else:
+        columns = {"text": texts, "audio": audio}
+        features = Features({"text": Value("string"), "audio": Audio()})
+    path = tmp_path / f"{task}.parquet"
+    Dataset.from_dict(columns, features=features).to_parquet(str(path))
+    return path
 
 
-def test_ptb_tokenisation_lowercases_and_drops_punctuation():
-    assert ptb_tokenize({"k": ["A Dog, barking!", ""]}) == {"k": ["a dog barking", ""]}
+@pytest.mark.parametrize("task, expected", [("classify", {"accuracy", "macro-F1"}), ("asr", {"WER", "CER"})])
+def test_classify_and_asr_metrics(micro_af3, tmp_path, task, expected):
+    data = _labelled_dataset(tmp_path, task)
+    report = run_evaluation(EvalConfig(model=str(micro_af3), dataset=str(data), split="test", task=task,
+                                       out=str(tmp_path / "out"), max_new_tokens=4))
+    assert set(report.models[0].metrics) == expected
+    assert set(report.metric_order()) == expected
+    prompt = json.loads((tmp_path / "out" / "predictions.jsonl").read_text().splitlines()[0])["prompt"]
+    if task == "classify":
+        assert prompt == "What sound is this? Answer with one of: high, low."
+        references = [json.loads(line)["references"] for line in (tmp_path / "out" / "predictions.jsonl")
+                      .read_text().splitlines()]
+        assert references[0] == ["high"] and references[1] == ["low"]
+    else:
+        assert prompt == "Transcribe the input speech."
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("metric", ["CIDEr-D", "loss"])
+def test_best_checkpoint_kept_by_metric(tiny_af3, synth_data, tmp_path, metric):
+    out = tmp_path / metric
+    result = train(TrainConfig(model=str(tiny_af3), dataset=str(synth_data), out=str(out), batch_size=4,
+                               gradient_accumulation_steps=1, learning_rate=3e-3, max_steps=12, eval_steps=4,
+                               save_steps=4, save_total_limit=1, eval_take=4, eval_generate_take=4,
+                               max_new_tokens=8, best_metric=metric, seed=0))
+    evals = [h for h in result.log_history if "eval_loss" in h][:3]
+    assert len(evals) == 3 and all("eval_gen_CIDEr-D" in h for h in evals)
+    key = "eval_loss" if metric == "loss" else "eval_gen_CIDEr-D"
+    values = [h[key] for h in evals]
+    best = min(values) if metric == "loss" else max(values)
+    best_step = evals[values.index(best)]["step"]
+    assert result.best_checkpoint.endswith(f"checkpoint-{best_step}")
+    card = (out / "README.md").read_text()
+    assert "CIDEr-D (eval slice, generated)" in card and "eval loss" in card
+
+
+def test_best_metric_needs_aligned_steps():
+    with pytest.raises(ConfigError, match="multiple of"):
+        TrainConfig(model="m", dataset="d", best_metric="CIDEr-D", eval_steps=3, save_steps=4).validate()

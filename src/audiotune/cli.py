@@ -184,26 +184,91 @@ def merge(model: Annotated[str, typer.Option(help="Base model (Hub id or folder)
     console.print(f"[green]merged checkpoint written to[/green] {path}")
 
 
+@app.command("eval")
+def eval_(
+    model: Annotated[str, typer.Option(help="Base model: Hub id or local checkpoint.")],
+    dataset: Annotated[str, typer.Option(help="Hub id, local folder or parquet/jsonl/csv files.")],
+    adapter: Annotated[Optional[list[str]], typer.Option(help="Adapter folder or merged checkpoint; repeatable.")] = None,
+    compare: Annotated[bool, typer.Option("--compare", help="Also score the base model, side by side.")] = False,
+    split: str = "test",
+    task: Annotated[str, typer.Option(help="caption | asr | qa | classify")] = "caption",
+    out: Annotated[Path, typer.Option(help="Folder for predictions.jsonl, metrics.json and the report.")] = Path("runs/eval"),
+    prompt: Optional[str] = None,
+    system_prompt: Optional[str] = None,
+    audio_column: str = "audio",
+    text_column: Optional[str] = None,
+    references_column: Optional[str] = None,
+    question_column: Optional[str] = None,
+    labels: Annotated[Optional[str], typer.Option(help="classify: comma-separated label set.")] = None,
+    take: Annotated[Optional[int], typer.Option(help="Score only the first N rows.")] = None,
+    streaming: Annotated[bool, typer.Option("--streaming/--no-streaming")] = False,
+    batch_size: int = 16,
+    max_new_tokens: int = 64,
+    spice_models: Annotated[Optional[str], typer.Option(help="Folder with SPICE's Stanford CoreNLP 3.6.0 jars.")] = None,
+    training_run: Annotated[Optional[Path], typer.Option(help="A training run folder whose curves go into the "
+                                                               "report (default: the first adapter).")] = None,
+) -> None:
+    """Generate over a split and score it the way the field does; --compare puts models side by side."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .evaluate import EvalConfig, run_evaluation
+
+    cfg = EvalConfig(model=model, dataset=dataset, out=str(out), adapters=list(adapter or []), compare=compare,
+                     split=split, task=task, prompt=prompt, system_prompt=system_prompt, audio_column=audio_column,
+                     text_column=text_column, references_column=references_column, question_column=question_column,
+                     labels=labels.split(",") if labels else None, take=take, streaming=streaming,
+                     batch_size=batch_size, max_new_tokens=max_new_tokens, spice_models=spice_models)
+    run = training_run or next((Path(a) for a in cfg.adapters if (Path(a) / "train_metrics.json").exists()), None)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console) as progress:
+        bars: dict[str, int] = {}
+
+        def on_model(name: str, total: int) -> None:
+            bars["current"] = progress.add_task(f"generating ({name})", total=total)
+
+        report = run_evaluation(cfg, on_model=on_model, training_run=run,
+                                on_batch=lambda n: progress.advance(bars["current"], n))
+    print_metrics(report.table(), report.metric_order(), title=f"{task} metrics on {dataset} [{split}]")
+    for notice in report.notices:
+        console.print(f"[yellow]note:[/yellow] {notice}")
+    if report.skipped:
+        console.print(f"[yellow]{len(report.skipped)} bad row(s) skipped[/yellow], listed in {out / 'skipped.jsonl'}")
+    console.print(f"predictions: {out / 'predictions.jsonl'}; report: {report.report_html}")
+
+
+def print_metrics(table_data: dict[str, dict[str, float]], metrics: list[str], title: str) -> None:
+    """A rich table with one column per model, the best value of each row in bold."""
+    from .metrics import LOWER_IS_BETTER
+
+    table = Table(title=title)
+    table.add_column("metric")
+    for name in table_data:
+        table.add_column(name, justify="right")
+    for metric in metrics:
+        values = [table_data[n].get(metric) for n in table_data]
+        present = [v for v in values if v is not None]
+        best = (min(present) if metric in LOWER_IS_BETTER else max(present)) if len(set(present)) > 1 else None
+        table.add_row(metric, *["—" if v is None else (f"[bold green]{v:.4f}[/bold green]" if v == best else f"{v:.4f}")
+                                for v in values])
+    console.print(table)
+
+
 @app.command()
 def demo(out: Annotated[Path, typer.Option(help="Run folder.")] = Path("runs/demo"),
          clips: int = 400, max_steps: int = 150, seed: int = 0) -> None:
     """Synthetic data → tiny AF3 → LoRA → base vs tuned → infer → merge → pipeline → report."""
     from .demo import DemoSettings, run_demo
-    from .evaluate import CAPTION_METRICS
 
     result = run_demo(DemoSettings(out=str(out), clips=clips, max_steps=max_steps, seed=seed),
                       on_stage=lambda name: console.rule(f"[bold]{name}"))
-    table = Table(title="held-out test split: base vs tuned")
-    table.add_column("metric")
-    table.add_column("base", justify="right")
-    table.add_column("tuned", justify="right")
-    for metric in CAPTION_METRICS:
-        table.add_row(metric, f"{result.base[metric]:.4f}", f"{result.tuned[metric]:.4f}")
-    console.print(table)
+    print_metrics(result.evaluation.table(), result.evaluation.metric_order(),
+                  title="held-out test split: base vs tuned (audiotune eval --compare)")
     for sample in result.samples:
         console.print(f"[bold]{sample['id']}[/bold]: {sample['prediction']}  [dim](ref: {sample['references'][0]})")
     console.print(f"pipeline(\"audio-text-to-text\") on the first test clip: \"{result.pipeline_output}\"")
-    console.print(f"report: {result.report}; total {result.timings['total']:.0f} s")
+    for notice in result.evaluation.notices:
+        console.print(f"[yellow]note:[/yellow] {notice}")
+    console.print(f"report: {result.evaluation.report_html} (and report.md); total {result.timings['total']:.0f} s")
 
 
 def main() -> None:

@@ -26,12 +26,14 @@ class TrainConfig:
     dataset: str = ""
     out: str = "runs/latest"
     # data
-    task: str = "caption"
-    prompt: str = "Describe the audio."
+    task: str = "caption"  # caption | asr | qa | classify
+    prompt: str | None = None  # None: the task's default ("Describe the audio." for caption)
     system_prompt: str | None = None
     audio_column: str = "audio"
-    text_column: str = "caption"
-    references_column: str | None = "captions"
+    text_column: str | None = None  # None: the task's default (caption, text, answer, label)
+    references_column: str | None = None  # None: the task's default (captions for caption)
+    question_column: str | None = None
+    labels: list[str] | None = None  # classify: the label set (default: read from the dataset)
     id_column: str | None = None
     train_split: str = "train"
     eval_split: str | None = "validation"  # None: carve eval rows from train (guide: skip(train_take).take(eval_take))
@@ -66,6 +68,10 @@ class TrainConfig:
     dataloader_num_workers: int = 0
     resume: bool = False
     max_new_tokens: int = 64
+    # generation-based evaluation during training (see callbacks.py)
+    eval_generate_take: int = 16  # eval clips to generate for at each evaluation; 0 turns it off
+    best_metric: str | None = None  # e.g. CIDEr-D or loss: keep the best checkpoint by it
+    spice_models: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> "TrainConfig":
@@ -80,8 +86,11 @@ class TrainConfig:
                               f"{', '.join(p.value for p in LongAudioPolicy)}.") from None
         if self.on_bad_sample not in ("skip", "fail"):
             raise ConfigError(f"--on-bad-sample {self.on_bad_sample!r}: choose skip or fail.")
-        if self.task != "caption":
-            raise ConfigError(f"--task {self.task!r} is not available yet; this version trains the caption task.")
+        if self.task not in ("caption", "asr", "qa", "classify"):
+            raise ConfigError(f"--task {self.task!r}: choose caption, asr, qa or classify.")
+        if self.best_metric and self.eval_steps and self.save_steps % self.eval_steps:
+            raise ConfigError(f"--best-metric needs --save-steps ({self.save_steps}) to be a multiple of "
+                              f"--eval-steps ({self.eval_steps}), so every saved checkpoint has been scored.")
         for name in ("batch_size", "eval_batch_size", "gradient_accumulation_steps", "max_steps", "lora_r"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1 (got {getattr(self, name)}).")

@@ -1,116 +1,187 @@
-"""Score predictions the way the audio-captioning field does, and run a model over an eval split.
+"""``audiotune eval``: generate over a split with one or more models and score them on the same rows.
 
-Caption metrics come from ``pycocoevalcap`` (the reference implementation behind published
-AudioCaps/Clotho numbers): PTB tokenisation (Stanford CoreNLP, needs Java), then BLEU-1..4,
-METEOR, ROUGE-L and CIDEr-D over all references of each clip. Java-less machines get a clear
-:class:`~audiotune.errors.ConfigError` telling them to install a JRE.
+Examples are decoded once and shared, so ``--compare`` (base plus adapters or merged checkpoints)
+scores every model on exactly the same clips. Writes ``predictions.jsonl`` (one row per model and
+clip: id, prompt, references, prediction, per-clip scores, generation settings), ``metrics.json``
+and the report (``report.md``, ``report.html``) into ``out``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .data.tasks import Example
-from .errors import ConfigError
+from .audio import AudioLimits, LongAudioPolicy
+from .data.examples import BadSampleLog, ExampleBuilder, ExampleDataset, ExampleStream
+from .data.sources import first_row, open_split, require_columns
+from .data.tasks import Example, make_task
+from .errors import CheckpointError
 from .generate import GenerationSettings, generate
+from .metrics import metric_names, score
 from .models.families import Family
 
 logger = logging.getLogger(__name__)
 
-CAPTION_METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D")
 
-
-def _require_java() -> None:
-    if shutil.which("java") is None:
-        raise ConfigError("Caption metrics need Java for the PTB tokenizer and METEOR: install a JRE "
-                          "(Debian: apt-get install default-jre-headless) and retry.")
-
-
-def ptb_tokenize(texts: dict[str, list[str]]) -> dict[str, list[str]]:
-    """PTB-tokenise (lower-cased, punctuation removed) as the COCO caption evaluation does.
-
-    Empty strings are kept as empty without going through the tokenizer (which would drop the
-    line and misalign every caption after it).
-    """
-    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
-
-    _require_java()
-    non_empty = {f"{key}\t{i}": [{"caption": text}] for key, values in texts.items()
-                 for i, text in enumerate(values) if text.strip()}
-    tokenized = PTBTokenizer().tokenize(non_empty) if non_empty else {}
-    return {key: [tokenized.get(f"{key}\t{i}", [""])[0] for i in range(len(values))]
-            for key, values in texts.items()}
-
-
-def caption_metrics(predictions: dict[str, str], references: dict[str, list[str]],
-                    with_meteor: bool = True) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
-    """Corpus metrics and per-clip scores (BLEU-4, ROUGE-L and CIDEr-D) for ``predictions``."""
-    from pycocoevalcap.bleu.bleu import Bleu
-    from pycocoevalcap.cider.cider import Cider
-    from pycocoevalcap.rouge.rouge import Rouge
-
-    keys = sorted(predictions)
-    if not keys:
-        raise ConfigError("No predictions to score: the evaluation split produced no rows.")
-    missing = [k for k in keys if not references.get(k)]
-    if missing:
-        raise ConfigError(f"No references for {missing[:5]}: every scored clip needs at least one reference.")
-    res = ptb_tokenize({k: [predictions[k]] for k in keys})
-    gts = ptb_tokenize({k: list(references[k]) for k in keys})
-    # pycocoevalcap's BLEU divides by the hypothesis length; an empty prediction scores 0 by definition.
-    res_safe = {k: [v[0] if v[0] else "<empty>"] for k, v in res.items()}
-    corpus: dict[str, float] = {}
-    per_clip: dict[str, dict[str, float]] = {k: {} for k in keys}
-    bleu, bleu_each = Bleu(4).compute_score(gts, res_safe, verbose=0)
-    for n in range(4):
-        corpus[f"BLEU-{n + 1}"] = float(bleu[n])
-    for k, score in zip(keys, bleu_each[3]):
-        per_clip[k]["BLEU-4"] = float(score)
-    if with_meteor:
-        from pycocoevalcap.meteor.meteor import Meteor
-
-        meteor = Meteor()  # a Java subprocess; it is killed when the object is collected
-        corpus["METEOR"] = float(meteor.compute_score(gts, res_safe)[0])
-        del meteor
-    rouge, rouge_each = Rouge().compute_score(gts, res_safe)
-    corpus["ROUGE-L"] = float(rouge)
-    cider, cider_each = Cider().compute_score(gts, res_safe)
-    corpus["CIDEr-D"] = float(cider)
-    for k, r, c in zip(keys, rouge_each, cider_each):
-        per_clip[k]["ROUGE-L"] = float(r)
-        per_clip[k]["CIDEr-D"] = float(c)
-    corpus["vocabulary"] = float(len({w for k in keys for w in res[k][0].split()}))
-    return corpus, per_clip
+@dataclass
+class EvalConfig:
+    model: str
+    dataset: str
+    out: str = "runs/eval"
+    adapters: list[str] = field(default_factory=list)  # adapter folders or merged checkpoints
+    compare: bool = False  # also score the base model
+    split: str = "test"
+    task: str = "caption"
+    prompt: str | None = None
+    system_prompt: str | None = None
+    audio_column: str = "audio"
+    text_column: str | None = None
+    references_column: str | None = None
+    question_column: str | None = None
+    labels: list[str] | None = None
+    id_column: str | None = None
+    take: int | None = None
+    streaming: bool = False
+    batch_size: int = 16
+    max_new_tokens: int = 64
+    long_audio: str = LongAudioPolicy.WINDOW.value
+    on_bad_sample: str = "skip"
+    spice_models: str | None = None
+    with_meteor: bool = True
+    audio_players: int = 5
 
 
 @dataclass
-class EvalResult:
+class ModelScores:
+    name: str
     metrics: dict[str, float]
-    predictions: list[dict[str, Any]] = field(default_factory=list)
+    predictions: list[dict[str, Any]]
 
 
-def evaluate_model(model, processor, family: Family, examples: Sequence[Example], batch_size: int = 16,
-                   settings: GenerationSettings | None = None, prompt: str | None = None,
-                   on_batch: Callable[[int], None] | None = None, with_meteor: bool = True) -> EvalResult:
-    """Generate for every example and score against its references."""
-    settings = settings or GenerationSettings()
+@dataclass
+class EvalReport:
+    out_dir: Path
+    task: str
+    models: list[ModelScores]
+    notices: list[str]
+    skipped: list[dict[str, str]]
+    report_md: Path | None = None
+    report_html: Path | None = None
+
+    def table(self) -> dict[str, dict[str, float]]:
+        return {m.name: m.metrics for m in self.models}
+
+    def metric_order(self) -> list[str]:
+        return metric_names(self.task, list(self.models[0].metrics)) if self.models else []
+
+
+def load_examples(cfg: EvalConfig, family: Family, bad_log: BadSampleLog) -> list[Example]:
+    """Decode the split once; bad rows are skipped (and listed) or raise, as ``on_bad_sample`` says."""
+    rows = open_split(cfg.dataset, cfg.split, cfg.streaming, cfg.audio_column)
+    from .train import label_set
+
+    labels = tuple(cfg.labels) if cfg.labels else (
+        label_set(rows, cfg.text_column or "label") if cfg.task == "classify" else None)
+    task = make_task(cfg.task, prompt=cfg.prompt, system_prompt=cfg.system_prompt, text_column=cfg.text_column,
+                     references_column=cfg.references_column, question_column=cfg.question_column, labels=labels)
+    require_columns(rows, [cfg.audio_column, *task.required_columns()], cfg.dataset, cfg.split)
+    first_row(rows, cfg.dataset, cfg.split)
+    if cfg.take is not None:
+        rows = rows.select(range(min(cfg.take, len(rows)))) if hasattr(rows, "select") else rows.take(cfg.take)
+    limits = AudioLimits(family.window_seconds, family.max_audio_seconds, LongAudioPolicy(cfg.long_audio))
+    build = ExampleBuilder(task, family.sampling_rate, limits, cfg.audio_column, cfg.id_column)
+    if cfg.streaming:
+        return list(ExampleStream(rows, build, bad_log, cfg.on_bad_sample))
+    source = ExampleDataset(rows, build, bad_log, cfg.on_bad_sample)
+    examples = (source._try_build(rows[i], i) for i in range(len(rows)))
+    return [e for e in examples if e is not None]
+
+
+def _variants(cfg: EvalConfig) -> list[tuple[str, str, str | None]]:
+    """(display name, model path, adapter path) for each model to score."""
+    variants: list[tuple[str, str, str | None]] = []
+    if cfg.compare or not cfg.adapters:
+        variants.append(("base", cfg.model, None))
+    for path in cfg.adapters:
+        p = Path(path)
+        if (p / "adapter_config.json").exists():
+            variants.append((p.name or path, cfg.model, path))
+        elif (p / "config.json").exists():
+            variants.append((p.name or path, path, None))  # a merged (or any full) checkpoint
+        else:
+            raise CheckpointError(f"{path}: neither an adapter (adapter_config.json) nor a checkpoint (config.json).")
+    names = [v[0] for v in variants]
+    return [(f"{n} ({i})" if names.count(n) > 1 else n, m, a) for i, (n, m, a) in enumerate(variants)]
+
+
+def score_model(model, processor, family: Family, examples: Sequence[Example], task: str,
+                settings: GenerationSettings, batch_size: int = 16, with_meteor: bool = True,
+                spice_models: str | None = None, notices: list[str] | None = None,
+                on_batch: Callable[[int], None] | None = None) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Generate for ``examples`` and score them: (corpus metrics, per-clip prediction rows)."""
     answers = generate(model, processor, family, examples, batch_size=batch_size, settings=settings,
                        on_batch=on_batch)
     predictions = {e.id: a for e, a in zip(examples, answers)}
-    references = {e.id: e.references for e in examples}
-    metrics, per_clip = caption_metrics(predictions, references, with_meteor=with_meteor)
-    rows = [{"id": e.id, "prompt": prompt, "references": e.references, "prediction": a,
-             "scores": per_clip[e.id], "generation": settings.as_kwargs()} for e, a in zip(examples, answers)]
-    return EvalResult(metrics=metrics, predictions=rows)
+    metrics, per_clip = score(task, predictions, {e.id: e.references for e in examples}, with_meteor,
+                              spice_models, notices)
+    rows = [{"id": e.id, "prompt": _prompt_text(e), "references": e.references, "prediction": a,
+             "scores": per_clip.get(e.id, {}), "generation": settings.as_kwargs()} for e, a in zip(examples, answers)]
+    return metrics, rows
 
 
-def write_predictions(path: str | Path, rows: Sequence[dict[str, Any]]) -> None:
-    with Path(path).open("w") as handle:
-        for row in rows:
-            handle.write(json.dumps(row) + "\n")
+def _prompt_text(example: Example) -> str:
+    user = [m for m in example.messages if m["role"] == "user"][-1]
+    return " ".join(p["text"] for p in user["content"] if p.get("type") == "text")
+
+
+def run_evaluation(cfg: EvalConfig, on_model: Callable[[str, int], None] | None = None,
+                   on_batch: Callable[[int], None] | None = None, training_run: str | Path | None = None,
+                   summary: dict[str, Any] | None = None) -> EvalReport:
+    """Score every model variant on the same decoded rows and write predictions, metrics and the report.
+
+    ``on_model(name, n_examples)`` is called before each model, ``on_batch(n)`` after each batch
+    (the CLI's progress bar). ``training_run``: a run folder whose curves go into the report.
+    """
+    import gc
+
+    from .models.loading import load_model, load_processor, resolve_family
+    from .report import write_report
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    family = resolve_family(cfg.model)
+    variants = _variants(cfg)
+    bad_log = BadSampleLog(out / "skipped.jsonl")
+    examples = load_examples(cfg, family, bad_log)
+    if not examples:
+        raise CheckpointError(f"{cfg.dataset} [{cfg.split}]: no usable rows to evaluate (see {out / 'skipped.jsonl'}).")
+    settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens)
+    notices: list[str] = []
+    scored: list[ModelScores] = []
+    for name, model_path, adapter in variants:
+        if on_model:
+            on_model(name, len(examples))
+        model, _ = load_model(model_path, adapter=adapter)
+        processor_source = adapter if adapter and (Path(adapter) / "processor_config.json").exists() else model_path
+        metrics, rows = score_model(model, load_processor(processor_source), family, examples, cfg.task, settings,
+                                    cfg.batch_size, cfg.with_meteor, cfg.spice_models, notices, on_batch)
+        scored.append(ModelScores(name, metrics, rows))
+        del model
+        gc.collect()
+
+    with (out / "predictions.jsonl").open("w") as handle:
+        for model_scores in scored:
+            for row in model_scores.predictions:
+                handle.write(json.dumps({"model": model_scores.name, **row}) + "\n")
+    report = EvalReport(out, cfg.task, scored, notices, bad_log.entries())
+    (out / "metrics.json").write_text(json.dumps({
+        "task": cfg.task, "dataset": cfg.dataset, "split": cfg.split, "rows": len(examples),
+        "models": report.table(), "notices": notices, "skipped": len(report.skipped),
+        "config": asdict(cfg)}, indent=2))
+    report.report_md, report.report_html = write_report(report, examples[: cfg.audio_players], family.sampling_rate,
+                                                        training_run=training_run, summary=summary, config=asdict(cfg))
+    return report

@@ -19,12 +19,15 @@ from typing import Any
 import torch
 
 from .audio import AudioLimits, LongAudioPolicy
+from .callbacks import PREFIX, GenerationMetricsCallback
 from .config import TrainConfig
 from .data.collator import ConversationCollator
 from .data.examples import BadSampleLog, ExampleBuilder, ExampleDataset, ExampleStream
 from .data.sources import first_row, open_split, require_columns
-from .data.tasks import CaptionTask
-from .errors import CheckpointError
+from .data.tasks import CaptionTask, make_task
+from .errors import ConfigError, DatasetSchemaError
+from .generate import GenerationSettings
+from .metrics import LOWER_IS_BETTER
 from .models.families import Family
 from .models.loading import (AdaptationPlan, count_parameters, load_base_model, load_processor,
                              prepare_for_training, resolve_family)
@@ -46,16 +49,35 @@ class TrainResult:
     skipped: list[dict[str, str]] = field(default_factory=list)
     log_history: list[dict[str, Any]] = field(default_factory=list)
     resumed_from: str | None = None
+    generation_metrics: dict[str, float] = field(default_factory=dict)  # final, on the eval slice
+    best_checkpoint: str | None = None
 
 
-def task_from_config(cfg: TrainConfig) -> CaptionTask:
-    return CaptionTask(prompt=cfg.prompt, system_prompt=cfg.system_prompt, text_column=cfg.text_column,
-                       references_column=cfg.references_column)
+def task_from_config(cfg: TrainConfig, rows=None) -> CaptionTask:
+    """The task the config describes; for ``classify`` without ``labels``, the label set of ``rows``."""
+    labels = tuple(cfg.labels) if cfg.labels else None
+    if cfg.task == "classify" and labels is None and rows is not None:
+        labels = label_set(rows, cfg.text_column or "label")
+    return make_task(cfg.task, prompt=cfg.prompt, system_prompt=cfg.system_prompt, text_column=cfg.text_column,
+                     references_column=cfg.references_column, question_column=cfg.question_column, labels=labels)
 
 
-def example_builder(cfg: TrainConfig, family: Family) -> ExampleBuilder:
+def label_set(rows, column: str) -> tuple[str, ...]:
+    """Class names: a ``ClassLabel`` feature's names, else the sorted distinct values (non-streaming only)."""
+    feature = (rows.features or {}).get(column) if hasattr(rows, "features") else None
+    if feature is not None and hasattr(feature, "names"):
+        return tuple(feature.names)
+    if not hasattr(rows, "unique"):
+        raise ConfigError("--task classify on a streaming dataset needs the label set: pass --labels a,b,c.")
+    if column not in rows.column_names:
+        raise DatasetSchemaError(f"no label column {column!r}; columns are {rows.column_names}. Pass --text-column.")
+    return tuple(sorted(str(v) for v in rows.unique(column) if v is not None))
+
+
+def example_builder(cfg: TrainConfig, family: Family, task: CaptionTask | None = None) -> ExampleBuilder:
     limits = AudioLimits(family.window_seconds, family.max_audio_seconds, LongAudioPolicy(cfg.long_audio))
-    return ExampleBuilder(task_from_config(cfg), family.sampling_rate, limits, cfg.audio_column, cfg.id_column)
+    return ExampleBuilder(task or task_from_config(cfg), family.sampling_rate, limits, cfg.audio_column,
+                          cfg.id_column)
 
 
 def _take(rows, start: int, count: int | None):
@@ -69,8 +91,8 @@ def _take(rows, start: int, count: int | None):
 
 def build_datasets(cfg: TrainConfig, family: Family, run_dir: Path):
     """Train and eval datasets of Examples; fatal data problems raise here, before the model loads."""
-    task = task_from_config(cfg)
     train_rows = open_split(cfg.dataset, cfg.train_split, cfg.streaming, cfg.audio_column)
+    task = task_from_config(cfg, train_rows)
     require_columns(train_rows, [cfg.audio_column, *task.required_columns()], cfg.dataset, cfg.train_split)
     first_row(train_rows, cfg.dataset, cfg.train_split)
     if cfg.eval_split:
@@ -84,7 +106,7 @@ def build_datasets(cfg: TrainConfig, family: Family, run_dir: Path):
     first_row(train_rows, cfg.dataset, cfg.train_split)
 
     bad_log = BadSampleLog(run_dir / SKIPPED)
-    build = example_builder(cfg, family)
+    build = example_builder(cfg, family, task)
     wrap = ExampleStream if cfg.streaming else ExampleDataset
     train_ds = wrap(train_rows, build, bad_log, cfg.on_bad_sample)
     eval_ds = wrap(eval_rows, build, bad_log, cfg.on_bad_sample) if eval_rows is not None else None
@@ -106,6 +128,16 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
         if match and path.is_dir() and checkpoint_is_complete(path):
             candidates.append((int(match.group(1)), path))
     return max(candidates)[1] if candidates else None
+
+
+def best_metric_arguments(cfg: TrainConfig, has_eval: bool) -> dict[str, Any]:
+    """Trainer settings that keep the best checkpoint by ``cfg.best_metric`` (loss or a generation metric)."""
+    if not cfg.best_metric or not has_eval:
+        return {}
+    name = cfg.best_metric.removeprefix("eval_")
+    key = "eval_loss" if name == "loss" else f"{PREFIX}{name}"
+    return {"metric_for_best_model": key, "greater_is_better": name not in LOWER_IS_BETTER,
+            "load_best_model_at_end": True}
 
 
 def training_arguments(cfg: TrainConfig, out_dir: Path, has_eval: bool):
@@ -144,13 +176,15 @@ def training_arguments(cfg: TrainConfig, out_dir: Path, has_eval: bool):
         report_to="none",
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=False,
+        **best_metric_arguments(cfg, has_eval),
     )
 
 
-def write_model_card(out_dir: Path, cfg: TrainConfig, family: Family, result: TrainResult,
+def write_model_card(out_dir: Path, cfg: TrainConfig, family: Family, result: TrainResult, prompt: str,
                      metrics: dict[str, float] | None = None) -> None:
     """README.md in the adapter folder: what was trained, on what, and how it scored."""
-    rows = {"train loss": result.train_loss, "eval loss": result.eval_loss, **(metrics or {})}
+    rows = {"train loss": result.train_loss, "eval loss": result.eval_loss,
+            **{f"{k} (eval slice, generated)": v for k, v in (metrics or {}).items() if k != "vocabulary"}}
     table = "\n".join(f"| {k} | {v:.4f} |" for k, v in rows.items() if isinstance(v, (int, float)))
     mode = "full fine-tuning of the language model" if cfg.full else (
         f"LoRA r={cfg.lora_r}, alpha={cfg.lora_alpha}, dropout={cfg.lora_dropout} on "
@@ -159,7 +193,7 @@ def write_model_card(out_dir: Path, cfg: TrainConfig, family: Family, result: Tr
         f"---\nbase_model: {cfg.model}\nlibrary_name: peft\npipeline_tag: audio-text-to-text\n"
         f"tags: [audiotune, {family.name}, {cfg.task}]\n---\n\n"
         f"# {out_dir.name}\n\nFine-tuned with audiotune from `{cfg.model}` on `{cfg.dataset}` "
-        f"({cfg.task}, prompt: \"{cfg.prompt}\").\n\n"
+        f"({cfg.task}, prompt: \"{prompt}\").\n\n"
         f"- Adaptation: {mode}; audio encoder frozen"
         f"{'' if cfg.train_projector else ', projector frozen'}.\n"
         f"- Loss on the assistant's tokens only.\n"
@@ -203,6 +237,13 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> TrainResult:
     logger.info("trainable parameters: %s of %s (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
 
     cfg.to_yaml(out_dir / RUN_CONFIG)
+    callbacks = list(callbacks or [])
+    generation_metrics = None
+    if eval_ds is not None and cfg.eval_generate_take > 0:
+        generation_metrics = GenerationMetricsCallback(
+            _first(eval_ds, cfg.eval_generate_take), processor, family, cfg.task,
+            GenerationSettings(max_new_tokens=cfg.max_new_tokens), batch_size=cfg.eval_batch_size * 4)
+        callbacks.append(generation_metrics)
     trainer = Trainer(
         model=model,
         args=training_arguments(cfg, out_dir, eval_ds is not None),
@@ -213,8 +254,11 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> TrainResult:
     )
     output = trainer.train(resume_from_checkpoint=resume_from)
     eval_loss = None
+    final_metrics: dict[str, float] = {}
     if eval_ds is not None:
-        eval_loss = float(trainer.evaluate()["eval_loss"])
+        final = trainer.evaluate()
+        eval_loss = float(final["eval_loss"])
+        final_metrics = {k.removeprefix(PREFIX): float(v) for k, v in final.items() if k.startswith(PREFIX)}
 
     trainer.save_model(str(out_dir))
     processor.save_pretrained(str(out_dir))
@@ -223,8 +267,18 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> TrainResult:
         train_loss=float(output.training_loss) if output.training_loss is not None else None,
         eval_loss=eval_loss, steps=int(output.global_step), skipped=bad_log.entries(),
         log_history=list(trainer.state.log_history), resumed_from=resume_from,
+        generation_metrics=final_metrics, best_checkpoint=trainer.state.best_model_checkpoint,
     )
     (out_dir / "train_metrics.json").write_text(json.dumps(
         {k: v for k, v in dataclasses.asdict(result).items() if k != "out_dir"}, indent=2, default=str))
-    write_model_card(out_dir, cfg, family, result)
+    write_model_card(out_dir, cfg, family, result, train_ds.build.task.prompt, final_metrics)
     return result
+
+
+def _first(dataset, n: int) -> list:
+    """The first ``n`` examples of a map-style or iterable dataset (the fixed slice scored each evaluation)."""
+    if hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__"):
+        return [dataset[i] for i in range(min(n, len(dataset)))]
+    import itertools
+
+    return list(itertools.islice(iter(dataset), n))

@@ -72,11 +72,10 @@ class ExampleBuilder:
         example_id = row_id(row, index, self.id_column)
         if self.audio_column not in row or row[self.audio_column] is None:
             raise DatasetSchemaError(f"{example_id}: the audio cell ({self.audio_column!r}) is empty.")
-        references = self.task.references(row, example_id)  # cheap check before decoding
+        self.task.references(row, example_id)  # cheap text checks before the costly decode
+        self.task.user_text(row, example_id)
         audio = load_audio(row[self.audio_column], self.sampling_rate, example_id, self.limits)
-        example = self.task.build(row, audio, example_id)
-        example.references = references
-        return example
+        return self.task.build(row, audio, example_id)
 
 
 class _RowsToExamples:

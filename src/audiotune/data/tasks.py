@@ -53,6 +53,16 @@ def prompt_messages(audio: np.ndarray | None, prompt: str, system_prompt: str | 
     return messages
 
 
+def _texts(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]  # a wrong type: reported by the caller
+
+
 @dataclass(frozen=True)
 class CaptionTask:
     """Audio captioning: the user asks ``prompt`` about the clip; the answer is its caption.
@@ -65,27 +75,99 @@ class CaptionTask:
     system_prompt: str | None = None
     text_column: str = "caption"
     references_column: str | None = "captions"
+    name: str = "caption"
 
     def required_columns(self) -> list[str]:
         return [self.text_column]
 
     def references(self, row: dict[str, Any], name: str) -> list[str]:
-        refs: list[str] = []
+        refs: list[Any] = []
         if self.references_column and row.get(self.references_column):
-            value = row[self.references_column]
-            refs = [value] if isinstance(value, str) else list(value)
+            refs = _texts(row[self.references_column])
         elif self.text_column in row:
-            refs = [row[self.text_column]]
-        if not refs or any(not isinstance(r, str) for r in refs):
-            raise DatasetSchemaError(f"{name}: column {self.text_column!r} must hold text, got {refs!r}.")
-        refs = [r.strip() for r in refs]
-        if not all(refs):
-            raise DatasetSchemaError(f"{name}: the caption is empty or only whitespace. Fill it in or drop the row.")
-        return refs
+            refs = _texts(row[self.text_column])
+        return _checked(refs, self.text_column, name)
+
+    def user_text(self, row: dict[str, Any], name: str) -> str:
+        return self.prompt
 
     def build(self, row: dict[str, Any], audio: np.ndarray, example_id: str) -> Example:
         return Example(
             id=example_id,
-            messages=prompt_messages(audio, self.prompt, self.system_prompt),
+            messages=prompt_messages(audio, self.user_text(row, example_id), self.system_prompt),
             references=self.references(row, example_id),
         )
+
+
+def _checked(refs: list[Any], column: str, name: str) -> list[str]:
+    if not refs or any(not isinstance(r, str) for r in refs):
+        raise DatasetSchemaError(f"{name}: column {column!r} must hold text, got {refs!r}. "
+                                 "Map the right column with --text-column.")
+    refs = [r.strip() for r in refs]
+    if not all(refs):
+        raise DatasetSchemaError(f"{name}: the {column!r} text is empty or only whitespace. Fill it in or drop the row.")
+    return refs
+
+
+@dataclass(frozen=True)
+class AsrTask(CaptionTask):
+    """Speech recognition: the answer is the transcript in ``text_column``."""
+
+    prompt: str = "Transcribe the input speech."
+    text_column: str = "text"
+    references_column: str | None = None
+    name: str = "asr"
+
+
+@dataclass(frozen=True)
+class QaTask(CaptionTask):
+    """Question answering: the user's text is the row's question; the answer(s) the reference(s)."""
+
+    prompt: str = "{question}"
+    text_column: str = "answer"
+    references_column: str | None = "answers"
+    question_column: str = "question"
+    name: str = "qa"
+
+    def required_columns(self) -> list[str]:
+        return [self.question_column, self.text_column]
+
+    def user_text(self, row: dict[str, Any], name: str) -> str:
+        question = row.get(self.question_column)
+        if not isinstance(question, str) or not question.strip():
+            raise DatasetSchemaError(f"{name}: the question ({self.question_column!r}) is empty or not text.")
+        return self.prompt.format(question=question.strip())
+
+
+@dataclass(frozen=True)
+class ClassifyTask(CaptionTask):
+    """Classification: the prompt lists the label set; the answer is the row's label name."""
+
+    prompt: str = "What sound is this? Answer with one of: {labels}."
+    text_column: str = "label"
+    references_column: str | None = None
+    labels: tuple[str, ...] = ()
+    name: str = "classify"
+
+    def references(self, row: dict[str, Any], name: str) -> list[str]:
+        value = row.get(self.text_column)
+        if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and self.labels:
+            if not 0 <= int(value) < len(self.labels):
+                raise DatasetSchemaError(f"{name}: label index {value} is outside the {len(self.labels)} labels.")
+            value = self.labels[int(value)]
+        return _checked(_texts(value), self.text_column, name)
+
+    def user_text(self, row: dict[str, Any], name: str) -> str:
+        return self.prompt.format(labels=", ".join(self.labels))
+
+
+TASKS = {"caption": CaptionTask, "asr": AsrTask, "qa": QaTask, "classify": ClassifyTask}
+
+
+def make_task(name: str, **fields: Any) -> CaptionTask:
+    """Build task ``name``; ``fields`` that are ``None`` keep the task's own default."""
+    if name not in TASKS:
+        raise DatasetSchemaError(f"Unknown task {name!r}; choose one of {', '.join(TASKS)}.")
+    cls = TASKS[name]
+    known = {f for f in cls.__dataclass_fields__}
+    return cls(**{k: v for k, v in fields.items() if v is not None and k in known})

@@ -1,0 +1,62 @@
+"""Trainer callbacks: generation-based metrics at each evaluation, next to the eval loss.
+
+Eval loss says little about caption quality; the field reports CIDEr-D and friends. At each
+evaluation this callback generates for a fixed slice of the eval set, scores it with the task's
+metrics (METEOR, a Java start-up per call, is left to the final evaluation), and adds the scores as
+``eval_gen_<metric>`` to the Trainer's metrics, so ``metric_for_best_model`` can keep the best
+checkpoint by them and the report can plot them over steps.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+from transformers import TrainerCallback
+
+from .data.tasks import Example
+from .generate import GenerationSettings, generate
+from .metrics import score
+from .models.families import Family
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "eval_gen_"
+
+
+class GenerationMetricsCallback(TrainerCallback):
+    def __init__(self, examples: Sequence[Example], processor, family: Family, task: str,
+                 settings: GenerationSettings, batch_size: int = 16) -> None:
+        self.examples = list(examples)
+        self.processor = processor
+        self.family = family
+        self.task = task
+        self.settings = settings
+        self.batch_size = batch_size
+        self.last: dict[str, float] = {}
+
+    def score_now(self, model, with_meteor: bool = False) -> dict[str, float]:
+        """Generate for the slice with ``model`` as it is now and return the task's metrics."""
+        was_training = model.training
+        model.eval()
+        try:
+            answers = generate(model, self.processor, self.family, self.examples, batch_size=self.batch_size,
+                               settings=self.settings)
+        finally:
+            model.train(was_training)
+        metrics, _ = score(self.task, {e.id: a for e, a in zip(self.examples, answers)},
+                           {e.id: e.references for e in self.examples}, with_meteor=with_meteor)
+        return {k: float(v) for k, v in metrics.items()}
+
+    def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
+        if model is None or not self.examples or metrics is None:
+            return
+        with torch.inference_mode(False):
+            self.last = self.score_now(model)
+        prefixed = {f"{PREFIX}{k}": v for k, v in self.last.items()}
+        metrics.update(prefixed)  # the same dict the Trainer then uses to pick the best checkpoint
+        if state.log_history and "eval_loss" in state.log_history[-1]:
+            state.log_history[-1].update(prefixed)
+        logger.info("step %d generation metrics: %s", state.global_step,
+                    ", ".join(f"{k} {v:.4f}" for k, v in self.last.items()))

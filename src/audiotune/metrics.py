@@ -1,0 +1,216 @@
+"""Metrics by task, computed the way each field computes them.
+
+- caption: ``pycocoevalcap`` (the reference implementation behind published AudioCaps/Clotho numbers):
+  PTB tokenisation (Stanford CoreNLP, Java), BLEU-1..4, METEOR, ROUGE-L, CIDEr-D over all references
+  of each clip; SPICE and SPIDEr (mean of CIDEr-D and SPICE) when SPICE's CoreNLP models are present.
+- asr: WER and CER with ``jiwer`` after :func:`normalize_transcript`.
+- classify: accuracy and macro-F1 on :func:`normalize_answer`-ed answers; qa: those plus the caption metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import string
+import unicodedata
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+CAPTION_METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D", "SPICE", "SPIDEr")
+ASR_METRICS = ("WER", "CER")
+CLASSIFY_METRICS = ("accuracy", "macro-F1")
+SPICE_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
+LOWER_IS_BETTER = {"WER", "CER", "loss", "eval_loss"}
+
+
+def headline_metric(task: str) -> str:
+    """The one number to sort samples by and to pick the best checkpoint with, per task."""
+    return {"caption": "CIDEr-D", "qa": "accuracy", "asr": "WER", "classify": "accuracy"}.get(task, "CIDEr-D")
+
+
+def _require_java() -> None:
+    if shutil.which("java") is None:
+        raise ConfigError("Caption metrics need Java for the PTB tokenizer and METEOR: install a JRE "
+                          "(Debian: apt-get install default-jre-headless) and retry.")
+
+
+def ptb_tokenize(texts: dict[str, list[str]]) -> dict[str, list[str]]:
+    """PTB-tokenise (lower-cased, punctuation removed) as the COCO caption evaluation does.
+
+    Empty strings are kept as empty without going through the tokenizer (which would drop the
+    line and misalign every caption after it).
+    """
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    _require_java()
+    non_empty = {f"{key}\t{i}": [{"caption": text}] for key, values in texts.items()
+                 for i, text in enumerate(values) if text.strip()}
+    tokenized = PTBTokenizer().tokenize(non_empty) if non_empty else {}
+    return {key: [tokenized.get(f"{key}\t{i}", [""])[0] for i in range(len(values))]
+            for key, values in texts.items()}
+
+
+def spice_models_ready(models_dir: str | Path | None = None) -> tuple[bool, str]:
+    """Whether SPICE can run: its CoreNLP jars in pycocoevalcap's spice/lib, or in ``models_dir``.
+
+    They cannot be downloaded here (pycocoevalcap would try at import of the scorer); a path to
+    pre-downloaded jars is linked into place.
+    """
+    import pycocoevalcap.spice as spice_pkg
+
+    lib = Path(spice_pkg.__file__).parent / "lib"
+    if all((lib / jar).exists() for jar in SPICE_JARS):
+        return True, ""
+    if models_dir is not None:
+        source = Path(models_dir)
+        missing = [jar for jar in SPICE_JARS if not (source / jar).exists()]
+        if missing:
+            return False, f"SPICE/SPIDEr skipped: {source} lacks {', '.join(missing)}."
+        for jar in SPICE_JARS:
+            target = lib / jar
+            if not target.exists():
+                target.symlink_to((source / jar).resolve())
+        return True, ""
+    return False, ("SPICE/SPIDEr skipped: Stanford CoreNLP 3.6.0 models not found; pass --spice-models DIR with "
+                   f"{' and '.join(SPICE_JARS)} (from stanford-corenlp-full-2015-12-09.zip).")
+
+
+def caption_metrics(predictions: dict[str, str], references: dict[str, list[str]], with_meteor: bool = True,
+                    spice_models: str | Path | None = None,
+                    notices: list[str] | None = None) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Corpus metrics and per-clip scores (BLEU-4, METEOR-free, ROUGE-L, CIDEr-D[, SPICE]) for ``predictions``."""
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    keys = sorted(predictions)
+    if not keys:
+        raise ConfigError("No predictions to score: the evaluation split produced no rows.")
+    missing = [k for k in keys if not references.get(k)]
+    if missing:
+        raise ConfigError(f"No references for {missing[:5]}: every scored clip needs at least one reference.")
+    res = ptb_tokenize({k: [predictions[k]] for k in keys})
+    gts = ptb_tokenize({k: list(references[k]) for k in keys})
+    # pycocoevalcap's BLEU divides by the hypothesis length; an empty prediction scores 0 by definition.
+    res_safe = {k: [v[0] if v[0] else "<empty>"] for k, v in res.items()}
+    corpus: dict[str, float] = {}
+    per_clip: dict[str, dict[str, float]] = {k: {} for k in keys}
+    bleu, bleu_each = Bleu(4).compute_score(gts, res_safe, verbose=0)
+    for n in range(4):
+        corpus[f"BLEU-{n + 1}"] = float(bleu[n])
+    for k, score in zip(keys, bleu_each[3]):
+        per_clip[k]["BLEU-4"] = float(score)
+    if with_meteor:
+        from pycocoevalcap.meteor.meteor import Meteor
+
+        meteor = Meteor()  # a Java subprocess; it is killed when the object is collected
+        corpus["METEOR"] = float(meteor.compute_score(gts, res_safe)[0])
+        del meteor
+    rouge, rouge_each = Rouge().compute_score(gts, res_safe)
+    corpus["ROUGE-L"] = float(rouge)
+    cider, cider_each = Cider().compute_score(gts, res_safe)
+    corpus["CIDEr-D"] = float(cider)
+    for k, r, c in zip(keys, rouge_each, cider_each):
+        per_clip[k]["ROUGE-L"] = float(r)
+        per_clip[k]["CIDEr-D"] = float(c)
+    ready, notice = spice_models_ready(spice_models)
+    if ready:
+        from pycocoevalcap.spice.spice import Spice
+
+        scorer = Spice.__new__(Spice)  # its __init__ only downloads the models, which are present
+        spice, spice_each = scorer.compute_score(gts, res_safe)
+        corpus["SPICE"] = float(spice)
+        corpus["SPIDEr"] = (corpus["CIDEr-D"] + corpus["SPICE"]) / 2
+        for k, s in zip(keys, spice_each):
+            per_clip[k]["SPICE"] = float(s["All"]["f"])
+    elif notices is not None and notice not in notices:
+        notices.append(notice)
+        logger.warning(notice)
+    corpus["vocabulary"] = float(len({w for k in keys for w in res[k][0].split()}))
+    return corpus, per_clip
+
+
+_PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}]")
+
+
+def normalize_transcript(text: str) -> str:
+    """ASR normalisation before WER/CER: NFKC, lower case, punctuation removed, whitespace collapsed.
+
+    Deliberately simple and documented, so numbers are comparable across runs; it does not spell out
+    numbers or unify British/American spelling (Whisper's English normaliser does).
+    """
+    text = unicodedata.normalize("NFKC", text).lower()
+    text = _PUNCTUATION.sub(" ", text)
+    return " ".join(text.split())
+
+
+def asr_metrics(predictions: dict[str, str], references: dict[str, list[str]]
+                ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Corpus WER and CER (jiwer) against the first reference, and per-clip WER."""
+    import jiwer
+
+    keys = sorted(predictions)
+    hyps = [normalize_transcript(predictions[k]) for k in keys]
+    refs = [normalize_transcript(references[k][0]) for k in keys]
+    scored = [(k, h, r) for k, h, r in zip(keys, hyps, refs) if r]
+    if not scored:
+        raise ConfigError("Every reference transcript is empty after normalisation: nothing to score.")
+    keys, hyps, refs = (list(x) for x in zip(*scored))
+    corpus = {"WER": float(jiwer.wer(refs, hyps)), "CER": float(jiwer.cer(refs, hyps))}
+    per_clip = {k: {"WER": float(jiwer.wer(r, h))} for k, h, r in zip(keys, hyps, refs)}
+    return corpus, per_clip
+
+
+def normalize_answer(text: str) -> str:
+    """Answer normalisation for classify/qa: lower case, no punctuation or articles, single spaces."""
+    text = normalize_transcript(text)
+    return " ".join(w for w in text.split() if w not in ("a", "an", "the"))
+
+
+def classification_metrics(predictions: dict[str, str], references: dict[str, list[str]]
+                           ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Accuracy (a prediction matching any reference) and macro-F1 over the reference classes."""
+    keys = sorted(predictions)
+    pred = {k: normalize_answer(predictions[k]) for k in keys}
+    gold = {k: [normalize_answer(r) for r in references[k]] for k in keys}
+    correct = {k: float(pred[k] in gold[k]) for k in keys}
+    labels = sorted({gold[k][0] for k in keys})
+    f1s = []
+    for label in labels:
+        tp = sum(1 for k in keys if gold[k][0] == label and pred[k] == label)
+        fp = sum(1 for k in keys if gold[k][0] != label and pred[k] == label)
+        fn = sum(1 for k in keys if gold[k][0] == label and pred[k] != label)
+        f1s.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+    corpus = {"accuracy": sum(correct.values()) / len(keys), "macro-F1": sum(f1s) / len(f1s)}
+    return corpus, {k: {"accuracy": v} for k, v in correct.items()}
+
+
+def score(task: str, predictions: dict[str, str], references: dict[str, list[str]], with_meteor: bool = True,
+          spice_models: str | Path | None = None, notices: list[str] | None = None
+          ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Corpus and per-clip metrics for ``task``."""
+    if task == "caption":
+        return caption_metrics(predictions, references, with_meteor, spice_models, notices)
+    if task == "asr":
+        return asr_metrics(predictions, references)
+    if task == "classify":
+        return classification_metrics(predictions, references)
+    if task == "qa":
+        corpus, per_clip = classification_metrics(predictions, references)
+        caption, caption_each = caption_metrics(predictions, references, with_meteor, spice_models, notices)
+        for k in per_clip:
+            per_clip[k].update(caption_each[k])
+        return {**corpus, **caption}, per_clip
+    raise ConfigError(f"No metrics for task {task!r}; tasks: caption, qa, asr, classify.")
+
+
+def metric_names(task: str, available: Sequence[str]) -> list[str]:
+    """The metrics to show for ``task``, in a stable order, limited to those computed."""
+    order = {"caption": CAPTION_METRICS, "asr": ASR_METRICS, "classify": CLASSIFY_METRICS,
+             "qa": CLASSIFY_METRICS + CAPTION_METRICS}.get(task, CAPTION_METRICS)
+    return [m for m in order if m in available]

@@ -1,0 +1,86 @@
+"""Caption metrics equal pycocoevalcap's own pipeline, with hand-checkable edge cases."""
+
+from __future__ import annotations
+
+import pytest
+
+from audiotune.metrics import caption_metrics, ptb_tokenize
+
+PREDICTIONS = {"a": "A dog barks twice.", "b": "A high-pitched whistle, then silence.", "c": "Rain falls on a roof."}
+REFERENCES = {
+    "a": ["A dog barks two times.", "Two barks from a dog.", "A dog is barking."],
+    "b": ["A shrill whistle followed by a pause.", "A high whistle and then silence."],
+    "c": ["Heavy rain falls on a metal roof.", "Rain hitting a roof.", "Water drips.", "Rainfall."],
+}
+
+
+def _reference_scores():
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.meteor.meteor import Meteor
+    from pycocoevalcap.rouge.rouge import Rouge
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    tok = PTBTokenizer()
+    gts = tok.tokenize({k: [{"caption": c} for c in v] for k, v in REFERENCES.items()})
+    res = tok.tokenize({k: [{"caption": v}] for k, v in PREDICTIONS.items()})
+    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    return {"BLEU-1": bleu[0], "BLEU-4": bleu[3], "METEOR": Meteor().compute_score(gts, res)[0],
+            "ROUGE-L": Rouge().compute_score(gts, res)[0], "CIDEr-D": Cider().compute_score(gts, res)[0]}
+
+
+@pytest.mark.slow
+def test_equal_to_pycocoevalcap():
+    ours, per_clip = caption_metrics(PREDICTIONS, REFERENCES)
+    for name, value in _reference_scores().items():
+        assert ours[name] == pytest.approx(value, abs=1e-9), name
+    assert set(per_clip) == set(PREDICTIONS) and all("CIDEr-D" in v for v in per_clip.values())
+
+
+def test_identical_caption_scores_bleu1_of_one():
+    refs = {"x": ["a dog barks twice", "a dog barks twice"], "y": ["rain on a roof", "rain on a roof"]}
+    metrics, _ = caption_metrics({"x": "A dog barks twice.", "y": "Rain on a roof."}, refs, with_meteor=False)
+    assert metrics["BLEU-1"] == pytest.approx(1.0)
+    assert metrics["ROUGE-L"] == pytest.approx(1.0)
+
+
+def test_empty_prediction_does_not_crash_and_scores_zero():
+    metrics, per_clip = caption_metrics({"x": "", "y": "rain on a roof"},
+                                        {"x": ["a dog barks"], "y": ["rain on a roof"]}, with_meteor=False)
+    assert per_clip["x"]["CIDEr-D"] == 0.0 and per_clip["x"]["BLEU-4"] < 1e-6
+    assert per_clip["y"]["ROUGE-L"] == pytest.approx(1.0)
+
+
+def test_ptb_tokenisation_lowercases_and_drops_punctuation():
+    assert ptb_tokenize({"k": ["A Dog, barking!", ""]}) == {"k": ["a dog barking", ""]}
+
+
+def test_wer_cer_after_normalisation():
+    from audiotune.metrics import asr_metrics, normalize_transcript
+
+    assert normalize_transcript("  Hello, World!  It's ME. ") == "hello world it s me"
+    metrics, per_clip = asr_metrics({"a": "Hello world!", "b": "the cat sat"},
+                                    {"a": ["hello, world"], "b": ["the cat sat down"]})
+    assert metrics["WER"] == pytest.approx(1 / 6)  # one deletion over six reference words
+    assert per_clip["a"]["WER"] == 0.0 and per_clip["b"]["WER"] == pytest.approx(0.25)
+    assert metrics["CER"] == pytest.approx(5 / (11 + 16))  # " down" missing: 5 of 27 characters
+
+
+def test_accuracy_and_macro_f1():
+    from audiotune.metrics import classification_metrics
+
+    predictions = {"1": "Dog.", "2": "the cat", "3": "dog", "4": "bird"}
+    references = {"1": ["dog"], "2": ["cat"], "3": ["cat"], "4": ["bird"]}
+    metrics, per_clip = classification_metrics(predictions, references)
+    assert metrics["accuracy"] == pytest.approx(0.75)
+    # dog: tp1 fp1 fn0 → 2/3; cat: tp1 fp0 fn1 → 2/3; bird: 1 → macro (2/3+2/3+1)/3
+    assert metrics["macro-F1"] == pytest.approx((2 / 3 + 2 / 3 + 1) / 3)
+    assert per_clip["3"]["accuracy"] == 0.0
+
+
+def test_spice_is_skipped_with_one_clear_notice(tmp_path):
+    notices: list[str] = []
+    metrics, _ = caption_metrics({"x": "a dog"}, {"x": ["a dog barks"]}, with_meteor=False, notices=notices,
+                                 spice_models=tmp_path)
+    assert "SPICE" not in metrics and "SPIDEr" not in metrics
+    assert len(notices) == 1 and "stanford-corenlp-3.6.0.jar" in notices[0]
