@@ -103,6 +103,14 @@ def train(
     long_audio: Annotated[Optional[str], typer.Option(help="window | truncate | skip | error")] = None,
     on_bad_sample: Annotated[Optional[str], typer.Option(help="skip | fail")] = None,
     resume: Annotated[Optional[bool], typer.Option("--resume", help="Continue from the newest checkpoint.")] = None,
+    task: Annotated[Optional[str], typer.Option(help="caption | asr | qa | classify")] = None,
+    question_column: Optional[str] = None,
+    labels: Annotated[Optional[str], typer.Option(help="classify: comma-separated label set.")] = None,
+    eval_generate_take: Annotated[Optional[int], typer.Option(help="Eval clips generated for at each "
+                                                                   "evaluation (0: off).")] = None,
+    best_metric: Annotated[Optional[str], typer.Option(help="Keep the best checkpoint by this metric "
+                                                            "(e.g. CIDEr-D, WER, loss).")] = None,
+    max_new_tokens: Optional[int] = None,
 ) -> None:
     """Fine-tune a model (LoRA on the language model by default) and save the adapter."""
     from .config import TrainConfig
@@ -120,7 +128,9 @@ def train(
                      max_steps=max_steps, warmup_steps=warmup_steps, logging_steps=logging_steps,
                      eval_steps=eval_steps, save_steps=save_steps, seed=seed, bf16=bf16,
                      gradient_checkpointing=gradient_checkpointing, dataloader_num_workers=dataloader_num_workers,
-                     long_audio=long_audio, on_bad_sample=on_bad_sample, resume=resume)
+                     long_audio=long_audio, on_bad_sample=on_bad_sample, resume=resume, task=task,
+                     question_column=question_column, labels=labels.split(",") if labels else None,
+                     eval_generate_take=eval_generate_take, best_metric=best_metric, max_new_tokens=max_new_tokens)
     if eval_split is not None:
         overrides["eval_split"] = None if eval_split.lower() == "none" else eval_split
     if config is not None:
@@ -137,6 +147,11 @@ def train(
     console.print(f"[green]done[/green] {result.steps} steps; train loss {result.train_loss:.4f}"
                   + (f", eval loss {result.eval_loss:.4f}" if result.eval_loss is not None else "")
                   + f"; adapter in {result.out_dir}")
+    if result.generation_metrics:
+        console.print("eval slice (generated): " + ", ".join(
+            f"{k} {v:.4f}" for k, v in result.generation_metrics.items() if k != "vocabulary"))
+    if result.best_checkpoint:
+        console.print(f"best checkpoint by {cfg.best_metric}: {result.best_checkpoint} (loaded and saved)")
     if result.skipped:
         console.print(f"[yellow]{len(result.skipped)} bad row(s) skipped[/yellow], listed in "
                       f"{result.out_dir / 'skipped.jsonl'}")

@@ -86,7 +86,7 @@ def run_demo(settings: DemoSettings | None = None, on_stage: Callable[[str], Non
         write_synthetic_audiocaps(data_dir, n_clips=s.clips, seed=s.seed)
     with timed("build tiny AF3"):
         model_dir = build_tiny("af3", out / "tiny-af3", seed=s.seed)
-    adapter_dir = out / "adapter"
+    adapter_dir = out / "tuned"  # the folder name labels the column in the comparison table
     with timed("fine-tune (LoRA)"):
         cfg = TrainConfig(model=str(model_dir), dataset=str(data_dir), out=str(adapter_dir),
                           batch_size=s.batch_size, eval_batch_size=s.batch_size, gradient_accumulation_steps=1,
