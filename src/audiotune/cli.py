@@ -269,6 +269,46 @@ def print_metrics(table_data: dict[str, dict[str, float]], metrics: list[str], t
 
 
 @app.command()
+def serve(
+    model: Annotated[str, typer.Option(help="Base model (Hub id or folder) or a merged checkpoint.")],
+    adapter: Annotated[Optional[list[str]], typer.Option(help="NAME=PATH of a LoRA adapter; repeatable.")] = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: Annotated[Optional[str], typer.Option(help="Require 'Authorization: Bearer KEY'.")] = None,
+    served_name: Annotated[Optional[str], typer.Option(help="Model name of the base (default: folder name).")] = None,
+    backend: Annotated[str, typer.Option(help="transformers (this process) or vllm (GPU).")] = "transformers",
+    max_batch_size: int = 16,
+    max_wait_ms: float = 10.0,
+    max_request_mb: float = 25.0,
+    max_audio_seconds: Optional[float] = None,
+    max_tokens: Annotated[int, typer.Option(help="Largest max_tokens a request may ask for.")] = 1024,
+    allow_remote_audio: Annotated[bool, typer.Option("--allow-remote-audio")] = False,
+    allow_text_only: Annotated[bool, typer.Option("--allow-text-only")] = False,
+    print_vllm_command: Annotated[bool, typer.Option("--print-vllm-command", help="Print the vllm serve "
+                                                     "command and exit.")] = False,
+) -> None:
+    """Serve an OpenAI-compatible chat-completions API that takes audio, with dynamic batching."""
+    from .serve.server import ServeConfig, serve as run_server, vllm_command
+
+    adapters: dict[str, str] = {}
+    for item in adapter or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise typer.BadParameter(f"--adapter {item!r}: use NAME=PATH.")
+        adapters[name] = path
+    cfg = ServeConfig(model=model, adapters=adapters, host=host, port=port, api_key=api_key, served_name=served_name,
+                      backend=backend, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
+                      max_request_bytes=int(max_request_mb * 1024 * 1024), max_audio_seconds=max_audio_seconds,
+                      max_tokens=max_tokens, allow_remote_audio=allow_remote_audio, allow_text_only=allow_text_only)
+    if print_vllm_command:
+        import shlex
+
+        console.print(shlex.join(vllm_command(cfg)), soft_wrap=True, markup=False)
+        return
+    run_server(cfg)
+
+
+@app.command()
 def demo(out: Annotated[Path, typer.Option(help="Run folder.")] = Path("runs/demo"),
          clips: int = 400, max_steps: int = 150, seed: int = 0) -> None:
     """Synthetic data → tiny AF3 → LoRA → base vs tuned → infer → merge → pipeline → report."""

@@ -9,7 +9,7 @@ family's end-of-turn token. Greedy results are identical to one-at-a-time genera
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -57,29 +57,52 @@ def _audio_length(example: Example) -> int:
     return sum(len(a) for a in example.audios())
 
 
+@dataclass
+class Generation:
+    """One answer with what an API reports about it."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" (end of turn) or "length" (max_new_tokens reached)
+
+
 @torch.inference_mode()
+def generate_batch(model, processor, family: Family, examples: Sequence[Example],
+                   settings: GenerationSettings | None = None, streamer=None) -> list[Generation]:
+    """One ``model.generate`` call over ``examples`` (no sorting or splitting), with token accounting."""
+    settings = settings or GenerationSettings()
+    batch = ConversationCollator(processor, family, training=False)(list(examples))
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in batch.items()}
+    if "input_features" in batch:
+        batch["input_features"] = batch["input_features"].to(model.dtype)
+    stop_ids = _stop_ids(processor, family)
+    pad_id = processor.tokenizer.pad_token_id
+    output = model.generate(**batch, **settings.as_kwargs(), eos_token_id=stop_ids, pad_token_id=pad_id,
+                            use_cache=True, streamer=streamer)
+    new_tokens = output[:, batch["input_ids"].shape[1]:].tolist()
+    prompt_lengths = batch["attention_mask"].sum(dim=1).tolist()
+    results = []
+    for tokens, prompt_length in zip(new_tokens, prompt_lengths):
+        stop_at = next((i for i, t in enumerate(tokens) if t in stop_ids), None)
+        kept = tokens if stop_at is None else tokens[:stop_at]
+        text = processor.tokenizer.decode(kept, skip_special_tokens=True).strip()
+        results.append(Generation(text, int(prompt_length), len(kept) + (stop_at is not None),
+                                  "stop" if stop_at is not None else "length"))
+    return results
+
+
 def generate(model, processor, family: Family, examples: Sequence[Example], batch_size: int = 16,
              settings: GenerationSettings | None = None,
              on_batch: Callable[[int], None] | None = None) -> list[str]:
     """Answers for ``examples`` in their order; ``on_batch(n)`` is called after each batch of ``n``."""
-    settings = settings or GenerationSettings()
-    collate = ConversationCollator(processor, family, training=False)
     order = sorted(range(len(examples)), key=lambda i: _audio_length(examples[i]), reverse=True)
     answers: list[str] = [""] * len(examples)
-    device = next(model.parameters()).device
-    pad_id = processor.tokenizer.pad_token_id
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        batch = collate([examples[i] for i in chunk])
-        batch = {k: v.to(device) for k, v in batch.items()}
-        if "input_features" in batch:
-            batch["input_features"] = batch["input_features"].to(model.dtype)
-        output = model.generate(**batch, **settings.as_kwargs(), eos_token_id=_stop_ids(processor, family),
-                                pad_token_id=pad_id, use_cache=True)
-        new_tokens = output[:, batch["input_ids"].shape[1]:]
-        texts = processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-        for i, text in zip(chunk, texts):
-            answers[i] = text.strip()
+        for i, result in zip(chunk, generate_batch(model, processor, family, [examples[i] for i in chunk], settings)):
+            answers[i] = result.text
         if on_batch:
             on_batch(len(chunk))
     return answers

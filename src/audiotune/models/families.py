@@ -37,6 +37,8 @@ class Family:
     end_of_turn: str  # token that closes a turn; it is kept in the loss so the model learns to stop
     default_system_prompt: str | None = None
     aliases: tuple[str, ...] = field(default_factory=tuple)
+    requires_audio: bool = True  # the server refuses text-only requests unless told otherwise
+    vllm_supported: bool = False  # vLLM can serve this architecture (with LoRA)
 
     def audio_tokens(self, seconds: float) -> int:
         """Number of audio placeholder tokens a clip of ``seconds`` becomes (AF3 arithmetic).
@@ -82,6 +84,7 @@ AUDIO_FLAMINGO_3 = Family(
     end_of_turn="<|im_end|>",
     default_system_prompt="You are a helpful assistant.",
     aliases=("audioflamingo3", "audio-flamingo-3"),
+    vllm_supported=True,
 )
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (AUDIO_FLAMINGO_3,)}

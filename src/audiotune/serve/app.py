@@ -1,0 +1,172 @@
+"""The FastAPI app: OpenAI's ``/v1/chat/completions`` (with SSE streaming), ``/v1/models`` and ``/health``.
+
+Shutdown (SIGTERM/SIGINT through uvicorn): the listening socket closes, so new connections are
+refused; requests already in flight finish; new requests on open connections get 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from .batcher import DynamicBatcher
+from .engine import Engine
+from .protocol import ApiError, Limits, parse_chat_request, parse_json
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ServerSettings:
+    max_batch_size: int = 16
+    max_wait_ms: float = 10.0
+    api_key: str | None = None
+    limits: Limits = field(default_factory=Limits)
+
+
+def create_app(engine: Engine, settings: ServerSettings | None = None) -> FastAPI:
+    settings = settings or ServerSettings()
+    state = {"draining": False, "in_flight": 0}
+    batcher = DynamicBatcher(engine, settings.max_batch_size, settings.max_wait_ms)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        batcher.start()
+        yield
+        state["draining"] = True
+        await batcher.stop()
+
+    app = FastAPI(title="audiotune", lifespan=lifespan)
+    app.state.batcher = batcher
+    app.state.engine = engine
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, error: ApiError):
+        return JSONResponse(error.body(), status_code=error.status)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception):
+        logger.exception("request failed")
+        return JSONResponse(ApiError(500, f"Internal error: {type(error).__name__}: {error}",
+                                     type_="server_error").body(), status_code=500)
+
+    def authorise(request: Request) -> None:
+        if settings.api_key is None:
+            return
+        header = request.headers.get("authorization", "")
+        if header != f"Bearer {settings.api_key}":
+            raise ApiError(401, "Missing or wrong API key: send 'Authorization: Bearer KEY'.",
+                           type_="authentication_error", code="invalid_api_key")
+
+    @app.get("/health")
+    async def health():
+        if state["draining"]:
+            return JSONResponse({"status": "shutting down"}, status_code=503)
+        return {"status": "ok", "models": engine.model_names(), "in_flight": state["in_flight"],
+                "batches_run": batcher.batches_run, "largest_batch": batcher.largest_batch}
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        authorise(request)
+        created = int(time.time())
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": created, "owned_by": "audiotune"}
+                                           for name in engine.model_names()]}
+
+    @app.middleware("http")
+    async def count_in_flight(request: Request, call_next):
+        state["in_flight"] += 1
+        try:
+            return await call_next(request)
+        finally:
+            state["in_flight"] -= 1
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        authorise(request)
+        if state["draining"]:
+            raise ApiError(503, "The server is shutting down; retry on another replica.", type_="server_error")
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > settings.limits.max_request_bytes:
+            raise ApiError(413, f"Request body is {declared} bytes; the limit is {settings.limits.max_request_bytes}.",
+                           code="request_too_large")
+        body = parse_json(await request.body(), settings.limits)
+        generation, stream, include_usage = await asyncio.to_thread(
+            parse_chat_request, body, engine.model_names(), engine.family.sampling_rate, settings.limits)
+        completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        created = int(time.time())
+        if not stream:
+            result = await batcher.submit(generation)
+            return {"id": completion_id, "object": "chat.completion", "created": created, "model": generation.model,
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
+                                 "finish_reason": result.finish_reason}],
+                    "usage": _usage(result)}
+        return StreamingResponse(_stream(batcher, generation, completion_id, created, include_usage),
+                                 media_type="text/event-stream")
+
+    return app
+
+
+def _usage(result) -> dict[str, int]:
+    return {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
+            "total_tokens": result.prompt_tokens + result.completion_tokens}
+
+
+async def _stream(batcher: DynamicBatcher, generation, completion_id: str, created: int,
+                  include_usage: bool) -> AsyncIterator[str]:
+    """SSE chunks in OpenAI's format: role, content deltas, the finish reason, optional usage, [DONE]."""
+    loop = asyncio.get_running_loop()
+    pieces: asyncio.Queue[str] = asyncio.Queue()
+    generation.on_text = lambda text: loop.call_soon_threadsafe(pieces.put_nowait, text)
+    task = asyncio.ensure_future(batcher.submit(generation))
+
+    def chunk(delta: dict, finish: str | None = None, usage: dict | None = None, choices: bool = True) -> str:
+        body = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": generation.model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}] if choices else []}
+        if usage is not None:
+            body["usage"] = usage
+        return f"data: {json.dumps(body)}\n\n"
+
+    yield chunk({"role": "assistant", "content": ""})
+    sent = ""
+    stopped = False
+    while True:
+        getter = asyncio.ensure_future(pieces.get())
+        done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+        if getter in done:
+            text = getter.result()
+        else:
+            getter.cancel()
+            text = ""
+            while not pieces.empty():
+                text += pieces.get_nowait()
+        if text and not stopped:
+            candidate = sent + text
+            cut = min((candidate.find(s) for s in generation.stop if s in candidate), default=-1)
+            if cut >= 0:
+                text, stopped = candidate[:cut][len(sent):], True
+            if text:
+                sent += text
+                yield chunk({"content": text})
+        if task.done() and pieces.empty():
+            break
+    try:
+        result = task.result()
+    except Exception as error:  # noqa: BLE001 - reported in-stream, the server stays up
+        yield f"data: {json.dumps(ApiError(500, str(error), type_='server_error').body())}\n\n"
+        yield "data: [DONE]\n\n"
+        return
+    if result.text.startswith(sent) and len(result.text) > len(sent) and not stopped:
+        yield chunk({"content": result.text[len(sent):]})  # anything the streamer held back
+    yield chunk({}, finish=result.finish_reason)
+    if include_usage:
+        yield chunk({}, usage=_usage(result), choices=False)
+    yield "data: [DONE]\n\n"

@@ -1,0 +1,166 @@
+"""The model behind the server: base plus named LoRA adapters, one batch at a time.
+
+Several adapters share one base (PEFT adapter switching): a batch holds requests for one adapter
+(or the base, run with adapters disabled), so requests for different adapters are batched apart.
+Greedy requests with different ``max_tokens`` share a batch: greedy decoding is deterministic, so
+a shorter answer is a prefix of the longer one and is cut to its own limit afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..data.tasks import Example
+from ..errors import CheckpointError
+from ..generate import Generation, GenerationSettings, _stop_ids, generate_batch
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class GenerationRequest:
+    """A parsed chat request: the conversation and its sampling settings."""
+
+    example: Example
+    model: str  # served model name: the base or an adapter
+    max_tokens: int
+    temperature: float | None = None  # None: the model's generation config; 0: greedy
+    top_p: float | None = None
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    on_text: Callable[[str], None] | None = None  # streaming: called with each new piece of text
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature is not None and self.temperature == 0
+
+    def batch_key(self) -> tuple:
+        """Requests with equal keys can share one ``generate`` call."""
+        if self.greedy:
+            return (self.model, "greedy")
+        return (self.model, "sample", self.temperature, self.top_p, self.seed, self.max_tokens, id(self))
+
+
+class Engine:
+    """Loads the base (+ adapters) once and runs batches of requests against it."""
+
+    def __init__(self, model_path: str, adapters: dict[str, str] | None = None, served_name: str | None = None,
+                 device: str | None = None) -> None:
+        from ..models.loading import load_model, load_processor
+
+        base, self.family = load_model(model_path, device=device)
+        self.processor = load_processor(model_path)
+        self.base_name = served_name or Path(model_path.rstrip("/")).name or model_path
+        self.adapters = dict(adapters or {})
+        if self.base_name in self.adapters:
+            raise CheckpointError(f"adapter name {self.base_name!r} is also the base model's served name; rename it.")
+        self.model = base
+        if self.adapters:
+            from peft import PeftModel
+
+            names = list(self.adapters)
+            self.model = PeftModel.from_pretrained(base, self.adapters[names[0]], adapter_name=names[0])
+            for name in names[1:]:
+                self.model.load_adapter(self.adapters[name], adapter_name=name)
+            self.model.eval()
+        self.generation_defaults = getattr(base, "generation_config", None)
+
+    def model_names(self) -> list[str]:
+        return [self.base_name, *self.adapters]
+
+    @contextlib.contextmanager
+    def _selected(self, name: str):
+        if not self.adapters:
+            yield
+        elif name == self.base_name:
+            with self.model.disable_adapter():
+                yield
+        else:
+            self.model.set_adapter(name)
+            yield
+
+    def _settings(self, requests: Sequence[GenerationRequest]) -> GenerationSettings:
+        first = requests[0]
+        max_tokens = max(r.max_tokens for r in requests)
+        if first.greedy:
+            return GenerationSettings(max_new_tokens=max_tokens)
+        defaults = self.generation_defaults
+        temperature = first.temperature if first.temperature is not None else getattr(defaults, "temperature", 1.0)
+        top_p = first.top_p if first.top_p is not None else getattr(defaults, "top_p", 1.0)
+        do_sample = first.temperature is not None or bool(getattr(defaults, "do_sample", False))
+        return GenerationSettings(max_new_tokens=max_tokens, do_sample=do_sample, temperature=temperature or 1.0,
+                                  top_p=top_p or 1.0)
+
+    def run(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        """Generate for requests that share a :meth:`GenerationRequest.batch_key`."""
+        settings = self._settings(requests)
+        streamer = (_BatchStreamer(self.processor.tokenizer, requests, _stop_ids(self.processor, self.family))
+                    if any(r.on_text for r in requests) else None)
+        if requests[0].seed is not None:
+            torch.manual_seed(requests[0].seed)
+        with self._selected(requests[0].model):
+            results = generate_batch(self.model, self.processor, self.family, [r.example for r in requests],
+                                     settings, streamer=streamer)
+        return [self._finish(request, result) for request, result in zip(requests, results)]
+
+    def _finish(self, request: GenerationRequest, result: Generation) -> Generation:
+        """Apply the request's own ``max_tokens`` and ``stop`` strings to a (possibly longer) batch answer."""
+        text, reason, completion = result.text, result.finish_reason, result.completion_tokens
+        if completion > request.max_tokens:
+            tokens = self.processor.tokenizer.encode(result.text, add_special_tokens=False)[: request.max_tokens]
+            text = self.processor.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+            reason, completion = "length", request.max_tokens
+        for stop in request.stop:
+            cut = text.find(stop)
+            if cut >= 0:
+                text, reason = text[:cut], "stop"
+        return Generation(text, result.prompt_tokens, completion, reason)
+
+
+class _BatchStreamer:
+    """A transformers streamer for a whole batch: routes each row's new text to its request's callback.
+
+    ``generate`` first ``put``s the prompt (skipped), then one token per row per step. Text is
+    decoded from the row's tokens so far and only the new suffix is sent; a suffix ending in an
+    incomplete UTF-8 sequence waits for the next token.
+    """
+
+    def __init__(self, tokenizer, requests: Sequence[GenerationRequest], stop_ids: list[int]) -> None:
+        self.tokenizer = tokenizer
+        self.requests = list(requests)
+        self.tokens: list[list[int]] = [[] for _ in requests]
+        self.sent = [""] * len(requests)
+        self.done = [False] * len(requests)
+        self.stop_ids = set(stop_ids)
+        self.seen_prompt = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.seen_prompt:
+            self.seen_prompt = True
+            return
+        for row, token in enumerate(value.reshape(len(self.requests), -1)[:, -1].tolist()):
+            request = self.requests[row]
+            if self.done[row] or request.on_text is None:
+                continue
+            if token in self.stop_ids:
+                self.done[row] = True
+                continue
+            self.tokens[row].append(token)
+            if len(self.tokens[row]) > request.max_tokens:
+                self.done[row] = True
+                continue
+            text = self.tokenizer.decode(self.tokens[row], skip_special_tokens=True).lstrip()
+            if text.endswith("\ufffd"):
+                continue
+            delta, self.sent[row] = text[len(self.sent[row]):], text
+            if delta:
+                request.on_text(delta)
+
+    def end(self) -> None:
+        pass

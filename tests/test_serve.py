@@ -1,0 +1,203 @@
+"""The OpenAI-compatible server, live on 127.0.0.1, driven by the official ``openai`` client."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+import soundfile as sf
+from openai import APIStatusError, OpenAI
+
+from audiotune.generate import GenerationSettings, examples_from_audio, generate
+from audiotune.models.loading import load_model, load_processor
+from tests.conftest import tone
+
+pytestmark = pytest.mark.slow
+KEY = "test-key"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(model, *extra) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    process = subprocess.Popen([sys.executable, "-m", "audiotune", "serve", "--model", str(model), "--port", str(port),
+                                *map(str, extra)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited: {process.stderr.read()[-3000:]}")
+        try:
+            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                return process, base
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    process.kill()
+    raise RuntimeError("server did not start")
+
+
+@pytest.fixture(scope="module")
+def server(tiny_af3, trained_adapter):
+    process, base = _start(tiny_af3, "--adapter", f"tuned={trained_adapter}", "--api-key", KEY,
+                           "--max-audio-seconds", "5", "--max-request-mb", "1", "--max-tokens", "64",
+                           "--served-name", "base")
+    yield base
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return OpenAI(base_url=f"{server}/v1", api_key=KEY, max_retries=0, timeout=120)
+
+
+def _b64(wave, rate=16000) -> str:
+    buffer = io.BytesIO()
+    sf.write(buffer, wave, rate, format="WAV")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _messages(wave, text="Describe the audio.", part="input_audio"):
+    audio = ({"type": "input_audio", "input_audio": {"data": _b64(wave), "format": "wav"}} if part == "input_audio"
+             else {"type": "audio_url", "audio_url": {"url": "data:audio/wav;base64," + _b64(wave)}})
+    return [{"role": "user", "content": [audio, {"type": "text", "text": text}]}]
+
+
+def test_caption_with_input_audio_matches_local_generation(client, tiny_af3, trained_adapter, family):
+    wave = tone(2.0, 220)
+    response = client.chat.completions.create(model="tuned", messages=_messages(wave), temperature=0, max_tokens=24)
+    answer = response.choices[0].message.content
+    model, _ = load_model(tiny_af3, adapter=trained_adapter)
+    local = generate(model, load_processor(trained_adapter), family, examples_from_audio([wave], "Describe the audio."),
+                     settings=GenerationSettings(max_new_tokens=24))[0]
+    assert answer == local and answer
+    assert response.choices[0].finish_reason in ("stop", "length")
+    assert response.usage.prompt_tokens > 50  # 2 s of audio alone is 50 placeholder tokens
+    assert response.usage.total_tokens == response.usage.prompt_tokens + response.usage.completion_tokens
+    data_uri = client.chat.completions.create(model="tuned", messages=_messages(wave, part="audio_url"),
+                                              temperature=0, max_tokens=24)
+    assert data_uri.choices[0].message.content == answer
+
+
+def test_streaming_gives_the_same_text(client):
+    messages = _messages(tone(1.5, 880))
+    whole = client.chat.completions.create(model="tuned", messages=messages, temperature=0, max_tokens=24)
+    stream = client.chat.completions.create(model="tuned", messages=messages, temperature=0, max_tokens=24,
+                                            stream=True, stream_options={"include_usage": True})
+    pieces, finish, usage = [], None, None
+    for chunk in stream:
+        if chunk.choices:
+            pieces.append(chunk.choices[0].delta.content or "")
+            finish = chunk.choices[0].finish_reason or finish
+        usage = chunk.usage or usage
+    assert "".join(pieces) == whole.choices[0].message.content
+    assert len([p for p in pieces if p]) > 1  # really streamed, piece by piece
+    assert finish == whole.choices[0].finish_reason and usage.completion_tokens == whole.usage.completion_tokens
+
+
+def test_adapter_chosen_by_name(client):
+    assert [m.id for m in client.models.list().data] == ["base", "tuned"]
+    messages = _messages(tone(2.0, 220))
+    tuned = client.chat.completions.create(model="tuned", messages=messages, temperature=0, max_tokens=16)
+    base = client.chat.completions.create(model="base", messages=messages, temperature=0, max_tokens=16)
+    assert tuned.choices[0].message.content != base.choices[0].message.content
+    assert tuned.model == "tuned" and base.model == "base"
+
+
+def test_sixteen_concurrent_requests_equal_one_at_a_time(client, server):
+    waves = [tone(1.0 + 0.1 * i, 200 + 60 * i) for i in range(16)]
+
+    def ask(wave):
+        r = client.chat.completions.create(model="tuned", messages=_messages(wave), temperature=0, max_tokens=12)
+        return r.choices[0].message.content
+
+    sequential = [ask(w) for w in waves]
+    with ThreadPoolExecutor(16) as pool:
+        concurrent = list(pool.map(ask, waves))
+    assert concurrent == sequential
+    assert httpx.get(f"{server}/health").json()["largest_batch"] > 1  # they really were batched
+
+
+BAD_REQUESTS = [
+    ("malformed JSON", b"{not json", 400, "invalid_json"),
+    ("bad base64", {"model": "tuned", "messages": [{"role": "user", "content": [
+        {"type": "input_audio", "input_audio": {"data": "%%%not-base64", "format": "wav"}}]}]}, 400, "invalid_base64"),
+    ("bytes that are not audio", {"model": "tuned", "messages": [{"role": "user", "content": [
+        {"type": "input_audio", "input_audio": {"data": base64.b64encode(b"hello " * 50).decode(),
+                                                "format": "wav"}}]}]}, 400, "invalid_audio"),
+    ("unknown model", {"model": "gpt-4o", "messages": _messages(tone(0.5))}, 404, "model_not_found"),
+    ("missing audio part", {"model": "tuned", "messages": [{"role": "user", "content": "hello"}]}, 400,
+     "missing_audio"),
+    ("audio too long", {"model": "tuned", "messages": _messages(tone(6.0))}, 400, "audio_too_long"),
+    ("max_tokens too large", {"model": "tuned", "messages": _messages(tone(0.5)), "max_tokens": 100000}, 400, None),
+    ("n > 1", {"model": "tuned", "messages": _messages(tone(0.5)), "n": 2}, 400, None),
+    ("remote URL disabled", {"model": "tuned", "messages": [{"role": "user", "content": [
+        {"type": "audio_url", "audio_url": {"url": "http://127.0.0.1:1/a.wav"}}]}]}, 400, None),
+    ("local path", {"model": "tuned", "messages": [{"role": "user", "content": [
+        {"type": "audio_url", "audio_url": {"url": "/etc/passwd"}}]}]}, 400, None),
+    ("body too large", {"model": "tuned", "messages": _messages(tone(40.0))}, 413, "request_too_large"),
+]
+
+
+@pytest.mark.parametrize("name, body, status, code", BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS])
+def test_bad_requests_get_openai_errors_and_the_server_survives(server, client, name, body, status, code):
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    response = httpx.post(f"{server}/v1/chat/completions", content=content, timeout=60,
+                          headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["message"] and error["type"]
+    if code:
+        assert error["code"] == code
+    assert httpx.get(f"{server}/health").status_code == 200
+    ok = client.chat.completions.create(model="tuned", messages=_messages(tone(0.5)), temperature=0, max_tokens=4)
+    assert ok.choices[0].message.content is not None
+
+
+def test_api_key_is_required(server):
+    wrong = OpenAI(base_url=f"{server}/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(APIStatusError) as caught:
+        wrong.models.list()
+    assert caught.value.status_code == 401
+
+
+def test_sigterm_finishes_in_flight_requests_then_exits(tiny_af3):
+    process, base = _start(tiny_af3, "--max-wait-ms", "200", "--served-name", "tiny-af3")
+    client = OpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0, timeout=120)
+    results: list = []
+
+    def ask():
+        try:
+            r = client.chat.completions.create(model="tiny-af3", messages=_messages(tone(3.0)), temperature=0,
+                                               max_tokens=64)
+            results.append(r.choices[0].finish_reason)
+        except Exception as error:  # noqa: BLE001 - shown by the assertion below
+            results.append(repr(error))
+
+    thread = threading.Thread(target=ask)
+    thread.start()
+    deadline = time.time() + 30
+    while httpx.get(f"{base}/health").json()["in_flight"] < 2 and time.time() < deadline:  # it and this probe
+        time.sleep(0.005)
+    process.send_signal(signal.SIGTERM)  # while the request waits in the batcher's 200 ms window or generates
+    thread.join(timeout=120)
+    assert results == ["length"]  # answered in full
+    # uvicorn finishes its graceful shutdown, then re-raises the signal it caught: exit by SIGTERM, not a crash
+    assert process.wait(timeout=60) in (0, -signal.SIGTERM)
+    assert "Traceback" not in process.stderr.read()
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{base}/health", timeout=2)
