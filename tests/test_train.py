@@ -81,7 +81,7 @@ def test_wrong_column_fails_before_the_model_loads(micro_af3, synth_data, tmp_pa
         raise AssertionError("the model was loaded before the data was checked")
 
     monkeypatch.setattr(train_module, "load_base_model", must_not_load)
-    with pytest.raises(DatasetSchemaError, match=r"missing column\(s\) \['transcript'\].*--text-column"):
+    with pytest.raises(DatasetSchemaError, match=r"no text column 'transcript'.*--text-column"):
         train(_config(micro_af3, synth_data, tmp_path, text_column="transcript"))
     with pytest.raises(DatasetSchemaError, match="no audio column 'sound'"):
         train(_config(micro_af3, synth_data, tmp_path, audio_column="sound"))

@@ -49,9 +49,33 @@ class AudioLimits:
     policy: LongAudioPolicy = LongAudioPolicy.WINDOW
 
 
+def _wav_shortfall(data: bytes) -> tuple[int, int] | None:
+    """(declared, present) audio bytes when a RIFF/WAVE file is cut short, else ``None``.
+
+    libsndfile decodes a truncated WAV without complaint (it reads what is there), which would pair a
+    clipped clip with a caption of the whole. Sizes of 0 or 0xFFFFFFFF (streamed writers) are accepted.
+    """
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return None
+    position = 12
+    while position + 8 <= len(data):
+        chunk, size = data[position:position + 4], int.from_bytes(data[position + 4:position + 8], "little")
+        if chunk == b"data":
+            present = len(data) - position - 8
+            if size not in (0, 0xFFFFFFFF) and present < 0.99 * size:
+                return size, present
+            return None
+        position += 8 + size + (size & 1)
+    return (1, 0) if position > len(data) else None
+
+
 def _decode_bytes(data: bytes, name: str) -> tuple[np.ndarray, int]:
     if not data:
         raise AudioDecodeError(f"{name}: the audio is empty (0 bytes). Remove the row or replace the file.")
+    shortfall = _wav_shortfall(data)
+    if shortfall:
+        raise AudioDecodeError(f"{name}: truncated WAV: the header declares {shortfall[0]} bytes of audio but the "
+                               f"file holds {shortfall[1]}. Re-export or re-download the file, or drop the row.")
     try:
         wave, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
         return wave, int(sr)
@@ -159,26 +183,36 @@ def load_audio(item: Any, target_rate: int, name: str, limits: AudioLimits | Non
     return apply_length_policy(mono, target_rate, name, limits) if limits else mono
 
 
-def apply_length_policy(wave: np.ndarray, rate: int, name: str, limits: AudioLimits) -> np.ndarray:
-    seconds = len(wave) / rate
+def length_outcome(seconds: float, name: str, limits: AudioLimits) -> tuple[float, str | None]:
+    """(seconds kept, what happened) under the long-audio policy; ``None`` when the clip is kept whole.
+
+    Raises :class:`AudioTooLongError` where the policy refuses the clip. ``audiotune data check``
+    reports these outcomes without decoding twice.
+    """
     policy = LongAudioPolicy(limits.policy)
     if policy is LongAudioPolicy.WINDOW:
         if seconds > limits.max_seconds:
-            logger.warning("%s: %.1f s is longer than the model's maximum of %.0f s; keeping the first %.0f s.",
-                           name, seconds, limits.max_seconds, limits.max_seconds)
-            return wave[: int(limits.max_seconds * rate)]
-        return wave
+            return limits.max_seconds, (f"{name}: {seconds:.1f} s is longer than the model's maximum of "
+                                        f"{limits.max_seconds:.0f} s; keeping the first {limits.max_seconds:.0f} s.")
+        return seconds, None
     if seconds <= limits.window_seconds:
-        return wave
+        return seconds, None
     if policy is LongAudioPolicy.TRUNCATE:
-        logger.warning("%s: %.1f s truncated to the first %.0f s window (--long-audio truncate).",
-                       name, seconds, limits.window_seconds)
-        return wave[: int(limits.window_seconds * rate)]
+        return limits.window_seconds, (f"{name}: {seconds:.1f} s truncated to the first "
+                                       f"{limits.window_seconds:.0f} s window (--long-audio truncate).")
     raise AudioTooLongError(
         f"{name}: {seconds:.1f} s is longer than one {limits.window_seconds:.0f} s window "
         f"(--long-audio {policy.value}). Use --long-audio window to process it in windows "
         f"(up to {limits.max_seconds:.0f} s), or truncate."
     )
+
+
+def apply_length_policy(wave: np.ndarray, rate: int, name: str, limits: AudioLimits) -> np.ndarray:
+    kept, message = length_outcome(len(wave) / rate, name, limits)
+    if message is None:
+        return wave
+    logger.warning(message)
+    return wave[: int(kept * rate)]
 
 
 def duration_seconds(n_samples: int, rate: int) -> float:

@@ -103,8 +103,10 @@ def train(
     long_audio: Annotated[Optional[str], typer.Option(help="window | truncate | skip | error")] = None,
     on_bad_sample: Annotated[Optional[str], typer.Option(help="skip | fail")] = None,
     resume: Annotated[Optional[bool], typer.Option("--resume", help="Continue from the newest checkpoint.")] = None,
-    task: Annotated[Optional[str], typer.Option(help="caption | asr | qa | classify")] = None,
+    task: Annotated[Optional[str], typer.Option(help="caption | asr | qa | classify | chat")] = None,
     question_column: Optional[str] = None,
+    references_column: Optional[str] = None,
+    id_column: Optional[str] = None,
     labels: Annotated[Optional[str], typer.Option(help="classify: comma-separated label set.")] = None,
     eval_generate_take: Annotated[Optional[int], typer.Option(help="Eval clips generated for at each "
                                                                    "evaluation (0: off).")] = None,
@@ -129,7 +131,8 @@ def train(
                      eval_steps=eval_steps, save_steps=save_steps, seed=seed, bf16=bf16,
                      gradient_checkpointing=gradient_checkpointing, dataloader_num_workers=dataloader_num_workers,
                      long_audio=long_audio, on_bad_sample=on_bad_sample, resume=resume, task=task,
-                     question_column=question_column, labels=labels.split(",") if labels else None,
+                     question_column=question_column, references_column=references_column, id_column=id_column,
+                     labels=labels.split(",") if labels else None,
                      eval_generate_take=eval_generate_take, best_metric=best_metric, max_new_tokens=max_new_tokens)
     if eval_split is not None:
         overrides["eval_split"] = None if eval_split.lower() == "none" else eval_split
@@ -206,15 +209,17 @@ def eval_(
     adapter: Annotated[Optional[list[str]], typer.Option(help="Adapter folder or merged checkpoint; repeatable.")] = None,
     compare: Annotated[bool, typer.Option("--compare", help="Also score the base model, side by side.")] = False,
     split: str = "test",
-    task: Annotated[str, typer.Option(help="caption | asr | qa | classify")] = "caption",
+    task: Annotated[str, typer.Option(help="caption | asr | qa | classify | chat")] = "caption",
     out: Annotated[Path, typer.Option(help="Folder for predictions.jsonl, metrics.json and the report.")] = Path("runs/eval"),
     prompt: Optional[str] = None,
     system_prompt: Optional[str] = None,
-    audio_column: str = "audio",
+    audio_column: Optional[str] = None,
     text_column: Optional[str] = None,
     references_column: Optional[str] = None,
     question_column: Optional[str] = None,
     labels: Annotated[Optional[str], typer.Option(help="classify: comma-separated label set.")] = None,
+    id_column: Annotated[Optional[str], typer.Option(help="Clip id; rows sharing it are one clip with several "
+                                                          "references.")] = None,
     take: Annotated[Optional[int], typer.Option(help="Score only the first N rows.")] = None,
     streaming: Annotated[bool, typer.Option("--streaming/--no-streaming")] = False,
     batch_size: int = 16,
@@ -231,7 +236,8 @@ def eval_(
     cfg = EvalConfig(model=model, dataset=dataset, out=str(out), adapters=list(adapter or []), compare=compare,
                      split=split, task=task, prompt=prompt, system_prompt=system_prompt, audio_column=audio_column,
                      text_column=text_column, references_column=references_column, question_column=question_column,
-                     labels=labels.split(",") if labels else None, take=take, streaming=streaming,
+                     labels=labels.split(",") if labels else None, id_column=id_column, take=take,
+                     streaming=streaming,
                      batch_size=batch_size, max_new_tokens=max_new_tokens, spice_models=spice_models)
     run = training_run or next((Path(a) for a in cfg.adapters if (Path(a) / "train_metrics.json").exists()), None)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -266,6 +272,97 @@ def print_metrics(table_data: dict[str, dict[str, float]], metrics: list[str], t
         table.add_row(metric, *["—" if v is None else (f"[bold green]{v:.4f}[/bold green]" if v == best else f"{v:.4f}")
                                 for v in values])
     console.print(table)
+
+
+data_app = typer.Typer(no_args_is_help=True, help="Inspect datasets before training.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("check")
+def data_check(
+    dataset: Annotated[str, typer.Argument(help="Hub id, local folder (parquet, audiofolder) or manifest file(s).")],
+    split: str = "train",
+    task: Annotated[str, typer.Option(help="caption | asr | qa | classify | chat")] = "caption",
+    model: Annotated[Optional[str], typer.Option(help="Model whose family and tokenizer to count tokens with.")] = None,
+    family: Annotated[str, typer.Option(help="Family for the audio token arithmetic when no --model.")] = "af3",
+    audio_column: Optional[str] = None,
+    text_column: Optional[str] = None,
+    references_column: Optional[str] = None,
+    question_column: Optional[str] = None,
+    id_column: Optional[str] = None,
+    labels: Optional[str] = None,
+    streaming: Annotated[bool, typer.Option("--streaming/--no-streaming")] = False,
+    long_audio: Annotated[str, typer.Option(help="window | truncate | skip | error")] = "window",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON.")] = False,
+) -> None:
+    """Rows, hours, duration histogram, rate/channel mix, token lengths and every row that fails or is altered.
+
+    Exit code: 0 usable as is, 1 some rows would be skipped, 2 the dataset cannot be used as given.
+    """
+    from .config import TrainConfig
+    from .data.check import check_dataset
+    from .models.families import family_by_name
+
+    spec = TrainConfig(model=model or "", dataset=dataset, task=task, audio_column=audio_column,
+                       text_column=text_column, references_column=references_column, question_column=question_column,
+                       id_column=id_column, labels=labels.split(",") if labels else None, streaming=streaming,
+                       long_audio=long_audio)
+    tokenizer = None
+    if model:
+        from .models.loading import load_processor, resolve_family
+
+        fam = resolve_family(model)
+        tokenizer = load_processor(model).tokenizer
+    else:
+        fam = family_by_name(family)
+    with console.status("checking rows", spinner="dots") as status:
+        report = check_dataset(spec, split, fam, tokenizer,
+                               on_row=lambda i: status.update(f"checking row {i + 1}") if i % 25 == 0 else None)
+    summary = report.summary()
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        raise typer.Exit(report.exit_code)
+    if report.fatal and not report.rows:
+        from rich.markup import escape
+
+        Console(stderr=True, soft_wrap=True).print(f"[red]fatal:[/red] {escape(report.fatal)}")
+        raise typer.Exit(report.exit_code)
+    overview = Table(title=f"{dataset} [{split}] — task {summary['task']}", show_header=False)
+    overview.add_row("rows (usable)", f"{summary['rows']} ({summary['usable_rows']})")
+    overview.add_row("hours", f"{summary['hours']:.3f}")
+    overview.add_row("sample rates", ", ".join(f"{k} Hz: {v}" for k, v in summary["sample_rates"].items()) or "—")
+    overview.add_row("channels", ", ".join(f"{k}: {v}" for k, v in summary["channels"].items()) or "—")
+    for key in ("text_chars", "text_tokens", "audio_tokens"):
+        stats = summary[key]
+        overview.add_row(key.replace("_", " "), "—" if not stats else
+                         f"min {stats['min']}, mean {stats['mean']}, p95 {stats['p95']}, max {stats['max']}")
+    console.print(overview)
+    histogram = Table(title="durations")
+    histogram.add_column("seconds")
+    histogram.add_column("clips", justify="right")
+    histogram.add_column("")
+    peak = max(summary["duration_histogram"].values() or [1]) or 1
+    for label, count in summary["duration_histogram"].items():
+        histogram.add_row(label, str(count), "█" * round(30 * count / peak))
+    console.print(histogram)
+    if report.issues:
+        from rich.markup import escape
+
+        issues = Table(title=f"{len(report.issues)} row(s) that fail or are altered")
+        for column in ("row", "id", "file", "severity", "problem"):
+            issues.add_column(column, overflow="fold")
+        colour = {"fails": "red", "altered": "yellow", "warning": "cyan"}
+        for issue in report.issues[:50]:
+            issues.add_row(str(issue.row), escape(issue.id), escape(str(issue.file or "—")),
+                           f"[{colour[issue.severity]}]{issue.severity}[/]", escape(issue.problem))
+        console.print(issues)
+        if len(report.issues) > 50:
+            console.print(f"… and {len(report.issues) - 50} more (--json lists all)")
+    if report.fatal:
+        from rich.markup import escape
+
+        Console(stderr=True, soft_wrap=True).print(f"[red]fatal:[/red] {escape(report.fatal)}")
+    raise typer.Exit(report.exit_code)
 
 
 @app.command()
@@ -328,7 +425,9 @@ def demo(out: Annotated[Path, typer.Option(help="Run folder.")] = Path("runs/dem
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # returns a typer.Exit's code instead of raising it
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except AudiotuneError as error:
         if _state["debug"]:
             raise

@@ -29,8 +29,8 @@ class TrainConfig:
     task: str = "caption"  # caption | asr | qa | classify
     prompt: str | None = None  # None: the task's default ("Describe the audio." for caption)
     system_prompt: str | None = None
-    audio_column: str = "audio"
-    text_column: str | None = None  # None: the task's default (caption, text, answer, label)
+    audio_column: str | None = None  # None: auto-detected (audio, audio_path, path, file_name, ...)
+    text_column: str | None = None  # None: auto-detected per task (caption/text, text/transcript, answer, label)
     references_column: str | None = None  # None: the task's default (captions for caption)
     question_column: str | None = None
     labels: list[str] | None = None  # classify: the label set (default: read from the dataset)
@@ -86,8 +86,8 @@ class TrainConfig:
                               f"{', '.join(p.value for p in LongAudioPolicy)}.") from None
         if self.on_bad_sample not in ("skip", "fail"):
             raise ConfigError(f"--on-bad-sample {self.on_bad_sample!r}: choose skip or fail.")
-        if self.task not in ("caption", "asr", "qa", "classify"):
-            raise ConfigError(f"--task {self.task!r}: choose caption, asr, qa or classify.")
+        if self.task not in ("caption", "asr", "qa", "classify", "chat"):
+            raise ConfigError(f"--task {self.task!r}: choose caption, asr, qa, classify or chat.")
         if self.best_metric and self.eval_steps and self.save_steps % self.eval_steps:
             raise ConfigError(f"--best-metric needs --save-steps ({self.save_steps}) to be a multiple of "
                               f"--eval-steps ({self.eval_steps}), so every saved checkpoint has been scored.")

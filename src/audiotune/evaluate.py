@@ -15,10 +15,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .audio import AudioLimits, LongAudioPolicy
-from .data.examples import BadSampleLog, ExampleBuilder, ExampleDataset, ExampleStream
-from .data.sources import first_row, open_split, require_columns
-from .data.tasks import Example, make_task
+from .audio import LongAudioPolicy
+from .data.examples import BadSampleLog, ExampleDataset, ExampleStream
+from .data.prepare import prepare_split
+from .data.tasks import Example
 from .errors import CheckpointError
 from .generate import GenerationSettings, generate
 from .metrics import metric_names, score
@@ -38,7 +38,7 @@ class EvalConfig:
     task: str = "caption"
     prompt: str | None = None
     system_prompt: str | None = None
-    audio_column: str = "audio"
+    audio_column: str | None = None  # None: auto-detected
     text_column: str | None = None
     references_column: str | None = None
     question_column: str | None = None
@@ -79,26 +79,34 @@ class EvalReport:
         return metric_names(self.task, list(self.models[0].metrics)) if self.models else []
 
 
-def load_examples(cfg: EvalConfig, family: Family, bad_log: BadSampleLog) -> list[Example]:
-    """Decode the split once; bad rows are skipped (and listed) or raise, as ``on_bad_sample`` says."""
-    rows = open_split(cfg.dataset, cfg.split, cfg.streaming, cfg.audio_column)
-    from .train import label_set
+def load_examples(cfg: EvalConfig, family: Family, bad_log: BadSampleLog) -> tuple[list[Example], str]:
+    """Decode the split once; bad rows are skipped (and listed) or raise, as ``on_bad_sample`` says.
 
-    labels = tuple(cfg.labels) if cfg.labels else (
-        label_set(rows, cfg.text_column or "label") if cfg.task == "classify" else None)
-    task = make_task(cfg.task, prompt=cfg.prompt, system_prompt=cfg.system_prompt, text_column=cfg.text_column,
-                     references_column=cfg.references_column, question_column=cfg.question_column, labels=labels)
-    require_columns(rows, [cfg.audio_column, *task.required_columns()], cfg.dataset, cfg.split)
-    first_row(rows, cfg.dataset, cfg.split)
+    Rows that share a clip id (``--id-column``, e.g. AudioCaps' one row per reference caption)
+    become one example holding all their references. Returns the examples and the resolved task
+    (a ShareGPT manifest asked for as caption is evaluated as chat).
+    """
+    rows, build = prepare_split(cfg, cfg.split, family)
     if cfg.take is not None:
         rows = rows.select(range(min(cfg.take, len(rows)))) if hasattr(rows, "select") else rows.take(cfg.take)
-    limits = AudioLimits(family.window_seconds, family.max_audio_seconds, LongAudioPolicy(cfg.long_audio))
-    build = ExampleBuilder(task, family.sampling_rate, limits, cfg.audio_column, cfg.id_column)
     if cfg.streaming:
-        return list(ExampleStream(rows, build, bad_log, cfg.on_bad_sample))
-    source = ExampleDataset(rows, build, bad_log, cfg.on_bad_sample)
-    examples = (source._try_build(rows[i], i) for i in range(len(rows)))
-    return [e for e in examples if e is not None]
+        examples = list(ExampleStream(rows, build, bad_log, cfg.on_bad_sample))
+    else:
+        source = ExampleDataset(rows, build, bad_log, cfg.on_bad_sample)
+        examples = [e for e in (source._try_build(rows[i], i) for i in range(len(rows))) if e is not None]
+    return (group_references(examples) if cfg.id_column else examples), build.task.name
+
+
+def group_references(examples: list[Example]) -> list[Example]:
+    """Merge examples with the same id: the first keeps its audio and gains the others' references."""
+    merged: dict[str, Example] = {}
+    for example in examples:
+        if example.id in merged:
+            merged[example.id].references.extend(r for r in example.references
+                                                 if r not in merged[example.id].references)
+        else:
+            merged[example.id] = example
+    return list(merged.values())
 
 
 def _variants(cfg: EvalConfig) -> list[tuple[str, str, str | None]]:
@@ -156,7 +164,7 @@ def run_evaluation(cfg: EvalConfig, on_model: Callable[[str, int], None] | None 
     family = resolve_family(cfg.model)
     variants = _variants(cfg)
     bad_log = BadSampleLog(out / "skipped.jsonl")
-    examples = load_examples(cfg, family, bad_log)
+    examples, task = load_examples(cfg, family, bad_log)
     if not examples:
         raise CheckpointError(f"{cfg.dataset} [{cfg.split}]: no usable rows to evaluate (see {out / 'skipped.jsonl'}).")
     settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens)
@@ -167,7 +175,7 @@ def run_evaluation(cfg: EvalConfig, on_model: Callable[[str, int], None] | None 
             on_model(name, len(examples))
         model, _ = load_model(model_path, adapter=adapter)
         processor_source = adapter if adapter and (Path(adapter) / "processor_config.json").exists() else model_path
-        metrics, rows = score_model(model, load_processor(processor_source), family, examples, cfg.task, settings,
+        metrics, rows = score_model(model, load_processor(processor_source), family, examples, task, settings,
                                     cfg.batch_size, cfg.with_meteor, cfg.spice_models, notices, on_batch)
         scored.append(ModelScores(name, metrics, rows))
         del model
@@ -177,9 +185,9 @@ def run_evaluation(cfg: EvalConfig, on_model: Callable[[str, int], None] | None 
         for model_scores in scored:
             for row in model_scores.predictions:
                 handle.write(json.dumps({"model": model_scores.name, **row}) + "\n")
-    report = EvalReport(out, cfg.task, scored, notices, bad_log.entries())
+    report = EvalReport(out, task, scored, notices, bad_log.entries())
     (out / "metrics.json").write_text(json.dumps({
-        "task": cfg.task, "dataset": cfg.dataset, "split": cfg.split, "rows": len(examples),
+        "task": task, "dataset": cfg.dataset, "split": cfg.split, "rows": len(examples),
         "models": report.table(), "notices": notices, "skipped": len(report.skipped),
         "config": asdict(cfg)}, indent=2))
     report.report_md, report.report_html = write_report(report, examples[: cfg.audio_players], family.sampling_rate,

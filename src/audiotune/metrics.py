@@ -194,7 +194,7 @@ def score(task: str, predictions: dict[str, str], references: dict[str, list[str
           spice_models: str | Path | None = None, notices: list[str] | None = None
           ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """Corpus and per-clip metrics for ``task``."""
-    if task == "caption":
+    if task in ("caption", "chat"):
         return caption_metrics(predictions, references, with_meteor, spice_models, notices)
     if task == "asr":
         return asr_metrics(predictions, references)
@@ -206,7 +206,7 @@ def score(task: str, predictions: dict[str, str], references: dict[str, list[str
         for k in per_clip:
             per_clip[k].update(caption_each[k])
         return {**corpus, **caption}, per_clip
-    raise ConfigError(f"No metrics for task {task!r}; tasks: caption, qa, asr, classify.")
+    raise ConfigError(f"No metrics for task {task!r}; tasks: caption, chat, qa, asr, classify.")
 
 
 def metric_names(task: str, available: Sequence[str]) -> list[str]:

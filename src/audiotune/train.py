@@ -18,14 +18,12 @@ from typing import Any
 
 import torch
 
-from .audio import AudioLimits, LongAudioPolicy
 from .callbacks import PREFIX, GenerationMetricsCallback
 from .config import TrainConfig
 from .data.collator import ConversationCollator
-from .data.examples import BadSampleLog, ExampleBuilder, ExampleDataset, ExampleStream
-from .data.sources import first_row, open_split, require_columns
-from .data.tasks import CaptionTask, make_task
-from .errors import ConfigError, DatasetSchemaError
+from .data.examples import BadSampleLog, ExampleDataset, ExampleStream, streaming_workers
+from .data.prepare import prepare_split
+from .data.sources import first_row
 from .generate import GenerationSettings
 from .metrics import LOWER_IS_BETTER
 from .models.families import Family
@@ -53,33 +51,6 @@ class TrainResult:
     best_checkpoint: str | None = None
 
 
-def task_from_config(cfg: TrainConfig, rows=None) -> CaptionTask:
-    """The task the config describes; for ``classify`` without ``labels``, the label set of ``rows``."""
-    labels = tuple(cfg.labels) if cfg.labels else None
-    if cfg.task == "classify" and labels is None and rows is not None:
-        labels = label_set(rows, cfg.text_column or "label")
-    return make_task(cfg.task, prompt=cfg.prompt, system_prompt=cfg.system_prompt, text_column=cfg.text_column,
-                     references_column=cfg.references_column, question_column=cfg.question_column, labels=labels)
-
-
-def label_set(rows, column: str) -> tuple[str, ...]:
-    """Class names: a ``ClassLabel`` feature's names, else the sorted distinct values (non-streaming only)."""
-    feature = (rows.features or {}).get(column) if hasattr(rows, "features") else None
-    if feature is not None and hasattr(feature, "names"):
-        return tuple(feature.names)
-    if not hasattr(rows, "unique"):
-        raise ConfigError("--task classify on a streaming dataset needs the label set: pass --labels a,b,c.")
-    if column not in rows.column_names:
-        raise DatasetSchemaError(f"no label column {column!r}; columns are {rows.column_names}. Pass --text-column.")
-    return tuple(sorted(str(v) for v in rows.unique(column) if v is not None))
-
-
-def example_builder(cfg: TrainConfig, family: Family, task: CaptionTask | None = None) -> ExampleBuilder:
-    limits = AudioLimits(family.window_seconds, family.max_audio_seconds, LongAudioPolicy(cfg.long_audio))
-    return ExampleBuilder(task or task_from_config(cfg), family.sampling_rate, limits, cfg.audio_column,
-                          cfg.id_column)
-
-
 def _take(rows, start: int, count: int | None):
     """Rows ``start … start+count`` of a streaming or in-memory split (the guide's skip/take)."""
     if hasattr(rows, "select"):
@@ -91,25 +62,23 @@ def _take(rows, start: int, count: int | None):
 
 def build_datasets(cfg: TrainConfig, family: Family, run_dir: Path):
     """Train and eval datasets of Examples; fatal data problems raise here, before the model loads."""
-    train_rows = open_split(cfg.dataset, cfg.train_split, cfg.streaming, cfg.audio_column)
-    task = task_from_config(cfg, train_rows)
-    require_columns(train_rows, [cfg.audio_column, *task.required_columns()], cfg.dataset, cfg.train_split)
-    first_row(train_rows, cfg.dataset, cfg.train_split)
+    train_rows, build = prepare_split(cfg, cfg.train_split, family)
     if cfg.eval_split:
-        eval_rows = open_split(cfg.dataset, cfg.eval_split, cfg.streaming, cfg.audio_column)
-        require_columns(eval_rows, [cfg.audio_column, *task.required_columns()], cfg.dataset, cfg.eval_split)
+        eval_rows, eval_build = prepare_split(cfg, cfg.eval_split, family)
         eval_rows = _take(eval_rows, 0, cfg.eval_take)
         train_rows = _take(train_rows, 0, cfg.train_take)
     else:
+        eval_build = build
         eval_rows = _take(train_rows, cfg.train_take or 0, cfg.eval_take) if cfg.eval_take else None
         train_rows = _take(train_rows, 0, cfg.train_take)
     first_row(train_rows, cfg.dataset, cfg.train_split)
 
     bad_log = BadSampleLog(run_dir / SKIPPED)
-    build = example_builder(cfg, family, task)
+    if cfg.streaming and cfg.dataloader_num_workers > 1:
+        cfg.dataloader_num_workers = streaming_workers(train_rows, cfg.dataloader_num_workers)
     wrap = ExampleStream if cfg.streaming else ExampleDataset
     train_ds = wrap(train_rows, build, bad_log, cfg.on_bad_sample)
-    eval_ds = wrap(eval_rows, build, bad_log, cfg.on_bad_sample) if eval_rows is not None else None
+    eval_ds = wrap(eval_rows, eval_build, bad_log, cfg.on_bad_sample) if eval_rows is not None else None
     return train_ds, eval_ds, bad_log
 
 

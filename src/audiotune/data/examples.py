@@ -26,6 +26,16 @@ from .tasks import CaptionTask, Example
 logger = logging.getLogger(__name__)
 
 
+def streaming_workers(rows, requested: int) -> int:
+    """Workers worth starting for a stream: at most one per shard (a worker without a shard idles)."""
+    shards = getattr(rows, "num_shards", None) or getattr(rows, "n_shards", 1) or 1
+    if requested > shards:
+        logger.warning("the stream has %d shard(s): using %d dataloader worker(s) instead of %d. Split the data "
+                       "into more files to prepare it in more processes.", shards, shards, requested)
+        return shards
+    return requested
+
+
 class BadSampleLog:
     """Append-only record of skipped rows, shared by processes through the file system."""
 
@@ -60,22 +70,36 @@ class BadSampleLog:
 
 @dataclass
 class ExampleBuilder:
-    """Row → Example: decode the audio (family rate, long-audio policy), then apply the task."""
+    """Row → Example: the task reads the row; audio cells are decoded here (relative paths resolved
+    against the manifest's folder, family rate, long-audio policy)."""
 
     task: CaptionTask
     sampling_rate: int
     limits: AudioLimits
     audio_column: str = "audio"
     id_column: str | None = None
+    base_dir: Path | None = None
+    max_audios: int = 1
 
     def __call__(self, row: dict[str, Any], index: int) -> Example:
         example_id = row_id(row, index, self.id_column)
-        if self.audio_column not in row or row[self.audio_column] is None:
-            raise DatasetSchemaError(f"{example_id}: the audio cell ({self.audio_column!r}) is empty.")
-        self.task.references(row, example_id)  # cheap text checks before the costly decode
-        self.task.user_text(row, example_id)
-        audio = load_audio(row[self.audio_column], self.sampling_rate, example_id, self.limits)
-        return self.task.build(row, audio, example_id)
+        return self.task.make_example(row, example_id, self.audio_column, self.load, self.max_audios)
+
+    def resolve(self, item: Any) -> Any:
+        """Make a relative path (string or ``{"path"}`` without bytes) absolute against :attr:`base_dir`."""
+        if self.base_dir is None:
+            return item
+        if isinstance(item, str) and not Path(item).is_absolute() and "://" not in item:
+            return str(self.base_dir / item)
+        if isinstance(item, dict) and not item.get("bytes") and item.get("array") is None and item.get("path") \
+                and not Path(item["path"]).is_absolute():
+            return {**item, "path": str(self.base_dir / item["path"])}
+        return item
+
+    def load(self, item: Any, name: str):
+        if item is None or (isinstance(item, str) and not item.strip()):
+            raise DatasetSchemaError(f"{name}: the audio cell ({self.audio_column!r}) is empty.")
+        return load_audio(self.resolve(item), self.sampling_rate, name, self.limits)
 
 
 class _RowsToExamples:
@@ -115,7 +139,14 @@ class ExampleDataset(_RowsToExamples, torch.utils.data.Dataset):
 
 
 class ExampleStream(_RowsToExamples, torch.utils.data.IterableDataset):
-    """Iterable dataset over a streaming ``datasets.IterableDataset``: bad rows are not yielded."""
+    """Iterable dataset over a streaming ``datasets.IterableDataset``: bad rows are not yielded.
+
+    Dataloader workers are safe here: iterated inside a worker, a ``datasets`` stream hands each
+    worker whole shards (files) of its own, so no row is seen twice, and decoding plus feature
+    extraction (the collator) run in the workers. The guide's "``dataloader_num_workers`` must be
+    0 for streaming" holds only for streams that are not shard-aware. With fewer shards than
+    workers the extra workers idle: :func:`streaming_workers` caps the count and says so.
+    """
 
     def __iter__(self) -> Iterator[Example]:
         for i, row in enumerate(self.rows):

@@ -17,6 +17,49 @@ from ..errors import DatasetSchemaError
 logger = logging.getLogger(__name__)
 
 _FILE_BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv", ".arrow": "arrow"}
+_AUDIOFOLDER_METADATA = ("metadata.csv", "metadata.jsonl")
+
+# Common names, tried in order when the configured column is absent (auto-detection).
+AUDIO_COLUMNS = ("audio", "audios", "audio_path", "audio_filepath", "audio_file", "path", "file", "file_name",
+                 "filename", "wav")
+TEXT_COLUMNS = {
+    "caption": ("caption", "text", "description"),
+    "asr": ("text", "transcript", "transcription", "sentence", "normalized_text"),
+    "qa": ("answer", "response", "output"),
+    "classify": ("label", "class", "category"),
+    "chat": ("messages", "conversations"),
+}
+REFERENCE_COLUMNS = {"caption": ("captions", "references"), "qa": ("answers",)}
+QUESTION_COLUMNS = ("question", "instruction", "prompt", "query")
+
+
+def base_dir(source: str) -> Path | None:
+    """The folder relative audio paths are resolved against: the manifest's (or the dataset folder)."""
+    path = Path(source)
+    matches = sorted(glob.glob(source)) if any(c in source for c in "*?[") else []
+    if matches:
+        return Path(matches[0]).parent.resolve()
+    if path.is_file():
+        return path.parent.resolve()
+    if path.is_dir():
+        return path.resolve()
+    return None
+
+
+def pick_column(columns: list[str], wanted: str | None, candidates: tuple[str, ...], what: str, flag: str,
+                source: str, required: bool = True) -> str | None:
+    """``wanted`` if given (it must exist), else the first common name present; a clear error otherwise."""
+    if wanted:
+        if columns and wanted not in columns:
+            raise DatasetSchemaError(f"{source}: no {what} column {wanted!r}; columns are {columns}. Pass {flag} NAME.")
+        return wanted
+    for name in candidates:
+        if name in columns:
+            return name
+    if required and columns:
+        raise DatasetSchemaError(f"{source}: cannot find the {what} column (tried {list(candidates)}); columns are "
+                                 f"{columns}. Pass {flag} NAME.")
+    return None
 
 
 def _load(source: str, split: str, streaming: bool):
@@ -31,14 +74,20 @@ def _load(source: str, split: str, streaming: bool):
             raise DatasetSchemaError(f"{source}: unsupported file type; use parquet, jsonl, csv or arrow.")
         return load_dataset(builder, data_files={split: files}, split=split, streaming=streaming)
     if path.is_dir():
+        if any((path / name).exists() for name in _AUDIOFOLDER_METADATA):
+            return load_dataset("audiofolder", data_dir=str(path), split=split, streaming=streaming)
         return load_dataset(str(path), split=split, streaming=streaming)
     if path.suffix or source.startswith((".", "/")):
         raise DatasetSchemaError(f"{source}: no such file or folder. Check the path, or pass a Hub dataset id.")
     return load_dataset(source, split=split, streaming=streaming)  # a Hub id
 
 
-def open_split(source: str, split: str, streaming: bool = False, audio_column: str = "audio"):
-    """Load ``split`` of ``source`` with the audio column left undecoded; raise a clear error on a bad split."""
+def open_split(source: str, split: str, streaming: bool = False, audio_column: str | None = "audio"):
+    """Load ``split`` of ``source`` with the audio column left undecoded; raise a clear error on a bad split.
+
+    ``audio_column=None`` auto-detects it among :data:`AUDIO_COLUMNS`. Audio-typed columns are cast to
+    ``Audio(decode=False)``; path columns stay strings and are resolved by the example builder.
+    """
     from datasets import Audio
 
     try:
@@ -52,12 +101,17 @@ def open_split(source: str, split: str, streaming: bool = False, audio_column: s
                                      "--eval-split.") from error
         raise
     columns = list(dataset.column_names or [])
-    if columns and audio_column not in columns:
-        raise DatasetSchemaError(
-            f"{source} [{split}]: no audio column {audio_column!r}; columns are {columns}. Pass --audio-column NAME.")
-    if columns:
-        dataset = dataset.cast_column(audio_column, Audio(decode=False))
+    column = pick_column(columns, audio_column, AUDIO_COLUMNS, "audio", "--audio-column", f"{source} [{split}]")
+    features = getattr(dataset, "features", None) or {}
+    if column and isinstance(features.get(column), Audio):
+        dataset = dataset.cast_column(column, Audio(decode=False))
     return dataset
+
+
+def audio_column_of(dataset, wanted: str | None) -> str:
+    """The audio column :func:`open_split` settled on."""
+    columns = list(dataset.column_names or [])
+    return pick_column(columns, wanted, AUDIO_COLUMNS, "audio", "--audio-column", "dataset") or wanted or "audio"
 
 
 def require_columns(dataset, columns: list[str], source: str, split: str) -> None:

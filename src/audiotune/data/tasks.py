@@ -7,6 +7,8 @@ with audio as mono float32 at the family's rate.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,12 +93,13 @@ class CaptionTask:
     def user_text(self, row: dict[str, Any], name: str) -> str:
         return self.prompt
 
-    def build(self, row: dict[str, Any], audio: np.ndarray, example_id: str) -> Example:
-        return Example(
-            id=example_id,
-            messages=prompt_messages(audio, self.user_text(row, example_id), self.system_prompt),
-            references=self.references(row, example_id),
-        )
+    def make_example(self, row: dict[str, Any], example_id: str, audio_column: str,
+                     load: Callable[[Any, str], np.ndarray], max_audios: int = 1) -> Example:
+        """Check the text first (cheap), then decode the audio cell with ``load``."""
+        references = self.references(row, example_id)
+        text = self.user_text(row, example_id)
+        audio = load(row.get(audio_column), example_id)
+        return Example(id=example_id, messages=prompt_messages(audio, text, self.system_prompt), references=references)
 
 
 def _checked(refs: list[Any], column: str, name: str) -> list[str]:
@@ -161,7 +164,84 @@ class ClassifyTask(CaptionTask):
         return self.prompt.format(labels=", ".join(self.labels))
 
 
-TASKS = {"caption": CaptionTask, "asr": AsrTask, "qa": QaTask, "classify": ClassifyTask}
+_AUDIO_TAG = re.compile(r"<audio>|<sound>")
+_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+
+
+@dataclass(frozen=True)
+class ChatTask(CaptionTask):
+    """Multi-turn chat from ShareGPT-style manifests (LLaMA-Factory, ms-swift): ``messages`` (or
+    ``conversations`` with ``from``/``value``) whose text carries ``<audio>`` tags, and ``audios``, the
+    files in tag order. The last assistant turn is the reference; every assistant turn is trained on.
+    Audio without any tag goes at the start of the first user turn. How many audios a conversation
+    may hold is the family's ``max_audios`` (AF3: one).
+    """
+
+    prompt: str = ""
+    text_column: str = "messages"
+    references_column: str | None = None
+    name: str = "chat"
+
+    def _turns(self, row: dict[str, Any], name: str) -> list[tuple[str, str]]:
+        turns = row.get(self.text_column)
+        if not isinstance(turns, list) or not turns:
+            raise DatasetSchemaError(f"{name}: {self.text_column!r} must be a non-empty list of messages.")
+        out = []
+        for i, turn in enumerate(turns):
+            if not isinstance(turn, dict):
+                raise DatasetSchemaError(f"{name}: message {i} is not an object.")
+            role = _ROLES.get(str(turn.get("role", turn.get("from", ""))).lower())
+            content = turn.get("content", turn.get("value"))
+            if role is None or not isinstance(content, str):
+                raise DatasetSchemaError(f"{name}: message {i} needs a role (user/assistant/system or human/gpt) "
+                                         "and text content.")
+            out.append((role, content))
+        if out[-1][0] != "assistant" or not out[-1][1].strip():
+            raise DatasetSchemaError(f"{name}: the last message must be a non-empty assistant answer.")
+        return out
+
+    def references(self, row: dict[str, Any], name: str) -> list[str]:
+        return [self._turns(row, name)[-1][1].strip()]
+
+    def required_columns(self) -> list[str]:
+        return [self.text_column]
+
+    def user_text(self, row: dict[str, Any], name: str) -> str:
+        return next((c for r, c in self._turns(row, name) if r == "user"), "")
+
+    def make_example(self, row: dict[str, Any], example_id: str, audio_column: str,
+                     load: Callable[[Any, str], np.ndarray], max_audios: int = 1) -> Example:
+        turns = self._turns(row, example_id)
+        audios = row.get(audio_column) or []
+        audios = [audios] if isinstance(audios, (str, dict)) else list(audios)
+        if len(audios) > max_audios:
+            raise DatasetSchemaError(f"{example_id}: {len(audios)} audios in one conversation; this model takes at "
+                                     f"most {max_audios}. Split the conversation, one audio each.")
+        tags = sum(len(_AUDIO_TAG.findall(c)) for _, c in turns)
+        if tags and tags != len(audios):
+            raise DatasetSchemaError(f"{example_id}: {tags} <audio> tag(s) but {len(audios)} file(s) in "
+                                     f"{audio_column!r}; they must match one to one.")
+        if not tags and audios:
+            first_user = next(i for i, (r, _) in enumerate(turns) if r == "user")
+            role, content = turns[first_user]
+            turns[first_user] = (role, "<audio>" * len(audios) + content)
+        decoded = iter([load(a, f"{example_id} audio {i}") for i, a in enumerate(audios)])
+        messages: list[dict[str, Any]] = []
+        for index, (role, content) in enumerate(turns[:-1]):
+            pieces = _AUDIO_TAG.split(content)
+            parts: list[dict[str, Any]] = []
+            for j, piece in enumerate(pieces):
+                if j:
+                    parts.append({"type": "audio", "audio": next(decoded)})
+                if piece.strip():
+                    parts.append({"type": "text", "text": piece.strip()})
+            messages.append({"role": role, "content": parts})
+        if self.system_prompt and messages and messages[0]["role"] != "system":
+            messages.insert(0, {"role": "system", "content": [{"type": "text", "text": self.system_prompt}]})
+        return Example(id=example_id, messages=messages, references=[turns[-1][1].strip()])
+
+
+TASKS = {"caption": CaptionTask, "asr": AsrTask, "qa": QaTask, "classify": ClassifyTask, "chat": ChatTask}
 
 
 def make_task(name: str, **fields: Any) -> CaptionTask:

@@ -38,6 +38,7 @@ class Family:
     default_system_prompt: str | None = None
     aliases: tuple[str, ...] = field(default_factory=tuple)
     requires_audio: bool = True  # the server refuses text-only requests unless told otherwise
+    max_audios: int = 1  # audios per conversation (AF3's processor pairs each text with exactly one audio)
     vllm_supported: bool = False  # vLLM can serve this architecture (with LoRA)
 
     def audio_tokens(self, seconds: float) -> int:
