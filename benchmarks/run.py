@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import torch  # noqa: E402
 
+import bench_data  # noqa: E402
 import bench_generation  # noqa: E402
 import bench_serving  # noqa: E402
 
@@ -31,8 +32,12 @@ def machine() -> str:
 def main() -> None:
     from transformers.utils import logging as hf_logging
 
+    import datasets
+
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    data = bench_data.run()
     gen = bench_generation.run()
     srv = bench_serving.run()
     lines = [
@@ -47,6 +52,12 @@ def main() -> None:
         f"| generation, {gen['clips']} clips, greedy | {gen['clips_per_s']['guide']:.2f} clips/s | "
         f"{gen['clips_per_s']['audiotune']:.2f} clips/s | **{gen['ratio']:.2f}×** | batch {gen['batch_size']}, "
         f"median of {gen['repeats']}; identical answers {gen['identical_answers']} |",
+        f"| data preparation: decode + resample to 16 kHz, {data['clips']} clips | "
+        f"{data['clips_per_s']['guide decode']:.0f} clips/s | {data['clips_per_s']['ours decode']:.0f} clips/s | "
+        f"**{data['decode_ratio']:.2f}×** | datasets' torchcodec cast vs soundfile + soxr; median of {data['repeats']} |",
+        f"| data preparation: decode + features + labels, batch {data['batch_size']} | "
+        f"{data['clips_per_s']['guide full']:.0f} clips/s | {data['clips_per_s']['ours full']:.0f} clips/s | "
+        f"**{data['full_ratio']:.2f}×** | the Whisper feature extractor over 30 s windows dominates both |",
         "",
         f"## Serving ({srv['requests']} caption requests per level, 1–6 s clips, greedy, max_tokens 24)",
         "",

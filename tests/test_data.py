@@ -239,3 +239,16 @@ def test_streaming_workers_see_every_row_once(tmp_path, files):
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers, collate_fn=lambda e: e)
     ids = [example.id for example in loader]
     assert sorted(ids) == sorted(f"f{f}-{i}" for f in range(files) for i in range(12 // files))  # once each
+
+
+@pytest.mark.slow
+def test_streaming_training_with_workers(micro_af3, tmp_path):
+    for f in range(2):
+        _wav(tmp_path / f"a{f}.wav", 1.0, 300 + 200 * f)
+        Dataset.from_dict({"audio": [str(tmp_path / f"a{f}.wav")] * 4, "caption": [f"tone {f}"] * 4}).to_parquet(
+            str(tmp_path / f"part-{f}.parquet"))
+    result = train(TrainConfig(model=str(micro_af3), dataset=str(tmp_path / "part-*.parquet"), streaming=True,
+                               dataloader_num_workers=2, out=str(tmp_path / "run"), eval_split=None, eval_take=None,
+                               max_steps=3, batch_size=2, gradient_accumulation_steps=1, save_steps=3,
+                               eval_generate_take=0))
+    assert result.steps == 3 and np.isfinite(result.train_loss) and not result.skipped
