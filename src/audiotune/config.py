@@ -66,6 +66,8 @@ class TrainConfig:
     bf16: bool = False
     gradient_checkpointing: bool = False
     dataloader_num_workers: int = 0
+    audio_cache: str = "memory"  # memory | disk | off: reuse frozen audio embeddings (see audio_cache.py)
+    audio_cache_dir: str | None = None  # disk cache folder (default: OUT/audio-cache)
     resume: bool = False
     max_new_tokens: int = 64
     # generation-based evaluation during training (see callbacks.py)
@@ -84,6 +86,8 @@ class TrainConfig:
         except ValueError:
             raise ConfigError(f"--long-audio {self.long_audio!r}: choose one of "
                               f"{', '.join(p.value for p in LongAudioPolicy)}.") from None
+        if self.audio_cache not in ("memory", "disk", "off"):
+            raise ConfigError(f"--audio-cache {self.audio_cache!r}: choose memory, disk or off.")
         if self.on_bad_sample not in ("skip", "fail"):
             raise ConfigError(f"--on-bad-sample {self.on_bad_sample!r}: choose skip or fail.")
         if self.task not in ("caption", "asr", "qa", "classify", "chat"):

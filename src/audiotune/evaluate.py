@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .audio import LongAudioPolicy
+from .audio_cache import AudioEmbeddingCache, install_audio_cache
 from .data.examples import BadSampleLog, ExampleDataset, ExampleStream
 from .data.prepare import prepare_split
 from .data.tasks import Example
@@ -170,10 +171,12 @@ def run_evaluation(cfg: EvalConfig, on_model: Callable[[str, int], None] | None 
     settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens)
     notices: list[str] = []
     scored: list[ModelScores] = []
+    audio_cache = AudioEmbeddingCache()  # models with the same frozen encoder share the clips' embeddings
     for name, model_path, adapter in variants:
         if on_model:
             on_model(name, len(examples))
         model, _ = load_model(model_path, adapter=adapter)
+        install_audio_cache(model, family, audio_cache)
         processor_source = adapter if adapter and (Path(adapter) / "processor_config.json").exists() else model_path
         metrics, rows = score_model(model, load_processor(processor_source), family, examples, task, settings,
                                     cfg.batch_size, cfg.with_meteor, cfg.spice_models, notices, on_batch)

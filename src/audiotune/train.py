@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from .audio_cache import AudioEmbeddingCache, cache_is_safe, install_audio_cache
 from .callbacks import PREFIX, GenerationMetricsCallback
 from .config import TrainConfig
 from .data.collator import ConversationCollator
@@ -49,6 +50,8 @@ class TrainResult:
     resumed_from: str | None = None
     generation_metrics: dict[str, float] = field(default_factory=dict)  # final, on the eval slice
     best_checkpoint: str | None = None
+    audio_cache_hits: int = 0
+    audio_cache_misses: int = 0
 
 
 def _take(rows, start: int, count: int | None):
@@ -203,6 +206,14 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> TrainResult:
                           lora_targets=cfg.lora_targets, train_projector=cfg.train_projector)
     model = prepare_for_training(model, family, plan)
     trainable, total = count_parameters(model)
+    audio_cache = None
+    if cfg.audio_cache != "off":
+        if cache_is_safe(model, family):
+            directory = Path(cfg.audio_cache_dir or out_dir / "audio-cache") if cfg.audio_cache == "disk" else None
+            audio_cache = AudioEmbeddingCache(directory=directory)
+            install_audio_cache(model, family, audio_cache)
+        else:
+            logger.info("audio-embedding cache off: part of the encoder or projector trains.")
     logger.info("trainable parameters: %s of %s (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
 
     cfg.to_yaml(out_dir / RUN_CONFIG)
@@ -237,6 +248,8 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> TrainResult:
         eval_loss=eval_loss, steps=int(output.global_step), skipped=bad_log.entries(),
         log_history=list(trainer.state.log_history), resumed_from=resume_from,
         generation_metrics=final_metrics, best_checkpoint=trainer.state.best_model_checkpoint,
+        audio_cache_hits=audio_cache.hits if audio_cache else 0,
+        audio_cache_misses=audio_cache.misses if audio_cache else 0,
     )
     (out_dir / "train_metrics.json").write_text(json.dumps(
         {k: v for k, v in dataclasses.asdict(result).items() if k != "out_dir"}, indent=2, default=str))

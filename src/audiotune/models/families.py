@@ -38,6 +38,8 @@ class Family:
     default_system_prompt: str | None = None
     aliases: tuple[str, ...] = field(default_factory=tuple)
     requires_audio: bool = True  # the server refuses text-only requests unless told otherwise
+    audio_features_method: str = "get_audio_features"  # encoder + projector, cached by audio_cache.py
+    audio_tower_attribute: str = "audio_tower"
     max_audios: int = 1  # audios per conversation (AF3's processor pairs each text with exactly one audio)
     vllm_supported: bool = False  # vLLM can serve this architecture (with LoRA)
 

@@ -1,0 +1,83 @@
+"""The audio-embedding cache changes nothing but the time: same logits, same adapter."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from audiotune.audio_cache import AudioEmbeddingCache, cache_is_safe, install_audio_cache
+from audiotune.config import TrainConfig
+from audiotune.data.collator import ConversationCollator
+from audiotune.data.tasks import Example, prompt_messages
+from audiotune.models.loading import AdaptationPlan, load_model, load_base_model, prepare_for_training
+from audiotune.train import train
+from tests.conftest import tone
+
+
+def _batch(processor, family, order=(0, 1, 2)):
+    examples = [Example(str(i), prompt_messages(tone(1.0 + i, 200 + 300 * i), "Describe the audio."), ["A tone."])
+                for i in range(3)]
+    batch = ConversationCollator(processor, family)([examples[i] for i in order])
+    batch.pop("labels")
+    return batch
+
+
+def test_logits_agree_with_and_without_cache(micro_af3, micro_processor, family, tmp_path):
+    model, _ = load_model(micro_af3)
+    batch = _batch(micro_processor, family)
+    with torch.no_grad():
+        reference = model(**batch).logits
+    cache = AudioEmbeddingCache(directory=tmp_path / "cache")
+    uninstall = install_audio_cache(model, family, cache)
+    with torch.no_grad():
+        first = model(**batch).logits
+        again = model(**batch).logits
+        shuffled = model(**_batch(micro_processor, family, (2, 0, 1))).logits
+    assert cache.misses == 3 and cache.hits == 6
+    assert torch.allclose(first, reference, atol=1e-5) and torch.allclose(again, reference, atol=1e-5)
+    uninstall()
+    with torch.no_grad():
+        assert torch.allclose(shuffled, model(**_batch(micro_processor, family, (2, 0, 1))).logits, atol=1e-5)
+    fresh = AudioEmbeddingCache(directory=tmp_path / "cache")  # a new process finds the disk entries
+    install_audio_cache(model, family, fresh)
+    with torch.no_grad():
+        assert torch.allclose(model(**batch).logits, reference, atol=1e-5)
+    assert fresh.hits == 3 and fresh.misses == 0
+
+
+def test_entries_made_during_generation_work_in_training(micro_af3, micro_processor, family):
+    model, _ = load_base_model(micro_af3)
+    model = prepare_for_training(model, family, AdaptationPlan())
+    install_audio_cache(model, family, AudioEmbeddingCache())
+    batch = _batch(micro_processor, family)
+    with torch.inference_mode():
+        model(**batch)
+    labels = batch["input_ids"].clone()
+    model(**batch, labels=labels).loss.backward()  # would fail on an inference tensor
+    assert any(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_cache_refuses_a_trainable_encoder_or_projector(micro_af3, family):
+    model, _ = load_base_model(micro_af3)
+    assert cache_is_safe(prepare_for_training(model, family, AdaptationPlan()), family)
+    model, _ = load_base_model(micro_af3)
+    assert not cache_is_safe(prepare_for_training(model, family, AdaptationPlan(train_projector=True)), family)
+    model, _ = load_base_model(micro_af3)
+    assert not cache_is_safe(prepare_for_training(model, family, AdaptationPlan(lora_targets=["q_proj"])), family)
+
+
+@pytest.mark.slow
+def test_training_with_the_cache_gives_the_same_adapter(micro_af3, synth_data, tmp_path):
+    runs = {}
+    for mode in ("off", "memory"):
+        result = train(TrainConfig(model=str(micro_af3), dataset=str(synth_data), out=str(tmp_path / mode),
+                                   train_take=8, eval_take=4, batch_size=4, gradient_accumulation_steps=1,
+                                   max_steps=6, eval_steps=3, save_steps=6, learning_rate=3e-3, seed=3,
+                                   eval_generate_take=2, max_new_tokens=4, audio_cache=mode))
+        runs[mode] = (result, load_file(tmp_path / mode / "adapter_model.safetensors"))
+    (off, off_weights), (on, on_weights) = runs["off"], runs["memory"]
+    assert on.audio_cache_hits > 0 and off.audio_cache_hits == 0  # epochs 2-3 and later evaluations hit
+    assert on.eval_loss == pytest.approx(off.eval_loss, abs=1e-5)
+    for name in off_weights:
+        assert torch.allclose(off_weights[name], on_weights[name], atol=1e-5), name
