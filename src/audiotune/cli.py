@@ -103,6 +103,8 @@ def train(
     audio_cache: Annotated[Optional[str], typer.Option(help="memory | disk | off: reuse the frozen encoder's "
                                                             "audio embeddings across epochs and evaluations.")] = None,
     audio_cache_dir: Optional[str] = None,
+    group_by_length: Annotated[Optional[bool], typer.Option("--group-by-length", help="Batch clips of similar "
+                                                                "length together (less padding).")] = None,
     long_audio: Annotated[Optional[str], typer.Option(help="window | truncate | skip | error")] = None,
     on_bad_sample: Annotated[Optional[str], typer.Option(help="skip | fail")] = None,
     resume: Annotated[Optional[bool], typer.Option("--resume", help="Continue from the newest checkpoint.")] = None,
@@ -133,7 +135,7 @@ def train(
                      max_steps=max_steps, warmup_steps=warmup_steps, logging_steps=logging_steps,
                      eval_steps=eval_steps, save_steps=save_steps, seed=seed, bf16=bf16,
                      gradient_checkpointing=gradient_checkpointing, dataloader_num_workers=dataloader_num_workers,
-                     audio_cache=audio_cache, audio_cache_dir=audio_cache_dir,
+                     audio_cache=audio_cache, audio_cache_dir=audio_cache_dir, group_by_length=group_by_length,
                      long_audio=long_audio, on_bad_sample=on_bad_sample, resume=resume, task=task,
                      question_column=question_column, references_column=references_column, id_column=id_column,
                      labels=labels.split(",") if labels else None,

@@ -66,6 +66,7 @@ class TrainConfig:
     bf16: bool = False
     gradient_checkpointing: bool = False
     dataloader_num_workers: int = 0
+    group_by_length: bool = False  # batches of similar length (less padding); changes the sample order
     audio_cache: str = "memory"  # memory | disk | off: reuse frozen audio embeddings (see audio_cache.py)
     audio_cache_dir: str | None = None  # disk cache folder (default: OUT/audio-cache)
     resume: bool = False

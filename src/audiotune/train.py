@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import Trainer
 
 from .audio_cache import AudioEmbeddingCache, cache_is_safe, install_audio_cache
 from .callbacks import PREFIX, GenerationMetricsCallback
@@ -83,6 +84,48 @@ def build_datasets(cfg: TrainConfig, family: Family, run_dir: Path):
     train_ds = wrap(train_rows, build, bad_log, cfg.on_bad_sample)
     eval_ds = wrap(eval_rows, eval_build, bad_log, cfg.on_bad_sample) if eval_rows is not None else None
     return train_ds, eval_ds, bad_log
+
+
+def estimated_lengths(dataset: ExampleDataset, family: Family) -> list[int]:
+    """Approximate token length of every row (audio tokens from the header's duration, plus text), cheap:
+    no decoding, so the length-grouped sampler does not cost a pass over the audio."""
+    import io
+
+    import soundfile as sf
+
+    lengths = []
+    for i in range(len(dataset.rows)):
+        row = dataset.rows[i]
+        item = dataset.build.resolve(row.get(dataset.build.audio_column))
+        seconds = 10.0
+        try:
+            if isinstance(item, dict) and item.get("bytes"):
+                info = sf.info(io.BytesIO(item["bytes"]))
+            elif isinstance(item, dict) and item.get("path"):
+                info = sf.info(item["path"])
+            else:
+                info = sf.info(item)
+            seconds = info.frames / info.samplerate
+        except Exception:  # noqa: BLE001 - unknown containers count as 10 s; the sampler only groups
+            pass
+        text = str(row.get(dataset.build.task.text_column) or "")
+        lengths.append(family.audio_tokens(seconds) + len(text) // 4 + 32)
+    return lengths
+
+
+class AudiotuneTrainer(Trainer):
+    """The Trainer, with length-grouped batches built from :func:`estimated_lengths` when asked for."""
+
+    lengths: list[int] | None = None
+
+    def _get_train_sampler(self, *args, **kwargs):
+        if self.lengths is None:
+            return super()._get_train_sampler(*args, **kwargs)
+        from transformers.trainer_pt_utils import LengthGroupedSampler
+
+        generator = torch.Generator().manual_seed(self.args.data_seed or self.args.seed)
+        return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                    lengths=self.lengths, generator=generator)
 
 
 def checkpoint_is_complete(path: Path) -> bool:
@@ -183,7 +226,6 @@ def write_model_card(out_dir: Path, cfg: TrainConfig, family: Family, result: Tr
 
 def train(cfg: TrainConfig, callbacks: list | None = None) -> TrainResult:
     """Run one fine-tuning job described by ``cfg``; return losses, counts and the output folder."""
-    from transformers import Trainer
 
     cfg.validate()
     out_dir = Path(cfg.out)
@@ -224,7 +266,7 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> TrainResult:
             _first(eval_ds, cfg.eval_generate_take), processor, family, cfg.task,
             GenerationSettings(max_new_tokens=cfg.max_new_tokens), batch_size=cfg.eval_batch_size * 4)
         callbacks.append(generation_metrics)
-    trainer = Trainer(
+    trainer = AudiotuneTrainer(
         model=model,
         args=training_arguments(cfg, out_dir, eval_ds is not None),
         train_dataset=train_ds,
@@ -232,6 +274,8 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> TrainResult:
         data_collator=ConversationCollator(processor, family, training=True),
         callbacks=callbacks,
     )
+    if cfg.group_by_length and isinstance(train_ds, ExampleDataset):
+        trainer.lengths = estimated_lengths(train_ds, family)
     output = trainer.train(resume_from_checkpoint=resume_from)
     eval_loss = None
     final_metrics: dict[str, float] = {}
