@@ -51,7 +51,7 @@ def main() -> None:
         "",
         "## Training",
         "",
-        f"The guide's workflow (its LoRA targets, which include the encoder's q/k/v; `output_labels=True`;",
+        "The guide's workflow (its LoRA targets, which include the encoder's q/k/v; `output_labels=True`;",
         "gradient checkpointing; streaming) vs `audiotune train` (LoRA on the language model only, assistant-only",
         f"labels, audio-embedding cache) on {bench_training.TRAIN_CLIPS} clips, batch {bench_training.BATCH} × "
         f"accumulation {bench_training.ACCUMULATION}, lr 1e-4, {bench_training.EPOCHS} epochs; each run in its own "
