@@ -28,7 +28,7 @@ def guide_generate(model, processor, audios, max_new_tokens):
     return answers
 
 
-def run(clips: int = 32, batch_size: int = 16, repeats: int = 3, max_new_tokens: int = 24) -> dict:
+def run(clips: int = 64, batch_size: int = 16, repeats: int = 3, max_new_tokens: int = 24) -> dict:
     from audiotune.data.synthetic import make_clip
     from audiotune.audio import load_audio
     from audiotune.generate import GenerationSettings, examples_from_audio, generate

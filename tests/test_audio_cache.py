@@ -112,3 +112,16 @@ def test_length_grouping_cuts_padding_and_keeps_every_sample(micro_af3, synth_da
 
     # transformers keeps 4 shuffled mega-batches on tiny sets (here 38 rows), so the cut is modest here
     assert padding(grouped) < 0.85 * padding(plain)
+
+
+@pytest.mark.slow
+def test_dataloader_workers_give_the_same_adapter(micro_af3, synth_data, tmp_path):
+    weights = {}
+    for workers in (0, 2):
+        train(TrainConfig(model=str(micro_af3), dataset=str(synth_data), out=str(tmp_path / str(workers)),
+                          train_take=8, eval_split=None, batch_size=4, gradient_accumulation_steps=1, max_steps=3,
+                          save_steps=3, learning_rate=3e-3, seed=5, dataloader_num_workers=workers,
+                          eval_generate_take=0))
+        weights[workers] = load_file(tmp_path / str(workers) / "adapter_model.safetensors")
+    for name in weights[0]:
+        assert torch.allclose(weights[0][name], weights[2][name], atol=1e-6), name

@@ -158,6 +158,12 @@ def _shape(tmp_path, shape: str) -> tuple[str, dict]:
                           features=Features({"audio": Audio(), "label": ClassLabel(names=["low", "high"])})
                           ).to_parquet(str(tmp_path / "c.parquet"))
         return str(tmp_path / "c.parquet"), {"task": "classify"}
+    if shape == "arrow-caption":
+        audio = [{"bytes": (clips / f"c{i}.wav").read_bytes(), "path": f"c{i}.wav"} for i in range(6)]
+        Dataset.from_dict({"audio": audio, "caption": [f"tone {i}" for i in range(6)]},
+                          features=Features({"audio": Audio(), "caption": Value("string")})
+                          ).save_to_disk(str(tmp_path / "saved"))
+        return str(next((tmp_path / "saved").glob("*.arrow"))), {"task": "caption"}
     if shape == "jsonl-qa":
         with (tmp_path / "qa.jsonl").open("w") as handle:
             for i in range(6):
@@ -168,7 +174,7 @@ def _shape(tmp_path, shape: str) -> tuple[str, dict]:
 
 
 SHAPES = ["jsonl-relative-caption", "csv-absolute-asr", "audiofolder-caption", "sharegpt-chat",
-          "parquet-embedded-classify", "jsonl-qa"]
+          "parquet-embedded-classify", "arrow-caption", "jsonl-qa"]
 
 
 @pytest.mark.slow

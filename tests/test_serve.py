@@ -109,6 +109,18 @@ def test_streaming_gives_the_same_text(client):
     assert finish == whole.choices[0].finish_reason and usage.completion_tokens == whole.usage.completion_tokens
 
 
+def test_stop_strings_and_seeded_sampling(client):
+    messages = _messages(tone(2.0, 220))
+    whole = client.chat.completions.create(model="tuned", messages=messages, temperature=0, max_tokens=24)
+    text = whole.choices[0].message.content
+    word = text.split()[1]
+    cut = client.chat.completions.create(model="tuned", messages=messages, temperature=0, max_tokens=24, stop=[word])
+    assert cut.choices[0].message.content == text[: text.index(word)] and cut.choices[0].finish_reason == "stop"
+    sampled = [client.chat.completions.create(model="tuned", messages=messages, temperature=1.0, top_p=0.9, seed=7,
+                                              max_tokens=12).choices[0].message.content for _ in range(2)]
+    assert sampled[0] == sampled[1]  # the same seed gives the same sample
+
+
 def test_adapter_chosen_by_name(client):
     assert [m.id for m in client.models.list().data] == ["base", "tuned"]
     messages = _messages(tone(2.0, 220))
@@ -175,9 +187,31 @@ def test_api_key_is_required(server):
     assert caught.value.status_code == 401
 
 
-def test_sigterm_finishes_in_flight_requests_then_exits(tiny_af3):
-    process, base = _start(tiny_af3, "--max-wait-ms", "200", "--served-name", "tiny-af3")
+def test_remote_audio_when_allowed_then_sigterm_finishes_in_flight_requests(tiny_af3, tmp_path):
+    import functools
+    import http.server
+
+    sf.write(tmp_path / "clip.wav", tone(1.0), 16000)
+    (tmp_path / "big.wav").write_bytes(b"\0" * (2 * 1024 * 1024))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    files = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=files.serve_forever, daemon=True).start()
+    process, base = _start(tiny_af3, "--max-wait-ms", "200", "--served-name", "tiny-af3", "--allow-remote-audio",
+                           "--max-request-mb", "1")
     client = OpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0, timeout=120)
+    url = f"http://127.0.0.1:{files.server_address[1]}"
+    remote = [{"role": "user", "content": [{"type": "audio_url", "audio_url": {"url": f"{url}/clip.wav"}},
+                                           {"type": "text", "text": "Describe the audio."}]}]
+    fetched = client.chat.completions.create(model="tiny-af3", messages=remote, temperature=0, max_tokens=8)
+    local = client.chat.completions.create(model="tiny-af3", messages=_messages(tone(1.0)), temperature=0, max_tokens=8)
+    assert fetched.choices[0].message.content == local.choices[0].message.content
+    too_big = httpx.post(f"{base}/v1/chat/completions", timeout=60, json={"model": "tiny-af3", "messages": [
+        {"role": "user", "content": [{"type": "audio_url", "audio_url": {"url": f"{url}/big.wav"}}]}]})
+    assert too_big.status_code == 400 and "larger than" in too_big.json()["error"]["message"]
+    missing = httpx.post(f"{base}/v1/chat/completions", timeout=60, json={"model": "tiny-af3", "messages": [
+        {"role": "user", "content": [{"type": "audio_url", "audio_url": {"url": f"{url}/nope.wav"}}]}]})
+    assert missing.status_code == 400 and missing.json()["error"]["code"] == "audio_fetch_failed"
+    files.shutdown()
     results: list = []
 
     def ask():

@@ -46,7 +46,7 @@ def build_app(cfg: ServeConfig):
     limits = Limits(max_request_bytes=cfg.max_request_bytes,
                     max_audio_seconds=min(cfg.max_audio_seconds or family.max_audio_seconds, family.max_audio_seconds),
                     max_tokens=cfg.max_tokens, default_max_tokens=min(256, cfg.max_tokens),
-                    allow_remote_audio=cfg.allow_remote_audio,
+                    allow_remote_audio=cfg.allow_remote_audio, remote_max_bytes=cfg.max_request_bytes,
                     require_audio=family.requires_audio and not cfg.allow_text_only)
     return create_app(engine, ServerSettings(cfg.max_batch_size, cfg.max_wait_ms, cfg.api_key, limits))
 
