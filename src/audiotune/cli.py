@@ -97,7 +97,9 @@ def train(
     eval_steps: Optional[int] = None,
     save_steps: Optional[int] = None,
     seed: Optional[int] = None,
-    bf16: Annotated[Optional[bool], typer.Option("--bf16")] = None,
+    bf16: Annotated[Optional[bool], typer.Option("--bf16", help="bf16 mixed precision (CUDA).")] = None,
+    qlora: Annotated[Optional[bool], typer.Option("--qlora", help="4-bit NF4 language model + LoRA (CUDA, "
+                                                                  "bitsandbytes).")] = None,
     gradient_checkpointing: Annotated[Optional[bool], typer.Option("--gradient-checkpointing")] = None,
     dataloader_num_workers: Optional[int] = None,
     audio_cache: Annotated[Optional[str], typer.Option(help="memory | disk | off: reuse the frozen encoder's "
@@ -133,7 +135,7 @@ def train(
                      train_projector=train_projector, batch_size=batch_size,
                      gradient_accumulation_steps=gradient_accumulation_steps, learning_rate=learning_rate,
                      max_steps=max_steps, warmup_steps=warmup_steps, logging_steps=logging_steps,
-                     eval_steps=eval_steps, save_steps=save_steps, seed=seed, bf16=bf16,
+                     eval_steps=eval_steps, save_steps=save_steps, seed=seed, bf16=bf16, qlora=qlora,
                      gradient_checkpointing=gradient_checkpointing, dataloader_num_workers=dataloader_num_workers,
                      audio_cache=audio_cache, audio_cache_dir=audio_cache_dir, group_by_length=group_by_length,
                      long_audio=long_audio, on_bad_sample=on_bad_sample, resume=resume, task=task,
@@ -151,6 +153,10 @@ def train(
         if eval_split is not None and eval_split.lower() == "none":
             cfg.eval_split = None
     result = run_train(cfg)
+    if result.interrupted:
+        console.print(f"[yellow]stopped by a signal at step {result.steps}[/yellow]; checkpoint-{result.steps} is saved "
+                      f"in {result.out_dir}. Rerun the same command with --resume to continue.")
+        return
     console.print(f"trainable parameters: {result.trainable_parameters:,} of {result.total_parameters:,} "
                   f"({100 * result.trainable_parameters / result.total_parameters:.3f}%)")
     console.print(f"[green]done[/green] {result.steps} steps; train loss {result.train_loss:.4f}"

@@ -64,6 +64,7 @@ class TrainConfig:
     save_total_limit: int = 2
     seed: int = 42
     bf16: bool = False
+    qlora: bool = False  # 4-bit NF4 language model (bitsandbytes, CUDA), LoRA on top
     gradient_checkpointing: bool = False
     dataloader_num_workers: int = 0
     group_by_length: bool = False  # batches of similar length (less padding); changes the sample order

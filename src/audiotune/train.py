@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,12 +21,14 @@ import torch
 from transformers import Trainer
 
 from .audio_cache import AudioEmbeddingCache, cache_is_safe, install_audio_cache
+from .checkpoints import AtomicCheckpointMixin, GracefulStopCallback, clean_staging, save_atomically
 from .callbacks import PREFIX, GenerationMetricsCallback
 from .config import TrainConfig
 from .data.collator import ConversationCollator
 from .data.examples import BadSampleLog, ExampleDataset, ExampleStream, streaming_workers
 from .data.prepare import prepare_split
 from .data.sources import first_row
+from .errors import ConfigError
 from .generate import GenerationSettings
 from .metrics import LOWER_IS_BETTER
 from .models.families import Family
@@ -49,6 +52,7 @@ class TrainResult:
     skipped: list[dict[str, str]] = field(default_factory=list)
     log_history: list[dict[str, Any]] = field(default_factory=list)
     resumed_from: str | None = None
+    interrupted: bool = False  # stopped by SIGINT/SIGTERM after saving a checkpoint
     generation_metrics: dict[str, float] = field(default_factory=dict)  # final, on the eval slice
     best_checkpoint: str | None = None
     audio_cache_hits: int = 0
@@ -113,8 +117,9 @@ def estimated_lengths(dataset: ExampleDataset, family: Family) -> list[int]:
     return lengths
 
 
-class AudiotuneTrainer(Trainer):
-    """The Trainer, with length-grouped batches built from :func:`estimated_lengths` when asked for."""
+class AudiotuneTrainer(AtomicCheckpointMixin, Trainer):
+    """The Trainer, with atomic checkpoints (see checkpoints.py) and length-grouped batches built from
+    :func:`estimated_lengths` when asked for."""
 
     lengths: list[int] | None = None
 
@@ -228,8 +233,12 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> TrainResult:
     """Run one fine-tuning job described by ``cfg``; return losses, counts and the output folder."""
 
     cfg.validate()
+    require_gpu_features(cfg)
     out_dir = Path(cfg.out)
     out_dir.mkdir(parents=True, exist_ok=True)
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    if main_process:
+        clean_staging(out_dir)
     family = resolve_family(cfg.model)
     train_ds, eval_ds, bad_log = build_datasets(cfg, family, out_dir)  # fails fast, before the model loads
 
@@ -243,7 +252,7 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> TrainResult:
     torch.manual_seed(cfg.seed)
     processor = load_processor(cfg.model)
     dtype = torch.bfloat16 if cfg.bf16 else torch.float32
-    model, _ = load_base_model(cfg.model, dtype=dtype)
+    model, _ = load_base_model(cfg.model, dtype=dtype, quantize_lm_4bit=cfg.qlora)
     plan = AdaptationPlan(full=cfg.full, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                           lora_targets=cfg.lora_targets, train_projector=cfg.train_projector)
     model = prepare_for_training(model, family, plan)
@@ -258,8 +267,10 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> TrainResult:
             logger.info("audio-embedding cache off: part of the encoder or projector trains.")
     logger.info("trainable parameters: %s of %s (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
 
-    cfg.to_yaml(out_dir / RUN_CONFIG)
-    callbacks = list(callbacks or [])
+    if main_process:
+        cfg.to_yaml(out_dir / RUN_CONFIG)
+    stop = GracefulStopCallback()
+    callbacks = [stop, *(callbacks or [])]
     generation_metrics = None
     if eval_ds is not None and cfg.eval_generate_take > 0:
         generation_metrics = GenerationMetricsCallback(
@@ -277,6 +288,12 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> TrainResult:
     if cfg.group_by_length and isinstance(train_ds, ExampleDataset):
         trainer.lengths = estimated_lengths(train_ds, family)
     output = trainer.train(resume_from_checkpoint=resume_from)
+    if stop.stopped_at is not None:
+        logger.warning("stopped by a signal at step %d; checkpoint-%d is saved: rerun with --resume to continue.",
+                       stop.stopped_at, stop.stopped_at)
+        return TrainResult(out_dir=out_dir, trainable_parameters=trainable, total_parameters=total,
+                           train_loss=None, eval_loss=None, steps=int(output.global_step), skipped=bad_log.entries(),
+                           log_history=list(trainer.state.log_history), resumed_from=resume_from, interrupted=True)
     eval_loss = None
     final_metrics: dict[str, float] = {}
     if eval_ds is not None:
@@ -284,8 +301,7 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> TrainResult:
         eval_loss = float(final["eval_loss"])
         final_metrics = {k.removeprefix(PREFIX): float(v) for k, v in final.items() if k.startswith(PREFIX)}
 
-    trainer.save_model(str(out_dir))
-    processor.save_pretrained(str(out_dir))
+    save_atomically(trainer, processor, out_dir)
     result = TrainResult(
         out_dir=out_dir, trainable_parameters=trainable, total_parameters=total,
         train_loss=float(output.training_loss) if output.training_loss is not None else None,
@@ -295,10 +311,26 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> TrainResult:
         audio_cache_hits=audio_cache.hits if audio_cache else 0,
         audio_cache_misses=audio_cache.misses if audio_cache else 0,
     )
-    (out_dir / "train_metrics.json").write_text(json.dumps(
-        {k: v for k, v in dataclasses.asdict(result).items() if k != "out_dir"}, indent=2, default=str))
-    write_model_card(out_dir, cfg, family, result, train_ds.build.task.prompt, final_metrics)
+    if main_process:
+        (out_dir / "train_metrics.json").write_text(json.dumps(
+            {k: v for k, v in dataclasses.asdict(result).items() if k != "out_dir"}, indent=2, default=str))
+        write_model_card(out_dir, cfg, family, result, train_ds.build.task.prompt, final_metrics)
     return result
+
+
+def require_gpu_features(cfg: TrainConfig) -> None:
+    """--qlora and --bf16 are GPU features: say so at once, not deep inside bitsandbytes or autocast."""
+    if (cfg.qlora or cfg.bf16) and not torch.cuda.is_available():
+        flag = "--qlora" if cfg.qlora else "--bf16"
+        raise ConfigError(f"{flag} needs a CUDA GPU (4-bit NF4 quantisation and bf16 mixed precision run there); "
+                          f"this machine has none. Drop {flag} to train in float32 on the CPU.")
+    if cfg.qlora:
+        import importlib.util
+
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise ConfigError("--qlora needs bitsandbytes: pip install bitsandbytes (on the GPU machine).")
+        if cfg.full:
+            raise ConfigError("--qlora trains LoRA adapters on a 4-bit base; it cannot be combined with --full.")
 
 
 def _first(dataset, n: int) -> list:

@@ -39,16 +39,30 @@ def load_processor(model_id_or_path: str | Path):
     return AutoProcessor.from_pretrained(str(model_id_or_path))
 
 
-def load_base_model(model_id_or_path: str | Path, dtype: torch.dtype = torch.float32, device: str | None = None):
-    """The base model in ``dtype`` on ``device`` (``None``: CPU, or as ``device_map='auto'`` places it on GPUs)."""
+def load_base_model(model_id_or_path: str | Path, dtype: torch.dtype = torch.float32, device: str | None = None,
+                    quantize_lm_4bit: bool = False):
+    """The base model in ``dtype`` on ``device`` (``None``: CPU, or as ``device_map='auto'`` places it on GPUs).
+
+    ``quantize_lm_4bit`` (QLoRA): the language model in bitsandbytes NF4 with bf16 compute; the audio encoder,
+    projector and LM head stay in ``dtype`` (quantising the encoder hurts audio quality and saves little).
+    """
     import transformers
 
     family = resolve_family(str(model_id_or_path))
     model_class = getattr(transformers, family.model_class)
     kwargs: dict[str, Any] = {"dtype": dtype}
-    if device == "auto":
+    if device == "auto" or quantize_lm_4bit:
         kwargs["device_map"] = "auto"
+    if quantize_lm_4bit:
+        skip = [p.split(".")[-1] for p in (*family.encoder_prefixes, *family.projector_prefixes)] + ["lm_head"]
+        kwargs["quantization_config"] = transformers.BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_use_double_quant=True, llm_int8_skip_modules=skip)
     model = model_class.from_pretrained(str(model_id_or_path), **kwargs)
+    if quantize_lm_4bit:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
     if device not in (None, "auto"):
         model = model.to(device)
     return model, family
