@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -110,6 +111,8 @@ def train(
     long_audio: Annotated[Optional[str], typer.Option(help="window | truncate | skip | error")] = None,
     on_bad_sample: Annotated[Optional[str], typer.Option(help="skip | fail")] = None,
     resume: Annotated[Optional[bool], typer.Option("--resume", help="Continue from the newest checkpoint.")] = None,
+    nproc: Annotated[int, typer.Option(help="Data-parallel processes on this machine (torchrun; gloo on CPU, "
+                                            "nccl on GPUs).")] = 1,
     task: Annotated[Optional[str], typer.Option(help="caption | asr | qa | classify | chat")] = None,
     question_column: Optional[str] = None,
     references_column: Optional[str] = None,
@@ -122,6 +125,8 @@ def train(
     max_new_tokens: Optional[int] = None,
 ) -> None:
     """Fine-tune a model (LoRA on the language model by default) and save the adapter."""
+    if nproc > 1 and "LOCAL_RANK" not in os.environ:
+        raise typer.Exit(launch_distributed(nproc))
     from .config import TrainConfig
     from .train import train as run_train
 
@@ -153,6 +158,8 @@ def train(
         if eval_split is not None and eval_split.lower() == "none":
             cfg.eval_split = None
     result = run_train(cfg)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # rank 0 reports for all
     if result.interrupted:
         console.print(f"[yellow]stopped by a signal at step {result.steps}[/yellow]; checkpoint-{result.steps} is saved "
                       f"in {result.out_dir}. Rerun the same command with --resume to continue.")
@@ -170,6 +177,31 @@ def train(
     if result.skipped:
         console.print(f"[yellow]{len(result.skipped)} bad row(s) skipped[/yellow], listed in "
                       f"{result.out_dir / 'skipped.jsonl'}")
+
+
+def launch_distributed(nproc: int) -> int:
+    """Re-run this same command under torchrun with ``nproc`` processes; return its exit code."""
+    import socket
+    import subprocess
+
+    args, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+            continue
+        if arg == "--nproc":
+            skip = True
+            continue
+        if arg.startswith("--nproc="):
+            continue
+        args.append(arg)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
+               "127.0.0.1", "--master_port", str(port), "-m", "audiotune", *args]
+    console.print(f"launching {nproc} processes: {' '.join(command[1:])}", markup=False, soft_wrap=True)
+    return subprocess.call(command)
 
 
 @app.command()

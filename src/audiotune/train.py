@@ -81,6 +81,12 @@ def build_datasets(cfg: TrainConfig, family: Family, run_dir: Path):
         train_rows = _take(train_rows, 0, cfg.train_take)
     first_row(train_rows, cfg.dataset, cfg.train_split)
 
+    rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if cfg.streaming and world_size > 1:
+        from datasets.distributed import split_dataset_by_node
+
+        # Each rank reads and decodes only its own part of the stream (whole shards when there are enough).
+        train_rows = split_dataset_by_node(train_rows, rank=rank, world_size=world_size)
     bad_log = BadSampleLog(run_dir / SKIPPED)
     if cfg.streaming and cfg.dataloader_num_workers > 1:
         cfg.dataloader_num_workers = streaming_workers(train_rows, cfg.dataloader_num_workers)
@@ -122,6 +128,16 @@ class AudiotuneTrainer(AtomicCheckpointMixin, Trainer):
     :func:`estimated_lengths` when asked for."""
 
     lengths: list[int] | None = None
+    rank_split_stream = False  # the train stream is already split by rank (split_dataset_by_node)
+
+    def get_train_dataloader(self):
+        if not self.rank_split_stream:
+            return super().get_train_dataloader()
+        # accelerate would split it again (or make rank 0 read everything and dispatch); this stream is
+        # this rank's own already, so it gets a plain DataLoader. The Trainer moves batches to the device.
+        return torch.utils.data.DataLoader(self.train_dataset, batch_size=self._train_batch_size,
+                                           collate_fn=self.data_collator,
+                                           num_workers=self.args.dataloader_num_workers)
 
     def _get_train_sampler(self, *args, **kwargs):
         if self.lengths is None:
@@ -285,6 +301,7 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> TrainResult:
         data_collator=ConversationCollator(processor, family, training=True),
         callbacks=callbacks,
     )
+    trainer.rank_split_stream = cfg.streaming and int(os.environ.get("WORLD_SIZE", "1")) > 1
     if cfg.group_by_length and isinstance(train_ds, ExampleDataset):
         trainer.lengths = estimated_lengths(train_ds, family)
     output = trainer.train(resume_from_checkpoint=resume_from)
