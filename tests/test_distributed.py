@@ -10,7 +10,6 @@ import sys
 import time
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from audiotune.config import TrainConfig

@@ -26,13 +26,15 @@ def _env():
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_matches_uninterrupted(micro_af3, synth_data, tmp_path):
+@pytest.mark.parametrize("streaming", [False, True])
+def test_sigkill_then_resume_matches_uninterrupted(micro_af3, synth_data, tmp_path, streaming):
+    extra = ["--streaming"] if streaming else []
     reference = tmp_path / "reference"
-    subprocess.run(_train_cmd(micro_af3, synth_data, reference), check=True, env=_env(), capture_output=True,
+    subprocess.run(_train_cmd(micro_af3, synth_data, reference, *extra), check=True, env=_env(), capture_output=True,
                    timeout=600)
 
     killed = tmp_path / "killed"
-    process = subprocess.Popen(_train_cmd(micro_af3, synth_data, killed), env=_env(),
+    process = subprocess.Popen(_train_cmd(micro_af3, synth_data, killed, *extra), env=_env(),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not (killed / "checkpoint-4").exists() and time.time() < deadline and process.poll() is None:
@@ -42,7 +44,7 @@ def test_sigkill_then_resume_matches_uninterrupted(micro_af3, synth_data, tmp_pa
     process.wait()
     assert not (killed / "adapter_model.safetensors").exists()
 
-    resumed = subprocess.run(_train_cmd(micro_af3, synth_data, killed, "--resume"), env=_env(),
+    resumed = subprocess.run(_train_cmd(micro_af3, synth_data, killed, "--resume", *extra), env=_env(),
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     metrics = json.loads((killed / "train_metrics.json").read_text())
