@@ -42,3 +42,14 @@ def test_eval_rows_carved_from_train_like_the_guide(synth_data, tmp_path, stream
 
     all_ids = load_dataset(str(synth_data), split="train")["youtube_id"]
     assert train_ids == all_ids[:10] and eval_ids == all_ids[10:14]
+
+
+def test_public_api_names_resolve():
+    import audiotune
+
+    for name in ("finetune", "generate_answers", "GenerationSettings", "examples_from_audio", "merge_adapter",
+                 "load_model", "load_processor", "build_tiny", "write_synthetic_audiocaps", "load_audio",
+                 "run_evaluation", "EvalConfig", "check_dataset", "serve", "ServeConfig", "run_demo"):
+        assert callable(getattr(audiotune, name)), name
+    with pytest.raises(AttributeError):
+        audiotune.no_such_thing  # noqa: B018

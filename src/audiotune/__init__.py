@@ -29,7 +29,11 @@ def __getattr__(name: str):
         "build_tiny": ("models.tiny", "build_tiny"),
         "write_synthetic_audiocaps": ("data.synthetic", "write_synthetic_audiocaps"),
         "load_audio": ("audio", "load_audio"),
-        "evaluate_model": ("evaluate", "evaluate_model"),
+        "run_evaluation": ("evaluate", "run_evaluation"),
+        "EvalConfig": ("evaluate", "EvalConfig"),
+        "check_dataset": ("data.check", "check_dataset"),
+        "serve": ("serve.server", "serve"),
+        "ServeConfig": ("serve.server", "ServeConfig"),
         "run_demo": ("demo", "run_demo"),
     }
     if name in lazy:
