@@ -46,10 +46,11 @@ def test_eval_rows_carved_from_train_like_the_guide(synth_data, tmp_path, stream
 
 def test_public_api_names_resolve():
     import audiotune
+    import audiotune.serve.app  # noqa: F401  (subpackages imported first must not shadow the API names)
 
     for name in ("finetune", "generate_answers", "GenerationSettings", "examples_from_audio", "merge_adapter",
                  "load_model", "load_processor", "build_tiny", "write_synthetic_audiocaps", "load_audio",
-                 "run_evaluation", "EvalConfig", "check_dataset", "serve", "ServeConfig", "run_demo"):
+                 "run_evaluation", "EvalConfig", "check_dataset", "run_server", "ServeConfig", "run_demo"):
         assert callable(getattr(audiotune, name)), name
     with pytest.raises(AttributeError):
         audiotune.no_such_thing  # noqa: B018

@@ -32,7 +32,7 @@ def __getattr__(name: str):
         "run_evaluation": ("evaluate", "run_evaluation"),
         "EvalConfig": ("evaluate", "EvalConfig"),
         "check_dataset": ("data.check", "check_dataset"),
-        "serve": ("serve.server", "serve"),
+        "run_server": ("serve.server", "serve"),  # not "serve": that is the subpackage's name
         "ServeConfig": ("serve.server", "ServeConfig"),
         "run_demo": ("demo", "run_demo"),
     }
