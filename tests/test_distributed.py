@@ -40,8 +40,9 @@ def _max_difference(a_dir, b_dir) -> float:
 @pytest.mark.slow
 def test_two_processes_match_one_with_the_same_global_batch(micro_af3, synth_data, tmp_path):
     single, double = tmp_path / "one", tmp_path / "two"
-    subprocess.run(_cmd(micro_af3, synth_data, single, batch=4), check=True, env=_env(), capture_output=True,
-                   timeout=600)
+    done = subprocess.run(_cmd(micro_af3, synth_data, single, batch=4), env=_env(), capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
     run = subprocess.run(_cmd(micro_af3, synth_data, double, nproc=2, batch=2), env=_env(), capture_output=True,
                          text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -65,8 +66,9 @@ def test_streaming_is_split_by_rank(synth_data, tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_kill_a_two_process_run_at_random_points_then_resume(micro_af3, synth_data, tmp_path):
     reference = tmp_path / "reference"
-    subprocess.run(_cmd(micro_af3, synth_data, reference, nproc=2, steps=24), check=True, env=_env(),
-                   capture_output=True, timeout=600)
+    done = subprocess.run(_cmd(micro_af3, synth_data, reference, nproc=2, steps=24), env=_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
     run = tmp_path / "killed"
     rng = random.Random(1)
     for target in (4, 14):

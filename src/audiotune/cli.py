@@ -181,7 +181,6 @@ def train(
 
 def launch_distributed(nproc: int) -> int:
     """Re-run this same command under torchrun with ``nproc`` processes; return its exit code."""
-    import socket
     import subprocess
 
     args, skip = [], False
@@ -195,11 +194,9 @@ def launch_distributed(nproc: int) -> int:
         if arg.startswith("--nproc="):
             continue
         args.append(arg)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
-               "127.0.0.1", "--master_port", str(port), "-m", "audiotune", *args]
+    # --standalone: a single-node rendezvous on a free local port chosen by torchrun itself (no port race).
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+               "-m", "audiotune", *args]
     console.print(f"launching {nproc} processes: {' '.join(command[1:])}", markup=False, soft_wrap=True)
     return subprocess.call(command)
 
