@@ -147,16 +147,12 @@ def train(
                      question_column=question_column, references_column=references_column, id_column=id_column,
                      labels=labels.split(",") if labels else None,
                      eval_generate_take=eval_generate_take, best_metric=best_metric, max_new_tokens=max_new_tokens)
-    if eval_split is not None:
-        overrides["eval_split"] = None if eval_split.lower() == "none" else eval_split
     if config is not None:
         cfg = TrainConfig.from_yaml(config, **overrides)
-        if eval_split is not None and eval_split.lower() == "none":
-            cfg.eval_split = None
     else:
         cfg = TrainConfig(**{k: v for k, v in overrides.items() if v is not None})
-        if eval_split is not None and eval_split.lower() == "none":
-            cfg.eval_split = None
+    if eval_split is not None:  # "none": carve the eval rows from train (None cannot pass through the overrides)
+        cfg.eval_split = None if eval_split.lower() == "none" else eval_split
     result = run_train(cfg)
     if int(os.environ.get("RANK", "0")) != 0:
         return  # rank 0 reports for all
@@ -300,7 +296,7 @@ def eval_(
 
 def print_metrics(table_data: dict[str, dict[str, float]], metrics: list[str], title: str) -> None:
     """A rich table with one column per model, the best value of each row in bold."""
-    from .metrics import LOWER_IS_BETTER
+    from .metrics import best_value
 
     table = Table(title=title)
     table.add_column("metric")
@@ -308,8 +304,7 @@ def print_metrics(table_data: dict[str, dict[str, float]], metrics: list[str], t
         table.add_column(name, justify="right")
     for metric in metrics:
         values = [table_data[n].get(metric) for n in table_data]
-        present = [v for v in values if v is not None]
-        best = (min(present) if metric in LOWER_IS_BETTER else max(present)) if len(set(present)) > 1 else None
+        best = best_value(metric, values)
         table.add_row(metric, *["—" if v is None else (f"[bold green]{v:.4f}[/bold green]" if v == best else f"{v:.4f}")
                                 for v in values])
     console.print(table)

@@ -93,8 +93,7 @@ def load_examples(cfg: EvalConfig, family: Family, bad_log: BadSampleLog) -> tup
     if cfg.streaming:
         examples = list(ExampleStream(rows, build, bad_log, cfg.on_bad_sample))
     else:
-        source = ExampleDataset(rows, build, bad_log, cfg.on_bad_sample)
-        examples = [e for e in (source._try_build(rows[i], i) for i in range(len(rows))) if e is not None]
+        examples = ExampleDataset(rows, build, bad_log, cfg.on_bad_sample).usable()
     return (group_references(examples) if cfg.id_column else examples), build.task.name
 
 

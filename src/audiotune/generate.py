@@ -9,7 +9,7 @@ family's end-of-turn token. Greedy results are identical to one-at-a-time genera
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -45,7 +45,7 @@ def examples_from_audio(audios: Sequence[np.ndarray], prompt: str, system_prompt
             for i, a in zip(ids, audios)]
 
 
-def _stop_ids(processor, family: Family) -> list[int]:
+def stop_token_ids(processor, family: Family) -> list[int]:
     tokenizer = processor.tokenizer
     ids = [tokenizer.convert_tokens_to_ids(family.end_of_turn)]
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
@@ -65,6 +65,7 @@ class Generation:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str  # "stop" (end of turn) or "length" (max_new_tokens reached)
+    tokens: list[int] = field(default_factory=list)  # the answer's token ids, end of turn excluded
 
 
 @torch.inference_mode()
@@ -77,7 +78,7 @@ def generate_batch(model, processor, family: Family, examples: Sequence[Example]
     batch = {k: v.to(device) for k, v in batch.items()}
     if "input_features" in batch:
         batch["input_features"] = batch["input_features"].to(model.dtype)
-    stop_ids = _stop_ids(processor, family)
+    stop_ids = stop_token_ids(processor, family)
     pad_id = processor.tokenizer.pad_token_id
     output = model.generate(**batch, **settings.as_kwargs(), eos_token_id=stop_ids, pad_token_id=pad_id,
                             use_cache=True, streamer=streamer)
@@ -89,7 +90,7 @@ def generate_batch(model, processor, family: Family, examples: Sequence[Example]
         kept = tokens if stop_at is None else tokens[:stop_at]
         text = processor.tokenizer.decode(kept, skip_special_tokens=True).strip()
         results.append(Generation(text, int(prompt_length), len(kept) + (stop_at is not None),
-                                  "stop" if stop_at is not None else "length"))
+                                  "stop" if stop_at is not None else "length", kept))
     return results
 
 

@@ -28,6 +28,14 @@ SPICE_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
 LOWER_IS_BETTER = {"WER", "CER", "loss", "eval_loss"}
 
 
+def best_value(metric: str, values: list[float | None]) -> float | None:
+    """The best of several models' values for ``metric`` (lowest for WER/CER/loss), or ``None`` on a tie."""
+    present = [v for v in values if v is not None]
+    if len(set(present)) < 2:
+        return None
+    return min(present) if metric in LOWER_IS_BETTER else max(present)
+
+
 def headline_metric(task: str) -> str:
     """The one number to sort samples by and to pick the best checkpoint with, per task."""
     return {"caption": "CIDEr-D", "qa": "accuracy", "asr": "WER", "classify": "accuracy"}.get(task, "CIDEr-D")

@@ -22,7 +22,7 @@ from transformers.pipelines import PIPELINE_REGISTRY
 from .audio import decode_any, load_audio
 from .data.collator import ConversationCollator
 from .data.tasks import Example, prompt_messages
-from .generate import _stop_ids
+from .generate import stop_token_ids
 from .models.families import family_for_config
 
 TASK = "audio-text-to-text"
@@ -101,7 +101,7 @@ class AudioTextToTextPipeline(Pipeline):
         model_inputs = {k: v.to(self.device) for k, v in model_inputs.items()}
         if "input_features" in model_inputs:
             model_inputs["input_features"] = model_inputs["input_features"].to(self.model.dtype)
-        generate_kwargs.setdefault("eos_token_id", _stop_ids(self.processor, self.family))
+        generate_kwargs.setdefault("eos_token_id", stop_token_ids(self.processor, self.family))
         generate_kwargs.setdefault("pad_token_id", self.processor.tokenizer.pad_token_id)
         with torch.inference_mode():
             sequences = self.model.generate(**model_inputs, **generate_kwargs)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import yaml
 
-from .metrics import LOWER_IS_BETTER, headline_metric
+from .metrics import LOWER_IS_BETTER, best_value, headline_metric
 
 if TYPE_CHECKING:
     from .data.tasks import Example
@@ -90,13 +90,9 @@ def plot_training(history: list[dict[str, Any]], out_dir: Path) -> list[Path]:
 def _sample_rows(report: "EvalReport") -> tuple[str, list[dict[str, Any]]]:
     """Per-clip rows, worst first by the headline metric of the last model (the tuned one)."""
     metric = headline_metric(report.task)
-    last = report.models[-1]
-    by_model = {m.name: {row["id"]: row for row in m.predictions} for m in report.models}
-    rows = []
-    for row in last.predictions:
-        value = row["scores"].get(metric)
-        rows.append({"id": row["id"], "references": row["references"], "score": value,
-                     "predictions": {name: preds[row["id"]]["prediction"] for name, preds in by_model.items()}})
+    rows = _all_rows(report)
+    for row, scored in zip(rows, report.models[-1].predictions):
+        row["score"] = scored["scores"].get(metric)
     worst_first = metric not in LOWER_IS_BETTER
     rows.sort(key=lambda r: (r["score"] is None, (r["score"] or 0.0) if worst_first else -(r["score"] or 0.0)))
     return metric, rows[:MAX_SAMPLE_ROWS]
@@ -217,8 +213,7 @@ def _html_metric_table(table: dict[str, dict[str, float]], metrics: list[str]) -
     rows = ["<table><tr><th>metric</th>" + "".join(f"<th>{html.escape(n)}</th>" for n in names) + "</tr>"]
     for metric in metrics:
         values = [table[n].get(metric) for n in names]
-        present = [v for v in values if v is not None]
-        best = (min(present) if metric in LOWER_IS_BETTER else max(present)) if len(set(present)) > 1 else None
+        best = best_value(metric, values)
         cells = "".join(
             "<td class='num'>—</td>" if v is None else
             f"<td class='num{' best' if best is not None and v == best else ''}'>{v:.4f}</td>" for v in values)

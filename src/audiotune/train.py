@@ -179,13 +179,6 @@ def best_metric_arguments(cfg: TrainConfig, has_eval: bool) -> dict[str, Any]:
 def training_arguments(cfg: TrainConfig, out_dir: Path, has_eval: bool):
     from transformers import TrainingArguments
 
-    # transformers renamed gradient_checkpointing to activation_checkpointing within our pinned range.
-    fields = {f.name for f in dataclasses.fields(TrainingArguments)}
-    prefix = "activation" if "activation_checkpointing" in fields else "gradient"
-    checkpointing = {
-        f"{prefix}_checkpointing": cfg.gradient_checkpointing,
-        f"{prefix}_checkpointing_kwargs": {"use_reentrant": False} if cfg.gradient_checkpointing else None,
-    }
     return TrainingArguments(
         output_dir=str(out_dir),
         per_device_train_batch_size=cfg.batch_size,
@@ -205,7 +198,8 @@ def training_arguments(cfg: TrainConfig, out_dir: Path, has_eval: bool):
         remove_unused_columns=False,
         label_names=["labels"],
         dataloader_num_workers=cfg.dataloader_num_workers,
-        **checkpointing,
+        activation_checkpointing=cfg.gradient_checkpointing,  # transformers 5.24's name for gradient checkpointing
+        activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
         bf16=cfg.bf16,
         seed=cfg.seed,
         data_seed=cfg.seed,

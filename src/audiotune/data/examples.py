@@ -128,6 +128,11 @@ class ExampleDataset(_RowsToExamples, torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
+    def usable(self) -> list[Example]:
+        """Every good row once, in order (bad ones recorded): what evaluation scores."""
+        examples = (self._try_build(self.rows[i], i) for i in range(len(self.rows)))
+        return [e for e in examples if e is not None]
+
     def __getitem__(self, index: int) -> Example:
         n = len(self.rows)
         for offset in range(n):

@@ -18,7 +18,7 @@ import torch
 
 from ..data.tasks import Example
 from ..errors import CheckpointError
-from ..generate import Generation, GenerationSettings, _stop_ids, generate_batch
+from ..generate import Generation, GenerationSettings, stop_token_ids, generate_batch
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ class Engine:
     def run(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         """Generate for requests that share a :meth:`GenerationRequest.batch_key`."""
         settings = self._settings(requests)
-        streamer = (_BatchStreamer(self.processor.tokenizer, requests, _stop_ids(self.processor, self.family))
+        streamer = (_BatchStreamer(self.processor.tokenizer, requests, stop_token_ids(self.processor, self.family))
                     if any(r.on_text for r in requests) else None)
         if requests[0].seed is not None:
             torch.manual_seed(requests[0].seed)
@@ -112,15 +112,15 @@ class Engine:
     def _finish(self, request: GenerationRequest, result: Generation) -> Generation:
         """Apply the request's own ``max_tokens`` and ``stop`` strings to a (possibly longer) batch answer."""
         text, reason, completion = result.text, result.finish_reason, result.completion_tokens
-        if completion > request.max_tokens:
-            tokens = self.processor.tokenizer.encode(result.text, add_special_tokens=False)[: request.max_tokens]
+        if completion > request.max_tokens:  # what generating with its own limit would have returned
+            tokens = result.tokens[: request.max_tokens]
             text = self.processor.tokenizer.decode(tokens, skip_special_tokens=True).strip()
             reason, completion = "length", request.max_tokens
         for stop in request.stop:
             cut = text.find(stop)
             if cut >= 0:
                 text, reason = text[:cut], "stop"
-        return Generation(text, result.prompt_tokens, completion, reason)
+        return Generation(text, result.prompt_tokens, completion, reason, result.tokens[:completion])
 
 
 class _BatchStreamer:
