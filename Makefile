@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup system-deps demo test test-fast bench clean
+.PHONY: setup system-deps demo test test-fast bench models-doc clean
 
 setup: system-deps $(VENV)/.installed
 
@@ -28,6 +28,11 @@ test: setup
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# Runs every family's end-to-end test and regenerates docs/models.md from the registry and the outcomes.
+models-doc: setup
+	$(PY) -m pytest -q -p no:cacheprovider tests/test_families.py -k end_to_end --family-results .family-results.json || true
+	$(PY) -c "import json; from audiotune.models.catalog import render_markdown; open('docs/models.md', 'w').write(render_markdown(json.load(open('.family-results.json'))))"
 
 bench: setup
 	$(PY) benchmarks/run.py

@@ -24,7 +24,9 @@ logger = logging.getLogger(__name__)
 
 
 def cache_is_safe(model: torch.nn.Module, family: Family) -> bool:
-    """True when no parameter of the encoder or projector trains (LoRA included)."""
+    """True when the family supports the cache and no parameter of the encoder or projector trains (LoRA included)."""
+    if not family.audio_cache:
+        return False
     return not any(p.requires_grad and (family.is_encoder_module(n) or family.is_projector_module(n))
                    for n, p in model.named_parameters())
 

@@ -130,9 +130,7 @@ def train(
     from .config import TrainConfig
     from .train import train as run_train
 
-    targets = None
-    if lora_targets:
-        targets = lora_targets if any(c in lora_targets for c in "*.|()\\") else lora_targets.split(",")
+    targets = _parse_targets(lora_targets)
     overrides = dict(model=model, dataset=dataset, out=out, streaming=streaming, train_take=train_take,
                      eval_take=eval_take, train_split=train_split, prompt=prompt, system_prompt=system_prompt,
                      audio_column=audio_column, text_column=text_column, full=full, lora_r=lora_r,
@@ -439,6 +437,68 @@ def serve(
         console.print(shlex.join(vllm_command(cfg)), soft_wrap=True, markup=False)
         return
     run_server(cfg)
+
+
+@app.command()
+def plan(
+    model: Annotated[str, typer.Option(help="Hub id (shipped architectures work offline) or checkpoint folder.")],
+    lora: Annotated[bool, typer.Option("--lora", help="LoRA on the language model (default).")] = True,
+    qlora: Annotated[bool, typer.Option("--qlora", help="4-bit NF4 language model + LoRA.")] = False,
+    full: Annotated[bool, typer.Option("--full", help="Full fine-tuning of the language model.")] = False,
+    batch: Annotated[int, typer.Option(help="Per-GPU batch size.")] = 4,
+    audio_seconds: Annotated[float, typer.Option(help="Clip length to plan for.")] = 10.0,
+    text_tokens: Annotated[int, typer.Option(help="Prompt + answer tokens per sample.")] = 64,
+    lora_r: int = 16,
+    lora_targets: Annotated[Optional[str], typer.Option(help="Comma list or regex (default: LM linears).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
+) -> None:
+    """Parameter counts (exact, on the meta device) and a per-GPU memory estimate, before renting a GPU."""
+    from .errors import ConfigError
+    from .plan import make_plan
+
+    if qlora and full:
+        raise ConfigError("--qlora and --full exclude each other: QLoRA trains LoRA matrices on a 4-bit base.")
+    mode = "qlora" if qlora else "full" if full else "lora"
+    targets = _parse_targets(lora_targets)
+    result = make_plan(model, mode=mode, batch=batch, audio_seconds=audio_seconds, text_tokens=text_tokens,
+                       lora_r=lora_r, lora_targets=targets)
+    if as_json:
+        console.print_json(json.dumps(result.to_dict()))
+        return
+    parts = result.parameters
+    console.print(f"[bold]{model}[/bold] ({result.family}; {result.source})")
+    table = Table(title="parameters")
+    table.add_column("part")
+    table.add_column("parameters", justify="right")
+    for label, value in (("total", parts.total), ("language model", parts.language_model),
+                         ("audio encoder", parts.audio_encoder), ("projector", parts.projector),
+                         ("other towers (vision, ...)", parts.other_towers)):
+        table.add_row(label, f"{value:,}")
+    if result.lora_lm_only and result.lora_guide:
+        table.add_row(f"trainable: LoRA r={lora_r} on the LM ({result.lora_lm_only.modules} modules, "
+                      f"{result.lora_lm_only.encoder_modules} in the encoder)", f"{result.lora_lm_only.trainable:,}")
+        table.add_row(f"trainable: the guide's targets ({result.lora_guide.modules} modules, "
+                      f"{result.lora_guide.encoder_modules} in the encoder)", f"{result.lora_guide.trainable:,}")
+    else:
+        table.add_row("trainable (full fine-tuning of the LM)", f"{result.trainable:,}")
+    console.print(table)
+    memory = Table(title=f"memory per GPU, {result.mode}, batch {result.batch}, {result.audio_seconds:g} s clips "
+                         f"({result.audio_tokens} audio + {result.text_tokens} text tokens), GB — an estimate")
+    for column in ("grad. ckpt", "weights", "train state", "act./sample", f"total ×{result.batch}",
+                   *(f"max batch {g}G" for g in (24, 48, 80))):
+        memory.add_column(column, justify="right")
+    for row in result.memory:
+        memory.add_row("on" if row.gradient_checkpointing else "off", f"{row.weights_gb:.1f}",
+                       f"{row.trainable_state_gb:.2f}", f"{row.activations_per_sample_gb:.2f}", f"{row.total_gb:.1f}",
+                       *(str(row.max_batch[g]) for g in (24, 48, 80)))
+    console.print(memory)
+
+
+def _parse_targets(value: Optional[str]) -> list[str] | str | None:
+    """``--lora-targets``: a regex when it has regex characters, else a comma-separated list of module names."""
+    if not value:
+        return None
+    return value if any(c in value for c in "*.|()\\") else [t.strip() for t in value.split(",") if t.strip()]
 
 
 @app.command()

@@ -18,6 +18,7 @@ import torch
 from .data.collator import ConversationCollator
 from .data.tasks import Example, prompt_messages
 from .models.families import Family
+from .models.loading import to_model_inputs
 
 
 @dataclass(frozen=True)
@@ -74,10 +75,7 @@ def generate_batch(model, processor, family: Family, examples: Sequence[Example]
     """One ``model.generate`` call over ``examples`` (no sorting or splitting), with token accounting."""
     settings = settings or GenerationSettings()
     batch = ConversationCollator(processor, family, training=False)(list(examples))
-    device = next(model.parameters()).device
-    batch = {k: v.to(device) for k, v in batch.items()}
-    if "input_features" in batch:
-        batch["input_features"] = batch["input_features"].to(model.dtype)
+    batch = to_model_inputs(batch, model)
     stop_ids = stop_token_ids(processor, family)
     pad_id = processor.tokenizer.pad_token_id
     output = model.generate(**batch, **settings.as_kwargs(), eos_token_id=stop_ids, pad_token_id=pad_id,

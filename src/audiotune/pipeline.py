@@ -24,6 +24,7 @@ from .data.collator import ConversationCollator
 from .data.tasks import Example, prompt_messages
 from .generate import stop_token_ids
 from .models.families import family_for_config
+from .models.loading import to_model_inputs
 
 TASK = "audio-text-to-text"
 DEFAULT_PROMPT = "Describe the audio."
@@ -98,9 +99,7 @@ class AudioTextToTextPipeline(Pipeline):
         return ConversationCollator(self.processor, self.family, training=False)([example])
 
     def _forward(self, model_inputs, **generate_kwargs):
-        model_inputs = {k: v.to(self.device) for k, v in model_inputs.items()}
-        if "input_features" in model_inputs:
-            model_inputs["input_features"] = model_inputs["input_features"].to(self.model.dtype)
+        model_inputs = to_model_inputs(model_inputs, self.model)
         generate_kwargs.setdefault("eos_token_id", stop_token_ids(self.processor, self.family))
         generate_kwargs.setdefault("pad_token_id", self.processor.tokenizer.pad_token_id)
         with torch.inference_mode():

@@ -263,6 +263,8 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> TrainResult:
     processor = load_processor(cfg.model)
     dtype = torch.bfloat16 if cfg.bf16 else torch.float32
     model, _ = load_base_model(cfg.model, dtype=dtype, quantize_lm_4bit=cfg.qlora)
+    if not family.loss_uses_num_items:
+        model.accepts_loss_kwargs = False  # the Trainer then averages over accumulation steps itself
     plan = AdaptationPlan(full=cfg.full, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                           lora_targets=cfg.lora_targets, train_projector=cfg.train_projector)
     model = prepare_for_training(model, family, plan)

@@ -67,18 +67,21 @@ class ConversationCollator:
 
     def render(self, examples: list[Example]) -> list[str]:
         conversations = [e.conversation() if self.training else e.messages for e in examples]
-        return self.processor.apply_chat_template(conversations, tokenize=False,
-                                                  add_generation_prompt=not self.training)
+        texts = self.processor.apply_chat_template(conversations, tokenize=False,
+                                                   add_generation_prompt=not self.training)
+        if self.training and not self.family.template_closes_turns:
+            texts = [text + self.family.end_of_turn for text in texts]
+        return texts
 
     def __call__(self, examples: list[Example]) -> dict[str, torch.Tensor]:
         texts = self.render(examples)
-        audios = [a for e in examples for a in e.audios()]
+        audios = [self.family.prepare_audio(a) for e in examples for a in e.audios()]
         # Padding options go to the text side only: the audio side must keep its fixed 30 s windows.
         side = "right" if self.training else "left"
         batch = self.processor(text=texts, audio=audios or None,
                                text_kwargs={"padding": True, "padding_side": side}, return_tensors="pt")
-        batch = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "input_features",
-                                                         "input_features_mask")}
+        # Every tensor the processor returns is a model input (features, their masks, per-family extras).
+        batch = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
         if self.training:
             mask = assistant_label_mask(batch["input_ids"], self.header_ids, self.end_id)
             mask &= batch["attention_mask"].bool()

@@ -10,7 +10,9 @@ branches on the architecture: adding a model is adding one entry here plus its t
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..errors import ModelFamilyError
@@ -42,26 +44,63 @@ class Family:
     audio_tower_attribute: str = "audio_tower"
     max_audios: int = 1  # audios per conversation (AF3's processor pairs each text with exactly one audio)
     vllm_supported: bool = False  # vLLM can serve this architecture (with LoRA)
+    # Placeholder tokens the processor expands a clip of ``seconds`` into (after the long-audio policy capped it).
+    audio_token_count: Callable[[float], int] | None = None
+    # The per-window audio-embedding cache (audio_cache.py) knows this family's audio-features signature.
+    audio_cache: bool = False
+    hub_id: str | None = None  # the main public checkpoint (``audiotune plan`` ships its architecture)
+    other_tower_prefixes: tuple[str, ...] = ()  # e.g. a vision tower: frozen, never a LoRA target
+    lm_config_attribute: str = "text_config"  # where the language model's config sits in the full config
+    # Why the family cannot train with the pinned transformers (the family test is then a strict xfail).
+    known_issue: str | None = None
+    # False when the chat template closes no turn (GLM: a reply runs into the next role marker); the collator then
+    # appends ``end_of_turn`` after the last assistant message so the model learns to stop.
+    template_closes_turns: bool = True
+    # Samples past a window boundary that the processor cannot handle (Music Flamingo gives a 0-token window and
+    # breaks its time embeddings): such a tail, at most this long, is trimmed before the processor sees it.
+    trim_window_tail_samples: int = 0
+    # Shorter clips get no placeholder (Qwen2-Audio then crashes): they are padded with silence to this length.
+    min_audio_samples: int = 0
+    # False when the model's own loss ignores ``num_items_in_batch`` (Qwen2-Audio): the Trainer must then average
+    # over gradient-accumulation steps itself, or the loss is too large by the accumulation factor.
+    loss_uses_num_items: bool = True
+
+    def prepare_audio(self, wave):
+        """The clip as the processor can take it: only the documented per-family quirks are applied."""
+        if self.min_audio_samples and len(wave) < self.min_audio_samples:
+            import numpy as np
+
+            return np.pad(wave, (0, self.min_audio_samples - len(wave)))
+        if self.trim_window_tail_samples:
+            window = int(self.window_seconds * self.sampling_rate)
+            tail = len(wave) % window
+            if len(wave) > window and 0 < tail <= self.trim_window_tail_samples:
+                return wave[: len(wave) - tail]
+        return wave
 
     def audio_tokens(self, seconds: float) -> int:
-        """Number of audio placeholder tokens a clip of ``seconds`` becomes (AF3 arithmetic).
-
-        Mel frames (100/s, summed over the 30 s windows) → conv stride 2 → average-pool 2,
-        capped at the maximum length.
-        """
+        """Number of audio placeholder tokens a clip of ``seconds`` becomes in this family's processor."""
         seconds = min(seconds, self.max_audio_seconds)
-        frames = max(1, int(seconds * 100))
-        conv = (frames - 1) // 2 + 1
-        return (conv - 2) // 2 + 1
+        if self.audio_token_count is None:
+            return _whisper_pooled_tokens(seconds)
+        return self.audio_token_count(seconds)
 
     def is_encoder_module(self, name: str) -> bool:
-        return any(_has_prefix(name, p) for p in self.encoder_prefixes)
+        """In the audio encoder; a projector nested inside it (Qwen2.5-Omni's ``audio_tower.proj``) is not."""
+        return any(_has_prefix(name, p) for p in self.encoder_prefixes) and not self.is_projector_module(name)
 
     def is_projector_module(self, name: str) -> bool:
         return any(_has_prefix(name, p) for p in self.projector_prefixes)
 
     def lm_lora_targets(self) -> str:
         return self.lm_lora_regex
+
+
+def _whisper_pooled_tokens(seconds: float) -> int:
+    """AF3 arithmetic: mel frames (100/s, over the 30 s windows) → conv stride 2 → average-pool 2."""
+    frames = max(1, int(seconds * 100))
+    conv = (frames - 1) // 2 + 1
+    return (conv - 2) // 2 + 1
 
 
 def _has_prefix(name: str, prefix: str) -> bool:
@@ -88,9 +127,134 @@ AUDIO_FLAMINGO_3 = Family(
     default_system_prompt="You are a helpful assistant.",
     aliases=("audioflamingo3", "audio-flamingo-3"),
     vllm_supported=True,
+    audio_cache=True,
+    hub_id="nvidia/audio-flamingo-3-hf",
 )
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (AUDIO_FLAMINGO_3,)}
+def _mel_frames(seconds: float, rate: int = 16000, hop: int = 160) -> int:
+    return max(1, math.ceil(round(seconds * rate) / hop))
+
+
+def _music_flamingo_tokens(seconds: float) -> int:
+    """AF3's arithmetic on exact mel frames (the processor also adds ``<|sound_bos|>``/``<|sound_eos|>``)."""
+    conv = (_mel_frames(seconds) - 1) // 2 + 1
+    return (conv - 2) // 2 + 1
+
+
+def _glmasr_tokens(seconds: float) -> int:
+    """Whisper frames → conv stride 2 → 4 frames merged into one token."""
+    conv = (_mel_frames(seconds) - 1) // 2 + 1
+    return (conv - 4) // 4 + 1
+
+
+MUSIC_FLAMINGO = Family(
+    name="musicflamingo",
+    model_types=("musicflamingo",),
+    model_class="MusicFlamingoForConditionalGeneration",
+    audio_token="<sound>",
+    sampling_rate=16000,
+    window_seconds=30.0,
+    max_audio_seconds=1200.0,
+    lm_lora_regex=rf".*language_model\..*\.{_LM_LINEARS}",
+    encoder_prefixes=("model.audio_tower",),
+    projector_prefixes=("model.multi_modal_projector",),
+    assistant_header="<|im_start|>assistant\n",
+    end_of_turn="<|im_end|>",
+    default_system_prompt=(
+        "You are Music Flamingo, a multimodal assistant for language and music. On each turn you receive an audio "
+        "clip which contains music and optional text, you will receive at least one or both; use your world "
+        "knowledge and reasoning to help the user with any task. Interpret the entirety of the content any input "
+        "music--regardlenss of whether the user calls it audio, music, or sound."),  # verbatim, typo included
+    aliases=("music-flamingo", "music_flamingo"),
+    vllm_supported=True,
+    audio_token_count=_music_flamingo_tokens,
+    hub_id="nvidia/music-flamingo-2601-hf",
+    trim_window_tail_samples=320,  # ≤ 20 ms past a 30 s boundary gives a 0-token window (transformers 5.24)
+)
+
+GLM_ASR = Family(
+    name="glmasr",
+    model_types=("glmasr",),
+    model_class="GlmAsrForConditionalGeneration",
+    audio_token="<|pad|>",
+    sampling_rate=16000,
+    window_seconds=30.0,
+    max_audio_seconds=630.0,  # max_audio_len=655 → 21 whole windows
+    lm_lora_regex=rf".*language_model\..*\.{_LM_LINEARS}",
+    encoder_prefixes=("model.audio_tower",),
+    projector_prefixes=("model.multi_modal_projector",),
+    assistant_header="<|assistant|>\n",
+    end_of_turn="<|user|>",
+    aliases=("glm-asr", "glm_asr", "glm-asr-nano"),
+    vllm_supported=True,
+    audio_token_count=_glmasr_tokens,
+    hub_id="zai-org/GLM-ASR-Nano-2512",
+    template_closes_turns=False,
+)
+
+def _qwen_audio_tokens(max_frames: int) -> Callable[[float], int]:
+    """Qwen2-Audio / Qwen2.5-Omni: mel frames kept by the mask (capped) → conv stride 2 → average-pool 2."""
+    def count(seconds: float) -> int:
+        frames = min(_mel_frames(seconds), max_frames)
+        conv = (frames - 1) // 2 + 1
+        return max(0, (conv - 2) // 2 + 1)
+    return count
+
+
+QWEN2_AUDIO = Family(
+    name="qwen2audio",
+    model_types=("qwen2_audio",),
+    model_class="Qwen2AudioForConditionalGeneration",
+    audio_token="<|AUDIO|>",
+    sampling_rate=16000,
+    window_seconds=30.0,
+    max_audio_seconds=30.0,  # one 3000-frame window; the processor cuts the rest silently, so the policy decides
+    lm_lora_regex=rf".*language_model\..*\.{_LM_LINEARS}",
+    encoder_prefixes=("model.audio_tower",),
+    projector_prefixes=("model.multi_modal_projector",),
+    assistant_header="<|im_start|>assistant\n",
+    end_of_turn="<|im_end|>",
+    default_system_prompt="You are a helpful assistant.",
+    aliases=("qwen2-audio", "qwen2_audio", "qwen2-audio-7b-instruct"),
+    requires_audio=False,
+    max_audios=8,
+    vllm_supported=True,
+    audio_token_count=_qwen_audio_tokens(3000),
+    hub_id="Qwen/Qwen2-Audio-7B-Instruct",
+    min_audio_samples=1600,
+    loss_uses_num_items=False,
+)
+
+QWEN25_OMNI = Family(
+    name="qwen25omni",
+    model_types=("qwen2_5_omni_thinker", "qwen2_5_omni"),
+    model_class="Qwen2_5OmniThinkerForConditionalGeneration",
+    audio_token="<|AUDIO|>",
+    sampling_rate=16000,
+    window_seconds=300.0,  # the encoder attends in 2 s chunks; the processor takes up to 300 s in one go
+    max_audio_seconds=300.0,
+    lm_lora_regex=rf".*language_model\..*\.{_LM_LINEARS}",
+    encoder_prefixes=("model.audio_tower",),
+    projector_prefixes=("model.audio_tower.proj",),
+    other_tower_prefixes=("model.visual",),
+    assistant_header="<|im_start|>assistant\n",
+    end_of_turn="<|im_end|>",
+    default_system_prompt="You are a helpful assistant.",
+    aliases=("qwen2.5-omni", "qwen2_5_omni", "qwen25-omni", "qwen2.5-omni-thinker"),
+    requires_audio=False,
+    max_audios=8,
+    vllm_supported=True,
+    audio_token_count=_qwen_audio_tokens(30000),
+    hub_id="Qwen/Qwen2.5-Omni-7B",
+    min_audio_samples=1600,
+    known_issue=("transformers 5.24's Qwen2_5OmniProcessor cannot be built without torchvision (its video "
+                 "processor is torchvision-only), and no torchvision build loads beside torch 2.13 CPU here. "
+                 "The model, config and tokenizer load; on a GPU machine `pip install torchvision` matching torch "
+                 "makes the family work."),
+)
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (AUDIO_FLAMINGO_3, MUSIC_FLAMINGO, GLM_ASR, QWEN2_AUDIO,
+                                                   QWEN25_OMNI)}
 
 
 def family_by_name(name: str) -> Family:

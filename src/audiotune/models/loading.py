@@ -36,7 +36,13 @@ def resolve_family(model_id_or_path: str) -> Family:
 def load_processor(model_id_or_path: str | Path):
     from transformers import AutoProcessor
 
-    return AutoProcessor.from_pretrained(str(model_id_or_path))
+    try:
+        return AutoProcessor.from_pretrained(str(model_id_or_path))
+    except ImportError as error:  # a processor part needs a package this machine lacks (e.g. torchvision)
+        raise ModelFamilyError(
+            f"{model_id_or_path}: its processor cannot be built here: "
+            f"{next((line.strip() for line in str(error).splitlines() if line.strip()), repr(error))} "
+            "Install the missing package (see docs/models.md, known issues) and retry.") from error
 
 
 def load_base_model(model_id_or_path: str | Path, dtype: torch.dtype = torch.float32, device: str | None = None,
@@ -127,6 +133,20 @@ def prepare_for_training(model: torch.nn.Module, family: Family, plan: Adaptatio
         modules_to_save=projector_module_names(model, family) if plan.train_projector else None,
     )
     return get_peft_model(model, config)
+
+
+def to_model_inputs(batch: dict[str, Any], model: torch.nn.Module) -> dict[str, Any]:
+    """Move a processor batch to the model's device and cast its float tensors (audio features) to the model's
+    dtype: processors return float32 features, and a bf16 model's audio encoder refuses them."""
+    parameter = next(model.parameters())
+    moved: dict[str, Any] = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            value = value.to(parameter.device)
+            if value.is_floating_point():
+                value = value.to(parameter.dtype)
+        moved[key] = value
+    return moved
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:

@@ -155,12 +155,34 @@ def build_tiny_af3(out_dir: str | Path, seed: int = 0, preset: str = "default") 
     return out
 
 
-BUILDERS = {"af3": build_tiny_af3}
+# family name → module under audiotune.models.builders (AF3's builder lives here, the others in their modules).
+BUILDER_MODULES = {
+    "musicflamingo": "musicflamingo",
+    "qwen2audio": "qwen2audio",
+    "qwen25omni": "qwen25omni",
+    "voxtral": "voxtral",
+    "granite_speech": "granite_speech",
+    "gemma3n": "gemma3n",
+    "phi4mm": "phi4mm",
+    "glmasr": "glmasr",
+}
+
+
+def builder_for(family: str):
+    """The tiny builder of ``family`` (a name or alias), imported on demand."""
+    import importlib
+
+    name = family_by_name(family).name
+    if name == AUDIO_FLAMINGO_3.name:
+        return build_tiny_af3
+    if name not in BUILDER_MODULES:
+        raise ModelFamilyError(f"No tiny builder for family {name!r} yet; available: af3, "
+                               f"{', '.join(BUILDER_MODULES)}.")
+    return importlib.import_module(f"{__package__}.builders.{BUILDER_MODULES[name]}").build
 
 
 def build_tiny(family: str, out_dir: str | Path, seed: int = 0, preset: str = "default") -> Path:
-    """Build the tiny checkpoint of ``family`` (see :data:`BUILDERS`) in ``out_dir``."""
-    name = family_by_name(family).name
-    if name not in BUILDERS:
-        raise ModelFamilyError(f"No tiny builder for family {name!r} yet; available: {', '.join(BUILDERS)}.")
-    return BUILDERS[name](out_dir, seed=seed, preset=preset)
+    """Build the tiny checkpoint of ``family`` in ``out_dir`` (``preset``: default or micro)."""
+    if preset not in PRESETS:
+        raise ModelFamilyError(f"Unknown tiny preset {preset!r}; choose one of {', '.join(PRESETS)}.")
+    return builder_for(family)(out_dir, seed=seed, preset=preset)

@@ -1,0 +1,93 @@
+"""``audiotune plan``: exact parameter counts offline, and a memory estimate that moves the right way."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from audiotune.cli import app
+from audiotune.errors import ConfigError
+from audiotune.models.families import FAMILIES
+from audiotune.plan import make_plan, published_ids
+
+AF3 = "nvidia/audio-flamingo-3-hf"
+
+
+def _qwen2_decoder_parameters(h, i, layers, heads, kv_heads, vocab):
+    """Qwen2.5 by hand: q/k/v have biases, o and the MLP do not; two RMSNorms per layer; untied head."""
+    head_dim = h // heads
+    kv = kv_heads * head_dim
+    attention = (h * h + h) + 2 * (h * kv + kv) + h * h
+    mlp = 3 * h * i
+    return layers * (attention + mlp + 2 * h) + 2 * vocab * h + h
+
+
+def _whisper_large_v3_encoder_parameters(d=1280, ffn=5120, layers=32, mels=128, positions=1500):
+    conv = mels * d * 3 + d + d * d * 3 + d
+    attention = 3 * d * d + 2 * d + d * d + d  # k_proj has no bias in Whisper
+    layer = attention + 2 * d * ffn + ffn + d + 4 * d
+    return conv + positions * d + layers * layer + 2 * d
+
+
+def test_af3_counts_match_the_published_architecture_by_hand():
+    plan = make_plan(AF3)
+    lm = _qwen2_decoder_parameters(3584, 18944, 28, 28, 4, 151672)
+    encoder = _whisper_large_v3_encoder_parameters()
+    projector = 1280 * 3584 + 3584 + 3584 * 3584 + 3584  # linear → GELU → linear
+    assert plan.parameters.language_model == lm
+    assert plan.parameters.audio_encoder == encoder
+    assert plan.parameters.projector == projector
+    assert plan.parameters.total == lm + encoder + projector
+    # LoRA r=16 on every LM linear: r·(in+out) per module, 7 modules per layer.
+    h, i, kv = 3584, 18944, 512
+    per_layer = 16 * ((h + h) + 2 * (h + kv) + (h + h) + 2 * (h + i) + (i + h))
+    assert plan.lora_lm_only.trainable == 28 * per_layer
+    assert plan.lora_lm_only.encoder_modules == 0
+    # The guide's list also adapts the encoder's q/k/v in all 32 layers.
+    assert plan.lora_guide.encoder_modules == 32 * 3
+    assert plan.lora_guide.trainable == plan.lora_lm_only.trainable + 32 * 3 * 16 * (1280 + 1280)
+
+
+def test_memory_estimate_moves_the_right_way():
+    lora = make_plan(AF3, batch=4, audio_seconds=10)
+    with_ckpt, without = lora.memory
+    assert with_ckpt.gradient_checkpointing and not without.gradient_checkpointing
+    assert with_ckpt.activations_per_sample_gb < without.activations_per_sample_gb
+    assert with_ckpt.max_batch[24] <= with_ckpt.max_batch[48] <= with_ckpt.max_batch[80]
+    assert without.max_batch[80] < with_ckpt.max_batch[80]
+    qlora = make_plan(AF3, mode="qlora")
+    assert qlora.memory[0].weights_gb < 0.5 * lora.memory[0].weights_gb
+    full = make_plan(AF3, mode="full")
+    assert full.trainable == full.parameters.language_model
+    assert full.memory[0].trainable_state_gb > 10 * lora.memory[0].trainable_state_gb
+    longer = make_plan(AF3, audio_seconds=30)
+    assert longer.audio_tokens == 750 and longer.memory[0].activations_per_sample_gb > lora.memory[0].activations_per_sample_gb
+    # The guide's batch of 4 (10 s clips, bf16, LoRA) fits a 24 GB card only with gradient checkpointing.
+    assert without.max_batch[24] < 4 <= with_ckpt.max_batch[24]
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_every_shipped_architecture_plans_offline(name):
+    family = FAMILIES[name]
+    plan = make_plan(family.hub_id)
+    assert plan.family == name
+    parts = plan.parameters
+    assert parts.total > 1e9 and parts.language_model > parts.audio_encoder > 0
+    assert plan.lora_lm_only.modules > 0 and plan.lora_lm_only.encoder_modules == 0
+
+
+def test_local_checkpoint_and_unknown_id(micro_af3):
+    plan = make_plan(str(micro_af3), batch=2, audio_seconds=3)
+    assert plan.family == "af3" and plan.parameters.total > 0
+    with pytest.raises(ConfigError) as error:
+        make_plan("nobody/no-such-model")
+    assert AF3 in str(error.value) and all(i in str(error.value) for i in published_ids())
+
+
+def test_plan_cli():
+    result = CliRunner().invoke(app, ["plan", "--model", AF3, "--json"])
+    assert result.exit_code == 0, result.output
+    assert '"total": 8' in result.output
+    result = CliRunner().invoke(app, ["plan", "--model", AF3])
+    assert result.exit_code == 0, result.output
+    assert "40,370,176" in result.output and "44,302,336" in result.output  # LM-only LoRA vs the guide's list
