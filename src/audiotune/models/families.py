@@ -64,6 +64,14 @@ class Family:
     # False when the model's own loss ignores ``num_items_in_batch`` (Qwen2-Audio): the Trainer must then average
     # over gradient-accumulation steps itself, or the loss is too large by the accumulation factor.
     loss_uses_num_items: bool = True
+    # Python packages the family's processor imports beyond audiotune's own dependencies (checked up front, so a
+    # missing one is a one-line error instead of an ImportError deep inside transformers).
+    requires_packages: tuple[str, ...] = ()
+
+    def missing_packages(self) -> list[str]:
+        import importlib.util
+
+        return [p for p in self.requires_packages if importlib.util.find_spec(p) is None]
 
     def prepare_audio(self, wave):
         """The clip as the processor can take it: only the documented per-family quirks are applied."""
@@ -247,14 +255,76 @@ QWEN25_OMNI = Family(
     audio_token_count=_qwen_audio_tokens(30000),
     hub_id="Qwen/Qwen2.5-Omni-7B",
     min_audio_samples=1600,
+    requires_packages=("torchvision",),
     known_issue=("transformers 5.24's Qwen2_5OmniProcessor cannot be built without torchvision (its video "
                  "processor is torchvision-only), and no torchvision build loads beside torch 2.13 CPU here. "
                  "The model, config and tokenizer load; on a GPU machine `pip install torchvision` matching torch "
                  "makes the family work."),
 )
 
+def _voxtral_tokens(seconds: float) -> int:
+    """375 tokens per started 30 s window (12.5 tokens/s); the processor never truncates."""
+    return 375 * max(1, math.ceil(round(seconds * 16000) / 480000))
+
+
+def _granite_speech_tokens(seconds: float) -> int:
+    """Stacked 20 ms frames, windows of 15 → 3 query tokens each (the Q-Former projector)."""
+    return 3 * math.ceil(((round(seconds * 16000) // 160 + 1) // 2) / 15)
+
+
+VOXTRAL = Family(
+    name="voxtral",
+    model_types=("voxtral",),
+    model_class="VoxtralForConditionalGeneration",
+    audio_token="[AUDIO]",
+    sampling_rate=16000,
+    window_seconds=30.0,
+    max_audio_seconds=2400.0,  # more 30 s windows, up to the LM's context (the model card says 40 min)
+    lm_lora_regex=rf".*language_model\..*\.{_LM_LINEARS}",
+    encoder_prefixes=("model.audio_tower",),
+    projector_prefixes=("model.multi_modal_projector",),
+    assistant_header="[/INST]",
+    end_of_turn="</s>",
+    aliases=("voxtral-mini", "mistral-voxtral"),
+    max_audios=5,
+    vllm_supported=True,
+    audio_token_count=_voxtral_tokens,
+    hub_id="mistralai/Voxtral-Mini-3B-2507",
+    requires_packages=("mistral_common",),
+    known_issue=("VoxtralProcessor tokenises through mistral-common's tekken backend, and every mistral-common "
+                 "release (≤1.13.1) requires numpy<2.4 while audiotune pins numpy 2.4. Its processor also "
+                 "takes audio only as base64/path parts, refuses a system turn with audio and renders text only "
+                 "through `apply_chat_template(tokenize=True)`, which the shared collator does not use yet. The "
+                 "model, config, LoRA regex and `audiotune plan` work."),
+)
+
+GRANITE_SPEECH = Family(
+    name="granite_speech",
+    model_types=("granite_speech",),
+    model_class="GraniteSpeechForConditionalGeneration",
+    audio_token="<|audio|>",
+    sampling_rate=16000,
+    window_seconds=4.0,  # the conformer's attention block (200 frames × 20 ms)
+    max_audio_seconds=500.0,  # the processor does not cut; vLLM plans for 500 s
+    lm_lora_regex=rf".*language_model\..*\.{_LM_LINEARS}",
+    encoder_prefixes=("model.encoder",),
+    projector_prefixes=("model.projector",),
+    assistant_header="<|start_of_role|>assistant<|end_of_role|>",
+    end_of_turn="<|end_of_text|>",
+    aliases=("granite-speech", "granitespeech"),
+    audio_tower_attribute="encoder",
+    vllm_supported=True,
+    audio_token_count=_granite_speech_tokens,
+    hub_id="ibm-granite/granite-speech-3.3-2b",
+    requires_packages=("torchaudio",),
+    known_issue=("GraniteSpeechFeatureExtractor needs torchaudio, which has no build that loads beside torch 2.13 "
+                 "CPU (and breaks `import transformers` when forced). The checkpoint also bundles a speech LoRA "
+                 "that transformers 5.24 loads only with peft ≥ 0.22 (not released; audiotune pins 0.21). The "
+                 "model, config, LM-only LoRA regex and `audiotune plan` work."),
+)
+
 FAMILIES: dict[str, Family] = {f.name: f for f in (AUDIO_FLAMINGO_3, MUSIC_FLAMINGO, GLM_ASR, QWEN2_AUDIO,
-                                                   QWEN25_OMNI)}
+                                                   QWEN25_OMNI, VOXTRAL, GRANITE_SPEECH)}
 
 
 def family_by_name(name: str) -> Family:

@@ -36,6 +36,14 @@ def resolve_family(model_id_or_path: str) -> Family:
 def load_processor(model_id_or_path: str | Path):
     from transformers import AutoProcessor
 
+    if (Path(model_id_or_path) / "config.json").exists():
+        family = resolve_family(str(model_id_or_path))
+        missing = family.missing_packages()
+        if missing:
+            raise ModelFamilyError(
+                f"{model_id_or_path}: the {family.name} processor needs {', '.join(missing)}, which is not "
+                f"installed. Install it (pip install {' '.join(missing)}) and retry"
+                + (f". Known issue: {family.known_issue}" if family.known_issue else "."))
     try:
         return AutoProcessor.from_pretrained(str(model_id_or_path))
     except ImportError as error:  # a processor part needs a package this machine lacks (e.g. torchvision)

@@ -16,7 +16,7 @@ What is real:
   ``<end_of_audio>``/``<audio_soft_token>`` (real: 262144 / 262272 offsets, vocabulary 262400), so the
   padding embedding (last audio id) and the hard/soft multimodal embeddings work as published;
 - the feature extractor with the published settings (16 kHz, 128 mels, 32 ms frames / 10 ms hop,
-  125-7600 Hz, pre-emphasis 0.97; audio padded or truncated to 30 s);
+  125-7600 Hz, pre-emphasis 0.97; a batch is padded to its longest clip, anything past 30 s is cut);
 - the tokenizer class the checkpoint uses (``GemmaTokenizer``: BPE with byte fallback and ``▁`` for
   spaces, ``add_bos_token=True``) trained here on :func:`audiotune.models.tiny.tokenizer_corpus`, carrying
   the real special tokens (``<pad>``/``<eos>``/``<bos>``/``<unk>``/``<mask>``, ``<start_of_turn>``,
@@ -168,14 +168,16 @@ def build_tokenizer(vocab_size: int):
 
 
 def _require_timm() -> None:
-    from transformers.utils import is_timm_available, is_torchvision_available
-
+    """Fail early and clearly when the vision tower's backend cannot be imported."""
     from ...errors import ModelFamilyError
 
-    if not (is_timm_available() and is_torchvision_available()):
+    try:
+        import timm  # noqa: F401  (imports torchvision, which must match the installed torch)
+    except Exception as error:  # ImportError, or torchvision's RuntimeError against a mismatched torch
         raise ModelFamilyError(
-            "Gemma 3n's model class always builds its vision tower with timm (which needs torchvision); "
-            "install `timm` and a torchvision matching your torch build to build or load a Gemma 3n model.")
+            "Gemma 3n's model class always builds its vision tower with timm, which needs a torchvision matching "
+            f"the installed torch ({type(error).__name__}: {error}). Install both to build or load a Gemma 3n "
+            "model; the processor alone needs neither.") from error
 
 
 def build(out_dir: str | Path, seed: int = 0, preset: str = "micro") -> Path:
