@@ -492,6 +492,8 @@ def plan(
                        f"{row.trainable_state_gb:.2f}", f"{row.activations_per_sample_gb:.2f}", f"{row.total_gb:.1f}",
                        *(str(row.max_batch[g]) for g in (24, 48, 80)))
     console.print(memory)
+    for note in result.notes:
+        console.print(f"[yellow]note:[/yellow] {note}")
 
 
 def _parse_targets(value: Optional[str]) -> list[str] | str | None:

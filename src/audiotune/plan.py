@@ -67,13 +67,42 @@ def load_architecture(model: str):
 
 
 def instantiate_on_meta(config, family: Family):
-    """The model with parameter shapes but no storage: exact counts in milliseconds, for any size."""
+    """``(model, notes)``: the model with parameter shapes but no storage (exact counts in milliseconds).
+
+    A sub-model whose class needs a package this machine lacks (Gemma 3n's timm vision tower) is left out, and a
+    note says so: planning audio fine-tuning must not depend on a vision library.
+    """
+    import importlib
+
     import torch
     import transformers
 
     model_class = getattr(transformers, family.model_class)
-    with torch.device("meta"):
-        return model_class._from_config(config)
+    notes: list[str] = []
+    try:
+        with torch.device("meta"):
+            return model_class._from_config(config), notes
+    except ImportError:
+        pass
+    module = importlib.import_module(model_class.__module__)
+    original = module.AutoModel
+
+    class _SkipUnavailable:
+        @staticmethod
+        def from_config(sub_config, *args, **kwargs):
+            try:
+                return original.from_config(sub_config, *args, **kwargs)
+            except ImportError as error:
+                first = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+                notes.append(f"{sub_config.model_type} not counted: {first}")
+                return torch.nn.Module()
+
+    module.AutoModel = _SkipUnavailable
+    try:
+        with torch.device("meta"):
+            return model_class._from_config(config), notes
+    finally:
+        module.AutoModel = original
 
 
 def _lora_target_linears(model, targets: str | list[str]) -> list[tuple[str, int, int]]:
@@ -136,6 +165,7 @@ class Plan:
     lora_lm_only: LoraCount | None
     lora_guide: LoraCount | None
     memory: list[MemoryRow] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -220,7 +250,7 @@ def make_plan(model: str, mode: str = "lora", batch: int = 4, audio_seconds: flo
     config, source = load_architecture(model)
     config = getattr(config, "thinker_config", None) or config  # Qwen2.5-Omni's Hub layout: plan the thinker
     family = family_for_config(config)
-    meta = instantiate_on_meta(config, family)
+    meta, notes = instantiate_on_meta(config, family)
     parts = count_parameters_by_part(meta, family)
     lm_only = guide = None
     if mode == "full":
@@ -253,4 +283,4 @@ def make_plan(model: str, mode: str = "lora", batch: int = 4, audio_seconds: flo
                               (fixed + batch * per_sample) / 1e9 / (1 - FRAGMENTATION), fits))
     return Plan(model=model, source=source, family=family.name, mode=mode, batch=batch, audio_seconds=audio_seconds,
                 audio_tokens=audio_tokens, text_tokens=text_tokens, parameters=parts, trainable=trainable,
-                lora_lm_only=lm_only, lora_guide=guide, memory=rows)
+                lora_lm_only=lm_only, lora_guide=guide, memory=rows, notes=notes)

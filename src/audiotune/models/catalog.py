@@ -18,13 +18,17 @@ RESULTS_MARKER = "family-test-results:"
 _OUTCOME_TEXT = {"passed": "passes", "xfailed": "strict xfail", "failed": "FAILS", None: "not run"}
 
 
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")  # a bare | would end the table cell
+
+
 def _yes(flag: bool) -> str:
     return "yes" if flag else "no"
 
 
 def family_row(family: Family, outcome: str | None) -> dict[str, str]:
     works = family.known_issue is None
-    serve = ("transformers" if works else "no") + (" + vLLM" if family.vllm_supported else "")
+    serve = " + ".join([*(["transformers"] if works else []), *(["vLLM"] if family.vllm_supported else [])]) or "no"
     return {
         "family": family.name,
         "model_type": ", ".join(family.model_types),
@@ -59,17 +63,17 @@ def render_markdown(results: dict[str, str]) -> str:
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
     ]
-    lines += ["| " + " | ".join(row[h] for h in header) + " |" for row in rows]
+    lines += ["| " + " | ".join(_cell(row[h]) for h in header) + " |" for row in rows]
     notes = [(f.name, f.known_issue) for f in FAMILIES.values() if f.known_issue]
     if notes:
-        lines += ["", "## Known issues with the pinned transformers", ""]
+        lines += ["", "## Known issues with the pinned dependencies", ""]
         lines += [f"- **{name}**: {issue}" for name, issue in notes]
     lines += ["", "## Per-family facts", "",
               "| family | audio token | rate | window | max audio | audio tokens for 10 s | LoRA targets (LM) |",
               "|---|---|---|---|---|---|---|"]
     for f in FAMILIES.values():
-        lines.append(f"| {f.name} | `{f.audio_token}` | {f.sampling_rate} Hz | {f.window_seconds:g} s | "
-                     f"{f.max_audio_seconds:g} s | {f.audio_tokens(10.0)} | `{f.lm_lora_regex}` |")
+        lines.append(f"| {f.name} | `{_cell(f.audio_token)}` | {f.sampling_rate} Hz | {f.window_seconds:g} s | "
+                     f"{f.max_audio_seconds:g} s | {f.audio_tokens(10.0)} | `{_cell(f.lm_lora_regex)}` |")
     return "\n".join(lines) + "\n"
 
 

@@ -323,8 +323,71 @@ GRANITE_SPEECH = Family(
                  "model, config, LM-only LoRA regex and `audiotune plan` work."),
 )
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (AUDIO_FLAMINGO_3, MUSIC_FLAMINGO, GLM_ASR, QWEN2_AUDIO,
-                                                   QWEN25_OMNI, VOXTRAL, GRANITE_SPEECH)}
+def _phi4mm_tokens(seconds: float) -> int:
+    """25 ms windows every 10 ms, 8 frames per token; nothing under one window."""
+    samples = round(seconds * 16000)
+    if samples < 400:
+        return 0
+    return -(-((samples - 400) // 160 + 1) // 8)
+
+
+GEMMA3N = Family(
+    name="gemma3n",
+    model_types=("gemma3n",),
+    model_class="Gemma3nForConditionalGeneration",
+    audio_token="<audio_soft_token>",
+    sampling_rate=16000,
+    window_seconds=30.0,
+    max_audio_seconds=30.0,  # the feature extractor cuts at 480000 samples
+    lm_lora_regex=rf".*language_model\..*\.{_LM_LINEARS}",
+    encoder_prefixes=("model.audio_tower",),
+    projector_prefixes=("model.embed_audio",),
+    other_tower_prefixes=("model.vision_tower", "model.embed_vision"),
+    assistant_header="<start_of_turn>model\n",
+    end_of_turn="<end_of_turn>",
+    aliases=("gemma-3n", "gemma_3n", "gemma-3n-e2b-it"),
+    requires_audio=False,
+    max_audios=8,
+    audio_token_count=lambda seconds: 188,  # a fixed 188 soft tokens per clip
+    hub_id="google/gemma-3n-E2B-it",
+    min_audio_samples=513,
+    loss_uses_num_items=False,
+    requires_packages=("timm",),
+    known_issue=("Gemma3nForConditionalGeneration always builds its vision tower through timm, which needs "
+                 "torchvision; no torchvision build loads beside torch 2.13 CPU (PyPI's 0.28.0 fails with "
+                 "'operator torchvision::nms does not exist' and then breaks `import transformers`). Config, "
+                 "tokenizer, processor and `audiotune plan` work; the model needs timm and a matching torchvision "
+                 "(a GPU machine)."),
+)
+
+PHI4_MULTIMODAL = Family(
+    name="phi4mm",
+    model_types=("phi4_multimodal",),
+    model_class="Phi4MultimodalForCausalLM",
+    audio_token="<|audio|>",
+    sampling_rate=16000,
+    window_seconds=40.0,
+    max_audio_seconds=40.0,  # a batch with a longer clip crashes the encoder's unfold in transformers 5.24
+    # The LM's linears are fused (qkv_proj, gate_up_proj): the guide's names would adapt the audio encoder only.
+    lm_lora_regex=r"(^|.*\.)model\.layers\.\d+\.(self_attn\.(qkv_proj|o_proj)|mlp\.(gate_up_proj|down_proj))",
+    encoder_prefixes=("model.embed_tokens_extend.audio_embed.encoder",),
+    projector_prefixes=tuple(f"model.embed_tokens_extend.audio_embed.{p}" for p in (
+        "up_proj_for_speech", "down_proj_for_speech", "up_proj_for_vision_speech", "down_proj_for_vision_speech")),
+    other_tower_prefixes=("model.embed_tokens_extend.image_embed",),
+    assistant_header="<|assistant|>",
+    end_of_turn="<|end|>",
+    aliases=("phi-4-multimodal", "phi4-multimodal", "phi4_multimodal", "phi-4-multimodal-instruct"),
+    requires_audio=False,
+    audio_tower_attribute="embed_tokens_extend",
+    max_audios=8,
+    audio_token_count=_phi4mm_tokens,
+    hub_id="microsoft/Phi-4-multimodal-instruct",
+    lm_config_attribute="",  # the LM's sizes are the top-level config's
+    min_audio_samples=400,
+)
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (AUDIO_FLAMINGO_3, MUSIC_FLAMINGO, QWEN2_AUDIO, VOXTRAL,
+                                                   GRANITE_SPEECH, GEMMA3N, PHI4_MULTIMODAL, GLM_ASR, QWEN25_OMNI)}
 
 
 def family_by_name(name: str) -> Family:

@@ -41,16 +41,22 @@ def load_processor(model_id_or_path: str | Path):
         missing = family.missing_packages()
         if missing:
             raise ModelFamilyError(
-                f"{model_id_or_path}: the {family.name} processor needs {', '.join(missing)}, which is not "
+                f"{model_id_or_path}: the {family.name} family needs {', '.join(missing)}, which is not "
                 f"installed. Install it (pip install {' '.join(missing)}) and retry"
                 + (f". Known issue: {family.known_issue}" if family.known_issue else "."))
     try:
-        return AutoProcessor.from_pretrained(str(model_id_or_path))
+        processor = AutoProcessor.from_pretrained(str(model_id_or_path))
     except ImportError as error:  # a processor part needs a package this machine lacks (e.g. torchvision)
         raise ModelFamilyError(
             f"{model_id_or_path}: its processor cannot be built here: "
             f"{next((line.strip() for line in str(error).splitlines() if line.strip()), repr(error))} "
             "Install the missing package (see docs/models.md, known issues) and retry.") from error
+    # Some processors (Phi-4-multimodal in transformers 5.24) drop their chat template on load; the tokenizer
+    # carries the same one.
+    tokenizer = getattr(processor, "tokenizer", None)
+    if getattr(processor, "chat_template", None) is None and getattr(tokenizer, "chat_template", None):
+        processor.chat_template = tokenizer.chat_template
+    return processor
 
 
 def load_base_model(model_id_or_path: str | Path, dtype: torch.dtype = torch.float32, device: str | None = None,

@@ -153,7 +153,8 @@ def build(out_dir: str | Path, seed: int = 0, preset: str = "micro") -> Path:
     text = sizes["text"]
     head_dim = text["hidden_size"] // text["num_attention_heads"]
     rotary_half = int(head_dim * 0.75) // 2
-    # LongRoPE like the published config: short factors 1.0, long factors rising (here a smooth ramp to ~47.8, the published maximum).
+    # LongRoPE like the published config: short factors 1.0, long factors rising (here a smooth ramp from 1.0
+    # to 47.77, the published range).
     long_factor = [round(1.0 + 46.77 * (i / max(1, rotary_half - 1)) ** 2, 4) for i in range(rotary_half)]
     audio_hidden = sizes["audio"]["hidden_size"]
     config = Phi4MultimodalConfig(
@@ -175,7 +176,7 @@ def build(out_dir: str | Path, seed: int = 0, preset: str = "micro") -> Path:
         },
         vision_config={**sizes["vision"], "image_size": 448, "crop_size": 448, "patch_size": 14,
                        "image_token_id": ids[IMAGE_TOKEN]},
-        **{k: v for k, v in text.items()},
+        **text,
     )
     torch.manual_seed(seed)
     model = Phi4MultimodalForCausalLM(config)
