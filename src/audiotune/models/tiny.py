@@ -66,6 +66,16 @@ PRESETS: dict[str, dict] = {
 }
 
 
+def start_build(out_dir: str | Path, preset: str, presets: dict[str, dict] | None = None) -> tuple[dict, Path]:
+    """``(sizes, folder)`` for a builder: the preset's sizes (a clear error for an unknown one), the folder made."""
+    presets = PRESETS if presets is None else presets
+    if preset not in presets:
+        raise ModelFamilyError(f"Unknown tiny preset {preset!r}; choose one of {', '.join(presets)}.")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return presets[preset], out
+
+
 def tokenizer_corpus() -> list[str]:
     """Text the tiny tokenizer is trained on: chat framing, common prompts and caption words."""
     from ..data.synthetic import vocabulary_text
@@ -121,12 +131,8 @@ def build_tiny_af3(out_dir: str | Path, seed: int = 0, preset: str = "default") 
         WhisperFeatureExtractor,
     )
 
-    if preset not in PRESETS:
-        raise ModelFamilyError(f"Unknown tiny preset {preset!r}; choose one of {', '.join(PRESETS)}.")
-    sizes = PRESETS[preset]
+    sizes, out = start_build(out_dir, preset)
     family: Family = AUDIO_FLAMINGO_3
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
 
     tokenizer = build_tokenizer(sizes["vocab_size"], family.audio_token)
     feature_extractor = WhisperFeatureExtractor(feature_size=128, return_attention_mask=True)

@@ -24,7 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...errors import ModelFamilyError
-from ..tiny import tokenizer_corpus
+from ..tiny import tokenizer_corpus, start_build
 
 AUDIO_TOKEN = "<|pad|>"
 END_OF_TURN = "<|user|>"
@@ -124,11 +124,7 @@ def build(out_dir: str | Path, seed: int = 0, preset: str = "micro") -> Path:
         WhisperFeatureExtractor,
     )
 
-    if preset not in PRESETS:
-        raise ModelFamilyError(f"Unknown tiny preset {preset!r}; choose one of {', '.join(PRESETS)}.")
-    sizes = PRESETS[preset]
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    sizes, out = start_build(out_dir, preset, PRESETS)
 
     tokenizer = build_glm_tokenizer(sizes["vocab_size"])
     tokenizer.chat_template = GLMASR_CHAT_TEMPLATE

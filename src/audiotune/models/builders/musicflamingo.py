@@ -19,8 +19,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ...errors import ModelFamilyError
-from ..tiny import AF3_CHAT_TEMPLATE, build_tokenizer
+from ..tiny import AF3_CHAT_TEMPLATE, PRESETS, build_tokenizer, start_build
 
 AUDIO_TOKEN = "<sound>"
 AUDIO_BOS_TOKEN = "<|sound_bos|>"
@@ -42,20 +41,6 @@ MUSIC_FLAMINGO_SYSTEM_PROMPT = (
 MUSICFLAMINGO_CHAT_TEMPLATE = AF3_CHAT_TEMPLATE.replace("You are a helpful assistant.", MUSIC_FLAMINGO_SYSTEM_PROMPT)
 assert MUSICFLAMINGO_CHAT_TEMPLATE != AF3_CHAT_TEMPLATE
 
-PRESETS: dict[str, dict] = {
-    "default": {
-        "encoder": {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 512},
-        "text": {"hidden_size": 256, "num_hidden_layers": 8, "num_attention_heads": 8, "num_key_value_heads": 2,
-                 "intermediate_size": 1024},
-        "vocab_size": 2048,
-    },
-    "micro": {
-        "encoder": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64},
-        "text": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-                 "intermediate_size": 128},
-        "vocab_size": 1024,
-    },
-}
 
 
 def build(out_dir: str | Path, seed: int = 0, preset: str = "micro") -> Path:
@@ -69,11 +54,7 @@ def build(out_dir: str | Path, seed: int = 0, preset: str = "micro") -> Path:
         WhisperFeatureExtractor,
     )
 
-    if preset not in PRESETS:
-        raise ModelFamilyError(f"Unknown tiny preset {preset!r}; choose one of {', '.join(PRESETS)}.")
-    sizes = PRESETS[preset]
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    sizes, out = start_build(out_dir, preset, PRESETS)
 
     # Qwen2 tokenizer with ChatML + <sound> (shared with the AF3 builder), plus the sound boundaries.
     tokenizer = build_tokenizer(sizes["vocab_size"], AUDIO_TOKEN)

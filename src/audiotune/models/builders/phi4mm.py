@@ -33,6 +33,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..tiny import start_build
+
 # The native checkpoint's processor chat template (transformers' ``Phi4MultimodalProcessor``): an audio part
 # renders as ``<|audio|>``, a text part as its text, each turn closes with ``<|end|>``, and a rendering without
 # a generation prompt ends with the eos token.
@@ -134,13 +136,7 @@ def build(out_dir: str | Path, seed: int = 0, preset: str = "micro") -> Path:
         SiglipImageProcessorPil,
     )
 
-    from ...errors import ModelFamilyError
-
-    if preset not in PRESETS:
-        raise ModelFamilyError(f"Unknown tiny preset {preset!r}; choose one of {', '.join(PRESETS)}.")
-    sizes = PRESETS[preset]
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    sizes, out = start_build(out_dir, preset, PRESETS)
 
     tokenizer = build_tokenizer(sizes["vocab_size"])
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}

@@ -29,6 +29,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..tiny import start_build
+
 AUDIO_TOKEN = "<|AUDIO|>"
 NAMED_TOKENS = {
     "audio_token": AUDIO_TOKEN,
@@ -143,13 +145,7 @@ def build(out_dir: str | Path, seed: int = 0, preset: str = "micro") -> Path:
         WhisperFeatureExtractor,
     )
 
-    from ...errors import ModelFamilyError
-
-    if preset not in PRESETS:
-        raise ModelFamilyError(f"Unknown tiny preset {preset!r}; choose one of {', '.join(PRESETS)}.")
-    sizes = PRESETS[preset]
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    sizes, out = start_build(out_dir, preset, PRESETS)
 
     tokenizer = build_tokenizer(sizes["vocab_size"])
     tokenizer.chat_template = CHAT_TEMPLATE

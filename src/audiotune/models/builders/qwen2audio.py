@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..tiny import start_build
+
 AUDIO_TOKEN = "<|AUDIO|>"
 AUDIO_BOS = "<|audio_bos|>"
 AUDIO_EOS = "<|audio_eos|>"
@@ -92,13 +94,7 @@ def build(out_dir: str | Path, seed: int = 0, preset: str = "micro") -> Path:
         WhisperFeatureExtractor,
     )
 
-    from ...errors import ModelFamilyError
-
-    if preset not in PRESETS:
-        raise ModelFamilyError(f"Unknown tiny preset {preset!r}; choose one of {', '.join(PRESETS)}.")
-    sizes = PRESETS[preset]
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    sizes, out = start_build(out_dir, preset, PRESETS)
 
     tokenizer = build_tokenizer(sizes["vocab_size"])
     tokenizer.chat_template = CHAT_TEMPLATE
