@@ -82,6 +82,9 @@ def test_local_checkpoint_and_unknown_id(micro_af3):
     with pytest.raises(ConfigError) as error:
         make_plan("nobody/no-such-model")
     assert AF3 in str(error.value) and all(i in str(error.value) for i in published_ids())
+    with pytest.raises(ConfigError):
+        make_plan(AF3, source="hub")  # offline (HF_HUB_OFFLINE=1): the Hub path is really taken, and fails clearly
+    assert make_plan(AF3, source="shipped").parameters.total == make_plan(AF3).parameters.total
 
 
 def test_plan_cli():

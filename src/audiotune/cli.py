@@ -450,6 +450,7 @@ def plan(
     text_tokens: Annotated[int, typer.Option(help="Prompt + answer tokens per sample.")] = 64,
     lora_r: int = 16,
     lora_targets: Annotated[Optional[str], typer.Option(help="Comma list or regex (default: LM linears).")] = None,
+    source: Annotated[str, typer.Option(help="auto | hub | shipped: where the architecture comes from.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
 ) -> None:
     """Parameter counts (exact, on the meta device) and a per-GPU memory estimate, before renting a GPU."""
@@ -461,7 +462,7 @@ def plan(
     mode = "qlora" if qlora else "full" if full else "lora"
     targets = _parse_targets(lora_targets)
     result = make_plan(model, mode=mode, batch=batch, audio_seconds=audio_seconds, text_tokens=text_tokens,
-                       lora_r=lora_r, lora_targets=targets)
+                       lora_r=lora_r, lora_targets=targets, source=source)
     if as_json:
         console.print_json(json.dumps(result.to_dict()))
         return

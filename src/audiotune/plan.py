@@ -46,15 +46,24 @@ def published_ids() -> list[str]:
     return sorted(path.stem.replace("--", "/") for path in PUBLISHED_DIR.glob("*.json"))
 
 
-def load_architecture(model: str):
-    """``(config, source)``: a local folder, a shipped public architecture, or a Hub id's config (network)."""
+def load_architecture(model: str, source: str = "auto"):
+    """``(config, source)``: a local folder, a shipped public architecture, or a Hub id's config (network).
+
+    ``source``: ``auto`` (local, else shipped, else the Hub: offline a Hub lookup costs ~30 s of retries, so a
+    shipped architecture wins), ``hub`` (always the Hub's config.json, e.g. for a variant with other sizes) or
+    ``shipped``.
+    """
     from transformers import AutoConfig
 
+    if source not in ("auto", "hub", "shipped"):
+        raise ConfigError(f"--source {source!r}: choose auto, hub or shipped.")
     path = Path(model)
     if (path / "config.json").exists():
         return AutoConfig.from_pretrained(str(path)), f"{path / 'config.json'}"
     shipped = PUBLISHED_DIR / f"{model.replace('/', '--')}.json"
-    if shipped.exists():
+    if source == "shipped" and not shipped.exists():
+        raise ConfigError(f"No shipped architecture for {model!r}; shipped: {', '.join(published_ids())}.")
+    if shipped.exists() and source != "hub":
         data = json.loads(shipped.read_text())
         data = {k: v for k, v in data.items() if not k.startswith("_")}
         return AutoConfig.for_model(**data), f"published architecture shipped with audiotune ({shipped.name})"
@@ -241,13 +250,13 @@ def _activation_bytes(lm: dict[str, int], tokens: int, checkpointing: bool, enco
 
 
 def make_plan(model: str, mode: str = "lora", batch: int = 4, audio_seconds: float = 10.0, text_tokens: int = 64,
-              lora_r: int = 16, lora_targets: str | list[str] | None = None) -> Plan:
+              lora_r: int = 16, lora_targets: str | list[str] | None = None, source: str = "auto") -> Plan:
     """Parameter counts and the memory estimate for fine-tuning ``model`` (see the module docstring)."""
     if mode not in ("lora", "qlora", "full"):
         raise ConfigError(f"mode {mode!r}: choose lora, qlora or full.")
     if batch < 1 or audio_seconds <= 0:
         raise ConfigError("--batch must be ≥ 1 and --audio-seconds > 0.")
-    config, source = load_architecture(model)
+    config, source = load_architecture(model, source)
     config = getattr(config, "thinker_config", None) or config  # Qwen2.5-Omni's Hub layout: plan the thinker
     family = family_for_config(config)
     meta, notes = instantiate_on_meta(config, family)
