@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback
 
+from .models.loading import save_processor
+
 logger = logging.getLogger(__name__)
 
 STAGING = ".staging"
@@ -100,7 +102,7 @@ def save_atomically(trainer: Trainer, processor, out_dir: Path) -> None:
     staging = out_dir / STAGING / "final"
     trainer.save_model(str(staging))
     if trainer.is_world_process_zero():
-        processor.save_pretrained(str(staging))
+        save_processor(processor, staging)
         for path in sorted(staging.iterdir()):
             os.replace(path, out_dir / path.name)
         shutil.rmtree(out_dir / STAGING, ignore_errors=True)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from .models.loading import load_model, load_processor
+from .models.loading import load_model, load_processor, save_processor
 
 
 def merge_adapter(model: str, adapter: str, out: str | Path, dtype: torch.dtype = torch.float32) -> Path:
@@ -21,5 +21,5 @@ def merge_adapter(model: str, adapter: str, out: str | Path, dtype: torch.dtype 
     out_dir.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(str(out_dir))
     processor_source = adapter if (Path(adapter) / "processor_config.json").exists() else model
-    load_processor(processor_source).save_pretrained(str(out_dir))
+    save_processor(load_processor(processor_source), out_dir)
     return out_dir

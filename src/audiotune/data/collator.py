@@ -62,7 +62,7 @@ class ConversationCollator:
 
     def __post_init__(self) -> None:
         tokenizer = self.processor.tokenizer
-        self.header_ids = tokenizer.encode(self.family.assistant_header, add_special_tokens=False)
+        self.header_ids = token_ids_of(tokenizer, self.family.assistant_header)
         self.end_id = tokenizer.convert_tokens_to_ids(self.family.end_of_turn)
 
     def render(self, examples: list[Example]) -> list[str]:
@@ -74,12 +74,15 @@ class ConversationCollator:
         return texts
 
     def __call__(self, examples: list[Example]) -> dict[str, torch.Tensor]:
-        texts = self.render(examples)
-        audios = [self.family.prepare_audio(a) for e in examples for a in e.audios()]
-        # Padding options go to the text side only: the audio side must keep its fixed 30 s windows.
-        side = "right" if self.training else "left"
-        batch = self.processor(text=texts, audio=audios or None,
-                               text_kwargs={"padding": True, "padding_side": side}, return_tensors="pt")
+        if self.family.processor_tokenizes_chat:
+            batch = self._encode_through_chat_template(examples)
+        else:
+            texts = self.render(examples)
+            audios = [self.family.prepare_audio(a) for e in examples for a in e.audios()]
+            # Padding options go to the text side only: the audio side must keep its fixed 30 s windows.
+            side = "right" if self.training else "left"
+            batch = self.processor(text=texts, audio=audios or None,
+                                   text_kwargs={"padding": True, "padding_side": side}, return_tensors="pt")
         # Every tensor the processor returns is a model input (features, their masks, per-family extras).
         batch = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
         if self.training:
@@ -87,3 +90,59 @@ class ConversationCollator:
             mask &= batch["attention_mask"].bool()
             batch["labels"] = torch.where(mask, batch["input_ids"], torch.full_like(batch["input_ids"], IGNORE_INDEX))
         return batch
+
+    def _encode_through_chat_template(self, examples: list[Example]):
+        """Families whose processor only tokenises inside ``apply_chat_template`` (Voxtral's mistral-common
+        backend): audio goes in as base64 WAV parts, text-only content as plain strings, and a system prompt is
+        folded into the first user turn (Voxtral's tokenizer refuses a system turn next to audio)."""
+        conversations = [_as_encoded_chat(e.conversation() if self.training else e.messages,
+                                          self.family.sampling_rate, self.family.prepare_audio) for e in examples]
+        return self.processor.apply_chat_template(conversations, tokenize=True, return_dict=True,
+                                                  return_tensors="pt")
+
+
+def token_ids_of(tokenizer, text: str) -> list[int]:
+    """Ids of ``text`` as it appears in a rendered conversation: one id when it is a single (special) token
+    (mistral-common never parses special tokens out of text), else its encoding."""
+    try:
+        single = tokenizer.convert_tokens_to_ids(text)
+    except (KeyError, ValueError):
+        single = None
+    if isinstance(single, int) and single >= 0 and single != tokenizer.unk_token_id:
+        return [single]
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+def _wav_base64(wave, rate: int) -> str:
+    import base64
+    import io
+
+    import soundfile as sf
+
+    buffer = io.BytesIO()
+    sf.write(buffer, wave, rate, format="WAV", subtype="FLOAT")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _as_encoded_chat(messages: list[dict[str, Any]], rate: int, prepare_audio) -> list[dict[str, Any]]:
+    system = " ".join(part["text"] for m in messages if m["role"] == "system"
+                      for part in (m["content"] if isinstance(m["content"], list) else [{"text": m["content"]}]))
+    converted: list[dict[str, Any]] = []
+    for message in messages:
+        if message["role"] == "system":
+            continue
+        content = message["content"]
+        if isinstance(content, list):
+            parts = [{"type": "audio", "base64": _wav_base64(prepare_audio(part["audio"]), rate)}
+                     if part.get("type") == "audio" else part for part in content]
+            if all(part.get("type") == "text" for part in parts):
+                content = "".join(part["text"] for part in parts)
+            else:
+                content = parts
+        if system and message["role"] == "user" and not any(m["role"] == "user" for m in converted):
+            if isinstance(content, str):
+                content = f"{system}\n\n{content}"
+            else:
+                content = [{"type": "text", "text": f"{system}\n\n"}, *content]
+        converted.append({"role": message["role"], "content": content})
+    return converted

@@ -14,6 +14,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..errors import ModelFamilyError
 
@@ -67,6 +68,10 @@ class Family:
     # Python packages the family's processor imports beyond audiotune's own dependencies (checked up front, so a
     # missing one is a one-line error instead of an ImportError deep inside transformers).
     requires_packages: tuple[str, ...] = ()
+    # The processor tokenises only inside ``apply_chat_template`` (Voxtral's mistral-common backend): the collator
+    # then hands it whole conversations, audio as base64 WAV parts.
+    processor_tokenizes_chat: bool = False
+    processor_kwargs: tuple[tuple[str, Any], ...] = ()  # extra ``AutoProcessor.from_pretrained`` arguments
 
     def missing_packages(self) -> list[str]:
         import importlib.util
@@ -291,12 +296,11 @@ VOXTRAL = Family(
     audio_token_count=_voxtral_tokens,
     hub_id="mistralai/Voxtral-Mini-3B-2507",
     requires_packages=("mistral_common",),
-    known_issue=("VoxtralProcessor tokenises through mistral-common's tekken backend, and every mistral-common "
-                 "release (≤1.13.1) requires numpy<2.4 while audiotune pins numpy 2.4. Its processor also "
-                 "takes audio only as base64/path parts, refuses a system turn with audio and renders text only "
-                 "through `apply_chat_template(tokenize=True)`, which the shared collator does not use yet. The "
-                 "model, config, LoRA regex and `audiotune plan` work."),
+    processor_tokenizes_chat=True,
+    # "test" (the default) refuses a conversation ending with the assistant's reply, "finetuning" one without it.
+    processor_kwargs=(("mode", "agnostic"),),
 )
+
 
 GRANITE_SPEECH = Family(
     name="granite_speech",

@@ -33,19 +33,36 @@ def resolve_family(model_id_or_path: str) -> Family:
     return family_for_config(config)
 
 
+def _family_of_folder(path: Path) -> Family | None:
+    """The family of a local checkpoint, or of an adapter folder's base model; None when it cannot be told
+    offline (a Hub id: its processor then loads with transformers' defaults)."""
+    if (path / "config.json").exists():
+        return resolve_family(str(path))
+    adapter_config = path / "adapter_config.json"
+    if adapter_config.exists():
+        import json
+
+        base = json.loads(adapter_config.read_text()).get("base_model_name_or_path")
+        if base and (Path(base) / "config.json").exists():
+            return resolve_family(base)
+    return None
+
+
 def load_processor(model_id_or_path: str | Path):
     from transformers import AutoProcessor
 
-    if (Path(model_id_or_path) / "config.json").exists():
-        family = resolve_family(str(model_id_or_path))
+    family = _family_of_folder(Path(model_id_or_path))
+    kwargs: dict[str, Any] = {}
+    if family is not None:
         missing = family.missing_packages()
         if missing:
             raise ModelFamilyError(
                 f"{model_id_or_path}: the {family.name} family needs {', '.join(missing)}, which is not "
                 f"installed. Install it (pip install {' '.join(missing)}) and retry"
                 + (f". Known issue: {family.known_issue}" if family.known_issue else "."))
+        kwargs.update(family.processor_kwargs)
     try:
-        processor = AutoProcessor.from_pretrained(str(model_id_or_path))
+        processor = AutoProcessor.from_pretrained(str(model_id_or_path), **kwargs)
     except ImportError as error:  # a processor part needs a package this machine lacks (e.g. torchvision)
         raise ModelFamilyError(
             f"{model_id_or_path}: its processor cannot be built here: "
@@ -57,6 +74,19 @@ def load_processor(model_id_or_path: str | Path):
     if getattr(processor, "chat_template", None) is None and getattr(tokenizer, "chat_template", None):
         processor.chat_template = tokenizer.chat_template
     return processor
+
+
+def save_processor(processor, out_dir: str | Path) -> None:
+    """``processor.save_pretrained`` that also loads back from a folder without the model's config.json (an
+    adapter folder): a tokenizer that writes no tokenizer_config.json (Voxtral's mistral-common backend) gets
+    one naming its class, or transformers would load a different tokenizer class from the same files."""
+    import json
+
+    processor.save_pretrained(str(out_dir))
+    tokenizer = getattr(processor, "tokenizer", None)
+    marker = Path(out_dir) / "tokenizer_config.json"
+    if tokenizer is not None and not marker.exists():
+        marker.write_text(json.dumps({"tokenizer_class": type(tokenizer).__name__}) + "\n")
 
 
 def load_base_model(model_id_or_path: str | Path, dtype: torch.dtype = torch.float32, device: str | None = None,
