@@ -20,6 +20,7 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from .errors import AudiotuneError
+from .models.families import FAMILIES
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Fine-tune, evaluate, run and serve audio-text-to-text models.")
@@ -44,7 +45,7 @@ def _main(debug: Annotated[bool, typer.Option(help="Show tracebacks for errors."
 
 
 @app.command()
-def tiny(family: Annotated[str, typer.Option(help="Model family, e.g. af3.")] = "af3",
+def tiny(family: Annotated[str, typer.Option(help=f"Model family: {', '.join(FAMILIES)}.")] = "af3",
          out: Annotated[Path, typer.Option(help="Folder to write the checkpoint to.")] = Path("models/tiny-af3"),
          seed: int = 0,
          preset: Annotated[str, typer.Option(help="default (benchmark proportions) or micro (unit tests).")] = "default",

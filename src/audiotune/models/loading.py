@@ -34,18 +34,18 @@ def resolve_family(model_id_or_path: str) -> Family:
 
 
 def _family_of_folder(path: Path) -> Family | None:
-    """The family of a local checkpoint, or of an adapter folder's base model; None when it cannot be told
-    offline (a Hub id: its processor then loads with transformers' defaults)."""
-    if (path / "config.json").exists():
-        return resolve_family(str(path))
+    """The family of a checkpoint (local or Hub id), or of an adapter folder's base model; None when it cannot be
+    told (then the processor loads with transformers' defaults, and any real problem surfaces there)."""
     adapter_config = path / "adapter_config.json"
-    if adapter_config.exists():
+    if not (path / "config.json").exists() and adapter_config.exists():
         import json
 
         base = json.loads(adapter_config.read_text()).get("base_model_name_or_path")
-        if base and (Path(base) / "config.json").exists():
-            return resolve_family(base)
-    return None
+        path = Path(base) if base else path
+    try:
+        return resolve_family(str(path))
+    except (CheckpointError, ModelFamilyError):
+        return None
 
 
 def load_processor(model_id_or_path: str | Path):
