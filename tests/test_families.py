@@ -56,13 +56,20 @@ def test_families_end_to_end(name, synth_data, tmp_path):
     examples = _examples(family)
     batch = ConversationCollator(processor, family, training=True)(examples)
     end_id = tokenizer.convert_tokens_to_ids(family.end_of_turn)
+    audio_id = tokenizer.convert_tokens_to_ids(family.audio_token)
     for row, example in enumerate(examples):
         labels = batch["labels"][row]
         kept = labels[labels != IGNORE_INDEX].tolist()
         assert kept[-1] == end_id
         assert tokenizer.decode(kept[:-1]).strip() == example.target
-        audio_id = tokenizer.convert_tokens_to_ids(family.audio_token)
         assert audio_id not in kept
+
+    # The family's audio-token arithmetic (data check, length grouping, plan) matches what its processor does.
+    prompt_collator = ConversationCollator(processor, family, training=False)
+    for seconds in (1.0, 3.5, 10.0, 31.0):
+        clip = tone(min(seconds, family.max_audio_seconds), 440, family.sampling_rate)
+        prompt = prompt_collator(examples_from_audio([clip], "Describe the audio."))
+        assert int((prompt["input_ids"] == audio_id).sum()) == family.audio_tokens(len(clip) / family.sampling_rate)
 
     # A few LoRA steps on the synthetic AudioCaps parquet: finite loss, no LoRA in the encoder or projector.
     out = tmp_path / "run"
@@ -122,3 +129,17 @@ def test_every_family_has_a_builder_and_a_published_architecture():
     for family in FAMILIES.values():
         assert callable(builder_for(family.name))
         assert family.hub_id in shipped, f"{family.name}: no published architecture for {family.hub_id}"
+
+
+def test_per_family_audio_quirks_are_applied_before_the_processor():
+    import numpy as np
+
+    from audiotune.models.families import AUDIO_FLAMINGO_3, MUSIC_FLAMINGO, QWEN2_AUDIO
+
+    window = 30 * 16000
+    just_past = np.ones(window + 100, dtype=np.float32)
+    assert len(MUSIC_FLAMINGO.prepare_audio(just_past)) == window  # a 0-token window would break its time embeddings
+    assert len(MUSIC_FLAMINGO.prepare_audio(np.ones(window + 400, dtype=np.float32))) == window + 400
+    assert len(AUDIO_FLAMINGO_3.prepare_audio(just_past)) == window + 100  # nothing to fix for AF3
+    short = QWEN2_AUDIO.prepare_audio(np.ones(100, dtype=np.float32))
+    assert len(short) == 1600 and short[:100].sum() == 100 and not short[100:].any()  # padded with silence
