@@ -143,3 +143,34 @@ def test_per_family_audio_quirks_are_applied_before_the_processor():
     assert len(AUDIO_FLAMINGO_3.prepare_audio(just_past)) == window + 100  # nothing to fix for AF3
     short = QWEN2_AUDIO.prepare_audio(np.ones(100, dtype=np.float32))
     assert len(short) == 1600 and short[:100].sum() == 100 and not short[100:].any()  # padded with silence
+
+
+def _served_family_params():
+    return [pytest.param(name, marks=pytest.mark.slow, id=name) for name, family in FAMILIES.items()
+            if not family.known_issue]
+
+
+@pytest.mark.parametrize("name", _served_family_params())
+def test_families_serve_through_the_openai_client(name, tmp_path):
+    """The models page says every working family serves: one ``input_audio`` request with the real client."""
+    import signal
+
+    from openai import OpenAI
+
+    from tests.test_serve import _b64, _start
+
+    family = family_by_name(name)
+    checkpoint = build_tiny(name, tmp_path / "tiny", seed=0, preset="micro")
+    process, base = _start(checkpoint, "--max-tokens", "16")
+    try:
+        client = OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=120)
+        wave = tone(1.5, 440, family.sampling_rate)
+        audio = {"type": "input_audio", "input_audio": {"data": _b64(wave, family.sampling_rate), "format": "wav"}}
+        reply = client.chat.completions.create(
+            model=client.models.list().data[0].id, max_tokens=6,
+            messages=[{"role": "user", "content": [audio, {"type": "text", "text": "Describe the audio."}]}])
+        assert reply.choices[0].message.content is not None and reply.usage.completion_tokens > 0
+        assert reply.usage.prompt_tokens > family.audio_tokens(1.5)  # the audio placeholders are counted
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
