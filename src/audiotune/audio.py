@@ -215,5 +215,12 @@ def apply_length_policy(wave: np.ndarray, rate: int, name: str, limits: AudioLim
     return wave[: int(kept * rate)]
 
 
+def encode_audio(wave: np.ndarray, rate: int, fmt: str = "WAV", subtype: str = "PCM_16") -> bytes:
+    """The clip as a file in memory (``subtype="FLOAT"`` keeps a float32 waveform exactly)."""
+    buffer = io.BytesIO()
+    sf.write(buffer, wave, rate, format=fmt, subtype=subtype)
+    return buffer.getvalue()
+
+
 def duration_seconds(n_samples: int, rate: int) -> float:
     return n_samples / rate if rate else math.nan

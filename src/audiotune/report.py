@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import yaml
 
+from .audio import encode_audio
 from .metrics import LOWER_IS_BETTER, best_value, headline_metric
 
 if TYPE_CHECKING:
@@ -99,11 +99,7 @@ def _sample_rows(report: "EvalReport") -> tuple[str, list[dict[str, Any]]]:
 
 
 def _wav_data_uri(audio: np.ndarray, rate: int) -> str:
-    import soundfile as sf
-
-    buffer = io.BytesIO()
-    sf.write(buffer, audio, rate, format="WAV", subtype="PCM_16")
-    return "data:audio/wav;base64," + base64.b64encode(buffer.getvalue()).decode()
+    return "data:audio/wav;base64," + base64.b64encode(encode_audio(audio, rate)).decode()
 
 
 def _png_data_uri(path: Path) -> str:

@@ -115,13 +115,10 @@ def token_ids_of(tokenizer, text: str) -> list[int]:
 
 def _wav_base64(wave, rate: int) -> str:
     import base64
-    import io
 
-    import soundfile as sf
+    from ..audio import encode_audio
 
-    buffer = io.BytesIO()
-    sf.write(buffer, wave, rate, format="WAV", subtype="FLOAT")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
+    return base64.b64encode(encode_audio(wave, rate, subtype="FLOAT")).decode("ascii")
 
 
 def _as_encoded_chat(messages: list[dict[str, Any]], rate: int, prepare_audio) -> list[dict[str, Any]]:

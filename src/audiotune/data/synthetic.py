@@ -20,13 +20,13 @@ Clips are 1–10 s long, at 16 / 22.05 / 44.1 kHz, mono or stereo, stored as WAV
 
 from __future__ import annotations
 
-import io
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
+
+from ..audio import encode_audio
 
 SAMPLE_RATES = (16000, 22050, 44100)
 N_REFERENCES = 5
@@ -182,12 +182,6 @@ def make_clip(index: int, seed: int, min_seconds: float = 1.0, max_seconds: floa
         wave = np.stack([wave, 0.8 * wave], axis=1)
     captions = tuple(caption_for(events, rng) for _ in range(N_REFERENCES))
     return SyntheticClip(f"synth{seed:03d}-{index:05d}", wave, sr, tuple(events), captions)
-
-
-def encode_audio(wave: np.ndarray, sr: int, fmt: str) -> bytes:
-    buffer = io.BytesIO()
-    sf.write(buffer, wave, sr, format=fmt, subtype="PCM_16")
-    return buffer.getvalue()
 
 
 def write_synthetic_audiocaps(
