@@ -50,7 +50,9 @@ def test_public_api_names_resolve():
 
     for name in ("finetune", "generate_answers", "GenerationSettings", "examples_from_audio", "merge_adapter",
                  "load_model", "load_processor", "build_tiny", "write_synthetic_audiocaps", "load_audio",
-                 "run_evaluation", "EvalConfig", "check_dataset", "run_server", "ServeConfig", "run_demo"):
+                 "run_evaluation", "EvalConfig", "check_dataset", "run_server", "ServeConfig", "run_demo",
+                 "make_plan"):
         assert callable(getattr(audiotune, name)), name
+    assert "af3" in audiotune.FAMILIES
     with pytest.raises(AttributeError):
         audiotune.no_such_thing  # noqa: B018

@@ -35,6 +35,8 @@ def __getattr__(name: str):
         "run_server": ("serve.server", "serve"),  # not "serve": that is the subpackage's name
         "ServeConfig": ("serve.server", "ServeConfig"),
         "run_demo": ("demo", "run_demo"),
+        "make_plan": ("plan", "make_plan"),
+        "FAMILIES": ("models.families", "FAMILIES"),
     }
     if name in lazy:
         import importlib
