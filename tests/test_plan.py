@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from audiotune.cli import app
 from audiotune.errors import ConfigError
-from audiotune.models.families import FAMILIES
+from audiotune.models.families import FAMILIES, GUIDE_LORA_TARGETS
 from audiotune.plan import make_plan, published_ids
 
 AF3 = "nvidia/audio-flamingo-3-hf"
@@ -62,6 +62,9 @@ def test_memory_estimate_moves_the_right_way():
     assert full.memory[0].trainable_state_gb > 10 * lora.memory[0].trainable_state_gb
     longer = make_plan(AF3, audio_seconds=30)
     assert longer.audio_tokens == 750 and longer.memory[0].activations_per_sample_gb > lora.memory[0].activations_per_sample_gb
+    # With the guide's target list the frozen encoder must keep its activations for the backward pass.
+    guide = make_plan(AF3, lora_targets=GUIDE_LORA_TARGETS)
+    assert guide.memory[1].activations_per_sample_gb > 1.5 * without.activations_per_sample_gb
     # The guide's batch of 4 (10 s clips, bf16, LoRA) fits a 24 GB card only with gradient checkpointing.
     assert without.max_batch[24] < 4 <= with_ckpt.max_batch[24]
 
