@@ -66,9 +66,10 @@ def run(clips: int = 64, batch_size: int = 16, repeats: int = 3, max_new_tokens:
 
 @torch.inference_mode()
 def encode_only(model, processor, family, examples, batch_size):
-    """The work no generation strategy avoids: features + the frozen encoder over full 30 s windows, batched.
+    """The work no generation strategy avoids, batched: features, the frozen encoder over full 30 s windows, and
+    one forward pass of the language model over each prompt (the prefill), with logits for the last position only.
 
-    The guide's time divided by this is the ratio a batched path could reach if its language model cost nothing.
+    The guide's time divided by this is the ratio a batched path could reach if decoding the answer cost nothing.
     """
     from audiotune.data.collator import ConversationCollator
     from audiotune.models.loading import to_model_inputs
@@ -76,4 +77,4 @@ def encode_only(model, processor, family, examples, batch_size):
     collator = ConversationCollator(processor, family, training=False)
     for start in range(0, len(examples), batch_size):
         batch = to_model_inputs(collator(examples[start : start + batch_size]), model)
-        model.get_audio_features(batch["input_features"], batch["input_features_mask"])
+        model(**batch, logits_to_keep=1)
