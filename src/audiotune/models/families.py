@@ -65,8 +65,9 @@ class Family:
     # False when the model's own loss ignores ``num_items_in_batch`` (Qwen2-Audio): the Trainer must then average
     # over gradient-accumulation steps itself, or the loss is too large by the accumulation factor.
     loss_uses_num_items: bool = True
-    # Python packages the family's processor imports beyond audiotune's own dependencies (checked up front, so a
-    # missing one is a one-line error instead of an ImportError deep inside transformers).
+    # Python packages the family needs beyond audiotune's own dependencies (its processor or its model class imports
+    # them); checked when the processor loads, so a missing one is a one-line error, not an ImportError deep inside
+    # transformers.
     requires_packages: tuple[str, ...] = ()
     # The processor tokenises only inside ``apply_chat_template`` (Voxtral's mistral-common backend): the collator
     # then hands it whole conversations, audio as base64 WAV parts.
