@@ -22,3 +22,15 @@ def test_known_issues_are_the_strict_xfails():
     for name, family in FAMILIES.items():
         assert (results[name] == "xfailed") == (family.known_issue is not None), name
         assert results[name] != "failed", name
+
+
+def test_models_command_lists_every_family():
+    from typer.testing import CliRunner
+
+    from audiotune.cli import app
+
+    result = CliRunner().invoke(app, ["models"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    for family in FAMILIES.values():
+        assert family.name in result.output
+    assert result.output.count("blocked here") == sum(1 for f in FAMILIES.values() if f.known_issue)

@@ -441,6 +441,24 @@ def serve(
 
 
 @app.command()
+def models() -> None:
+    """The supported model families: checkpoint, audio token, rate, limits and known issues."""
+    from rich.markup import escape
+
+    table = Table(title="model families (docs/models.md has the tested status)")
+    for column in ("family", "model_type", "main checkpoint", "audio token", "max audio", "vLLM", "status"):
+        table.add_column(column)
+    for family in FAMILIES.values():
+        status = "[yellow]blocked here[/yellow]" if family.known_issue else "[green]works[/green]"
+        table.add_row(family.name, ", ".join(family.model_types), family.hub_id or "", escape(family.audio_token),
+                      f"{family.max_audio_seconds:g} s", "yes" if family.vllm_supported else "no", status)
+    console.print(table)
+    for family in FAMILIES.values():
+        if family.known_issue:
+            console.print(f"[yellow]{family.name}[/yellow]: {escape(family.known_issue)}")
+
+
+@app.command()
 def plan(
     model: Annotated[str, typer.Option(help="Hub id (shipped architectures work offline) or checkpoint folder.")],
     lora: Annotated[bool, typer.Option("--lora", help="LoRA on the language model (default).")] = True,
