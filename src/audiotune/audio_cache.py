@@ -24,9 +24,7 @@ logger = logging.getLogger(__name__)
 
 
 def cache_is_safe(model: torch.nn.Module, family: Family) -> bool:
-    """True when the family supports the cache and no parameter of the encoder or projector trains (LoRA included)."""
-    if not family.audio_cache:
-        return False
+    """True when no parameter of the encoder or projector trains (LoRA included)."""
     return not any(p.requires_grad and (family.is_encoder_module(n) or family.is_projector_module(n))
                    for n, p in model.named_parameters())
 
@@ -90,8 +88,16 @@ class AudioEmbeddingCache:
 
 
 def install_audio_cache(model: torch.nn.Module, family: Family, cache: AudioEmbeddingCache):
-    """Wrap the audio-features method of ``model`` (plain or PEFT-wrapped); return a function that undoes it."""
+    """Wrap the audio-features method of ``model`` (plain or PEFT-wrapped); return a function that undoes it.
+
+    A family whose audio-features method has another signature (``family.audio_cache`` false) is left as it is:
+    the cache is an optimisation, never a requirement.
+    """
     from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    if not family.audio_cache:
+        logger.info("audio-embedding cache not available for the %s family; running without it.", family.name)
+        return lambda: None
 
     inner = _inner_model(model, family)
     original = getattr(inner, family.audio_features_method)

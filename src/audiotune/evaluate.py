@@ -175,8 +175,7 @@ def run_evaluation(cfg: EvalConfig, on_model: Callable[[str, int], None] | None 
         if on_model:
             on_model(name, len(examples))
         model, _ = load_model(model_path, adapter=adapter)
-        if family.audio_cache:
-            install_audio_cache(model, family, audio_cache)
+        install_audio_cache(model, family, audio_cache)
         processor_source = adapter if adapter and (Path(adapter) / "processor_config.json").exists() else model_path
         metrics, rows = score_model(model, load_processor(processor_source), family, examples, task, settings,
                                     cfg.batch_size, cfg.with_meteor, cfg.spice_models, notices, on_batch)

@@ -20,6 +20,8 @@ from ..errors import ModelFamilyError
 
 # The guide's target list. Kept only to show users what it also matches (the audio encoder).
 GUIDE_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# The same names, but only under the language model: audiotune's default LoRA targets.
+LM_LORA_REGEX = rf".*language_model\..*\.({'|'.join(GUIDE_LORA_TARGETS)})"
 
 
 @dataclass(frozen=True)
@@ -33,11 +35,13 @@ class Family:
     sampling_rate: int
     window_seconds: float  # one encoder window
     max_audio_seconds: float  # beyond this the processor would truncate
-    lm_lora_regex: str  # full-name regex of the language model's linear layers
-    encoder_prefixes: tuple[str, ...]  # module-name prefixes of the audio encoder
-    projector_prefixes: tuple[str, ...]
     assistant_header: str  # text that opens an assistant turn in the rendered template
     end_of_turn: str  # token that closes a turn; it is kept in the loss so the model learns to stop
+    # The layout most of transformers' audio LLMs share: ``model.audio_tower``, ``model.multi_modal_projector`` and
+    # ``model.language_model`` with Llama-style q/k/v/o/gate/up/down linears. Families that differ say so.
+    lm_lora_regex: str = LM_LORA_REGEX  # full-name regex of the language model's linear layers
+    encoder_prefixes: tuple[str, ...] = ("model.audio_tower",)  # module-name prefixes of the audio encoder
+    projector_prefixes: tuple[str, ...] = ("model.multi_modal_projector",)
     default_system_prompt: str | None = None
     aliases: tuple[str, ...] = field(default_factory=tuple)
     requires_audio: bool = True  # the server refuses text-only requests unless told otherwise
@@ -123,7 +127,6 @@ def _has_prefix(name: str, prefix: str) -> bool:
     return re.search(rf"(^|\.){re.escape(prefix)}(\.|$)", name) is not None
 
 
-_LM_LINEARS = r"(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
 AUDIO_FLAMINGO_3 = Family(
     name="af3",
@@ -133,9 +136,6 @@ AUDIO_FLAMINGO_3 = Family(
     sampling_rate=16000,
     window_seconds=30.0,
     max_audio_seconds=600.0,
-    lm_lora_regex=rf".*language_model\..*\.{_LM_LINEARS}",
-    encoder_prefixes=("model.audio_tower",),
-    projector_prefixes=("model.multi_modal_projector",),
     assistant_header="<|im_start|>assistant\n",
     end_of_turn="<|im_end|>",
     default_system_prompt="You are a helpful assistant.",
@@ -169,9 +169,6 @@ MUSIC_FLAMINGO = Family(
     sampling_rate=16000,
     window_seconds=30.0,
     max_audio_seconds=1200.0,
-    lm_lora_regex=rf".*language_model\..*\.{_LM_LINEARS}",
-    encoder_prefixes=("model.audio_tower",),
-    projector_prefixes=("model.multi_modal_projector",),
     assistant_header="<|im_start|>assistant\n",
     end_of_turn="<|im_end|>",
     default_system_prompt=(
@@ -194,9 +191,6 @@ GLM_ASR = Family(
     sampling_rate=16000,
     window_seconds=30.0,
     max_audio_seconds=630.0,  # max_audio_len=655 → 21 whole windows
-    lm_lora_regex=rf".*language_model\..*\.{_LM_LINEARS}",
-    encoder_prefixes=("model.audio_tower",),
-    projector_prefixes=("model.multi_modal_projector",),
     assistant_header="<|assistant|>\n",
     end_of_turn="<|user|>",
     aliases=("glm-asr", "glm_asr", "glm-asr-nano"),
@@ -223,9 +217,6 @@ QWEN2_AUDIO = Family(
     sampling_rate=16000,
     window_seconds=30.0,
     max_audio_seconds=30.0,  # one 3000-frame window; the processor cuts the rest silently, so the policy decides
-    lm_lora_regex=rf".*language_model\..*\.{_LM_LINEARS}",
-    encoder_prefixes=("model.audio_tower",),
-    projector_prefixes=("model.multi_modal_projector",),
     assistant_header="<|im_start|>assistant\n",
     end_of_turn="<|im_end|>",
     default_system_prompt="You are a helpful assistant.",
@@ -247,8 +238,6 @@ QWEN25_OMNI = Family(
     sampling_rate=16000,
     window_seconds=300.0,  # the encoder attends in 2 s chunks; the processor takes up to 300 s in one go
     max_audio_seconds=300.0,
-    lm_lora_regex=rf".*language_model\..*\.{_LM_LINEARS}",
-    encoder_prefixes=("model.audio_tower",),
     projector_prefixes=("model.audio_tower.proj",),
     other_tower_prefixes=("model.visual",),
     assistant_header="<|im_start|>assistant\n",
@@ -286,9 +275,6 @@ VOXTRAL = Family(
     sampling_rate=16000,
     window_seconds=30.0,
     max_audio_seconds=2400.0,  # more 30 s windows, up to the LM's context (the model card says 40 min)
-    lm_lora_regex=rf".*language_model\..*\.{_LM_LINEARS}",
-    encoder_prefixes=("model.audio_tower",),
-    projector_prefixes=("model.multi_modal_projector",),
     assistant_header="[/INST]",
     end_of_turn="</s>",
     aliases=("voxtral-mini", "mistral-voxtral"),
@@ -311,7 +297,6 @@ GRANITE_SPEECH = Family(
     sampling_rate=16000,
     window_seconds=4.0,  # the conformer's attention block (200 frames × 20 ms)
     max_audio_seconds=500.0,  # the processor does not cut; vLLM plans for 500 s
-    lm_lora_regex=rf".*language_model\..*\.{_LM_LINEARS}",
     encoder_prefixes=("model.encoder",),
     projector_prefixes=("model.projector",),
     assistant_header="<|start_of_role|>assistant<|end_of_role|>",
@@ -344,8 +329,6 @@ GEMMA3N = Family(
     sampling_rate=16000,
     window_seconds=30.0,
     max_audio_seconds=30.0,  # the feature extractor cuts at 480000 samples
-    lm_lora_regex=rf".*language_model\..*\.{_LM_LINEARS}",
-    encoder_prefixes=("model.audio_tower",),
     projector_prefixes=("model.embed_audio",),
     other_tower_prefixes=("model.vision_tower", "model.embed_vision"),
     assistant_header="<start_of_turn>model\n",

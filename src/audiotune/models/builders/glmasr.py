@@ -21,10 +21,12 @@ Note: GLM's template closes no turn: an assistant reply is followed directly by 
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 from ...errors import ModelFamilyError
-from ..tiny import tokenizer_corpus, start_build
+from ..tiny import PRESETS as AF3_PRESETS
+from ..tiny import start_build, tokenizer_corpus
 
 AUDIO_TOKEN = "<|pad|>"
 END_OF_TURN = "<|user|>"
@@ -74,20 +76,9 @@ GLM_SPECIALS = [
 ]
 EOS_TOKENS = ["<|endoftext|>", "<|user|>", "<|observation|>"]
 
-PRESETS: dict[str, dict] = {
-    "default": {
-        "encoder": {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 512},
-        "text": {"hidden_size": 256, "num_hidden_layers": 8, "num_attention_heads": 8, "num_key_value_heads": 2,
-                 "intermediate_size": 1024},
-        "vocab_size": 2048,
-    },
-    "micro": {
-        "encoder": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 128},
-        "text": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-                 "intermediate_size": 128},
-        "vocab_size": 1024,
-    },
-}
+# AF3's sizes, except that GLM-ASR merges 4 encoder frames per token and so needs intermediate_size = 4 × hidden_size.
+PRESETS: dict[str, dict] = copy.deepcopy(AF3_PRESETS)
+PRESETS["micro"]["encoder"]["intermediate_size"] = 4 * PRESETS["micro"]["encoder"]["hidden_size"]
 
 
 def build_glm_tokenizer(vocab_size: int):
