@@ -109,9 +109,15 @@ def _decode_path(path: str, name: str) -> tuple[np.ndarray, int]:
     if not p.exists():
         raise AudioDecodeError(f"{name}: audio file {path} does not exist. Fix the path (relative paths are "
                                "resolved against the manifest's folder) or drop the row.")
+    if p.is_dir():
+        raise AudioDecodeError(f"{name}: {path} is a folder, not an audio file. Pass the files inside it.")
     if p.stat().st_size == 0:
         raise AudioDecodeError(f"{name}: audio file {path} is empty (0 bytes). Replace the file or drop the row.")
-    return _decode_bytes(p.read_bytes(), name if name == str(path) else f"{name} ({path})")
+    try:
+        data = p.read_bytes()
+    except OSError as error:
+        raise AudioDecodeError(f"{name}: cannot read {path}: {error.strerror or error}. Check its permissions.") from None
+    return _decode_bytes(data, name if name == str(path) else f"{name} ({path})")
 
 
 def decode_any(item: Any, name: str, default_rate: int | None = None) -> tuple[np.ndarray, int]:

@@ -205,26 +205,33 @@ def infer(
     system_prompt: Optional[str] = None,
     batch_size: int = 16,
     max_new_tokens: int = 100,
-    jsonl: Annotated[Optional[Path], typer.Option(help="Also write one JSON line per file here.")] = None,
+    jsonl: Annotated[Optional[Path], typer.Option(help="Also write one JSON line per file here (an 'error' "
+                                                       "record for a bad file).")] = None,
+    on_bad_file: Annotated[str, typer.Option(help="skip: answer the good files, list the bad ones, exit 1; "
+                                                  "fail: stop at the first bad file.")] = "skip",
 ) -> None:
-    """Answer the prompt for each audio file, batched."""
-    from .audio import load_audio
-    from .generate import GenerationSettings, examples_from_audio, generate
-    from .models.loading import load_model, load_processor
+    """Answer the prompt for each audio file, batched; a bad file costs only itself (exit 1 if any failed)."""
+    from rich.markup import escape
 
-    net, family = load_model(model, adapter=adapter)
-    processor = load_processor(adapter if adapter and (Path(adapter) / "processor_config.json").exists() else model)
-    audios = [load_audio(f, family.sampling_rate, str(f)) for f in files]  # a bad file fails before generating
-    examples = examples_from_audio(audios, prompt, system_prompt, ids=[str(f) for f in files])
+    from .infer import infer as run_infer
+
+    errors = Console(stderr=True, soft_wrap=True)
     with console.status("generating"):
-        answers = generate(net, processor, family, examples, batch_size=batch_size,
-                           settings=GenerationSettings(max_new_tokens=max_new_tokens))
-    for f, a in zip(files, answers):
-        console.print(f"[bold]{f}[/bold]: {a}")
+        results = run_infer(files, model, adapter=adapter, prompt=prompt, system_prompt=system_prompt,
+                            batch_size=batch_size, max_new_tokens=max_new_tokens, on_bad_file=on_bad_file)
+    for result in results:
+        if result.ok:
+            console.print(f"[bold]{escape(result.file)}[/bold]: {escape(result.answer or '')}", soft_wrap=True)
+        else:
+            errors.print(f"[red]skipped:[/red] {escape(result.error or '')}")
     if jsonl:
         with jsonl.open("w") as handle:
-            for f, a in zip(files, answers):
-                handle.write(json.dumps({"file": str(f), "prompt": prompt, "answer": a}) + "\n")
+            for result in results:
+                handle.write(json.dumps(result.record(prompt)) + "\n")
+    failed = sum(not r.ok for r in results)
+    if failed:
+        errors.print(f"[yellow]{failed} of {len(results)} file(s) failed[/yellow]; the others were answered.")
+        raise typer.Exit(1)
 
 
 @app.command()

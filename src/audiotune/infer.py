@@ -1,0 +1,116 @@
+"""``audiotune infer``: answer a prompt for each audio file, where one bad file never costs the good ones.
+
+Files are decoded first (before the model loads, so ``on_bad_file="fail"`` stops at once); a file
+that cannot be used (missing, empty, truncated, not audio, NaN samples) becomes an error result
+naming it and saying what to do, the good files are generated for in batches, and the results come
+back in the order the files were given. Training and evaluation treat bad rows the same way
+(skipped and listed); the CLI renders these results and exits non-zero when some failed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .audio import AudioLimits, LongAudioPolicy, load_audio
+from .errors import AudiotuneError, ConfigError
+
+logger = logging.getLogger(__name__)
+
+ON_BAD_FILE = ("skip", "fail")
+
+
+@dataclass
+class InferResult:
+    """The outcome for one file: its ``answer``, or the ``error`` that kept it from being answered."""
+
+    file: str
+    answer: str | None = None
+    error: str | None = None  # the message: names the file and says what to do
+    error_type: str | None = None  # the AudiotuneError subclass, e.g. "AudioDecodeError"
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def record(self, prompt: str) -> dict[str, Any]:
+        """The ``--jsonl`` line: ``{"file", "prompt", "answer"}`` or ``{"file", "prompt", "error", "error_type"}``."""
+        if self.ok:
+            return {"file": self.file, "prompt": prompt, "answer": self.answer}
+        return {"file": self.file, "prompt": prompt, "error": self.error, "error_type": self.error_type}
+
+
+def decode_files(files: Sequence[str | Path], sampling_rate: int, limits: AudioLimits | None = None,
+                 on_bad_file: str = "skip") -> tuple[list[Any], list[InferResult]]:
+    """(waveform or ``None`` per file, one result per file with the error filled in for the bad ones)."""
+    if on_bad_file not in ON_BAD_FILE:
+        raise ConfigError(f"--on-bad-file {on_bad_file!r}: choose skip or fail.")
+    audios: list[Any] = []
+    results: list[InferResult] = []
+    for f in files:
+        name = str(f)
+        try:
+            audios.append(load_audio(f, sampling_rate, name, limits))
+            results.append(InferResult(name))
+        except AudiotuneError as error:
+            if on_bad_file == "fail":
+                raise
+            logger.debug("skipping %s", error)  # the caller reports it (the CLI: one line per file)
+            audios.append(None)
+            results.append(InferResult(name, error=str(error), error_type=type(error).__name__))
+    return audios, results
+
+
+def answer_files(model, processor, family, files: Sequence[str | Path], prompt: str = "Describe the audio.",
+                 system_prompt: str | None = None, batch_size: int = 16, max_new_tokens: int = 100,
+                 on_bad_file: str = "skip", on_batch: Callable[[int], None] | None = None) -> list[InferResult]:
+    """:func:`infer` with a model already loaded (a notebook, a test, a long-lived process)."""
+    audios, results = decode_files(files, family.sampling_rate, _limits(family), on_bad_file)
+    return _answer(model, processor, family, audios, results, prompt, system_prompt, batch_size, max_new_tokens,
+                   on_batch)
+
+
+def infer(files: Sequence[str | Path], model: str, adapter: str | None = None, prompt: str = "Describe the audio.",
+          system_prompt: str | None = None, batch_size: int = 16, max_new_tokens: int = 100,
+          on_bad_file: str = "skip", on_batch: Callable[[int], None] | None = None) -> list[InferResult]:
+    """Answer ``prompt`` for each file; one :class:`InferResult` per file, in the order given.
+
+    ``on_bad_file="skip"`` (default): a bad file gets an error result and the others are answered;
+    ``"fail"``: the first bad file raises its :class:`~audiotune.errors.AudiotuneError` before the
+    model loads. The model is not loaded at all when no file is usable.
+    """
+    from .models.loading import load_model, load_processor, resolve_family
+
+    family = resolve_family(model)
+    audios, results = decode_files(files, family.sampling_rate, _limits(family), on_bad_file)  # before loading
+    if not any(r.ok for r in results):
+        return results
+    net, family = load_model(model, adapter=adapter)
+    processor = load_processor(adapter if adapter and (Path(adapter) / "processor_config.json").exists() else model)
+    return _answer(net, processor, family, audios, results, prompt, system_prompt, batch_size, max_new_tokens,
+                   on_batch)
+
+
+def _limits(family) -> AudioLimits:
+    """The family's window and maximum, under the default policy (keep up to the maximum, warn beyond)."""
+    return AudioLimits(family.window_seconds, family.max_audio_seconds, LongAudioPolicy.WINDOW)
+
+
+def _answer(model, processor, family, audios: list[Any], results: list[InferResult], prompt: str,
+            system_prompt: str | None, batch_size: int, max_new_tokens: int,
+            on_batch: Callable[[int], None] | None) -> list[InferResult]:
+    """Fill in the answers of the decoded files (``None`` in ``audios`` marks a bad one)."""
+    from .generate import GenerationSettings, examples_from_audio, generate
+
+    good = [i for i, audio in enumerate(audios) if audio is not None]
+    if good:
+        examples = examples_from_audio([audios[i] for i in good], prompt, system_prompt,
+                                       ids=[results[i].file for i in good])
+        answers = generate(model, processor, family, examples, batch_size=batch_size,
+                           settings=GenerationSettings(max_new_tokens=max_new_tokens), on_batch=on_batch)
+        for i, answer in zip(good, answers):
+            results[i].answer = answer
+    return results
