@@ -8,10 +8,21 @@ Accepted inputs: a waveform (at the family's rate), ``(array, rate)``, ``{"array
 "sampling_rate"}``, a file path, or chat messages (multi-turn, audio parts inside ``content``).
 The prompt for non-chat inputs is ``prompt=`` (default "Describe the audio."). Output:
 ``[{"generated_text": str}]``.
+
+One bad clip never costs the others. Given a list (or a dataset/generator), the pipeline returns one
+output per input, in order; an input whose audio cannot be used (missing file, corrupt or truncated
+audio, NaN samples) gets an error record instead of an answer::
+
+    [{"generated_text": None, "error": "clip.wav: truncated WAV: ...", "error_type": "AudioDecodeError"}]
+
+so ``zip(inputs, outputs)`` stays aligned. When every item of a list fails the pipeline raises the
+first item's error, as it does for one bad input (nothing was produced, and a wrong folder or rate
+should not pass silently). ``on_bad_input="fail"`` raises at the first bad item instead.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -19,6 +30,7 @@ import torch
 from transformers import Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
+from . import errors
 from .audio import decode_any, load_audio
 from .data.collator import ConversationCollator
 from .data.tasks import Example, prompt_messages
@@ -26,8 +38,11 @@ from .generate import stop_token_ids
 from .models.families import family_for_config
 from .models.loading import to_model_inputs
 
+logger = logging.getLogger(__name__)
+
 TASK = "audio-text-to-text"
 DEFAULT_PROMPT = "Describe the audio."
+_ERROR = "audiotune_error"  # marks a preprocessed item whose audio failed, carried to postprocess
 
 
 class _Chat:
@@ -49,12 +64,16 @@ class AudioTextToTextPipeline(Pipeline):
         self.family = family_for_config(config)
 
     def _sanitize_parameters(self, prompt=None, system_prompt=None, generate_kwargs=None, max_new_tokens=None,
-                             **kwargs):
+                             on_bad_input=None, **kwargs):
         preprocess: dict[str, Any] = {}
         if prompt is not None:
             preprocess["prompt"] = prompt
         if system_prompt is not None:
             preprocess["system_prompt"] = system_prompt
+        if on_bad_input is not None:
+            if on_bad_input not in ("skip", "fail"):
+                raise errors.ConfigError(f"on_bad_input={on_bad_input!r}: choose 'skip' or 'fail'.")
+            preprocess["on_bad_input"] = on_bad_input
         forward = dict(generate_kwargs or {})
         if max_new_tokens is not None:
             forward["max_new_tokens"] = max_new_tokens
@@ -62,10 +81,18 @@ class AudioTextToTextPipeline(Pipeline):
 
     def __call__(self, inputs: Any = None, **kwargs):
         if isinstance(inputs, list) and inputs and isinstance(inputs[0], dict) and "role" in inputs[0]:
-            return super().__call__(_Chat(inputs), **kwargs)
+            return super().__call__(_Chat(inputs), **kwargs)  # one conversation: a bad audio raises
         if isinstance(inputs, list) and inputs and isinstance(inputs[0], list):
-            return super().__call__([_Chat(chat) for chat in inputs], **kwargs)
-        return super().__call__(inputs, **kwargs)
+            inputs = [_Chat(chat) for chat in inputs]
+        if isinstance(inputs, list) or _is_stream(inputs):  # (a tuple is one (array, rate) clip)
+            kwargs.setdefault("on_bad_input", "skip")  # many items: a bad one gets an error record
+        outputs = super().__call__(inputs, **kwargs)
+        if isinstance(outputs, list) and outputs and all(_failed(o) for o in outputs):
+            first = outputs[0][0]
+            raise getattr(errors, first["error_type"], errors.AudiotuneError)(
+                first["error"] if len(outputs) == 1 else f"all {len(outputs)} inputs failed; the first: "
+                                                         f"{first['error']}")
+        return outputs
 
     def _conversation(self, inputs: Any, prompt: str, system_prompt: str | None) -> list[dict[str, Any]]:
         rate = self.family.sampling_rate
@@ -91,14 +118,23 @@ class AudioTextToTextPipeline(Pipeline):
                 parts.append(part)
         return {"role": message["role"], "content": parts}
 
-    def preprocess(self, inputs, prompt: str = DEFAULT_PROMPT, system_prompt: str | None = None):
-        messages = self._conversation(inputs, prompt, system_prompt)
+    def preprocess(self, inputs, prompt: str = DEFAULT_PROMPT, system_prompt: str | None = None,
+                   on_bad_input: str = "fail"):
+        try:
+            messages = self._conversation(inputs, prompt, system_prompt)
+        except errors.AudiotuneError as error:
+            if on_bad_input == "fail":
+                raise
+            logger.warning("pipeline: %s", error)
+            return {_ERROR: {"error": str(error), "error_type": type(error).__name__}}
         if messages and messages[-1]["role"] == "assistant":
             messages = messages[:-1]
         example = Example(id="pipeline input", messages=messages, references=[""])
         return ConversationCollator(self.processor, self.family, training=False)([example])
 
     def _forward(self, model_inputs, **generate_kwargs):
+        if _ERROR in model_inputs:
+            return model_inputs
         model_inputs = to_model_inputs(model_inputs, self.model)
         generate_kwargs.setdefault("eos_token_id", stop_token_ids(self.processor, self.family))
         generate_kwargs.setdefault("pad_token_id", self.processor.tokenizer.pad_token_id)
@@ -107,8 +143,27 @@ class AudioTextToTextPipeline(Pipeline):
         return {"new_tokens": sequences[:, model_inputs["input_ids"].shape[1]:]}
 
     def postprocess(self, model_outputs, **kwargs):
+        if _ERROR in model_outputs:
+            return [{"generated_text": None, **model_outputs[_ERROR]}]
         texts = self.processor.tokenizer.batch_decode(model_outputs["new_tokens"], skip_special_tokens=True)
         return [{"generated_text": text.strip()} for text in texts]
+
+
+def _is_stream(inputs: Any) -> bool:
+    """A generator or a dataset: the base pipeline iterates over it lazily."""
+    import types
+
+    if isinstance(inputs, types.GeneratorType):
+        return True
+    try:
+        from torch.utils.data import Dataset
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return False
+    return isinstance(inputs, Dataset)
+
+
+def _failed(output: Any) -> bool:
+    return isinstance(output, list) and len(output) == 1 and isinstance(output[0], dict) and "error" in output[0]
 
 
 def register() -> None:
