@@ -413,7 +413,10 @@ def serve(
     adapter: Annotated[Optional[list[str]], typer.Option(help="NAME=PATH of a LoRA adapter; repeatable.")] = None,
     host: str = "127.0.0.1",
     port: int = 8000,
-    api_key: Annotated[Optional[str], typer.Option(help="Require 'Authorization: Bearer KEY'.")] = None,
+    api_key: Annotated[Optional[str], typer.Option(help="Require 'Authorization: Bearer KEY'. Visible to every "
+                                                        "user in `ps`: prefer --api-key-file or $AUDIOTUNE_API_KEY.")] = None,
+    api_key_file: Annotated[Optional[Path], typer.Option(help="Read the required API key from this file "
+                                                              "(default: $AUDIOTUNE_API_KEY, if set).")] = None,
     served_name: Annotated[Optional[str], typer.Option(help="Model name of the base (default: folder name).")] = None,
     backend: Annotated[str, typer.Option(help="transformers (this process) or vllm (GPU).")] = "transformers",
     max_batch_size: int = 16,
@@ -427,7 +430,7 @@ def serve(
                                                      "command and exit.")] = False,
 ) -> None:
     """Serve an OpenAI-compatible chat-completions API that takes audio, with dynamic batching."""
-    from .serve.server import ServeConfig, serve as run_server, vllm_command
+    from .serve.server import ServeConfig, resolve_api_key, serve as run_server, vllm_command
 
     adapters: dict[str, str] = {}
     for item in adapter or []:
@@ -435,7 +438,8 @@ def serve(
         if not sep or not name or not path:
             raise typer.BadParameter(f"--adapter {item!r}: use NAME=PATH.")
         adapters[name] = path
-    cfg = ServeConfig(model=model, adapters=adapters, host=host, port=port, api_key=api_key, served_name=served_name,
+    cfg = ServeConfig(model=model, adapters=adapters, host=host, port=port, api_key=api_key,
+                      api_key_file=str(api_key_file) if api_key_file else None, served_name=served_name,
                       backend=backend, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
                       max_request_bytes=int(max_request_mb * 1024 * 1024), max_audio_seconds=max_audio_seconds,
                       max_tokens=max_tokens, allow_remote_audio=allow_remote_audio, allow_text_only=allow_text_only)
@@ -443,6 +447,8 @@ def serve(
         import shlex
 
         console.print(shlex.join(vllm_command(cfg)), soft_wrap=True, markup=False)
+        if resolve_api_key(cfg):
+            Console(stderr=True).print("(the API key goes to vLLM as $VLLM_API_KEY, not on its command line)")
         return
     run_server(cfg)
 

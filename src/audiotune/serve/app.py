@@ -7,6 +7,7 @@ refused; requests already in flight finish; new requests on open connections get
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import time
@@ -46,6 +47,7 @@ def create_app(engine: Engine, settings: ServerSettings | None = None) -> FastAP
         await batcher.stop()
 
     app = FastAPI(title="audiotune", lifespan=lifespan)
+    app.add_middleware(BodyLimit, max_bytes=settings.limits.max_request_bytes)
     app.state.batcher = batcher
     app.state.engine = engine
 
@@ -59,11 +61,13 @@ def create_app(engine: Engine, settings: ServerSettings | None = None) -> FastAP
         return JSONResponse(ApiError(500, f"Internal error: {type(error).__name__}: {error}",
                                      type_="server_error").body(), status_code=500)
 
+    expected = f"Bearer {settings.api_key}".encode() if settings.api_key is not None else None
+
     def authorise(request: Request) -> None:
-        if settings.api_key is None:
+        if expected is None:
             return
-        header = request.headers.get("authorization", "")
-        if header != f"Bearer {settings.api_key}":
+        header = request.headers.get("authorization", "").encode("utf-8", "surrogateescape")
+        if not hmac.compare_digest(header, expected):  # constant time: no timing hint of a key's prefix
             raise ApiError(401, "Missing or wrong API key: send 'Authorization: Bearer KEY'.",
                            type_="authentication_error", code="invalid_api_key")
 
@@ -94,11 +98,7 @@ def create_app(engine: Engine, settings: ServerSettings | None = None) -> FastAP
         authorise(request)
         if state["draining"]:
             raise ApiError(503, "The server is shutting down; retry on another replica.", type_="server_error")
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > settings.limits.max_request_bytes:
-            raise ApiError(413, f"Request body is {declared} bytes; the limit is {settings.limits.max_request_bytes}.",
-                           code="request_too_large")
-        body = parse_json(await request.body(), settings.limits)
+        body = parse_json(await request.body(), settings.limits)  # BodyLimit has refused oversized bodies
         generation, stream, include_usage = await asyncio.to_thread(
             parse_chat_request, body, engine.model_names(), engine.family.sampling_rate, settings.limits)
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
@@ -113,6 +113,83 @@ def create_app(engine: Engine, settings: ServerSettings | None = None) -> FastAP
                                  media_type="text/event-stream")
 
     return app
+
+
+class BodyLimit:
+    """Pure ASGI middleware: refuse a request body over ``max_bytes`` with 413 before it is read whole.
+
+    A declared ``Content-Length`` over the limit is answered at once, without reading the body; a
+    chunked (or under-declared) body is counted as it streams in and refused at the chunk that
+    crosses the limit, so a client cannot make the server buffer more than the limit.
+    """
+
+    DRAIN_SECONDS = 2.0  # how long a refused body is still read (and dropped) so the client gets the 413
+    DRAIN_FACTOR = 4  # ... and at most this many times the limit
+
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.max_bytes
+        declared = next((v for k, v in scope.get("headers", []) if k == b"content-length"), None)
+        if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+            await self._refuse(send, receive, f"Request body is {int(declared)} bytes; the limit is {limit} bytes.")
+            return
+        received = 0
+        started = False
+
+        async def counting_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _TooLarge(f"Request body is over {limit} bytes (the limit); stopped reading at {received}.")
+            return message
+
+        async def tracking_send(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except _TooLarge as error:
+            if started:
+                raise
+            await self._refuse(send, receive, str(error))
+
+    async def _refuse(self, send, receive, message: str) -> None:
+        """Send the 413, discard what the client is still sending (bounded), then end the response.
+
+        Closing a socket with unread data makes the kernel reset the connection, and the client may
+        lose the answer; like nginx's lingering close, the rest of the body is read and dropped (never
+        kept), for at most ``DRAIN_SECONDS`` and ``DRAIN_FACTOR`` times the limit, before closing.
+        """
+        body = json.dumps(ApiError(413, message, code="request_too_large").body()).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        budget, deadline = self.DRAIN_FACTOR * self.max_bytes, time.monotonic() + self.DRAIN_SECONDS
+        while budget > 0:
+            try:
+                chunk = await asyncio.wait_for(receive(), timeout=max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                break
+            if chunk["type"] != "http.request" or not chunk.get("more_body", False):
+                break
+            budget -= len(chunk.get("body", b""))
+        await send({"type": "http.response.body", "body": body})
+
+
+
+class _TooLarge(Exception):
+    """Raised from inside ``receive`` when the streamed body crosses the limit."""
 
 
 def _usage(result) -> dict[str, int]:

@@ -135,7 +135,8 @@ def _content(message: dict[str, Any], index: int, rate: int, limits: Limits) -> 
             seconds = len(audio) / rate
             if seconds > limits.max_audio_seconds:
                 raise ApiError(400, f"{param}: audio is {seconds:.1f} s; this server accepts at most "
-                                    f"{limits.max_audio_seconds:.0f} s per clip.", param, code="audio_too_long")
+                                    f"{limits.max_audio_seconds:g} s per clip (--max-audio-seconds). Send a "
+                                    "shorter clip or split it.", param, code="audio_too_long")
             parts.append({"type": "audio", "audio": audio.astype(np.float32)})
             n_audio += 1
         else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import subprocess
 import time
@@ -21,7 +22,8 @@ class ServeConfig:
     adapters: dict[str, str] = field(default_factory=dict)
     host: str = "127.0.0.1"
     port: int = 8000
-    api_key: str | None = None
+    api_key: str | None = None  # visible in `ps` when given on the command line: prefer the file or the variable
+    api_key_file: str | None = None  # a file holding the key (trailing newline ignored)
     served_name: str | None = None
     backend: str = "transformers"  # or "vllm"
     max_batch_size: int = 16
@@ -33,6 +35,39 @@ class ServeConfig:
     allow_text_only: bool = False
     device: str | None = None
     vllm_args: list[str] = field(default_factory=list)
+
+
+API_KEY_ENV = "AUDIOTUNE_API_KEY"
+VLLM_API_KEY_ENV = "VLLM_API_KEY"  # what `vllm serve` reads when it gets no --api-key
+
+
+def resolve_api_key(cfg: ServeConfig, environ: dict[str, str] | None = None) -> str | None:
+    """The key the server requires: ``--api-key``, else ``--api-key-file``, else ``$AUDIOTUNE_API_KEY``.
+
+    Giving both the key and a key file is refused (which one was meant?). An empty key, file or
+    variable is refused too: an empty secret would look configured and protect nothing.
+    """
+    environ = os.environ if environ is None else environ
+    if cfg.api_key is not None and cfg.api_key_file is not None:
+        raise ConfigError("--api-key and --api-key-file both given: keep one (the file keeps the key out of `ps`).")
+    if cfg.api_key is not None:
+        key, source = cfg.api_key, "--api-key"
+    elif cfg.api_key_file is not None:
+        path = Path(cfg.api_key_file)
+        try:
+            key = path.read_text().strip()
+        except OSError as error:
+            raise ConfigError(f"--api-key-file {path}: cannot read it ({error.strerror or error}).") from None
+        source = f"--api-key-file {path}"
+        if os.name == "posix" and path.stat().st_mode & 0o077:
+            logger.warning("%s is readable by other users (mode %o): chmod 600 it.", path, path.stat().st_mode & 0o777)
+    elif environ.get(API_KEY_ENV) is not None:
+        key, source = environ[API_KEY_ENV].strip(), f"${API_KEY_ENV}"
+    else:
+        return None
+    if not key:
+        raise ConfigError(f"{source} is empty: put the key there, or drop it to serve without a key.")
+    return key
 
 
 def build_app(cfg: ServeConfig):
@@ -48,7 +83,7 @@ def build_app(cfg: ServeConfig):
                     max_tokens=cfg.max_tokens, default_max_tokens=min(256, cfg.max_tokens),
                     allow_remote_audio=cfg.allow_remote_audio, remote_max_bytes=cfg.max_request_bytes,
                     require_audio=family.requires_audio and not cfg.allow_text_only)
-    return create_app(engine, ServerSettings(cfg.max_batch_size, cfg.max_wait_ms, cfg.api_key, limits))
+    return create_app(engine, ServerSettings(cfg.max_batch_size, cfg.max_wait_ms, resolve_api_key(cfg), limits))
 
 
 def serve(cfg: ServeConfig) -> None:
@@ -74,7 +109,10 @@ def _lora_rank(path: str) -> int:
 
 
 def vllm_command(cfg: ServeConfig) -> list[str]:
-    """The ``vllm serve`` command line equivalent to ``cfg`` (LoRA adapters, limits, key, served name)."""
+    """The ``vllm serve`` command line equivalent to ``cfg`` (LoRA adapters, limits, served name).
+
+    The API key is not on it: :func:`vllm_environment` hands it to vLLM as ``VLLM_API_KEY``.
+    """
     from ..models.loading import resolve_family
 
     family = resolve_family(cfg.model)
@@ -88,11 +126,22 @@ def vllm_command(cfg: ServeConfig) -> list[str]:
         ranks = [_lora_rank(path) for path in cfg.adapters.values()]
         command += ["--enable-lora", "--max-lora-rank", str(max(ranks)), "--max-loras", str(len(cfg.adapters)),
                     "--lora-modules", *[f"{name}={path}" for name, path in cfg.adapters.items()]]
-    if cfg.api_key:
-        command += ["--api-key", cfg.api_key]
+    # The key is never on the command line (every user sees it in `ps`): vllm_environment passes it.
     if cfg.allow_remote_audio:
         command += ["--allowed-media-domains", "*"]
     return command + list(cfg.vllm_args)
+
+
+def vllm_environment(cfg: ServeConfig, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for the ``vllm serve`` child: ours, plus the resolved key as ``VLLM_API_KEY``.
+
+    A child's environment is readable only by its user (``/proc/PID/environ``), unlike its command line.
+    """
+    env = dict(os.environ if environ is None else environ)
+    key = resolve_api_key(cfg, env)
+    if key is not None:
+        env[VLLM_API_KEY_ENV] = key
+    return env
 
 
 def serve_vllm(cfg: ServeConfig, startup_timeout_s: float = 900.0) -> None:
@@ -103,8 +152,9 @@ def serve_vllm(cfg: ServeConfig, startup_timeout_s: float = 900.0) -> None:
     import httpx
 
     command = vllm_command(cfg)
-    logger.info("starting: %s", " ".join(command))
-    process = subprocess.Popen(command)
+    env = vllm_environment(cfg)
+    logger.info("starting: %s%s", " ".join(command), f" ({VLLM_API_KEY_ENV} set)" if VLLM_API_KEY_ENV in env else "")
+    process = subprocess.Popen(command, env=env)
     deadline = time.time() + startup_timeout_s
     url = f"http://{cfg.host}:{cfg.port}/health"
     while time.time() < deadline:
