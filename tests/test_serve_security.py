@@ -122,7 +122,8 @@ def _read_response(sock: socket.socket, timeout: float = 20.0) -> tuple[int, byt
             break
         data += piece
     head, _, rest = data.partition(b"\r\n\r\n")
-    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    lines = head.split(b"\r\n")
+    length = int(next(line.split(b":")[1] for line in lines if line.lower().startswith(b"content-length")))
     while len(rest) < length:
         rest += sock.recv(65536)
     return int(head.split()[1]), rest

@@ -413,8 +413,8 @@ def serve(
     adapter: Annotated[Optional[list[str]], typer.Option(help="NAME=PATH of a LoRA adapter; repeatable.")] = None,
     host: str = "127.0.0.1",
     port: int = 8000,
-    api_key: Annotated[Optional[str], typer.Option(help="Require 'Authorization: Bearer KEY'. Visible to every "
-                                                        "user in `ps`: prefer --api-key-file or $AUDIOTUNE_API_KEY.")] = None,
+    api_key: Annotated[Optional[str], typer.Option(help="Require 'Authorization: Bearer KEY'. Visible to every user "
+                                                        "in `ps`: prefer --api-key-file or $AUDIOTUNE_API_KEY.")] = None,
     api_key_file: Annotated[Optional[Path], typer.Option(help="Read the required API key from this file "
                                                               "(default: $AUDIOTUNE_API_KEY, if set).")] = None,
     served_name: Annotated[Optional[str], typer.Option(help="Model name of the base (default: folder name).")] = None,
