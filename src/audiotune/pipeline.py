@@ -84,8 +84,8 @@ class AudioTextToTextPipeline(Pipeline):
             return super().__call__(_Chat(inputs), **kwargs)  # one conversation: a bad audio raises
         if isinstance(inputs, list) and inputs and isinstance(inputs[0], list):
             inputs = [_Chat(chat) for chat in inputs]
-        if isinstance(inputs, list) or _is_stream(inputs):  # (a tuple is one (array, rate) clip)
-            kwargs.setdefault("on_bad_input", "skip")  # many items: a bad one gets an error record
+        if (isinstance(inputs, list) or _is_stream(inputs)) and "on_bad_input" not in self._preprocess_params:
+            kwargs.setdefault("on_bad_input", "skip")  # many items (a tuple is one clip): a bad one gets a record
         outputs = super().__call__(inputs, **kwargs)
         if isinstance(outputs, list) and outputs and all(_failed(o) for o in outputs):
             first = outputs[0][0]

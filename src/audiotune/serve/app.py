@@ -187,7 +187,6 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-
 class _TooLarge(Exception):
     """Raised from inside ``receive`` when the streamed body crosses the limit."""
 
