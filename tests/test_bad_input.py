@@ -116,6 +116,8 @@ def test_pipeline_given_a_list_returns_an_error_record_for_the_bad_item(micro, c
         pipe([str(clips / "truncated.wav"), str(clips / "missing.wav")], **kwargs)
     with pytest.raises(AudioDecodeError, match="truncated WAV"):
         pipe(items, on_bad_input="fail", **kwargs)
+    records = pipe([str(clips / "truncated.wav")], on_bad_input="skip", **kwargs)  # asked for: records, always
+    assert records[0][0]["error_type"] == "AudioDecodeError"
 
 
 def test_eval_on_a_manifest_scores_the_good_clips_and_lists_the_bad(micro_af3, clips, tmp_path):

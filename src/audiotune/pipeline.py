@@ -17,7 +17,8 @@ audio, NaN samples) gets an error record instead of an answer::
 
 so ``zip(inputs, outputs)`` stays aligned. When every item of a list fails the pipeline raises the
 first item's error, as it does for one bad input (nothing was produced, and a wrong folder or rate
-should not pass silently). ``on_bad_input="fail"`` raises at the first bad item instead.
+should not pass silently). ``on_bad_input="fail"`` raises at the first bad item instead;
+``on_bad_input="skip"`` given explicitly returns error records even when every item fails.
 """
 
 from __future__ import annotations
@@ -84,10 +85,11 @@ class AudioTextToTextPipeline(Pipeline):
             return super().__call__(_Chat(inputs), **kwargs)  # one conversation: a bad audio raises
         if isinstance(inputs, list) and inputs and isinstance(inputs[0], list):
             inputs = [_Chat(chat) for chat in inputs]
-        if (isinstance(inputs, list) or _is_stream(inputs)) and "on_bad_input" not in self._preprocess_params:
-            kwargs.setdefault("on_bad_input", "skip")  # many items (a tuple is one clip): a bad one gets a record
+        defaulted = "on_bad_input" not in kwargs and "on_bad_input" not in self._preprocess_params
+        if (isinstance(inputs, list) or _is_stream(inputs)) and defaulted:
+            kwargs["on_bad_input"] = "skip"  # many items (a tuple is one clip): a bad one gets an error record
         outputs = super().__call__(inputs, **kwargs)
-        if isinstance(outputs, list) and outputs and all(_failed(o) for o in outputs):
+        if defaulted and isinstance(outputs, list) and outputs and all(_failed(o) for o in outputs):
             first = outputs[0][0]
             raise getattr(errors, first["error_type"], errors.AudiotuneError)(
                 first["error"] if len(outputs) == 1 else f"all {len(outputs)} inputs failed; the first: "

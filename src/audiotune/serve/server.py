@@ -60,7 +60,7 @@ def resolve_api_key(cfg: ServeConfig, environ: dict[str, str] | None = None) -> 
             raise ConfigError(f"--api-key-file {path}: cannot read it ({error.strerror or error}).") from None
         source = f"--api-key-file {path}"
         if os.name == "posix" and path.stat().st_mode & 0o077:
-            logger.warning("%s is readable by other users (mode %o): chmod 600 it.", path, path.stat().st_mode & 0o777)
+            logger.warning("%s is open to other users (mode %o): chmod 600 it.", path, path.stat().st_mode & 0o777)
     elif environ.get(API_KEY_ENV) is not None:
         key, source = environ[API_KEY_ENV].strip(), f"${API_KEY_ENV}"
     else:
@@ -76,6 +76,7 @@ def build_app(cfg: ServeConfig):
     from .engine import Engine
     from .protocol import Limits
 
+    api_key = resolve_api_key(cfg)  # a missing or empty key file fails before the model loads
     engine = Engine(cfg.model, cfg.adapters, served_name=cfg.served_name, device=cfg.device)
     family = engine.family
     limits = Limits(max_request_bytes=cfg.max_request_bytes,
@@ -83,7 +84,7 @@ def build_app(cfg: ServeConfig):
                     max_tokens=cfg.max_tokens, default_max_tokens=min(256, cfg.max_tokens),
                     allow_remote_audio=cfg.allow_remote_audio, remote_max_bytes=cfg.max_request_bytes,
                     require_audio=family.requires_audio and not cfg.allow_text_only)
-    return create_app(engine, ServerSettings(cfg.max_batch_size, cfg.max_wait_ms, resolve_api_key(cfg), limits))
+    return create_app(engine, ServerSettings(cfg.max_batch_size, cfg.max_wait_ms, api_key, limits))
 
 
 def serve(cfg: ServeConfig) -> None:
