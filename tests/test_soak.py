@@ -3,7 +3,7 @@
 The same logic as ``make soak`` (``audiotune.serve.soak``): the server runs as ``audiotune serve`` in its own
 process (key from a file), 32 concurrent clients send mixed requests, one in five malformed in one of twelve ways.
 RSS tolerance: the server's peak RSS while the last third of the requests finish may exceed the first third's
-peak by at most 50 MB. Bounded: 300 requests and a 240 s limit.
+peak by at most 50 MB. Bounded: 240 requests (``make soak`` sends 300) and a 240 s limit.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ pytestmark = pytest.mark.slow
 
 
 def test_soak_mixed_requests_from_32_clients(micro_af3, tmp_path):
-    settings = SoakSettings(requests=300, concurrency=32, bad_every=5, time_limit_s=240, rss_tolerance_mb=50)
+    settings = SoakSettings(requests=240, concurrency=32, bad_every=5, time_limit_s=240, rss_tolerance_mb=50)
     report = run_soak(micro_af3, settings, workdir=tmp_path)
-    assert not report.timed_out and len(report.outcomes) == 300
-    assert len(report.good) == 240 and len(report.bad) == 60
+    assert not report.timed_out and len(report.outcomes) == 240
+    assert len(report.good) == 192 and len(report.bad) == 48
     assert {o.kind for o in report.bad} >= {"bad_base64", "missing_audio", "audio_too_long", "max_tokens_wrong_type",
                                             "garbage_audio", "broken_json", "wrong_key", "body_too_large",
                                             "chunked_too_large"}
