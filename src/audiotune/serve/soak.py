@@ -16,7 +16,6 @@ import base64
 import io
 import json
 import math
-import os
 import secrets
 import signal
 import socket
@@ -211,21 +210,21 @@ async def _chunks(parts: list[bytes]):
         yield part
 
 
-def _plan(settings: SoakSettings) -> list[tuple[str, int, Any, float]]:
-    """(kind, expected status, body builder, max_tokens) for each request, in sending order."""
+def _plan(settings: SoakSettings) -> list[tuple[str, int, Any]]:
+    """(kind, expected status, body builder) for each request, in sending order."""
     rng = np.random.default_rng(settings.seed)
     bad = _bad_requests(settings, rng)
     plan = []
     for i in range(settings.requests):
         if i % settings.bad_every == settings.bad_every - 1:
             name, status, build = bad[(i // settings.bad_every) % len(bad)]
-            plan.append((name, status, build, 0))
+            plan.append((name, status, build))
         else:
             seconds, freq = float(rng.uniform(0.3, 1.2)), float(rng.uniform(200, 2000))
             tokens = int(rng.integers(1, settings.max_tokens + 1))
             plan.append(("good", 200, (lambda s=seconds, f=freq, n=tokens: json.dumps(
                 {"model": SERVED_NAME, "messages": _chat(_wav_b64(s, f)), "temperature": 0,
-                 "max_tokens": n}).encode()), tokens))
+                 "max_tokens": n}).encode())))
     return plan
 
 
@@ -246,8 +245,8 @@ def start_server(model: str | Path, settings: SoakSettings, key_file: Path, log_
                "--max-audio-seconds", f"{settings.max_audio_seconds:g}",
                "--max-request-mb", f"{settings.max_request_kb / 1024:g}",
                "--max-tokens", str(2 * settings.max_tokens), "--max-batch-size", "16"]
-    log = log_path.open("w")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
+    with log_path.open("w") as log:  # the child keeps its own descriptor
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + startup_timeout_s
     while time.time() < deadline:
@@ -294,7 +293,7 @@ async def _drive(base: str, key: str, plan: list, settings: SoakSettings, pid: i
                 i = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
-            kind, expected, build, _ = plan[i]
+            kind, expected, build = plan[i]
             content = build()
             headers = {"Content-Type": "application/json",
                        "Authorization": f"Bearer {'not-the-key' if kind == 'wrong_key' else key}"}
