@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup system-deps demo test test-fast bench soak models-doc clean
+.PHONY: setup system-deps vllm-env demo test test-fast bench soak models-doc clean
 
 setup: system-deps $(VENV)/.installed
 
@@ -19,10 +19,16 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
+# vLLM in its own environment (its torch/transformers pins differ from ours): --backend vllm uses it.
+vllm-env: .venv-vllm/.installed
+
+.venv-vllm/.installed: scripts/vllm-env.sh
+	bash scripts/vllm-env.sh .venv-vllm
+
 demo: setup
 	$(VENV)/bin/audiotune demo --out runs/demo
 
-test: setup
+test: setup vllm-env
 	@bash scripts/system-deps.sh --test
 	$(PY) -m pytest $(PYTEST_ARGS)
 

