@@ -136,15 +136,16 @@ def test_vllm_serves_base_and_adapter_through_openai_then_stops_on_sigterm(tiny_
     python, port = _vllm_python(), _free_port()
     key_file = tmp_path / "key"
     key_file.write_text("vllm-test-key\n")
+    log = tmp_path / "serve.log"  # vLLM logs a lot: a pipe nobody reads would fill and stall it
     process = subprocess.Popen([sys.executable, "-m", "audiotune", "serve", "--backend", "vllm", "--vllm-python",
                                 str(python), "--model", str(tiny_af3), "--adapter", f"tuned={trained_adapter}",
                                 "--served-name", "base", "--port", str(port), "--api-key-file", str(key_file)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                               stdout=subprocess.DEVNULL, stderr=log.open("w"), start_new_session=True)
     base_url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 600
         while time.time() < deadline:
-            assert process.poll() is None, process.stderr.read()[-3000:]
+            assert process.poll() is None, log.read_text()[-3000:]
             try:
                 if httpx.get(f"{base_url}/health", timeout=2).status_code == 200:
                     break

@@ -38,6 +38,49 @@ class GenerationSettings:
         return kwargs
 
 
+@dataclass(frozen=True)
+class RowSampling:
+    """One row's own sampling in a shared batch: ``temperature`` 0 is greedy; ``seed`` makes the row reproducible."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+
+
+class PerRowSampler:
+    """A logits processor that samples each row with its own temperature, top-p and random generator.
+
+    ``generate`` then runs greedily and takes the one token left per row. Because a row's draws come
+    from its own generator (one uniform number per step), a seeded request gets the same answer in a
+    batch of any size and mix as alone, and requests with different settings share one batch.
+    """
+
+    def __init__(self, rows: Sequence[RowSampling], device: torch.device | str = "cpu") -> None:
+        self.rows = list(rows)
+        self.generators = []
+        for row in self.rows:
+            generator = torch.Generator(device="cpu")
+            generator.manual_seed(row.seed if row.seed is not None else int(torch.randint(2**62, (1,)).item()))
+            self.generators.append(generator)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        chosen = scores.argmax(dim=-1)
+        for i, row in enumerate(self.rows):
+            if row.temperature <= 0:
+                continue
+            probs = torch.softmax(scores[i].float() / row.temperature, dim=-1)
+            if row.top_p < 1.0:  # keep the smallest set of tokens whose probability reaches top_p
+                ordered, order = probs.sort(descending=True)
+                outside = ordered.cumsum(0) - ordered >= row.top_p
+                ordered[outside] = 0
+                probs = torch.zeros_like(probs).scatter_(0, order, ordered)
+            cdf = probs.cumsum(0)
+            u = torch.rand(1, generator=self.generators[i]).item() * cdf[-1].item()
+            chosen[i] = min(int(torch.searchsorted(cdf, torch.tensor([u], dtype=cdf.dtype)).item()), len(cdf) - 1)
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter_(1, chosen.unsqueeze(1), 0.0)
+
+
 def examples_from_audio(audios: Sequence[np.ndarray], prompt: str, system_prompt: str | None = None,
                         ids: Sequence[str] | None = None) -> list[Example]:
     """Wrap decoded audios in prompt-only Examples (no references)."""
@@ -71,15 +114,26 @@ class Generation:
 
 @torch.inference_mode()
 def generate_batch(model, processor, family: Family, examples: Sequence[Example],
-                   settings: GenerationSettings | None = None, streamer=None) -> list[Generation]:
-    """One ``model.generate`` call over ``examples`` (no sorting or splitting), with token accounting."""
+                   settings: GenerationSettings | None = None, streamer=None,
+                   rows: Sequence[RowSampling] | None = None) -> list[Generation]:
+    """One ``model.generate`` call over ``examples`` (no sorting or splitting), with token accounting.
+
+    ``rows``: each example's own sampling (see :class:`PerRowSampler`); then ``settings`` gives only the length.
+    """
     settings = settings or GenerationSettings()
+    extra: dict[str, Any] = {}
+    if rows is not None and any(r.temperature > 0 for r in rows):
+        settings = GenerationSettings(max_new_tokens=settings.max_new_tokens,
+                                      repetition_penalty=settings.repetition_penalty)
+        from transformers import LogitsProcessorList
+
+        extra["logits_processor"] = LogitsProcessorList([PerRowSampler(rows)])
     batch = ConversationCollator(processor, family, training=False)(list(examples))
     batch = to_model_inputs(batch, model)
     stop_ids = stop_token_ids(processor, family)
     pad_id = processor.tokenizer.pad_token_id
     output = model.generate(**batch, **settings.as_kwargs(), eos_token_id=stop_ids, pad_token_id=pad_id,
-                            use_cache=True, streamer=streamer)
+                            use_cache=True, streamer=streamer, **extra)
     new_tokens = output[:, batch["input_ids"].shape[1]:].tolist()
     prompt_lengths = batch["attention_mask"].sum(dim=1).tolist()
     results = []

@@ -2,8 +2,9 @@
 
 Several adapters share one base (PEFT adapter switching): a batch holds requests for one adapter
 (or the base, run with adapters disabled), so requests for different adapters are batched apart.
-Greedy requests with different ``max_tokens`` share a batch: greedy decoding is deterministic, so
-a shorter answer is a prefix of the longer one and is cut to its own limit afterwards.
+Requests with different sampling settings and ``max_tokens`` share a batch: each row samples with its
+own temperature, top-p and seeded generator (:class:`~audiotune.generate.PerRowSampler`), so a row's
+answer does not depend on its batch, and a shorter limit is a prefix of the longer one, cut afterwards.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 
 from ..data.tasks import Example
 from ..errors import CheckpointError
-from ..generate import Generation, GenerationSettings, stop_token_ids, generate_batch
+from ..generate import Generation, GenerationSettings, RowSampling, generate_batch, stop_token_ids
 
 logger = logging.getLogger(__name__)
 
@@ -41,10 +42,8 @@ class GenerationRequest:
         return self.temperature is not None and self.temperature == 0
 
     def batch_key(self) -> tuple:
-        """Requests with equal keys can share one ``generate`` call."""
-        if self.greedy:
-            return (self.model, "greedy")
-        return (self.model, "sample", self.temperature, self.top_p, self.seed, self.max_tokens, id(self))
+        """Requests with equal keys can share one ``generate`` call: those for the same model (base or adapter)."""
+        return (self.model,)
 
 
 class Engine:
@@ -85,28 +84,25 @@ class Engine:
             self.model.set_adapter(name)
             yield
 
-    def _settings(self, requests: Sequence[GenerationRequest]) -> GenerationSettings:
-        first = requests[0]
-        max_tokens = max(r.max_tokens for r in requests)
-        if first.greedy:
-            return GenerationSettings(max_new_tokens=max_tokens)
+    def _sampling(self, request: GenerationRequest) -> RowSampling:
+        """The request's own sampling; unset values come from the model's generation config, as in ``generate``."""
+        if request.greedy:
+            return RowSampling()
         defaults = self.generation_defaults
-        temperature = first.temperature if first.temperature is not None else getattr(defaults, "temperature", 1.0)
-        top_p = first.top_p if first.top_p is not None else getattr(defaults, "top_p", 1.0)
-        do_sample = first.temperature is not None or bool(getattr(defaults, "do_sample", False))
-        return GenerationSettings(max_new_tokens=max_tokens, do_sample=do_sample, temperature=temperature or 1.0,
-                                  top_p=top_p or 1.0)
+        if request.temperature is None and not getattr(defaults, "do_sample", False):
+            return RowSampling(seed=request.seed)
+        temperature = request.temperature if request.temperature is not None else getattr(defaults, "temperature", 1.0)
+        top_p = request.top_p if request.top_p is not None else getattr(defaults, "top_p", 1.0)
+        return RowSampling(temperature=temperature or 1.0, top_p=top_p or 1.0, seed=request.seed)
 
     def run(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         """Generate for requests that share a :meth:`GenerationRequest.batch_key`."""
-        settings = self._settings(requests)
+        settings = GenerationSettings(max_new_tokens=max(r.max_tokens for r in requests))
         streamer = (_BatchStreamer(self.processor.tokenizer, requests, stop_token_ids(self.processor, self.family))
                     if any(r.on_text for r in requests) else None)
-        if requests[0].seed is not None:
-            torch.manual_seed(requests[0].seed)
         with self._selected(requests[0].model):
             results = generate_batch(self.model, self.processor, self.family, [r.example for r in requests],
-                                     settings, streamer=streamer)
+                                     settings, streamer=streamer, rows=[self._sampling(r) for r in requests])
         return [self._finish(request, result) for request, result in zip(requests, results)]
 
     def _finish(self, request: GenerationRequest, result: Generation) -> Generation:

@@ -210,7 +210,8 @@ class VllmServer:
         import httpx
 
         logger.info("starting: %s", " ".join(self.command))
-        self.process = subprocess.Popen(self.command, env=vllm_environment(self.api_key))
+        # Its own process group, so that a child that ignores SIGTERM can be killed with its engine processes.
+        self.process = subprocess.Popen(self.command, env=vllm_environment(self.api_key), start_new_session=True)
         url = f"http://{self.cfg.host}:{self.cfg.port}/health"
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -231,7 +232,13 @@ class VllmServer:
     def wait(self) -> int:
         """Stay attached; SIGTERM/SIGINT to us stops the child first (vLLM drains its requests on SIGTERM)."""
         assert self.process is not None
-        previous = {sig: signal.signal(sig, lambda *_: self.stop()) for sig in (signal.SIGTERM, signal.SIGINT)}
+        process = self.process
+
+        def forward(*_: Any) -> None:  # only signal here: waiting inside a handler would deadlock Popen.wait
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+
+        previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             return self.process.wait()
         finally:
@@ -245,7 +252,7 @@ class VllmServer:
             try:
                 self.process.wait(grace_s)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
         shutil.rmtree(self._folder, ignore_errors=True)
 
