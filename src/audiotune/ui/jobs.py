@@ -162,6 +162,12 @@ def log_tail(run_dir: str | Path, max_chars: int = 6000) -> str:
     return "\n".join(lines)[-max_chars:]
 
 
+def log_error(run_dir: str | Path) -> str | None:
+    """The CLI's one-line ``error: ...`` message in the run's log, if it printed one."""
+    lines = [line for line in log_tail(run_dir, 20000).splitlines() if line.startswith("error:")]
+    return lines[-1] if lines else None
+
+
 def run_status(run_dir: str | Path, job: TrainingJob | None = None) -> str:
     """running / finished / stopped (checkpoint saved) / failed (exit N) / not started."""
     run = Path(run_dir)

@@ -68,14 +68,15 @@ def issues_html(issues: Sequence[RowIssue], audio: dict[int, np.ndarray | str], 
             f"<th>audio</th></tr></thead><tbody>{''.join(rows)}</tbody></table>{more}</div>")
 
 
-def status_markdown(run: str, status: str, history: dict[str, Any], points: int) -> str:
+def status_markdown(run: str, status: str, history: dict[str, Any], points: int, error: str | None = None) -> str:
     step, total = history.get("global_step") or 0, history.get("max_steps")
     losses = [h["loss"] for h in history.get("log_history", []) if "loss" in h]
     parts = [f"**{run}** — {status}", f"step {step}" + (f" of {total}" if total else ""),
              f"{points} curve point(s)"]
     if losses:
         parts.append(f"last train loss {losses[-1]:.4f}")
-    return " · ".join(parts)
+    text = " · ".join(parts)
+    return text + (f"\n\n**{error}**" if error else "")
 
 
 CSS = """

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 from ..audio import LongAudioPolicy
+from ..data.check import CheckReport
 from ..models.families import FAMILIES
 from .common import Context, shown_errors
 from .datacheck import CheckRequest, check, rows_audio
@@ -14,7 +15,7 @@ SHOWN_ISSUES = 30
 
 def _summary_markdown(summary: dict) -> str:
     lines = [f"**{summary['dataset']} [{summary['split']}]** — task {summary['task']}", "",
-             "| | |", "|---|---|",
+             "| statistic | value |", "|---|---|",
              f"| rows (usable) | {summary['rows']} ({summary['usable_rows']}) |",
              f"| hours | {summary['hours']:.3f} |",
              "| sample rates | " + (", ".join(f"{k} Hz: {v}" for k, v in summary["sample_rates"].items()) or "—") + " |",
@@ -27,9 +28,17 @@ def _summary_markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def build(ctx: Context) -> None:
+BIN_ORDER = list(CheckReport("", "", "").histogram())  # the check's own bins, in order
+
+
+def _histogram_frame(counts: dict[str, int]):
     import pandas as pd
 
+    frame = pd.DataFrame({"seconds": BIN_ORDER, "clips": [counts.get(label, 0) for label in BIN_ORDER]})
+    return frame.astype({"seconds": "str", "clips": "int64"})
+
+
+def build(ctx: Context) -> None:
     from .trainform import form_spec
 
     tasks = list(next(s for s in form_spec() if s.name == "task").choices)
@@ -49,8 +58,8 @@ def build(ctx: Context) -> None:
     fatal = gr.Markdown(elem_id="dt-fatal")
     with gr.Row():
         summary = gr.Markdown(elem_id="dt-summary")
-        histogram = gr.BarPlot(pd.DataFrame(columns=["seconds", "clips"]), x="seconds", y="clips",
-                               label="durations", height=240, sort=None, elem_id="dt-histogram")
+        histogram = gr.BarPlot(_histogram_frame({}), x="seconds", y="clips", label="durations (clips per bin)",
+                               height=240, sort=BIN_ORDER, elem_id="dt-histogram")
     issues = gr.HTML(elem_id="dt-issues")
 
     @shown_errors
@@ -65,9 +74,8 @@ def build(ctx: Context) -> None:
         summary_dict = report.summary()
         message = f"**fatal:** {report.fatal}" if report.fatal else ""
         if report.fatal and not report.rows:
-            return message, "", pd.DataFrame(columns=["seconds", "clips"]), ""
-        histogram_frame = pd.DataFrame([{"seconds": k, "clips": v} for k, v in summary_dict["duration_histogram"]
-                                        .items()])
+            return message, "", _histogram_frame({}), ""
+        histogram_frame = _histogram_frame(summary_dict["duration_histogram"])
         shown = report.issues[:SHOWN_ISSUES]
         progress(0.9, desc="decoding the problem rows' clips")
         audio, rate = rows_audio(request, ctx.root, sorted({i.row for i in shown})) if shown else ({}, 16000)

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..errors import AudiotuneError, ConfigError
 from .common import Context, shown_errors
-from .jobs import curve_points, list_runs, log_tail, read_history, run_status, saved_config
+from .jobs import curve_points, list_runs, log_error, log_tail, read_history, run_status, saved_config
 from .render import status_markdown
 from .trainform import FieldSpec, config_from_form, default_values, display_value, form_spec, groups
 
@@ -20,20 +20,22 @@ def _widget(spec: FieldSpec, value: Any):
     common = dict(label=label, info=spec.help or None, elem_id=f"tr-{spec.name}")
     if spec.kind == "bool":
         return gr.Checkbox(bool(value), **common)
-    if spec.kind == "int":
-        return gr.Number(value, precision=0, **common)
-    if spec.kind == "float":
-        return gr.Number(value, **common)
+    if spec.kind in ("int", "float") and not spec.optional:  # an empty Number reads as 0: optional ones are text
+        return gr.Number(value, precision=0 if spec.kind == "int" else None, **common)
     if spec.kind == "choice":
         return gr.Dropdown(list(spec.choices), value=value, **common)
     placeholder = "empty: default" if spec.optional else None
-    return gr.Textbox(value, placeholder=placeholder, **common)
+    return gr.Textbox("" if value is None else str(value), placeholder=placeholder, **common)
 
 
 def _plot_frame(points: list[dict[str, Any]]):
+    """The curves as a long-format frame; None before the first point (an empty frame breaks the plot)."""
     import pandas as pd
 
-    return pd.DataFrame(points or [], columns=["step", "value", "series"])
+    if not points:
+        return None
+    frame = pd.DataFrame(points, columns=["step", "value", "series"])
+    return frame.astype({"step": "int64", "value": "float64", "series": "str"})
 
 
 def build(ctx: Context) -> None:
@@ -51,7 +53,7 @@ def build(ctx: Context) -> None:
     with gr.Row():
         with gr.Column(scale=3):
             for group, fields in groups().items():
-                with gr.Accordion(group, open=group in OPEN_GROUPS):
+                with gr.Accordion(group, open=group in OPEN_GROUPS, elem_id=f"tr-group-{group.split()[0]}"):
                     with gr.Row():
                         for spec in fields:
                             with gr.Column(min_width=220):
@@ -62,7 +64,7 @@ def build(ctx: Context) -> None:
                 resume = gr.Button("resume", elem_id="tr-resume")
         with gr.Column(scale=2):
             status = gr.Markdown("No run selected: start one, or pick a previous run below.", elem_id="tr-status")
-            curve = gr.LinePlot(_plot_frame([]), x="step", y="value", color="series", label="loss and metrics",
+            curve = gr.LinePlot(None, x="step", y="value", color="series", label="loss and metrics",
                                 height=260, elem_id="tr-curve")
             log = gr.Textbox(label="log", lines=12, max_lines=12, autoscroll=True, elem_id="tr-log")
             with gr.Row():
@@ -86,7 +88,8 @@ def build(ctx: Context) -> None:
         history = read_history(path)
         points = curve_points(history.get("log_history", []))
         state = run_status(path, ctx.jobs.get(path))
-        return (status_markdown(ctx.root.relative(path), state, history, len(points)), _plot_frame(points),
+        error = log_error(path) if state.startswith("failed") else None
+        return (status_markdown(ctx.root.relative(path), state, history, len(points), error), _plot_frame(points),
                 log_tail(path))
 
     @shown_errors
