@@ -194,7 +194,8 @@ def list_runs(folder: str | Path, registry: JobRegistry | None = None, depth: in
             found.append(path)
             return
         if level < depth:
-            for child in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            for child in sorted(p for p in path.iterdir() if p.is_dir() and not p.is_symlink()
+                                and not p.name.startswith(".")):  # a link may lead outside the root
                 walk(child, level + 1)
 
     walk(base, 0)

@@ -22,7 +22,8 @@ def find_runs(ctx: Context, depth: int = 3) -> list[str]:
         if (path / PREDICTIONS).exists():
             found.append(ctx.root.relative(path))
         if level < depth:
-            for child in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            for child in sorted(p for p in path.iterdir() if p.is_dir() and not p.is_symlink()
+                                and not p.name.startswith(".")):  # a link may lead outside the root
                 walk(child, level + 1)
 
     try:
