@@ -246,7 +246,7 @@ def ui_url(ui_root):
 
     demo, ctx, url = launch(UiSettings(root=str(ui_root), port=_free_port(), model="models/micro-af3",
                                        adapters=["tuned=runs/micro3"]), block=False)
-    yield url
+    yield url, ctx
     ctx.jobs.stop_all()
     demo.close()
 
@@ -271,7 +271,7 @@ def page(browser, ui_url):
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
     page.set_default_timeout(60_000)
-    page.goto(ui_url)
+    page.goto(ui_url[0])
     page.wait_for_selector("#pg-audio")
     yield page
     context.close()
@@ -285,6 +285,8 @@ def _screenshot(page, name: str) -> None:
     folder = os.environ.get("AUDIOTUNE_UI_SCREENSHOTS")
     if folder:
         Path(folder).mkdir(parents=True, exist_ok=True)
+        page.evaluate("window.scrollTo(0, 0)")
+        time.sleep(0.5)
         page.screenshot(path=str(Path(folder) / f"ui-{name}.png"))
 
 
@@ -345,6 +347,31 @@ def test_evaluate_tab_shows_metrics_and_playable_audio(page):
 
 
 @pytest.mark.slow
+def test_other_tabs_answer_while_a_model_generates(page, ui_root, ui_url):
+    from playwright.sync_api import expect
+
+    ctx = ui_url[1]
+    page.set_input_files("#pg-audio input[type=file]", str(ui_root / "clip.wav"))
+    page.wait_for_selector("#pg-audio audio[src]", state="attached")
+    page.click("#pg-settings > button.label-wrap")
+    page.locator("#pg-max-tokens input[type=number]").fill("1024")
+    page.locator("#pg-max-tokens input[type=number]").press("Enter")
+    page.get_by_label("tuned").check()  # two long answers, one after the other
+    page.fill("#pg-prompt textarea", "Describe the audio at length.")
+    page.click("#pg-send")
+    deadline = time.time() + 30
+    while not ctx.backend.lock.locked() and time.time() < deadline:
+        time.sleep(0.05)
+    assert ctx.backend.lock.locked(), "the generation did not start"
+    _tab(page, "Evaluate")
+    page.fill("#ev-folder input", "runs/eval")
+    page.keyboard.press("Enter")
+    page.click("#ev-open")
+    expect(page.locator("#ev-samples audio")).to_have_count(3)
+    assert ctx.backend.lock.locked()  # the Evaluate tab answered while the model was still generating
+
+
+@pytest.mark.slow
 def test_a_path_outside_the_root_is_refused(page):
     from playwright.sync_api import expect
 
@@ -388,6 +415,8 @@ def test_train_form_runs_three_steps_with_a_live_loss_curve(page, ui_root):
     assert (ui_root / "runs" / "from-ui" / "adapter_model.safetensors").exists()
     page.click("#tr-refresh")
     expect(page.locator("#tr-runs")).to_contain_text("runs/from-ui")
+    for group in ("data", "optimisation", "generation-based"):
+        page.click(f"#tr-group-{group} > button.label-wrap")  # folded again for the screenshot
     _screenshot(page, "train")
 
 
@@ -406,3 +435,48 @@ def test_data_tab_checks_a_manifest_with_players(page):
     assert page.locator("#dt-issues tr.at-warning audio").count() == 1  # the silent clip plays
     expect(page.locator("#dt-histogram svg").first).to_be_attached()
     _screenshot(page, "data")
+
+
+def _status_step(page) -> int:
+    text = page.locator("#tr-status").inner_text()
+    marker = text.split("step ", 1)
+    return int(marker[1].split()[0]) if len(marker) > 1 and marker[1].split()[0].isdigit() else 0
+
+
+@pytest.mark.slow
+def test_train_stop_saves_a_checkpoint_and_resume_continues(page, ui_root):
+    from playwright.sync_api import expect
+
+    from audiotune.checkpoints import checkpoint_steps
+
+    _tab(page, "Train")
+    _fill(page, "model", "models/micro-af3")
+    _fill(page, "dataset", "data/synth")
+    _fill(page, "out", "runs/stop-resume")
+    for group in ("data", "optimisation"):
+        page.click(f"#tr-group-{group} > button.label-wrap")
+    for field, value in dict(eval_split="none", eval_take=0, max_steps=200, batch_size=1, logging_steps=1,
+                             gradient_accumulation_steps=1, save_steps=200).items():
+        _fill(page, field, value)
+    page.click("#tr-start")
+    status = page.locator("#tr-status")
+    expect(status).to_contain_text("step 1 of 200", timeout=120_000)
+    page.click("#tr-stop")
+    expect(status).to_contain_text("stopped (checkpoint saved", timeout=120_000)
+    run = ui_root / "runs" / "stop-resume"
+    stopped_at = checkpoint_steps(run)[-1][0]
+    assert 1 <= stopped_at < 200 and "stopped by a signal" in page.locator("#tr-log textarea").input_value()
+    live = run / "trainer_log.json"
+    before = live.read_text()
+    page.click("#tr-resume")
+    expect(status).to_contain_text("running", timeout=30_000)
+    steps, deadline = [], time.time() + 120
+    while (not steps or max(steps) <= stopped_at) and time.time() < deadline:
+        text = live.read_text()
+        if text != before:  # written by the resumed process
+            steps.append(json.loads(text)["global_step"])
+            before = text
+        time.sleep(0.02)
+    # The resumed process starts at the checkpoint's step (a fresh start would first write step 0).
+    assert steps and min(steps) >= stopped_at and max(steps) > stopped_at, steps
+    page.click("#tr-stop")  # the fixture's teardown waits for it to save and exit

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from ..config import TrainConfig
 from ..errors import ConfigError
 
 UI_CONFIG = "ui_config.yaml"
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # progress bars' cursor moves and colours
 UI_LOG = "ui_train.log"
 RUN_CONFIG = "run_config.yaml"
 
@@ -158,6 +160,7 @@ def log_tail(run_dir: str | Path, max_chars: int = 6000) -> str:
     with path.open("rb") as handle:
         handle.seek(max(0, path.stat().st_size - 4 * max_chars))
         text = handle.read().decode("utf-8", "replace")
+    text = _ANSI.sub("", text)
     lines = [line.rsplit("\r", 1)[-1] for line in text.replace("\r\n", "\n").split("\n")]
     return "\n".join(lines)[-max_chars:]
 

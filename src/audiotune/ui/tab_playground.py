@@ -36,7 +36,7 @@ def build(ctx: Context) -> None:
             audio = gr.Audio(sources=["upload", "microphone"], type="filepath", label="clip", elem_id="pg-audio")
             models = gr.CheckboxGroup(names(), value=names()[:1], label="answer with (side by side)",
                                       elem_id="pg-models")
-            with gr.Accordion("generation settings", open=False):
+            with gr.Accordion("generation settings", open=False, elem_id="pg-settings"):
                 max_tokens = gr.Slider(1, 1024, value=64, step=1, label="max tokens", elem_id="pg-max-tokens")
                 temperature = gr.Slider(0, 2, value=0, step=0.05, label="temperature (0: greedy)")
                 top_p = gr.Slider(0.05, 1, value=1, step=0.05, label="top-p")
