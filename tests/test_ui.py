@@ -372,8 +372,13 @@ def test_other_tabs_answer_while_a_model_generates(page, ui_root, ui_url):
 
 
 @pytest.mark.slow
-def test_a_path_outside_the_root_is_refused(page):
+def test_a_path_outside_the_root_is_refused(page, ui_url, ui_root):
+    import httpx
     from playwright.sync_api import expect
+
+    url = ui_url[0].rstrip("/")
+    assert httpx.get(f"{url}/gradio_api/file=/etc/passwd").status_code == 403  # Gradio serves the root alone
+    assert httpx.get(f"{url}/gradio_api/file={ui_root / 'clip.wav'}").status_code == 200
 
     _tab(page, "Evaluate")
     page.fill("#ev-folder input", "/etc")
@@ -381,6 +386,13 @@ def test_a_path_outside_the_root_is_refused(page):
     page.click("#ev-open")
     expect(page.get_by_text("is outside the UI's root folder").first).to_be_visible()
     expect(page.locator("#ev-samples audio")).to_have_count(0)
+    _tab(page, "Train")  # the training form confines its paths too
+    _fill(page, "model", "models/micro-af3")
+    _fill(page, "dataset", "data/synth")
+    _fill(page, "out", "../../elsewhere")
+    page.click("#tr-start")
+    expect(page.get_by_text("out '../../elsewhere' is outside the UI's root folder").first).to_be_visible()
+    assert not (ui_root.parent.parent / "elsewhere").exists()
 
 
 @pytest.mark.slow

@@ -455,6 +455,10 @@ def ui(
     runs: Annotated[str, typer.Option(help="Folder of training runs listed in the Train tab (under the root).")] = "runs",
 ) -> None:
     """Web UI (Gradio): playground, evaluation explorer, training with live curves, data check."""
+    import importlib.util
+
+    if importlib.util.find_spec("gradio") is None:
+        raise AudiotuneError("audiotune ui needs Gradio: pip install 'audiotune[ui]' (or pip install 'gradio>=6.31').")
     from .ui import UiSettings, launch
 
     console.print(f"starting the UI on http://{host}:{port or 7860} (root {root.resolve()}); Ctrl-C stops it")

@@ -79,8 +79,10 @@ class JobRegistry:
             log.write(("\n" if resume else "") + "$ " + " ".join(command[1:]) + "\n")
             log.flush()
             env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+            # Its own session: a Ctrl-C in the UI's terminal must not also signal the run (the UI sends one
+            # SIGTERM on exit; a second signal would make the trainer stop without its checkpoint).
             process = subprocess.Popen(command, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, env=env)
+                                       stdin=subprocess.DEVNULL, env=env, start_new_session=True)
             log.close()  # the child holds its own descriptor
             job = TrainingJob(out, process, resumed=resume)
             self.jobs[out] = job
