@@ -347,6 +347,23 @@ def test_evaluate_tab_shows_metrics_and_playable_audio(page):
 
 
 @pytest.mark.slow
+def test_evaluate_tab_launches_an_evaluation(page, ui_root):
+    from playwright.sync_api import expect
+
+    _tab(page, "Evaluate")
+    page.click("#ev-launch > button.label-wrap")
+    page.fill("#ev-model textarea", "models/micro-af3")
+    page.fill("#ev-dataset textarea", "data/synth")
+    page.fill("#ev-take textarea", "1")
+    page.fill("#ev-out textarea", "runs/eval-from-ui")
+    page.click("#ev-run")  # the base alone, on one clip: the cheapest real evaluation
+    expect(page.locator("#ev-samples tr.at-sample")).to_have_count(1, timeout=180_000)
+    expect(page.locator("#ev-metrics")).to_contain_text("CIDEr-D")
+    metrics = json.loads((ui_root / "runs" / "eval-from-ui" / "metrics.json").read_text())
+    assert metrics["rows"] == 1 and list(metrics["models"]) == ["base"]
+
+
+@pytest.mark.slow
 def test_other_tabs_answer_while_a_model_generates(page, ui_root, ui_url):
     from playwright.sync_api import expect
 

@@ -33,6 +33,15 @@ def find_runs(ctx: Context, depth: int = 3) -> list[str]:
     return found
 
 
+def _rows(text: str | None) -> int | None:
+    text = (text or "").strip()
+    if not text:
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise ConfigError(f"first N rows: {text!r} is not a positive whole number (leave it empty for all rows).")
+    return int(text)
+
+
 def build(ctx: Context) -> None:
     from .trainform import form_spec
 
@@ -43,7 +52,7 @@ def build(ctx: Context) -> None:
                              scale=4, elem_id="ev-folder")
         refresh = gr.Button("↻", scale=0, min_width=40)
         open_button = gr.Button("open", variant="primary", scale=1, elem_id="ev-open")
-    with gr.Accordion("run an evaluation", open=False):
+    with gr.Accordion("run an evaluation", open=False, elem_id="ev-launch"):
         with gr.Row():
             model = gr.Textbox(label="base model", elem_id="ev-model")
             adapters = gr.Textbox(label="adapters or merged checkpoints (one a line)", lines=1, elem_id="ev-adapters")
@@ -52,7 +61,7 @@ def build(ctx: Context) -> None:
             dataset = gr.Textbox(label="dataset", elem_id="ev-dataset")
             split = gr.Textbox("test", label="split")
             task = gr.Dropdown(tasks, value="caption", label="task")
-            take = gr.Number(None, label="first N rows (empty: all)", precision=0)
+            take = gr.Textbox("", label="first N rows (empty: all)", elem_id="ev-take")
             out = gr.Textbox("runs/eval", label="out folder", elem_id="ev-out")
         evaluate = gr.Button("evaluate", elem_id="ev-run")
     summary = gr.Markdown(elem_id="ev-summary")
@@ -114,7 +123,7 @@ def build(ctx: Context) -> None:
 
     @shown_errors
     def run_evaluation(model_path: str, adapter_lines: str, with_base: bool, data: str, split_name: str,
-                       task_name: str, first: float | None, out_dir: str, progress=gr.Progress()):
+                       task_name: str, first: str, out_dir: str, progress=gr.Progress()):
         from ..evaluate import EvalConfig, run_evaluation as evaluate_split
 
         if not model_path.strip() or not data.strip():
@@ -124,7 +133,7 @@ def build(ctx: Context) -> None:
         target = ctx.root.confine(out_dir, "out folder", must_exist=False)
         cfg = EvalConfig(model=ctx.root.local_or_hub(model_path, "model"), dataset=ctx.root.local_or_hub(data, "dataset"),
                          out=str(target), adapters=paths, compare=with_base, split=split_name.strip() or "test",
-                         task=task_name, take=int(first) if first else None)
+                         task=task_name, take=_rows(first))
         state = {"name": "", "total": 1, "done": 0}
 
         def on_model(name: str, total: int) -> None:
