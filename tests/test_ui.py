@@ -281,13 +281,13 @@ def _tab(page, name: str) -> None:
     page.click(f"button[role=tab]:has-text('{name}')")
 
 
-def _screenshot(page, name: str) -> None:
+def _screenshot(page, name: str, full_page: bool = False) -> None:
     folder = os.environ.get("AUDIOTUNE_UI_SCREENSHOTS")
     if folder:
         Path(folder).mkdir(parents=True, exist_ok=True)
         page.evaluate("window.scrollTo(0, 0)")
         time.sleep(0.5)
-        page.screenshot(path=str(Path(folder) / f"ui-{name}.png"))
+        page.screenshot(path=str(Path(folder) / f"ui-{name}.png"), full_page=full_page)
 
 
 def _fill(page, field: str, value) -> None:
@@ -463,7 +463,7 @@ def test_data_tab_checks_a_manifest_with_players(page):
     assert "cannot decode audio" in broken.inner_text() and broken.locator("audio").count() == 0
     assert page.locator("#dt-issues tr.at-warning audio").count() == 1  # the silent clip plays
     expect(page.locator("#dt-histogram svg").first).to_be_attached()
-    _screenshot(page, "data")
+    _screenshot(page, "data", full_page=True)
 
 
 def _status_step(page) -> int:

@@ -71,7 +71,7 @@ def build(ctx: Context) -> None:
         progress(0, desc="opening the dataset")
         report = check(request, ctx.root, on_row=lambda i: progress((i + 1, None), desc="checking rows",
                                                                     unit="rows") if i % 10 == 0 else None)
-        summary_dict = report.summary()
+        summary_dict = {**report.summary(), "dataset": request.dataset.strip()}  # as typed, root-relative
         message = f"**fatal:** {report.fatal}" if report.fatal else ""
         if report.fatal and not report.rows:
             return message, "", _histogram_frame({}), ""
