@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-import gradio as gr
+import time
 from typing import Any
+
+import gradio as gr
 
 from ..errors import ConfigError
 from .common import Context, shown_errors
 from .playground import ChatSettings, LocalBackend, RemoteBackend, conversation, load_clip, parse_adapters
 
 PANES = 4  # answers side by side: the base and up to three adapters at once
+STREAM_INTERVAL_S = 0.1  # at most ten page updates a second while an answer streams
 
 
 def _backend_from_settings(ctx: Context) -> None:
@@ -114,9 +117,13 @@ def build(ctx: Context) -> None:
         for i, model in enumerate(selected[:PANES]):
             messages = conversation(chats[i], waveform, system_prompt)
             chats[i] = chats[i] + [{"role": "assistant", "content": ""}]
+            shown = 0.0
             for text in backend.stream(model, messages, settings):
                 chats[i][-1] = {"role": "assistant", "content": text}
-                yield "", *chats
+                if time.monotonic() - shown >= STREAM_INTERVAL_S:  # every update resends the chats: pace them
+                    shown = time.monotonic()
+                    yield "", *chats
+            yield "", *chats  # the finished answer
             if not chats[i][-1]["content"]:
                 chats[i][-1] = {"role": "assistant", "content": "(empty answer)"}
                 yield "", *chats
