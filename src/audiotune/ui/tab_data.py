@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gradio as gr
+
 from ..audio import LongAudioPolicy
 from ..data.check import CheckReport
 from ..models.families import FAMILIES

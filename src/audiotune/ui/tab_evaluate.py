@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import gradio as gr
 import math
 from pathlib import Path
+
+import gradio as gr
 
 from ..errors import ConfigError
 from .common import Context, shown_errors

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import gradio as gr
 from pathlib import Path
 from typing import Any
+
+import gradio as gr
 
 from ..errors import AudiotuneError, ConfigError
 from .common import Context, shown_errors
