@@ -461,7 +461,8 @@ def ui(
         raise AudiotuneError("audiotune ui needs Gradio: pip install 'audiotune[ui]' (or pip install 'gradio>=6.31').")
     from .ui import UiSettings, launch
 
-    console.print(f"starting the UI on http://{host}:{port or 7860} (root {root.resolve()}); Ctrl-C stops it")
+    console.print(f"starting the UI on {host}" + (f":{port}" if port else "") + f" (root {root.resolve()}); "
+                  "Ctrl-C stops it")
     launch(UiSettings(root=str(root), host=host, port=port, share=share, model=model, adapters=list(adapter or []),
                       server_url=server_url, api_key=api_key, runs=runs))
 
