@@ -3,7 +3,7 @@
 #   ffmpeg               - datasets' audio decoding (torchcodec) and our fallback decoder
 #   default-jre-headless - the PTB tokenizer and METEOR of the caption metrics (pycocoevalcap)
 # With --test also:
-#   chromium             - renders report.html headless in the report test
+#   chromium             - renders report.html headless in the report test; drives the web UI's tests
 set -euo pipefail
 need=()
 command -v ffmpeg >/dev/null 2>&1 || need+=(ffmpeg)

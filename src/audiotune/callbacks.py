@@ -9,8 +9,11 @@ checkpoint by them and the report can plot them over steps.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
@@ -60,3 +63,44 @@ class GenerationMetricsCallback(TrainerCallback):
             state.log_history[-1].update(prefixed)
         logger.info("step %d generation metrics: %s", state.global_step,
                     ", ".join(f"{k} {v:.4f}" for k, v in self.last.items()))
+
+
+LIVE_LOG = "trainer_log.json"
+
+
+class LiveLogCallback(TrainerCallback):
+    """Keeps ``OUT/trainer_log.json`` (step, max_steps, log history) current while training runs.
+
+    The Trainer writes its state only into checkpoints; a watcher (``audiotune ui``, ``watch cat``)
+    needs the losses and generation metrics as they are logged. Rewritten atomically (temp file +
+    rename) so a reader never sees half a file; added after :class:`GenerationMetricsCallback`, so
+    an evaluation's line carries its ``eval_gen_*`` scores.
+    """
+
+    def __init__(self, out_dir: str | Path) -> None:
+        self.path = Path(out_dir) / LIVE_LOG
+        self.finished = False
+
+    def _write(self, state, finished: bool = False) -> None:
+        if not state.is_world_process_zero:
+            return
+        self.finished = self.finished or finished  # the final evaluation logs after the training loop ends
+        temp = self.path.with_suffix(".json.tmp")
+        temp.write_text(json.dumps({"global_step": state.global_step, "max_steps": state.max_steps,
+                                    "finished": self.finished, "log_history": state.log_history}, default=str))
+        os.replace(temp, self.path)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._write(state)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._write(state)  # the step count moves even between logging steps
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self._write(state)
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self._write(state)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._write(state, finished=True)

@@ -474,6 +474,33 @@ def serve(
 
 
 @app.command()
+def ui(
+    root: Annotated[Path, typer.Option(help="The only folder the UI reads and writes under.")] = Path("."),
+    host: Annotated[str, typer.Option(help="Address to bind (127.0.0.1: this machine only).")] = "127.0.0.1",
+    port: Annotated[Optional[int], typer.Option(help="Port (default: 7860 or the next free one).")] = None,
+    share: Annotated[bool, typer.Option("--share", help="Also open a public Gradio share link.")] = False,
+    model: Annotated[Optional[str], typer.Option(help="Load this model into the playground at start.")] = None,
+    adapter: Annotated[Optional[list[str]], typer.Option(help="NAME=PATH (or PATH) of an adapter for the "
+                                                              "playground; repeatable.")] = None,
+    server_url: Annotated[Optional[str], typer.Option(help="Playground against this OpenAI-compatible server "
+                                                           "(audiotune serve, vLLM) instead.")] = None,
+    api_key: Optional[str] = None,
+    runs: Annotated[str, typer.Option(help="Folder of training runs listed in the Train tab (under the root).")] = "runs",
+) -> None:
+    """Web UI (Gradio): playground, evaluation explorer, training with live curves, data check."""
+    import importlib.util
+
+    if importlib.util.find_spec("gradio") is None:
+        raise AudiotuneError("audiotune ui needs Gradio: pip install 'audiotune[ui]' (or pip install 'gradio>=6.31').")
+    from .ui import UiSettings, launch
+
+    console.print(f"starting the UI on {host}" + (f":{port}" if port else "") + f" (root {root.resolve()}); "
+                  "Ctrl-C stops it")
+    launch(UiSettings(root=str(root), host=host, port=port, share=share, model=model, adapters=list(adapter or []),
+                      server_url=server_url, api_key=api_key, runs=runs))
+
+
+@app.command()
 def models() -> None:
     """The supported model families: checkpoint, audio token, rate, limits and known issues."""
     from rich.markup import escape

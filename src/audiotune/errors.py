@@ -34,3 +34,7 @@ class ConfigError(AudiotuneError):
 
 class CheckpointError(AudiotuneError):
     """A checkpoint or adapter folder is missing, incomplete or does not match the base model."""
+
+
+class PathOutsideRootError(AudiotuneError):
+    """A path given to the web UI resolves outside the folder the UI was started on (``audiotune ui --root``)."""

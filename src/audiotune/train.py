@@ -22,7 +22,7 @@ from transformers import Trainer
 
 from .audio_cache import AudioEmbeddingCache, cache_is_safe, install_audio_cache
 from .checkpoints import AtomicCheckpointMixin, GracefulStopCallback, clean_staging, save_atomically
-from .callbacks import PREFIX, GenerationMetricsCallback
+from .callbacks import PREFIX, GenerationMetricsCallback, LiveLogCallback
 from .config import TrainConfig
 from .data.collator import ConversationCollator
 from .data.examples import BadSampleLog, ExampleDataset, ExampleStream, streaming_workers
@@ -289,6 +289,7 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> TrainResult:
             _first(eval_ds, cfg.eval_generate_take), processor, family, cfg.task,
             GenerationSettings(max_new_tokens=cfg.max_new_tokens), batch_size=cfg.eval_batch_size * 4)
         callbacks.append(generation_metrics)
+    callbacks.append(LiveLogCallback(out_dir))  # last: an eval line then carries the generation metrics
     trainer = AudiotuneTrainer(
         model=model,
         args=training_arguments(cfg, out_dir, eval_ds is not None),
