@@ -1,7 +1,8 @@
-"""Serving: requests/s and p50/p95 latency at 1, 4 and 16 concurrent clients, dynamic batching vs
-one request at a time (the same server with --max-batch-size 1), same model and clips, one run.
+"""Serving: requests/s and p50/p95 latency at 1, 4, 16 and 64 concurrent clients: audiotune one request at a time
+(--max-batch-size 1), audiotune with dynamic batching, and vLLM (`--backend vllm`, when `make vllm-env` was run);
+same model and clips, one run.
 
-Both servers run side by side on 127.0.0.1 and are measured alternately, level by level.
+The servers run side by side on 127.0.0.1 and are measured alternately, level by level.
 """
 
 from __future__ import annotations
@@ -75,23 +76,40 @@ def _load(url: str, bodies: list[dict], concurrency: int) -> dict:
             "p95": ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]}
 
 
-def run(requests: int = 32, levels: tuple[int, ...] = (1, 4, 16)) -> dict:
+def _start_vllm(model: Path):
+    """vLLM's server on the same checkpoint, or ``None`` where no vLLM environment exists."""
+    from audiotune.errors import ConfigError
+    from audiotune.serve.server import ServeConfig
+    from audiotune.serve.vllm_backend import VllmServer
+
+    try:
+        server = VllmServer(ServeConfig(model=str(model), port=_port(), served_name="tiny", max_batch_size=64))
+    except ConfigError:
+        return None, None
+    server.start()
+    return server, f"http://127.0.0.1:{server.cfg.port}"
+
+
+def run(requests: int = 64, levels: tuple[int, ...] = (1, 4, 16, 64)) -> dict:
     from audiotune.models.tiny import build_tiny
 
     with tempfile.TemporaryDirectory() as tmp:
         model = build_tiny("af3", Path(tmp) / "tiny")
         single, single_url = _start(model, 1)
         batched, batched_url = _start(model, 16)
+        vllm, vllm_url = _start_vllm(model)
+        servers = {"one at a time": single_url, "dynamic batching": batched_url}
+        if vllm_url:
+            servers["vLLM"] = vllm_url
         bodies = _bodies(requests)
         try:
-            _load(batched_url, bodies[:4], 4)  # warm-up both
-            _load(single_url, bodies[:4], 4)
-            results = {}
-            for level in levels:
-                results[level] = {"one at a time": _load(single_url, bodies, level),
-                                  "dynamic batching": _load(batched_url, bodies, level)}
+            for url in servers.values():  # warm-up
+                _load(url, bodies[:4], 4)
+            results = {level: {name: _load(url, bodies, level) for name, url in servers.items()} for level in levels}
         finally:
             for process in (single, batched):
                 process.terminate()
                 process.wait(timeout=60)
+            if vllm:
+                vllm.stop()
     return {"requests": requests, "levels": results}
