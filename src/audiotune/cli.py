@@ -22,6 +22,14 @@ from rich.table import Table
 from .errors import AudiotuneError
 from .models.families import FAMILIES
 
+# Options that several commands share, defined once.
+Backend = Annotated[str, typer.Option(help="transformers (this process) or vllm (vLLM in its own environment, "
+                                           "`make vllm-env`: a server child for serve, the offline engine otherwise).")]
+VllmPython = Annotated[Optional[str], typer.Option(help="Interpreter with vLLM (default: $AUDIOTUNE_VLLM_PYTHON, "
+                                                        "./.venv-vllm, or this one).")]
+EncoderFrames = Annotated[str, typer.Option(help="The audio tower over each batch's valid frames (valid) or whole "
+                                                 "30 s windows (window); auto: valid where the family allows it.")]
+
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Fine-tune, evaluate, run and serve audio-text-to-text models.")
 console = Console()
@@ -209,10 +217,9 @@ def infer(
                                                        "record for a bad file).")] = None,
     on_bad_file: Annotated[str, typer.Option(help="skip: answer the good files, list the bad ones, exit 1; "
                                                   "fail: stop at the first bad file.")] = "skip",
-    backend: Annotated[str, typer.Option(help="transformers (this process, batched) or vllm (vLLM's offline engine in "
-                                              "its own environment: `make vllm-env`).")] = "transformers",
-    vllm_python: Annotated[Optional[str], typer.Option(help="Interpreter with vLLM (default: $AUDIOTUNE_VLLM_PYTHON, "
-                                                            "./.venv-vllm, or this one).")] = None,
+    backend: Backend = "transformers",
+    vllm_python: VllmPython = None,
+    encoder_frames: EncoderFrames = "auto",
 ) -> None:
     """Answer the prompt for each audio file, batched; a bad file costs only itself (exit 1 if any failed)."""
     from rich.markup import escape
@@ -223,7 +230,7 @@ def infer(
     with console.status("generating"):
         results = run_infer(files, model, adapter=adapter, prompt=prompt, system_prompt=system_prompt,
                             batch_size=batch_size, max_new_tokens=max_new_tokens, on_bad_file=on_bad_file,
-                            backend=backend, vllm_python=vllm_python)
+                            backend=backend, vllm_python=vllm_python, encoder_frames=encoder_frames)
     for result in results:
         if result.ok:
             console.print(f"[bold]{escape(result.file)}[/bold]: {escape(result.answer or '')}", soft_wrap=True)
@@ -275,10 +282,9 @@ def eval_(
     spice_models: Annotated[Optional[str], typer.Option(help="Folder with SPICE's Stanford CoreNLP 3.6.0 jars.")] = None,
     training_run: Annotated[Optional[Path], typer.Option(help="A training run folder whose curves go into the "
                                                                "report (default: the first adapter).")] = None,
-    backend: Annotated[str, typer.Option(help="transformers (this process, batched) or vllm (vLLM's offline engine in "
-                                              "its own environment: `make vllm-env`).")] = "transformers",
-    vllm_python: Annotated[Optional[str], typer.Option(help="Interpreter with vLLM (default: $AUDIOTUNE_VLLM_PYTHON, "
-                                                            "./.venv-vllm, or this one).")] = None,
+    backend: Backend = "transformers",
+    vllm_python: VllmPython = None,
+    encoder_frames: EncoderFrames = "auto",
 ) -> None:
     """Generate over a split and score it the way the field does; --compare puts models side by side."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -291,7 +297,7 @@ def eval_(
                      labels=labels.split(",") if labels else None, id_column=id_column, take=take,
                      streaming=streaming,
                      batch_size=batch_size, max_new_tokens=max_new_tokens, spice_models=spice_models,
-                     backend=backend, vllm_python=vllm_python)
+                     backend=backend, vllm_python=vllm_python, encoder_frames=encoder_frames)
     run = training_run or next((Path(a) for a in cfg.adapters if (Path(a) / "train_metrics.json").exists()), None)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console) as progress:
@@ -428,10 +434,9 @@ def serve(
     api_key_file: Annotated[Optional[Path], typer.Option(help="Read the required API key from this file "
                                                               "(default: $AUDIOTUNE_API_KEY, if set).")] = None,
     served_name: Annotated[Optional[str], typer.Option(help="Model name of the base (default: folder name).")] = None,
-    backend: Annotated[str, typer.Option(help="transformers (this process) or vllm (a child process in vLLM's own "
-                                              "environment: `make vllm-env`).")] = "transformers",
-    vllm_python: Annotated[Optional[str], typer.Option(help="Interpreter with vLLM (default: $AUDIOTUNE_VLLM_PYTHON, "
-                                                            "./.venv-vllm, or this one).")] = None,
+    backend: Backend = "transformers",
+    vllm_python: VllmPython = None,
+    encoder_frames: EncoderFrames = "auto",
     max_batch_size: int = 16,
     max_wait_ms: float = 10.0,
     max_request_mb: float = 25.0,
@@ -456,7 +461,7 @@ def serve(
                       backend=backend, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
                       max_request_bytes=int(max_request_mb * 1024 * 1024), max_audio_seconds=max_audio_seconds,
                       max_tokens=max_tokens, allow_remote_audio=allow_remote_audio, allow_text_only=allow_text_only,
-                      vllm_python=vllm_python)
+                      vllm_python=vllm_python, encoder_frames=encoder_frames)
     if print_vllm_command:
         import shlex
 

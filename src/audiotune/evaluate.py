@@ -56,6 +56,7 @@ class EvalConfig:
     audio_players: int = 5
     backend: str = "transformers"  # or "vllm": vLLM's offline engine in its own environment (serve/vllm_backend.py)
     vllm_python: str | None = None  # the interpreter with vLLM (default: $AUDIOTUNE_VLLM_PYTHON or ./.venv-vllm)
+    encoder_frames: str = "auto"  # valid | window | auto: the audio tower over valid frames only (encoder_frames.py)
 
 
 @dataclass
@@ -195,7 +196,7 @@ def run_evaluation(cfg: EvalConfig, on_model: Callable[[str, int], None] | None 
             scored.append(ModelScores(name, *score_answers(examples, answers, task, settings, cfg.with_meteor,
                                                            cfg.spice_models, notices)))
             continue
-        model, _ = load_model(model_path, adapter=adapter)
+        model, _ = load_model(model_path, adapter=adapter, encoder_frames=cfg.encoder_frames)
         install_audio_cache(model, family, audio_cache)
         processor_source = adapter if adapter and (Path(adapter) / "processor_config.json").exists() else model_path
         metrics, rows = score_model(model, load_processor(processor_source), family, examples, task, settings,

@@ -73,6 +73,10 @@ class Family:
     # them); checked when the processor loads, so a missing one is a one-line error, not an ImportError deep inside
     # transformers.
     requires_packages: tuple[str, ...] = ()
+    # The audio tower is Whisper-style (conv front-end + learned positions + masked attention + pooling) and can run
+    # over a batch's valid frames instead of the whole 30 s window (encoder_frames.py); False where the tower checks
+    # the input length (Qwen2-Audio) or adds window-wide time embeddings (Music Flamingo).
+    encoder_trims_to_valid_frames: bool = False
     # The processor tokenises only inside ``apply_chat_template`` (Voxtral's mistral-common backend): the collator
     # then hands it whole conversations, audio as base64 WAV parts.
     processor_tokenizes_chat: bool = False
@@ -140,6 +144,7 @@ AUDIO_FLAMINGO_3 = Family(
     end_of_turn="<|im_end|>",
     default_system_prompt="You are a helpful assistant.",
     aliases=("audioflamingo3", "audio-flamingo-3"),
+    encoder_trims_to_valid_frames=True,
     vllm_supported=True,
     audio_cache=True,
     hub_id="nvidia/audio-flamingo-3-hf",

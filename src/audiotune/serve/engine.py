@@ -50,10 +50,10 @@ class Engine:
     """Loads the base (+ adapters) once and runs batches of requests against it."""
 
     def __init__(self, model_path: str, adapters: dict[str, str] | None = None, served_name: str | None = None,
-                 device: str | None = None) -> None:
+                 device: str | None = None, encoder_frames: str = "auto") -> None:
         from ..models.loading import load_model, load_processor
 
-        base, self.family = load_model(model_path, device=device)
+        base, self.family = load_model(model_path, device=device, encoder_frames=encoder_frames)
         self.processor = load_processor(model_path)
         self.base_name = served_name or Path(model_path.rstrip("/")).name or model_path
         self.adapters = dict(adapters or {})

@@ -31,6 +31,7 @@ class ServeConfig:
     allow_text_only: bool = False
     device: str | None = None
     vllm_args: list[str] = field(default_factory=list)
+    encoder_frames: str = "auto"  # valid | window | auto (see encoder_frames.py)
     vllm_python: str | None = None  # the interpreter with vLLM (default: ./.venv-vllm, see serve/vllm_backend.py)
 
 
@@ -73,7 +74,8 @@ def build_app(cfg: ServeConfig):
     from .protocol import Limits
 
     api_key = resolve_api_key(cfg)  # a missing or empty key file fails before the model loads
-    engine = Engine(cfg.model, cfg.adapters, served_name=cfg.served_name, device=cfg.device)
+    engine = Engine(cfg.model, cfg.adapters, served_name=cfg.served_name, device=cfg.device,
+                    encoder_frames=cfg.encoder_frames)
     family = engine.family
     limits = Limits(max_request_bytes=cfg.max_request_bytes,
                     max_audio_seconds=min(cfg.max_audio_seconds or family.max_audio_seconds, family.max_audio_seconds),
