@@ -1,7 +1,9 @@
-"""Generation throughput: the guide's one-clip-at-a-time ``generate`` vs audiotune's batched path.
+"""Generation throughput: the guide's one-clip-at-a-time ``generate`` vs audiotune's batched path (audio tower over
+whole windows and over valid frames), and vLLM's offline engine where `make vllm-env` was run.
 
-Same tiny AF3 (default preset), same synthetic test clips, same greedy settings, alternated A/B
-in one process; reports clips/s medians and the ratio. Also checks the answers are identical.
+Same tiny AF3 (default preset), same synthetic test clips, same greedy settings, alternated in one process; reports
+clips/s medians and ratios, and checks the answers are identical. With the demo's run folder present
+(`make demo`), also scores its tuned adapter's CIDEr-D on the held-out split with whole windows and valid frames.
 """
 
 from __future__ import annotations
@@ -37,36 +39,76 @@ def run(clips: int = 64, batch_size: int = 16, repeats: int = 3, max_new_tokens:
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_tiny("af3", Path(tmp) / "tiny")
-        model, family = load_model(model_dir)
+        window, family = load_model(model_dir, encoder_frames="window")  # the guide's model: plain transformers
+        valid, _ = load_model(model_dir, encoder_frames="valid")
         processor = load_processor(model_dir)
         audios = [load_audio((c.audio, c.sampling_rate), 16000, c.clip_id)
                   for c in (make_clip(i, seed=5) for i in range(clips))]
         examples = examples_from_audio(audios, "Describe the audio.")
         settings = GenerationSettings(max_new_tokens=max_new_tokens)
-        times = {"guide": [], "audiotune": [], "encoder": []}
+        times = {"guide": [], "audiotune (windows)": [], "audiotune": [], "encoder": []}
         answers = {}
         for _ in range(repeats):
             start = time.perf_counter()
-            answers["guide"] = guide_generate(model, processor, audios, max_new_tokens)
+            answers["guide"] = guide_generate(window, processor, audios, max_new_tokens)
             times["guide"].append(time.perf_counter() - start)
+            for name, model in (("audiotune (windows)", window), ("audiotune", valid)):
+                start = time.perf_counter()
+                answers[name] = generate(model, processor, family, examples, batch_size=batch_size, settings=settings)
+                times[name].append(time.perf_counter() - start)
             start = time.perf_counter()
-            answers["audiotune"] = generate(model, processor, family, examples, batch_size=batch_size,
-                                            settings=settings)
-            times["audiotune"].append(time.perf_counter() - start)
-            start = time.perf_counter()
-            encode_only(model, processor, family, examples, batch_size)
+            encode_only(window, processor, family, examples, batch_size)
             times["encoder"].append(time.perf_counter() - start)
+        vllm = _vllm(model_dir, examples, settings)
     seconds = {k: statistics.median(v) for k, v in times.items()}
-    rates = {k: clips / seconds[k] for k in ("guide", "audiotune")}
-    same = sum(a.strip() == b.strip() for a, b in zip(answers["guide"], answers["audiotune"]))
+    rates = {k: clips / seconds[k] for k in ("guide", "audiotune (windows)", "audiotune")}
+    if vllm:
+        rates["vLLM"] = clips / vllm["generate_seconds"]
+    same = {k: f"{sum(a.strip() == b.strip() for a, b in zip(answers['guide'], answers[k]))}/{clips}"
+            for k in ("audiotune (windows)", "audiotune")}
+    if vllm:
+        same["vLLM"] = f"{sum(a.strip() == b.strip() for a, b in zip(answers['guide'], vllm['answers']))}/{clips}"
     return {"clips": clips, "batch_size": batch_size, "repeats": repeats, "clips_per_s": rates,
-            "ratio": rates["audiotune"] / rates["guide"], "identical_answers": f"{same}/{clips}",
-            "seconds": seconds, "encoder_bound": seconds["guide"] / seconds["encoder"]}
+            "ratios": {k: v / rates["guide"] for k, v in rates.items() if k != "guide"},
+            "ratio": rates["audiotune"] / rates["guide"], "identical_answers": same, "seconds": seconds,
+            "encoder_bound": seconds["guide"] / seconds["encoder"],
+            "vllm_load_seconds": vllm["load_seconds"] if vllm else None, "quality": demo_quality()}
+
+
+def _vllm(model_dir, examples, settings) -> dict | None:
+    """vLLM's offline engine on the same clips: its generation time (engine start-up reported apart)."""
+    from audiotune.errors import ConfigError
+    from audiotune.serve.vllm_backend import vllm_generate
+
+    timings: dict = {}
+    try:
+        answers = vllm_generate(str(model_dir), examples, settings, batch_size=len(examples), timings=timings)
+    except ConfigError:
+        return None
+    return {"answers": answers, **timings}
+
+
+def demo_quality(run: Path = Path("runs/demo")) -> dict | None:
+    """CIDEr-D of the demo's tuned adapter on its held-out split, audio tower over whole windows vs valid frames."""
+    from audiotune.evaluate import EvalConfig, run_evaluation
+
+    if not (run / "tuned" / "adapter_config.json").exists():
+        return None
+    scores = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for frames in ("window", "valid"):
+            report = run_evaluation(EvalConfig(model=str(run / "tiny-af3"), dataset=str(run / "data"),
+                                               adapters=[str(run / "tuned")], out=f"{tmp}/{frames}", split="test",
+                                               max_new_tokens=40, with_meteor=False, encoder_frames=frames))
+            scores[frames] = report.models[0].metrics["CIDEr-D"]
+            scores[f"{frames} predictions"] = [r["prediction"] for r in report.models[0].predictions]
+    same = sum(a == b for a, b in zip(scores.pop("window predictions"), scores.pop("valid predictions")))
+    return {**scores, "identical": same, "rows": len(report.models[0].predictions)}
 
 
 @torch.inference_mode()
 def encode_only(model, processor, family, examples, batch_size):
-    """The work no generation strategy avoids, batched: features, the frozen encoder over full 30 s windows, and
+    """The work the guide's path cannot avoid, batched: features, the frozen encoder over full 30 s windows, and
     one forward pass of the language model over each prompt (the prefill), with logits for the last position only.
 
     The guide's time divided by this is the ratio a batched path could reach if decoding the answer cost nothing.

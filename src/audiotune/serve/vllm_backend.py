@@ -288,8 +288,11 @@ def openai_messages(example: "Example", rate: int) -> list[dict[str, Any]]:
 
 def vllm_generate(model: str, examples: Sequence["Example"], settings: "GenerationSettings",
                   adapter: str | None = None, python: str | None = None, batch_size: int = 64,
-                  extra_args: Sequence[str] = ()) -> list[str]:
-    """Answers for ``examples`` from vLLM's offline engine (one child process), in their order."""
+                  extra_args: Sequence[str] = (), timings: dict[str, float] | None = None) -> list[str]:
+    """Answers for ``examples`` from vLLM's offline engine (one child process), in their order.
+
+    ``timings`` (if given) receives ``load_seconds`` (engine start) and ``generate_seconds``.
+    """
     family = require_vllm_family(model)
     interpreter = find_vllm_python(python)
     with tempfile.TemporaryDirectory(prefix="audiotune-vllm-") as folder:
@@ -308,7 +311,12 @@ def vllm_generate(model: str, examples: Sequence["Example"], settings: "Generati
         if run.returncode != 0:
             tail = "\n".join(run.stderr.strip().splitlines()[-15:])
             raise ConfigError(f"vLLM generation failed (exit {run.returncode}); its last lines:\n{tail}")
-        answers = json.loads((work / "answers.json").read_text())
+        result = json.loads((work / "answers.json").read_text())
+    answers = result["answers"]
+    if timings is not None:
+        timings.update(load_seconds=result["load_seconds"], generate_seconds=result["generate_seconds"])
+    logger.info("vLLM: engine loaded in %.1f s, %d answers in %.1f s", result["load_seconds"], len(answers),
+                result["generate_seconds"])
     if len(answers) != len(examples):
         raise ConfigError(f"vLLM returned {len(answers)} answers for {len(examples)} examples.")
     return [a.strip() for a in answers]

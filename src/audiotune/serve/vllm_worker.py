@@ -3,12 +3,13 @@
 A standalone script for vLLM's own interpreter (its own torch and transformers, no audiotune installed):
 ``python vllm_worker.py request.json answers.json``. The request holds the model, an optional exported
 LoRA adapter, sampling settings and OpenAI-format conversations (audio as WAV data URIs); the answers
-file gets one string per conversation, in order. vLLM renders each conversation with the checkpoint's
+file gets one string per conversation, in order, and the engine's load and generation times. vLLM renders each conversation with the checkpoint's
 chat template and schedules them all together (continuous batching).
 """
 
 import json
 import sys
+import time
 
 
 def main(request_path: str, answers_path: str) -> None:
@@ -27,11 +28,15 @@ def main(request_path: str, answers_path: str) -> None:
     for flag in request["extra_args"]:  # "key=value" engine arguments
         key, _, value = flag.partition("=")
         engine[key.lstrip("-").replace("-", "_")] = json.loads(value) if value[:1] in "[{0123456789tfn" else value
+    start = time.perf_counter()
     llm = LLM(**engine)
+    loaded = time.perf_counter()
     sampling = SamplingParams(**request["sampling"], seed=0)
     outputs = llm.chat(request["conversations"], sampling, lora_request=lora, use_tqdm=False)
+    done = time.perf_counter()
     with open(answers_path, "w") as handle:
-        json.dump([output.outputs[0].text for output in outputs], handle)
+        json.dump({"answers": [output.outputs[0].text for output in outputs], "load_seconds": loaded - start,
+                   "generate_seconds": done - loaded}, handle)
 
 
 if __name__ == "__main__":
