@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 from safetensors.torch import load_file
 
@@ -78,14 +79,20 @@ def test_kill_a_two_process_run_at_random_points_then_resume(micro_af3, synth_da
         log = tmp_path / f"attempt-{attempt}.log"
         with log.open("w") as stderr:
             process = subprocess.Popen(_cmd(micro_af3, synth_data, run, "--resume", nproc=2, steps=24), env=_env(),
-                                       stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+                                       stdout=subprocess.DEVNULL, stderr=stderr)
             deadline = time.time() + 300
             while not (run / f"checkpoint-{target}").exists() and process.poll() is None and time.time() < deadline:
                 time.sleep(0.005)
             time.sleep(rng.uniform(0.0, 0.2))
             assert process.poll() is None, "the run ended before the kill"
-            os.killpg(process.pid, signal.SIGKILL)  # torchrun and both workers
+            # The CLI, torchrun and both workers at once, like a lost node. torchrun starts each worker in a
+            # session of its own, so killing the CLI's process group would leave the workers training on.
+            tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+            for member in tree:
+                member.send_signal(signal.SIGKILL)
             assert process.wait() == -signal.SIGKILL
+            _, alive = psutil.wait_procs(tree, timeout=60)
+            assert len(tree) >= 4 and not alive, (tree, alive)  # the CLI, torchrun, two workers
         # Both ranks resumed from the newest checkpoint the previous kill left (the first attempt had none).
         text = "".join(log.read_text().split())  # rich wraps long log lines
         if before:
