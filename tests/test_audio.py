@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 
 import numpy as np
 import pytest
@@ -76,13 +77,22 @@ def test_nan_samples():
 
 
 def test_long_audio_policies(caplog):
+    def warnings():
+        found = [(r.name, r.getMessage()) for r in caplog.records if r.levelno == logging.WARNING]
+        caplog.clear()
+        return found
+
+    caplog.set_level(logging.WARNING, logger="audiotune.audio")
     wave = np.zeros(16000 * 40, dtype=np.float32)
     window = AudioLimits(30.0, 600.0, LongAudioPolicy.WINDOW)
     assert len(load_audio((wave, 16000), 16000, "long", window)) == len(wave)  # windowed, not cut
+    assert warnings() == []
     assert len(load_audio((wave, 16000), 16000, "long", AudioLimits(30.0, 35.0, LongAudioPolicy.WINDOW))) == 35 * 16000
-    assert "long" in caplog.text
+    assert warnings() == [("audiotune.audio",
+                           "long: 40.0 s is longer than the model's maximum of 35 s; keeping the first 35 s.")]
     cut = load_audio((wave, 16000), 16000, "long", AudioLimits(30.0, 600.0, LongAudioPolicy.TRUNCATE))
     assert len(cut) == 30 * 16000
+    assert warnings() == [("audiotune.audio", "long: 40.0 s truncated to the first 30 s window (--long-audio truncate).")]
     for policy in (LongAudioPolicy.SKIP, LongAudioPolicy.ERROR):
         with pytest.raises(AudioTooLongError, match="long: 40.0 s"):
             load_audio((wave, 16000), 16000, "long", AudioLimits(30.0, 600.0, policy))

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from audiotune.train import checkpoint_is_complete
+from audiotune.checkpoints import checkpoint_is_complete, checkpoint_problem, checkpoint_steps
 
 
 def _cmd(model, data, out, *extra, steps=12):
@@ -38,35 +38,52 @@ def _same(a, b):
         assert torch.allclose(a[name], b[name], atol=1e-5), name
 
 
+def _flat(text: str) -> str:
+    """Log text without whitespace: rich wraps long lines (paths) at the console width."""
+    return "".join(text.split())
+
+
 @pytest.mark.slow
 def test_kills_at_random_points_never_leave_a_partial_checkpoint(micro_af3, synth_data, tmp_path):
     reference = tmp_path / "reference"
     subprocess.run(_cmd(micro_af3, synth_data, reference, steps=40), check=True, env=_env(), capture_output=True,
                    timeout=600)
     assert sorted(p.name for p in reference.glob("checkpoint-*")) == ["checkpoint-38", "checkpoint-40"]
+    assert all(checkpoint_is_complete(p) for p in reference.glob("checkpoint-*"))
     assert not (reference / ".staging").exists()
 
     run = tmp_path / "killed"
     rng = random.Random(0)
-    kills = []
-    for target in (6, 16, 28):  # kill shortly after checkpoint-N appears: during the next steps or saves
-        process = subprocess.Popen(_cmd(micro_af3, synth_data, run, "--resume", steps=40), env=_env(),
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 300
-        while not (run / f"checkpoint-{target}").exists() and process.poll() is None and time.time() < deadline:
-            time.sleep(0.005)
-        time.sleep(rng.uniform(0.0, 0.15))
-        assert process.poll() is None, "the run ended before the kill"
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-        kills.append(target)
+    for attempt, target in enumerate((6, 16, 28)):  # kill soon after checkpoint-N appears: in later steps or saves
+        before = checkpoint_steps(run) if run.exists() else []
+        log = tmp_path / f"attempt-{attempt}.log"
+        with log.open("w") as stderr:
+            process = subprocess.Popen(_cmd(micro_af3, synth_data, run, "--resume", steps=40), env=_env(),
+                                       stdout=subprocess.DEVNULL, stderr=stderr)
+            deadline = time.time() + 300
+            while not (run / f"checkpoint-{target}").exists() and process.poll() is None and time.time() < deadline:
+                time.sleep(0.005)
+            time.sleep(rng.uniform(0.0, 0.15))
+            assert process.poll() is None, "the run ended before the kill"
+            process.send_signal(signal.SIGKILL)
+            assert process.wait() == -signal.SIGKILL
+        # It resumed from the newest checkpoint the previous kill left (the first attempt had none).
+        expected = f"--resume: continuing from {before[-1][1]}." if before else "no complete checkpoint"
+        assert _flat(expected) in _flat(log.read_text()), log.read_text()[-2000:]
         assert not (run / "adapter_model.safetensors").exists()
-        for checkpoint in run.glob("checkpoint-*"):  # whatever survived the kill is whole
-            assert checkpoint_is_complete(checkpoint), checkpoint
+        assert checkpoint_steps(run)[-1][0] >= target
+        for _, checkpoint in checkpoint_steps(run):  # whatever survived the kill is whole
+            assert checkpoint_is_complete(checkpoint), checkpoint_problem(checkpoint)
+
+    # A half-written optimizer.pt in the newest checkpoint: --resume passes it over, says so, takes the one before.
+    (*_, (_, previous), (_, newest)) = checkpoint_steps(run)
+    with (newest / "optimizer.pt").open("r+b") as handle:
+        handle.truncate(handle.seek(0, os.SEEK_END) // 2)
     finished = subprocess.run(_cmd(micro_af3, synth_data, run, "--resume", steps=40), env=_env(),
                               capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, finished.stderr[-2000:]
-    assert kills, "no kill landed; the run is too short"
+    assert _flat(f"--resume: skipping {newest}: optimizer.pt is") in _flat(finished.stderr), finished.stderr[-2000:]
+    assert json.loads((run / "train_metrics.json").read_text())["resumed_from"] == str(previous)
     _same(_adapter(reference), _adapter(run))
 
 

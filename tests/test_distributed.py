@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -9,12 +10,14 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 from safetensors.torch import load_file
 
+from audiotune.checkpoints import checkpoint_is_complete, checkpoint_problem, checkpoint_steps
 from audiotune.config import TrainConfig
 from audiotune.models.families import AUDIO_FLAMINGO_3
-from audiotune.train import build_datasets, checkpoint_is_complete
+from audiotune.train import build_datasets
 
 TOLERANCE = 1e-5  # float32 sums in a different order (gradient all-reduce) — documented in docs/scaling.md
 
@@ -71,21 +74,39 @@ def test_kill_a_two_process_run_at_random_points_then_resume(micro_af3, synth_da
     assert done.returncode == 0, done.stderr[-4000:]
     run = tmp_path / "killed"
     rng = random.Random(1)
-    for target in (4, 14):
-        process = subprocess.Popen(_cmd(micro_af3, synth_data, run, "--resume", nproc=2, steps=24), env=_env(),
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.time() + 300
-        while not (run / f"checkpoint-{target}").exists() and process.poll() is None and time.time() < deadline:
-            time.sleep(0.005)
-        time.sleep(rng.uniform(0.0, 0.2))
-        assert process.poll() is None, "the run ended before the kill"
-        os.killpg(process.pid, signal.SIGKILL)  # torchrun and both workers
-        process.wait()
-        for checkpoint in run.glob("checkpoint-*"):
-            assert checkpoint_is_complete(checkpoint), checkpoint
+    for attempt, target in enumerate((4, 14)):
+        before = checkpoint_steps(run) if run.exists() else []
+        log = tmp_path / f"attempt-{attempt}.log"
+        with log.open("w") as stderr:
+            process = subprocess.Popen(_cmd(micro_af3, synth_data, run, "--resume", nproc=2, steps=24), env=_env(),
+                                       stdout=subprocess.DEVNULL, stderr=stderr)
+            deadline = time.time() + 300
+            while not (run / f"checkpoint-{target}").exists() and process.poll() is None and time.time() < deadline:
+                time.sleep(0.005)
+            time.sleep(rng.uniform(0.0, 0.2))
+            assert process.poll() is None, "the run ended before the kill"
+            # The CLI, torchrun and both workers at once, like a lost node. torchrun starts each worker in a
+            # session of its own, so killing the CLI's process group would leave the workers training on.
+            tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+            for member in tree:
+                member.send_signal(signal.SIGKILL)
+            assert process.wait() == -signal.SIGKILL
+            _, alive = psutil.wait_procs(tree, timeout=60)
+            assert len(tree) >= 4 and not alive, (tree, alive)  # the CLI, torchrun, two workers
+        # Both ranks resumed from the newest checkpoint the previous kill left (the first attempt had none).
+        text = "".join(log.read_text().split())  # rich wraps long log lines
+        if before:
+            assert text.count("".join(f"--resume: continuing from {before[-1][1]}.".split())) == 2, text[-2000:]
+        else:
+            assert text.count("--resume:nocompletecheckpoint") == 2, text[-2000:]
+        assert checkpoint_steps(run)[-1][0] >= target
+        for _, checkpoint in checkpoint_steps(run):
+            assert checkpoint_is_complete(checkpoint), checkpoint_problem(checkpoint)
+    newest = checkpoint_steps(run)[-1][1]
     finished = subprocess.run(_cmd(micro_af3, synth_data, run, "--resume", nproc=2, steps=24), env=_env(),
                               capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, finished.stderr[-3000:]
+    assert json.loads((run / "train_metrics.json").read_text())["resumed_from"] == str(newest)
     assert _max_difference(reference, run) < TOLERANCE
 
 

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import soundfile as sf
+import torch
 from datasets import Audio, ClassLabel, Dataset, Features, Value
 
 from audiotune.config import TrainConfig
@@ -93,22 +94,45 @@ def test_classify_and_asr_metrics(micro_af3, tmp_path, task, expected):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("metric", ["CIDEr-D", "loss"])
-def test_best_checkpoint_kept_by_metric(tiny_af3, synth_data, tmp_path, metric):
-    out = tmp_path / metric
+def test_best_checkpoint_is_kept_loaded_and_saved(tiny_af3, synth_data, tmp_path):
+    """This run's eval losses at steps 4, 8, 12 differ and the best is not the last (training is deterministic
+    on the CPU), so the test tells "loaded the best checkpoint" from "kept the last one"."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "run"
     result = train(TrainConfig(model=str(tiny_af3), dataset=str(synth_data), out=str(out), batch_size=4,
                                gradient_accumulation_steps=1, learning_rate=3e-3, max_steps=12, eval_steps=4,
                                save_steps=4, save_total_limit=1, eval_take=4, eval_generate_take=4,
-                               max_new_tokens=8, best_metric=metric, seed=0))
+                               max_new_tokens=8, best_metric="loss", seed=0))
     evals = [h for h in result.log_history if "eval_loss" in h][:3]
-    assert len(evals) == 3 and all("eval_gen_CIDEr-D" in h for h in evals)
-    key = "eval_loss" if metric == "loss" else "eval_gen_CIDEr-D"
-    values = [h[key] for h in evals]
-    best = min(values) if metric == "loss" else max(values)
+    assert len(evals) == 3 and all("eval_gen_CIDEr-D" in h for h in evals)  # generation metrics at every eval
+    values = [h["eval_loss"] for h in evals]
+    best = min(values)
     best_step = evals[values.index(best)]["step"]
-    assert result.best_checkpoint.endswith(f"checkpoint-{best_step}")
+    assert len(set(values)) == 3 and best_step != 12, f"eval loss at steps 4, 8, 12: {values}; no clear best"
+    assert result.best_checkpoint == str(out / f"checkpoint-{best_step}")
+    # Loaded at the end: the saved adapter is the best checkpoint's, and the final evaluation scores the best
+    # loss, not the last step's (the Trainer deletes the last checkpoint here: save_total_limit=1).
+    final = load_file(out / "adapter_model.safetensors")
+    kept = load_file(out / f"checkpoint-{best_step}" / "adapter_model.safetensors")
+    assert final.keys() == kept.keys() and all(torch.equal(final[k], kept[k]) for k in final)
+    assert result.eval_loss == pytest.approx(best, abs=1e-6) and result.eval_loss != pytest.approx(values[-1], abs=1e-6)
     card = (out / "README.md").read_text()
     assert "CIDEr-D (eval slice, generated)" in card and "eval loss" in card
+
+
+@pytest.mark.parametrize("metric, key, greater", [
+    ("CIDEr-D", "eval_gen_CIDEr-D", True), ("WER", "eval_gen_WER", False), ("eval_loss", "eval_loss", False),
+    ("accuracy", "eval_gen_accuracy", True)])
+def test_best_metric_picks_its_logged_key_and_direction(metric, key, greater):
+    """A generation metric chooses the best checkpoint by the key the callback logs, in its own direction (the
+    slow test above runs the selection itself, by eval loss: 12 steps leave CIDEr-D at 0.0 on every evaluation)."""
+    from audiotune.train import best_metric_arguments
+
+    cfg = TrainConfig(model="m", dataset="d", best_metric=metric)
+    assert best_metric_arguments(cfg, has_eval=True) == {"metric_for_best_model": key, "greater_is_better": greater,
+                                                         "load_best_model_at_end": True}
+    assert best_metric_arguments(cfg, has_eval=False) == {}
 
 
 def test_best_metric_needs_aligned_steps():

@@ -8,6 +8,7 @@ red and the registry entry must be updated.
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -47,6 +48,24 @@ def _examples(family) -> list[Example]:
 @pytest.mark.parametrize("name", _family_params())
 def test_families_end_to_end(name, synth_data, tmp_path):
     family = family_by_name(name)
+    try:
+        _end_to_end(family, synth_data, tmp_path)
+    except ModelFamilyError as error:
+        if family.known_issue:  # the xfail accepts this known issue only: any other failure stays a failure
+            _require_the_known_issue(family, error)
+        raise
+
+
+def _require_the_known_issue(family, error: ModelFamilyError) -> None:
+    """The registry's known issues are packages that cannot be installed here: the error must name them."""
+    missing = family.missing_packages()
+    assert missing, f"{family.name}: {', '.join(family.requires_packages)} installed now, yet: {error}"
+    unnamed = [p for p in missing if not re.search(rf"\b{re.escape(p)}\b", str(error))]
+    assert not unnamed, f"{family.name} failed for another reason than its missing {', '.join(unnamed)}: {error}"
+
+
+def _end_to_end(family, synth_data, tmp_path) -> None:
+    name = family.name
     checkpoint = build_tiny(name, tmp_path / "tiny", seed=0, preset="micro")
     assert resolve_family(str(checkpoint)) is family
     processor = load_processor(checkpoint)
@@ -92,7 +111,6 @@ def test_families_end_to_end(name, synth_data, tmp_path):
     batched = generate(peft_model, processor, family, prompts, batch_size=2, settings=settings)
     single = [generate(peft_model, processor, family, [p], batch_size=1, settings=settings)[0] for p in prompts]
     assert batched == single  # left padding and masks are right for this family's processor
-    assert all(isinstance(a, str) for a in batched)
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     with torch.no_grad():
         adapter_logits = peft_model(**to_model_inputs(inputs, peft_model)).logits
@@ -104,9 +122,11 @@ def test_families_end_to_end(name, synth_data, tmp_path):
     torch.testing.assert_close(merged_logits[mask], adapter_logits[mask], atol=1e-4, rtol=1e-4)
 
     # The guide's pipeline call on the merged model.
-    pipe = pipeline("audio-text-to-text", model=merged, processor=load_processor(merged_dir))
-    output = pipe(tone(1.0, 440, family.sampling_rate), generate_kwargs={"max_new_tokens": 6})
-    assert isinstance(output, list) and isinstance(output[0]["generated_text"], str)
+    # The guide's pipeline call on the merged model answers what generate() answers for the same clip and prompt.
+    merged_processor = load_processor(merged_dir)
+    pipe = pipeline("audio-text-to-text", model=merged, processor=merged_processor)
+    output = pipe(tone(1.0, 440, family.sampling_rate), generate_kwargs={"max_new_tokens": 6})  # prompts[0]
+    assert output == [{"generated_text": generate(merged, merged_processor, family, prompts[:1], settings=settings)[0]}]
 
 
 def test_unknown_model_type_lists_the_supported_families():
@@ -153,24 +173,34 @@ def _served_family_params():
 @pytest.mark.parametrize("name", _served_family_params())
 def test_families_serve_through_the_openai_client(name, tmp_path):
     """The models page says every working family serves: one ``input_audio`` request with the real client."""
+    import base64
     import signal
 
     from openai import OpenAI
+
+    from audiotune.audio import load_audio
+    from audiotune.generate import generate_batch
 
     from tests.test_serve import _b64, _start
 
     family = family_by_name(name)
     checkpoint = build_tiny(name, tmp_path / "tiny", seed=0, preset="micro")
+    data = _b64(tone(1.5, 440, family.sampling_rate), family.sampling_rate)
     process, base = _start(checkpoint, "--max-tokens", "16")
     try:
         client = OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=120)
-        wave = tone(1.5, 440, family.sampling_rate)
-        audio = {"type": "input_audio", "input_audio": {"data": _b64(wave, family.sampling_rate), "format": "wav"}}
+        audio = {"type": "input_audio", "input_audio": {"data": data, "format": "wav"}}
         reply = client.chat.completions.create(
-            model=client.models.list().data[0].id, max_tokens=6,
+            model=client.models.list().data[0].id, max_tokens=6, temperature=0,
             messages=[{"role": "user", "content": [audio, {"type": "text", "text": "Describe the audio."}]}])
-        assert reply.choices[0].message.content is not None and reply.usage.completion_tokens > 0
-        assert reply.usage.prompt_tokens > family.audio_tokens(1.5)  # the audio placeholders are counted
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
+    # The served answer is generate()'s for the same clip (the WAV bytes sent, decoded) and prompt, greedy.
+    sent = load_audio(base64.b64decode(data), family.sampling_rate, "sent clip")
+    model, _ = load_model(checkpoint)
+    local = generate_batch(model, load_processor(checkpoint), family, examples_from_audio([sent], "Describe the audio."),
+                           GenerationSettings(max_new_tokens=6))[0]
+    assert reply.choices[0].message.content == local.text
+    assert reply.usage.completion_tokens == local.completion_tokens > 0
+    assert reply.usage.prompt_tokens == local.prompt_tokens > family.audio_tokens(1.5)  # audio placeholders counted

@@ -5,11 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 from transformers import AudioFlamingo3ForConditionalGeneration, pipeline
 
 import audiotune  # noqa: F401  (registers the task)
+from audiotune.audio import resample
+from audiotune.data.tasks import Example
+from audiotune.generate import GenerationSettings, generate
 from audiotune.merge import merge_adapter
-from audiotune.models.loading import load_model, load_processor
+from audiotune.models.loading import load_model, load_processor, to_model_inputs
+from audiotune.pipeline import _Chat
 from tests.conftest import tone
 
 
@@ -33,8 +38,11 @@ def test_every_input_form_gives_the_same_answer(merged_pipe, tmp_path):
     for item in ((wave, 16000), {"array": wave, "sampling_rate": 16000}, {"raw": wave, "sampling_rate": 16000},
                  str(path)):
         assert merged_pipe(item, **kwargs) == reference
-    resampled = merged_pipe((wave_44k, 44100), **kwargs)
-    assert resampled[0]["generated_text"]
+    # 44.1 kHz input is resampled: it answers exactly like its own 16 kHz resample, with 1.5 s of audio tokens.
+    assert merged_pipe((wave_44k, 44100), **kwargs) == merged_pipe((resample(wave_44k, 44100, 16000), 16000), **kwargs)
+    audio_id = merged_pipe.processor.tokenizer.convert_tokens_to_ids(merged_pipe.family.audio_token)
+    encoded = merged_pipe.preprocess((wave_44k, 44100))["input_ids"]
+    assert int((encoded == audio_id).sum()) == merged_pipe.family.audio_tokens(1.5)
     chat = [{"role": "user", "content": [{"type": "audio", "path": str(path)},
                                          {"type": "text", "text": "Describe the audio."}]}]
     assert merged_pipe(chat, **kwargs) == reference
@@ -44,13 +52,28 @@ def test_every_input_form_gives_the_same_answer(merged_pipe, tmp_path):
 
 @pytest.mark.slow
 def test_multi_turn_chat(merged_pipe):
-    chat = [
-        {"role": "user", "content": [{"type": "audio", "audio": tone(1.0)}, {"type": "text", "text": "Describe it."}]},
-        {"role": "assistant", "content": [{"type": "text", "text": "A tone."}]},
-        {"role": "user", "content": [{"type": "text", "text": "Describe the audio."}]},
-    ]
+    wave = tone(1.0)
+    first = {"role": "user", "content": [{"type": "audio", "audio": wave}, {"type": "text", "text": "Describe it."}]}
+    chat = [first, {"role": "assistant", "content": [{"type": "text", "text": "A tone."}]},
+            {"role": "user", "content": [{"type": "text", "text": "Now in other words."}]}]
     out = merged_pipe(chat, max_new_tokens=12)
-    assert isinstance(out[0]["generated_text"], str)
+    # The whole conversation is the prompt: both user turns and the assistant's reply, in order, and the audio.
+    encoded = merged_pipe.preprocess(_Chat(chat))
+    text = merged_pipe.processor.tokenizer.decode(encoded["input_ids"][0])
+    assert text.index("Describe it.") < text.index("A tone.") < text.index("Now in other words.")
+    audio_id = merged_pipe.processor.tokenizer.convert_tokens_to_ids(merged_pipe.family.audio_token)
+    assert int((encoded["input_ids"] == audio_id).sum()) == merged_pipe.family.audio_tokens(1.0)
+    # The answer is what generate() gives for the same conversation (greedy) ...
+    example = Example("chat", [merged_pipe._decode_message(m) for m in chat], [""])
+    assert out[0]["generated_text"] == generate(merged_pipe.model, merged_pipe.processor, merged_pipe.family,
+                                                [example], settings=GenerationSettings(max_new_tokens=12))[0]
+    # ... and the earlier turns change what the model predicts next, against the last question alone.
+    question = {"type": "text", "text": "Now in other words."}
+    alone = merged_pipe.preprocess(_Chat([{"role": "user", "content": [{"type": "audio", "audio": wave}, question]}]))
+    with torch.no_grad():
+        logits = [merged_pipe.model(**to_model_inputs(batch, merged_pipe.model)).logits[0, -1]
+                  for batch in (encoded, alone)]
+    assert not torch.allclose(logits[0], logits[1], atol=1e-3)
 
 
 @pytest.mark.slow

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from typer.testing import CliRunner
 
 from audiotune.cli import app
 from audiotune.errors import ConfigError
 from audiotune.models.families import FAMILIES, GUIDE_LORA_TARGETS
+from audiotune.models.loading import load_model
 from audiotune.plan import make_plan, published_ids
 
 AF3 = "nvidia/audio-flamingo-3-hf"
@@ -81,7 +84,8 @@ def test_every_shipped_architecture_plans_offline(name):
 
 def test_local_checkpoint_and_unknown_id(micro_af3):
     plan = make_plan(str(micro_af3), batch=2, audio_seconds=3)
-    assert plan.family == "af3" and plan.parameters.total > 0
+    model, _ = load_model(micro_af3)  # the real weights: the meta-device count is exact
+    assert plan.family == "af3" and plan.parameters.total == sum(p.numel() for p in model.parameters())
     with pytest.raises(ConfigError) as error:
         make_plan("nobody/no-such-model")
     assert AF3 in str(error.value) and all(i in str(error.value) for i in published_ids())
@@ -93,7 +97,10 @@ def test_local_checkpoint_and_unknown_id(micro_af3):
 def test_plan_cli():
     result = CliRunner().invoke(app, ["plan", "--model", AF3, "--json"])
     assert result.exit_code == 0, result.output
-    assert '"total": 8' in result.output
+    plan = json.loads(result.output)
+    assert plan["parameters"] == make_plan(AF3).to_dict()["parameters"]
+    assert plan["parameters"]["total"] == 8_267_215_360  # test_af3_counts_match_the_published_architecture_by_hand
+    assert plan["lora_lm_only"]["trainable"] == 40_370_176 and plan["lora_guide"]["trainable"] == 44_302_336
     result = CliRunner().invoke(app, ["plan", "--model", AF3])
     assert result.exit_code == 0, result.output
     assert "40,370,176" in result.output and "44,302,336" in result.output  # LM-only LoRA vs the guide's list

@@ -135,13 +135,38 @@ def test_empty_dataset_is_caught(micro_af3, tmp_path):
         train(_config(micro_af3, path, tmp_path / "e", eval_split=None))
 
 
-def test_latest_checkpoint_skips_incomplete(tmp_path):
-    for step, complete in ((2, True), (4, True), (6, False)):
+def test_latest_checkpoint_skips_truncated_unmarked_and_altered_ones(tmp_path, caplog):
+    import logging
+
+    from audiotune.checkpoints import MARKER, checkpoint_is_complete, write_marker
+
+    for step in (2, 4, 6, 8):
         folder = tmp_path / f"checkpoint-{step}"
         folder.mkdir()
-        (folder / "adapter_model.safetensors").write_bytes(b"x")
-        if complete:
-            (folder / "trainer_state.json").write_text("{}")
-            (folder / "optimizer.pt").write_bytes(b"x")
-    assert latest_checkpoint(tmp_path).name == "checkpoint-4"
+        (folder / "adapter_model.safetensors").write_bytes(b"w" * 64)
+        (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+        (folder / "optimizer.pt").write_bytes(b"o" * 4096)
+        write_marker(folder)
+    (tmp_path / "checkpoint-10").mkdir()  # every file but no marker: cut off before the marker, or not ours
+    for name in ("adapter_model.safetensors", "trainer_state.json", "optimizer.pt"):
+        (tmp_path / "checkpoint-10" / name).write_bytes((tmp_path / "checkpoint-8" / name).read_bytes())
+    assert all(checkpoint_is_complete(tmp_path / f"checkpoint-{s}") for s in (2, 4, 6, 8))
+    assert latest_checkpoint(tmp_path).name == "checkpoint-8"
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        f"--resume: skipping {tmp_path / 'checkpoint-10'}: it has no {MARKER} (cut off mid-save, or not written "
+        "by audiotune); an older checkpoint is used."]
+    caplog.clear()
 
+    with (tmp_path / "checkpoint-8" / "optimizer.pt").open("r+b") as handle:
+        handle.truncate(1000)  # half-written
+    (tmp_path / "checkpoint-6" / MARKER).unlink()
+    (tmp_path / "checkpoint-4" / "trainer_state.json").write_text(json.dumps({"global_step": 5}))  # same size
+    assert latest_checkpoint(tmp_path).name == "checkpoint-2"
+    reasons = {r.args[0].name: r.args[1] for r in caplog.records if r.name == "audiotune.checkpoints"}
+    assert reasons == {
+        "checkpoint-10": f"it has no {MARKER} (cut off mid-save, or not written by audiotune)",
+        "checkpoint-8": "optimizer.pt is 1000 bytes, 4096 were written (truncated or changed)",
+        "checkpoint-6": f"it has no {MARKER} (cut off mid-save, or not written by audiotune)",
+        "checkpoint-4": "trainer_state.json does not match the checksum recorded when it was written"}
+    (tmp_path / "checkpoint-2" / "optimizer.pt").unlink()
+    assert latest_checkpoint(tmp_path) is None

@@ -3,12 +3,20 @@
 transformers' Trainer writes ``checkpoint-N`` in place: a kill mid-save leaves a half-written folder,
 and its rotation may already have deleted the previous one. Here every checkpoint is written under
 ``OUT/.staging/`` and renamed into place once every process has finished writing; rotation happens
-only after that rename. So at any moment ``OUT`` holds the old checkpoints, or the old ones plus the
-new one, never a partial one. The final adapter goes through the same staging, file by file.
+only after that rename, and moves an old folder back into staging before deleting it. So at any moment
+``OUT`` holds the old checkpoints, or the old ones plus the new one, never a partial one.
+The final adapter goes through the same staging, file by file.
+
+A rename proves only that the folder was *renamed*; the files in it are proven whole by a marker,
+``checkpoint_complete.json``, written last (every file fsynced first, just before the rename): it lists
+each file's size and, for the small ones, a SHA-256. :func:`checkpoint_problem` checks a folder against
+its marker, so a truncated ``optimizer.pt``, a missing file or a checkpoint without a marker (copied in
+by hand, or written before audiotune had markers) is never resumed from.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -25,6 +33,10 @@ from .models.loading import save_processor
 logger = logging.getLogger(__name__)
 
 STAGING = ".staging"
+MARKER = "checkpoint_complete.json"
+CHECKSUM_LIMIT = 1 << 20  # files up to 1 MiB (state, configs, RNG, scheduler) also get a SHA-256
+WEIGHTS = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json")
+REQUIRED = ("trainer_state.json", "optimizer.pt")  # what --resume needs besides the weights
 
 
 def _fsync_dir(path: Path) -> None:
@@ -44,8 +56,72 @@ def checkpoint_steps(out_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def _sha256(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def write_marker(folder: Path) -> None:
+    """The last write into a checkpoint folder: fsync every file, then record names, sizes and small files'
+    checksums in :data:`MARKER` (itself written to a temporary name, fsynced and renamed)."""
+    files = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(MARKER)):
+        with path.open("rb") as handle:
+            os.fsync(handle.fileno())
+        entry: dict[str, object] = {"size": path.stat().st_size}
+        if entry["size"] <= CHECKSUM_LIMIT:
+            entry["sha256"] = _sha256(path)
+        files[path.relative_to(folder).as_posix()] = entry
+    temporary = folder / f"{MARKER}.tmp"
+    with temporary.open("w") as handle:
+        json.dump({"files": files}, handle, indent=1)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, folder / MARKER)
+    _fsync_dir(folder)
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why the checkpoint folder ``path`` cannot be resumed from, or None when it is whole (see :data:`MARKER`)."""
+    marker = path / MARKER
+    if not marker.is_file():
+        return f"it has no {MARKER} (cut off mid-save, or not written by audiotune)"
+    try:
+        files = json.loads(marker.read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        return f"its {MARKER} is unreadable ({error})"
+    for name, entry in files.items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        size = file.stat().st_size
+        if size != entry.get("size"):
+            return f"{name} is {size} bytes, {entry.get('size')} were written (truncated or changed)"
+        if "sha256" in entry and _sha256(file) != entry["sha256"]:
+            return f"{name} does not match the checksum recorded when it was written"
+    if not any(name in files for name in WEIGHTS):
+        return "it holds no weights"
+    missing = [name for name in REQUIRED if name not in files]
+    return f"it has no {', '.join(missing)}" if missing else None
+
+
+def checkpoint_is_complete(path: Path) -> bool:
+    """A checkpoint is usable when its marker is there and every file it lists is whole."""
+    return checkpoint_problem(path) is None
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    """The newest *complete* ``checkpoint-N`` under ``out_dir``; each newer one passed over is logged with why."""
+    for _, path in reversed(checkpoint_steps(out_dir)):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        logger.warning("--resume: skipping %s: %s; an older checkpoint is used.", path, problem)
+    return None
+
+
 class AtomicCheckpointMixin:
-    """Mixed into the Trainer: stage, barrier, rename, then rotate."""
+    """Mixed into the Trainer: stage, barrier, mark complete, rename, then rotate."""
 
     _staging_now = False
 
@@ -72,12 +148,13 @@ class AtomicCheckpointMixin:
                 state = json.loads(state_file.read_text())
                 state["best_model_checkpoint"] = str(final)
                 state_file.write_text(json.dumps(state, indent=2))
+            write_marker(staged)  # every rank has written its files (barrier above): the marker goes last
             if final.exists():  # the same step saved again (e.g. a stop signal right after a save)
-                shutil.rmtree(final)
+                os.replace(final, out / STAGING / f"replaced-{name}")
             os.replace(staged, final)
-            shutil.rmtree(out / STAGING, ignore_errors=True)
             _fsync_dir(out)
             self._rotate(out)
+            shutil.rmtree(out / STAGING, ignore_errors=True)  # what was replaced or rotated out
         self.accelerator.wait_for_everyone()
 
     def _rotate(self, out: Path) -> None:
@@ -89,7 +166,9 @@ class AtomicCheckpointMixin:
         removable = [p for _, p in checkpoints[:-1] if p.name != keep_best]
         excess = len(checkpoints) - limit
         for path in removable[:max(excess, 0)]:
-            shutil.rmtree(path, ignore_errors=True)
+            # Renamed out of sight first (one atomic step), deleted with the staging folder: a kill during
+            # the deletion leaves no half-deleted checkpoint-N behind.
+            os.replace(path, out / STAGING / f"rotated-{path.name}")
 
 
 def clean_staging(out_dir: Path) -> None:

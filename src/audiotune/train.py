@@ -12,7 +12,6 @@ import dataclasses
 import json
 import logging
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,8 @@ import torch
 from transformers import Trainer
 
 from .audio_cache import AudioEmbeddingCache, cache_is_safe, install_audio_cache
-from .checkpoints import AtomicCheckpointMixin, GracefulStopCallback, clean_staging, save_atomically
+from .checkpoints import (AtomicCheckpointMixin, GracefulStopCallback, checkpoint_is_complete,  # noqa: F401
+                          clean_staging, latest_checkpoint, save_atomically)
 from .callbacks import PREFIX, GenerationMetricsCallback, LiveLogCallback
 from .config import TrainConfig
 from .data.collator import ConversationCollator
@@ -149,23 +149,6 @@ class AudiotuneTrainer(AtomicCheckpointMixin, Trainer):
                                     lengths=self.lengths, generator=generator)
 
 
-def checkpoint_is_complete(path: Path) -> bool:
-    """A Trainer checkpoint is usable when its state, optimizer and weights were all written."""
-    has_weights = any((path / name).exists() for name in
-                      ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json"))
-    return has_weights and (path / "trainer_state.json").exists() and (path / "optimizer.pt").exists()
-
-
-def latest_checkpoint(out_dir: Path) -> Path | None:
-    """The newest *complete* ``checkpoint-N`` under ``out_dir`` (a half-written one is passed over)."""
-    candidates = []
-    for path in out_dir.glob("checkpoint-*"):
-        match = re.fullmatch(r"checkpoint-(\d+)", path.name)
-        if match and path.is_dir() and checkpoint_is_complete(path):
-            candidates.append((int(match.group(1)), path))
-    return max(candidates)[1] if candidates else None
-
-
 def best_metric_arguments(cfg: TrainConfig, has_eval: bool) -> dict[str, Any]:
     """Trainer settings that keep the best checkpoint by ``cfg.best_metric`` (loss or a generation metric)."""
     if not cfg.best_metric or not has_eval:
@@ -257,6 +240,8 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> TrainResult:
         checkpoint = latest_checkpoint(out_dir)
         if checkpoint is None:
             logger.warning("--resume: no complete checkpoint in %s; starting from scratch.", out_dir)
+        else:
+            logger.info("--resume: continuing from %s.", checkpoint)
         resume_from = str(checkpoint) if checkpoint else None
 
     torch.manual_seed(cfg.seed)
