@@ -144,6 +144,27 @@ def test_sixteen_concurrent_requests_equal_one_at_a_time(client, server):
     assert httpx.get(f"{server}/health").json()["largest_batch"] > 1  # they really were batched
 
 
+def test_seeded_sampled_requests_batch_and_reproduce_their_single_answers(client, server):
+    """Sampled requests with different temperatures, top-p, seeds and limits share batches with greedy ones, and a
+    seeded request answers as it does alone (each row samples from its own seeded generator)."""
+    waves = [tone(1.0 + 0.15 * i, 250 + 70 * i) for i in range(8)]
+    settings = [dict(temperature=0.6 + 0.1 * i, top_p=0.8 + 0.02 * i, seed=100 + i, max_tokens=8 + i)
+                if i % 4 else dict(temperature=0, max_tokens=10) for i in range(8)]
+
+    def ask(i):
+        r = client.chat.completions.create(model="tuned", messages=_messages(waves[i]), **settings[i])
+        return r.choices[0].message.content
+
+    before = httpx.get(f"{server}/health").json()["batches_run"]
+    alone = [ask(i) for i in range(8)]
+    between = httpx.get(f"{server}/health").json()["batches_run"]
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(ask, range(8)))
+    after = httpx.get(f"{server}/health").json()["batches_run"]
+    assert together == alone
+    assert between - before == 8 and after - between < 8  # alone: one batch each; together: fewer, shared batches
+
+
 BAD_REQUESTS = [
     ("malformed JSON", b"{not json", 400, "invalid_json"),
     ("bad base64", {"model": "tuned", "messages": [{"role": "user", "content": [
