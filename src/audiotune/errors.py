@@ -34,3 +34,8 @@ class ConfigError(AudiotuneError):
 
 class CheckpointError(AudiotuneError):
     """A checkpoint or adapter folder is missing, incomplete or does not match the base model."""
+
+
+class RewardError(AudiotuneError):
+    """A reward function (the user's ``module:function``) raised or returned something other than one float per
+    completion."""

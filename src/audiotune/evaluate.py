@@ -135,7 +135,7 @@ def score_model(model, processor, family: Family, examples: Sequence[Example], t
                        on_batch=on_batch)
     predictions = {e.id: a for e, a in zip(examples, answers)}
     metrics, per_clip = score(task, predictions, {e.id: e.references for e in examples}, with_meteor,
-                              spice_models, notices)
+                              spice_models, notices, choices={e.id: e.meta.get("choices") for e in examples})
     rows = [{"id": e.id, "prompt": _prompt_text(e), "references": e.references, "prediction": a,
              "scores": per_clip.get(e.id, {}), "generation": settings.as_kwargs()} for e, a in zip(examples, answers)]
     return metrics, rows

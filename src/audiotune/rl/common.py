@@ -1,0 +1,57 @@
+"""What the GRPO and DPO trainers share: the reference model, per-token log-probabilities, metric logging."""
+
+from __future__ import annotations
+
+import contextlib
+from collections import defaultdict
+
+import torch
+
+
+def reference_context(model: torch.nn.Module):
+    """The reference policy: the same model with its LoRA adapter disabled (TRL's ``use_adapter(model, None)``), so
+    no second copy of the weights is ever made. A model without an adapter has no reference to fall back on."""
+    from peft import PeftModel
+    from trl.trainer.utils import use_adapter
+
+    if not isinstance(model, PeftModel):
+        raise TypeError("the reference is the base with the adapter disabled: train LoRA (not --full)")
+    return use_adapter(model, None)
+
+
+def token_logps(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log p(target) per position, with TRL's memory-light ``selective_log_softmax`` (logits over ``temperature``)."""
+    from trl.trainer.utils import selective_log_softmax
+
+    return selective_log_softmax(logits.float(), targets, temperature=temperature)
+
+
+class MetricsLogMixin:
+    """Collects per-step values (``self.record(name, value)``) and adds their means to each training log."""
+
+    def record(self, name: str, value: float) -> None:
+        if not hasattr(self, "_rl_metrics"):
+            self._rl_metrics = defaultdict(list)
+        self._rl_metrics[name].append(float(value))
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        metrics = getattr(self, "_rl_metrics", None)
+        if metrics and "loss" in logs:
+            logs.update({name: sum(values) / len(values) for name, values in metrics.items() if values})
+            metrics.clear()
+        super().log(logs, *args, **kwargs)
+
+
+def no_grad_eval(model: torch.nn.Module):
+    """No gradients, and eval mode for the duration (generation and the old/reference log-probs)."""
+    @contextlib.contextmanager
+    def manager():
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                yield
+        finally:
+            model.train(was_training)
+
+    return manager()
