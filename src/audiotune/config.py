@@ -78,6 +78,7 @@ class TrainConfig:
     spice_models: str | None = None
     # reinforcement learning and preferences (docs/rl.md explains each setting)
     method: str = "sft"  # sft | grpo (sampled groups, verifiable rewards) | dpo (chosen/rejected pairs)
+    init_adapter: str | None = None  # start from this LoRA adapter (e.g. a short SFT run) instead of a fresh one
     choices_column: str | None = None  # mcq: the choices (None: auto-detected, choices/options)
     rejected_column: str | None = None  # dpo: the rejected answer (None: auto-detected, rejected/...)
     num_generations: int = 4  # grpo: completions sampled per prompt (the group); batch_size counts prompts

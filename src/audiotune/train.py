@@ -279,7 +279,7 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> TrainResult:
         model.accepts_loss_kwargs = False  # the Trainer then averages over accumulation steps itself
     plan = AdaptationPlan(full=cfg.full, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                           lora_targets=cfg.lora_targets, train_projector=cfg.train_projector)
-    model = prepare_for_training(model, family, plan)
+    model = start_from_adapter(model, cfg) if cfg.init_adapter else prepare_for_training(model, family, plan)
     trainable, total = count_parameters(model)
     audio_cache = None
     if cfg.audio_cache != "off":
@@ -350,6 +350,27 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> TrainResult:
             {k: v for k, v in dataclasses.asdict(result).items() if k != "out_dir"}, indent=2, default=str))
         write_model_card(out_dir, cfg, family, result, train_ds.build.task.prompt, final_metrics)
     return result
+
+
+def start_from_adapter(model, cfg: TrainConfig):
+    """Continue training the adapter in ``cfg.init_adapter`` (base frozen). For GRPO/DPO a frozen copy of its
+    LoRA matrices is loaded as the ``ref`` adapter (TRL's convention), so the reference is the starting model,
+    not the bare base; only adapter-sized weights are added, never a second model."""
+    from peft import PeftModel
+
+    from .errors import CheckpointError
+
+    if cfg.full or not (Path(cfg.init_adapter) / "adapter_config.json").exists():
+        raise CheckpointError(f"--init-adapter {cfg.init_adapter}: needs a LoRA adapter folder (with "
+                              "adapter_config.json), e.g. the --out of an earlier `audiotune train`, and no --full.")
+    model = PeftModel.from_pretrained(model, cfg.init_adapter, is_trainable=True)
+    if cfg.method != "sft":
+        model.load_adapter(cfg.init_adapter, adapter_name="ref", is_trainable=False)
+        model.set_adapter("default")
+        for name, parameter in model.named_parameters():
+            if ".ref." in name:
+                parameter.requires_grad_(False)
+    return model
 
 
 def require_gpu_features(cfg: TrainConfig) -> None:

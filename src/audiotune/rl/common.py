@@ -10,13 +10,14 @@ import torch
 
 def reference_context(model: torch.nn.Module):
     """The reference policy: the same model with its LoRA adapter disabled (TRL's ``use_adapter(model, None)``), so
-    no second copy of the weights is ever made. A model without an adapter has no reference to fall back on."""
+    no second copy of the weights is ever made; or, when training started from an adapter (``--init-adapter``),
+    that adapter's frozen copy named ``ref`` (TRL's convention for re-training an adapter)."""
     from peft import PeftModel
     from trl.trainer.utils import use_adapter
 
     if not isinstance(model, PeftModel):
         raise TypeError("the reference is the base with the adapter disabled: train LoRA (not --full)")
-    return use_adapter(model, None)
+    return use_adapter(model, "ref" if "ref" in model.peft_config else None)
 
 
 def token_logps(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
