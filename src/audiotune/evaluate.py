@@ -43,6 +43,7 @@ class EvalConfig:
     text_column: str | None = None
     references_column: str | None = None
     question_column: str | None = None
+    choices_column: str | None = None  # mcq (None: auto-detected)
     labels: list[str] | None = None
     id_column: str | None = None
     take: int | None = None

@@ -36,11 +36,12 @@ def write_beep_count_dataset(out_dir: str | Path, n_clips: int = 200, seed: int 
                              counts: tuple[int, ...] = (2, 3, 4, 5), slot_seconds: float = 0.4,
                              shuffle_choices: bool = False,
                              split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)) -> dict[str, int]:
-    """Write train/validation/test parquet shards under ``out_dir/data``; return rows per split. Counts are
-    balanced (cycled, then shuffled) so accuracy by chance is ``1/len(counts)``."""
+    """Write train/validation/test parquet shards under ``out_dir/data``; return rows per split. ``counts`` is
+    cycled, then shuffled: each distinct count is a choice, and repeating one makes it more frequent (by default
+    they are balanced, so accuracy by chance is 1/4)."""
     from datasets import Audio, Dataset, Features, Sequence, Value
 
-    words = [_COUNTS[c] for c in counts]
+    words = [_COUNTS[c] for c in sorted(set(counts))]
     rng = random.Random(seed)
     nrng = np.random.default_rng(seed)
     order = [counts[i % len(counts)] for i in range(n_clips)]

@@ -105,7 +105,8 @@ def _caption_scores(completions: Sequence[str], references: Sequence[list[str]],
 
 def cider_reward(prompts: Sequence[str], completions: Sequence[str], references: Sequence[list[str]],
                  **_: Any) -> list[float]:
-    """Per-completion CIDEr-D against the row's references (document frequencies from this batch's references)."""
+    """Per-completion CIDEr-D against the row's references. Document frequencies come from this batch's references,
+    so a batch needs at least two prompts (with one, every n-gram is in every document and CIDEr-D is 0)."""
     return _caption_scores(completions, references, "CIDEr-D")
 
 
