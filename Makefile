@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup system-deps demo test test-fast bench models-doc clean
+.PHONY: setup system-deps demo test test-fast bench rl-bench models-doc clean
 
 setup: system-deps $(VENV)/.installed
 
@@ -36,6 +36,10 @@ models-doc: setup
 
 bench: setup
 	$(PY) benchmarks/run.py
+
+# GRPO vs the supervised adapter it starts from, on the synthetic beep-count task (updates its BENCHMARKS.md section).
+rl-bench: setup
+	$(PY) benchmarks/bench_rl.py --write
 
 clean:
 	rm -rf runs .pytest_cache

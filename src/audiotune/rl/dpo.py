@@ -53,6 +53,10 @@ class DpoTrainer(MetricsLogMixin, AudiotuneTrainer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.model_accepts_loss_kwargs = False
+        if self.args.disable_dropout:  # policy and reference passes see the same network
+            from trl.trainer.utils import disable_dropout_in_model
+
+            disable_dropout_in_model(self.model)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         logps, lengths = answer_logps(model, inputs)

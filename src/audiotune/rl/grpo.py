@@ -73,6 +73,10 @@ class GrpoTrainer(MetricsLogMixin, AudiotuneTrainer):
     def __init__(self, *, model, args, train_dataset, processor, family: Family, task: str,
                  rewards: Sequence[Reward], **kwargs: Any) -> None:
         super().__init__(model=model, args=args, train_dataset=train_dataset, data_collator=_as_list, **kwargs)
+        if args.disable_dropout:  # sampled and trained log-probs must come from the same function
+            from trl.trainer.utils import disable_dropout_in_model
+
+            disable_dropout_in_model(model)
         self.processor, self.family, self.task, self.rewards = processor, family, task, list(rewards)
         self.prompt_collator = ConversationCollator(processor, family, training=False)
         self.stop_ids = stop_token_ids(processor, family)
