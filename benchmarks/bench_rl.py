@@ -1,9 +1,10 @@
 """GRPO on a verifiable task: does it raise held-out accuracy above the supervised adapter it starts from?
 
-On the tiny AF3 (default preset) and the synthetic "How many beeps?" multiple-choice task
-(``audiotune.data.synthetic_rl``): a short supervised run (``audiotune train --task mcq``), then GRPO from that
+On the micro AF3 and the synthetic "How many beeps?" multiple-choice task (``audiotune.data.synthetic_rl``; two
+or five beeps, so chance is 0.5): a short supervised run (``audiotune train --task mcq``), then GRPO from that
 adapter (``--method grpo --init-adapter``, accuracy reward), each scored by ``audiotune eval --task mcq`` on the
-same held-out test clips (greedy). For a fair comparison the supervised run is also continued for as many steps
+same held-out test clips (greedy). LoRA covers the LM head too: a tiny random model's head is so small that,
+without it, no answer can get much probability, and sampled groups would be noise. For a fair comparison the supervised run is also continued for as many steps
 as GRPO took ("SFT, continued"). Prints a markdown table and a JSON line; ``--write`` puts the table into
 BENCHMARKS.md's "GRPO" section.
 
@@ -21,6 +22,9 @@ import time
 from pathlib import Path
 
 SECTION = "## GRPO on a verifiable task"
+COUNTS = (2, 5)
+SFT_LR, GRPO_LR, BETA = 3e-3, 3e-3, 0.04
+WITH_HEAD = r".*language_model\..*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)|lm_head"
 
 
 def accuracy(model: str, data: str, adapter: str, out: str) -> float:
@@ -34,9 +38,10 @@ def accuracy(model: str, data: str, adapter: str, out: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default="runs/bench-rl")
-    parser.add_argument("--clips", type=int, default=240)
-    parser.add_argument("--sft-steps", type=int, default=30)
-    parser.add_argument("--grpo-steps", type=int, default=40)
+    parser.add_argument("--clips", type=int, default=160)
+    parser.add_argument("--preset", default="micro")
+    parser.add_argument("--sft-steps", type=int, default=20)
+    parser.add_argument("--grpo-steps", type=int, default=30)
     parser.add_argument("--write", action="store_true", help="Update the GRPO section of BENCHMARKS.md.")
     opts = parser.parse_args()
 
@@ -54,27 +59,27 @@ def main() -> None:
     datasets.disable_progress_bars()
     torch.manual_seed(0)
     root = Path(opts.out)
-    model = str(build_tiny("af3", root / "tiny-af3", seed=0))
+    model = str(build_tiny("af3", root / f"{opts.preset}-af3", seed=0, preset=opts.preset))
     data = root / "beeps"
     if not (data / "data").exists():
-        write_beep_count_dataset(data, n_clips=opts.clips, seed=0)
+        write_beep_count_dataset(data, n_clips=opts.clips, seed=0, counts=COUNTS)
     common = dict(model=model, dataset=str(data), task="mcq", eval_take=8, eval_generate_take=0, logging_steps=5,
-                  seed=0, save_steps=10_000)
+                  seed=0, save_steps=10_000, lora_targets=WITH_HEAD)
 
     timings: dict[str, float] = {}
     start = time.perf_counter()
     sft = train(TrainConfig(**common, out=str(root / "sft"), batch_size=8, gradient_accumulation_steps=1,
-                            learning_rate=3e-3, warmup_steps=3, max_steps=opts.sft_steps))
+                            learning_rate=SFT_LR, warmup_steps=3, max_steps=opts.sft_steps))
     timings["sft"] = time.perf_counter() - start
     start = time.perf_counter()
     grpo = train(TrainConfig(**common, out=str(root / "grpo"), method="grpo", init_adapter=str(sft.out_dir),
-                             batch_size=4, gradient_accumulation_steps=1, num_generations=8, max_completion_length=4,
-                             learning_rate=2e-3, warmup_steps=0, max_steps=opts.grpo_steps, beta=0.0,
+                             batch_size=4, gradient_accumulation_steps=1, num_generations=8, max_completion_length=3,
+                             learning_rate=GRPO_LR, warmup_steps=0, max_steps=opts.grpo_steps, beta=BETA,
                              temperature=1.0))
     timings["grpo"] = time.perf_counter() - start
     start = time.perf_counter()
     more = train(TrainConfig(**common, out=str(root / "sft-continued"), init_adapter=str(sft.out_dir), batch_size=8,
-                             gradient_accumulation_steps=1, learning_rate=3e-3, max_steps=opts.grpo_steps))
+                             gradient_accumulation_steps=1, learning_rate=SFT_LR, max_steps=opts.grpo_steps))
     timings["sft_continued"] = time.perf_counter() - start
     start = time.perf_counter()
     scores = {name: accuracy(model, str(data), str(run.out_dir), str(root / f"eval-{name}"))
@@ -107,11 +112,12 @@ def write_section(table: str, result: dict, opts) -> None:
     path = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
     text = path.read_text()
     body = (f"{SECTION}\n\nMeasured {date.today()} with `make rl-bench` (`benchmarks/bench_rl.py`) on "
-            f"{result['machine']}; the machine was shared with other jobs, so times are upper bounds. Tiny AF3 "
-            f"(default preset), the synthetic \"How many beeps?\" multiple-choice task (2–5 beeps, 4 choices, chance "
-            f"0.25), {result['test_clips']} held-out test clips scored greedily by `audiotune eval --task mcq`. SFT: "
-            f"batch 8, lr 3e-3. GRPO from the SFT adapter: 4 prompts × 8 completions per step, accuracy reward, "
-            f"lr 2e-3, β 0, temperature 1, at most 4 new tokens. Mean reward over GRPO's first vs last quarter of "
+            f"{result['machine']}; the machine was shared with other jobs, so times are upper bounds. Micro AF3, "
+            f"LoRA r=16 on the LM and its head, the synthetic \"How many beeps?\" multiple-choice task (two or five "
+            f"beeps, chance 0.5), {result['test_clips']} held-out test clips scored greedily by `audiotune eval "
+            f"--task mcq`. SFT: batch 8, lr {SFT_LR}. GRPO from the SFT adapter: 4 prompts × 8 completions per "
+            f"step, accuracy reward, lr {GRPO_LR}, β {BETA} (reference: the SFT adapter's frozen copy), temperature "
+            f"1, at most 3 new tokens. Mean reward over GRPO's first vs last quarter of "
             f"steps: {result['grpo_reward_first_quarter']:.3f} → {result['grpo_reward_last_quarter']:.3f}.\n\n"
             f"{table}\n")
     pattern = re.compile(re.escape(SECTION) + r".*?(?=\n## |\Z)", re.DOTALL)

@@ -351,7 +351,7 @@ app.add_typer(data_app, name="data")
 def data_check(
     dataset: Annotated[str, typer.Argument(help="Hub id, local folder (parquet, audiofolder) or manifest file(s).")],
     split: str = "train",
-    task: Annotated[str, typer.Option(help="caption | asr | qa | classify | chat")] = "caption",
+    task: Annotated[str, typer.Option(help="caption | asr | qa | classify | mcq | preference | chat")] = "caption",
     model: Annotated[Optional[str], typer.Option(help="Model whose family and tokenizer to count tokens with.")] = None,
     family: Annotated[str, typer.Option(help="Family for the audio token arithmetic when no --model.")] = "af3",
     audio_column: Optional[str] = None,
