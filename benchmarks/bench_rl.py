@@ -23,7 +23,7 @@ from pathlib import Path
 
 SECTION = "## GRPO on a verifiable task"
 COUNTS = (2, 5)
-SFT_LR, GRPO_LR, BETA = 3e-3, 3e-3, 0.04
+SFT_LR, GRPO_LR, BETA = 1e-2, 3e-3, 0.04
 WITH_HEAD = r".*language_model\..*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)|lm_head"
 
 

@@ -35,6 +35,17 @@ class MetricsLogMixin:
             self._rl_metrics = defaultdict(list)
         self._rl_metrics[name].append(float(value))
 
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """Save the trained adapter only: the frozen ``ref`` copy is ``--init-adapter`` itself, reloaded from there
+        (run_config.yaml names it) on ``--resume``."""
+        import shutil
+        from pathlib import Path
+
+        super()._save(output_dir, state_dict)
+        reference = Path(output_dir or self.args.output_dir) / "ref"
+        if "ref" in getattr(self.accelerator.unwrap_model(self.model), "peft_config", {}) and reference.is_dir():
+            shutil.rmtree(reference)
+
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         metrics = getattr(self, "_rl_metrics", None)
         if metrics and "loss" in logs:
