@@ -58,6 +58,13 @@ class WindowRepeatSampler(torch.utils.data.Sampler):
         return (self.size // self.window) * self.window * self.repeats
 
 
+class _EpochLoader(torch.utils.data.DataLoader):
+    """The Trainer calls ``set_epoch`` on the loader; pass it to the sampler so each epoch reshuffles."""
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+
 def _as_list(examples: list[Example]) -> list[Example]:
     return examples
 
@@ -92,8 +99,8 @@ class GrpoTrainer(MetricsLogMixin, AudiotuneTrainer):
     def get_train_dataloader(self):
         window = self.prompts_per_step * self.args.gradient_accumulation_steps
         sampler = WindowRepeatSampler(len(self.train_dataset), window, self.args.num_iterations, self.args.seed)
-        return torch.utils.data.DataLoader(self.train_dataset, batch_size=self.prompts_per_step, sampler=sampler,
-                                           collate_fn=_as_list, num_workers=self.args.dataloader_num_workers)
+        return _EpochLoader(self.train_dataset, batch_size=self.prompts_per_step, sampler=sampler,
+                            collate_fn=_as_list, num_workers=self.args.dataloader_num_workers)
 
     def _prepare_inputs(self, inputs):
         if not isinstance(inputs, list):  # already a rollout
