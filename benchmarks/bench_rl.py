@@ -42,6 +42,9 @@ def main() -> None:
     parser.add_argument("--preset", default="micro")
     parser.add_argument("--sft-steps", type=int, default=20)
     parser.add_argument("--grpo-steps", type=int, default=30)
+    parser.add_argument("--grpo-lr", type=float, default=GRPO_LR)
+    parser.add_argument("--beta", type=float, default=BETA)
+    parser.add_argument("--reuse-sft", action="store_true", help="Start from OUT/sft if an earlier run left it.")
     parser.add_argument("--write", action="store_true", help="Update the GRPO section of BENCHMARKS.md.")
     opts = parser.parse_args()
 
@@ -68,13 +71,21 @@ def main() -> None:
 
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    sft = train(TrainConfig(**common, out=str(root / "sft"), batch_size=8, gradient_accumulation_steps=1,
-                            learning_rate=SFT_LR, warmup_steps=3, max_steps=opts.sft_steps))
-    timings["sft"] = time.perf_counter() - start
+    clock = root / "sft" / "bench_seconds.txt"
+    if opts.reuse_sft and clock.exists():
+        from types import SimpleNamespace
+
+        sft = SimpleNamespace(out_dir=root / "sft")
+        timings["sft"] = float(clock.read_text())
+    else:
+        sft = train(TrainConfig(**common, out=str(root / "sft"), batch_size=8, gradient_accumulation_steps=1,
+                                learning_rate=SFT_LR, warmup_steps=3, max_steps=opts.sft_steps))
+        timings["sft"] = time.perf_counter() - start
+        clock.write_text(f"{timings['sft']:.1f}")
     start = time.perf_counter()
     grpo = train(TrainConfig(**common, out=str(root / "grpo"), method="grpo", init_adapter=str(sft.out_dir),
                              batch_size=4, gradient_accumulation_steps=1, num_generations=8, max_completion_length=3,
-                             learning_rate=GRPO_LR, warmup_steps=0, max_steps=opts.grpo_steps, beta=BETA,
+                             learning_rate=opts.grpo_lr, warmup_steps=0, max_steps=opts.grpo_steps, beta=opts.beta,
                              temperature=1.0))
     timings["grpo"] = time.perf_counter() - start
     start = time.perf_counter()
@@ -116,7 +127,8 @@ def write_section(table: str, result: dict, opts) -> None:
             f"LoRA r=16 on the LM and its head, the synthetic \"How many beeps?\" multiple-choice task (two or five "
             f"beeps, chance 0.5), {result['test_clips']} held-out test clips scored greedily by `audiotune eval "
             f"--task mcq`. SFT: batch 8, lr {SFT_LR}. GRPO from the SFT adapter: 4 prompts × 8 completions per "
-            f"step, accuracy reward, lr {GRPO_LR}, β {BETA} (reference: the SFT adapter's frozen copy), temperature "
+            f"step, accuracy reward, lr {opts.grpo_lr}, β {opts.beta} (reference: the SFT adapter's frozen copy), "
+            f"temperature "
             f"1, at most 3 new tokens. Mean reward over GRPO's first vs last quarter of "
             f"steps: {result['grpo_reward_first_quarter']:.3f} → {result['grpo_reward_last_quarter']:.3f}.\n\n"
             f"{table}\n")
