@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup system-deps vllm-env demo test test-fast bench soak models-doc clean
+.PHONY: setup system-deps vllm-env demo test test-fast bench rl-bench soak models-doc clean
 
 setup: system-deps $(VENV)/.installed
 
@@ -46,6 +46,10 @@ bench: setup
 # A bounded soak of `audiotune serve` on 127.0.0.1 (about a minute): 300 requests, 32 clients, one in five malformed.
 soak: setup
 	$(PY) benchmarks/soak.py
+
+# GRPO vs the supervised adapter it starts from, on the synthetic beep-count task (updates its BENCHMARKS.md section).
+rl-bench: setup
+	$(PY) benchmarks/bench_rl.py --write
 
 clean:
 	rm -rf runs .pytest_cache

@@ -109,16 +109,23 @@ def install_audio_cache(model: torch.nn.Module, family: Family, cache: AudioEmbe
         _, lengths = tower._get_feat_extract_output_lengths(input_features_mask.sum(-1).to(torch.long))
         lengths = lengths.tolist()
         found = [cache.get(k) for k in keys]
-        missing = [i for i, value in enumerate(found) if value is None]
+        # A clip repeated in one batch (GRPO's group of completions, DPO's chosen/rejected pair) is encoded once.
+        first: dict[str, int] = {}
+        for i, value in enumerate(found):
+            if value is None:
+                first.setdefault(keys[i], i)
+        missing = list(first.values())
         cache.hits += len(keys) - len(missing)
         cache.misses += len(missing)
         if missing:
             index = torch.tensor(missing, device=input_features.device)
             out = original(input_features.index_select(0, index), input_features_mask.index_select(0, index),
                            **kwargs)
+            computed = {}
             for i, piece in zip(missing, torch.split(out.pooler_output, [lengths[i] for i in missing])):
-                found[i] = piece
+                computed[keys[i]] = piece
                 cache.put(keys[i], piece)
+            found = [computed[k] if value is None else value for k, value in zip(keys, found)]
         device = input_features.device
         pooled = torch.cat([value.to(device) for value in found])
         return BaseModelOutputWithPooling(pooler_output=pooled)

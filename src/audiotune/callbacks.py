@@ -49,7 +49,8 @@ class GenerationMetricsCallback(TrainerCallback):
         finally:
             model.train(was_training)
         metrics, _ = score(self.task, {e.id: a for e, a in zip(self.examples, answers)},
-                           {e.id: e.references for e in self.examples}, with_meteor=with_meteor)
+                           {e.id: e.references for e in self.examples}, with_meteor=with_meteor,
+                           choices={e.id: e.meta.get("choices") for e in self.examples})
         return {k: float(v) for k, v in metrics.items()}
 
     def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):

@@ -122,7 +122,7 @@ def train(
     resume: Annotated[Optional[bool], typer.Option("--resume", help="Continue from the newest checkpoint.")] = None,
     nproc: Annotated[int, typer.Option(help="Data-parallel processes on this machine (torchrun; gloo on CPU, "
                                             "nccl on GPUs).")] = 1,
-    task: Annotated[Optional[str], typer.Option(help="caption | asr | qa | classify | chat")] = None,
+    task: Annotated[Optional[str], typer.Option(help="caption | asr | qa | classify | mcq | chat")] = None,
     question_column: Optional[str] = None,
     references_column: Optional[str] = None,
     id_column: Optional[str] = None,
@@ -132,6 +132,30 @@ def train(
     best_metric: Annotated[Optional[str], typer.Option(help="Keep the best checkpoint by this metric "
                                                             "(e.g. CIDEr-D, WER, loss).")] = None,
     max_new_tokens: Optional[int] = None,
+    method: Annotated[Optional[str], typer.Option(help="sft | grpo (sampled groups scored by verifiable rewards) | "
+                                                       "dpo (chosen/rejected pairs). See docs/rl.md.")] = None,
+    init_adapter: Annotated[Optional[str], typer.Option(help="Start from this LoRA adapter (e.g. a short SFT "
+                                                             "run); for grpo/dpo it is also the reference.")] = None,
+    choices_column: Annotated[Optional[str], typer.Option(help="mcq: the choices column.")] = None,
+    rejected_column: Annotated[Optional[str], typer.Option(help="dpo: the rejected-answer column "
+                                                                "(--text-column names the chosen one).")] = None,
+    num_generations: Annotated[Optional[int], typer.Option(help="grpo: completions per prompt (the group).")] = None,
+    num_iterations: Annotated[Optional[int], typer.Option(help="grpo: optimizer steps per generated batch.")] = None,
+    epsilon: Annotated[Optional[float], typer.Option(help="grpo: clip range of the probability ratio.")] = None,
+    epsilon_high: Annotated[Optional[float], typer.Option(help="grpo: upper clip (default: --epsilon).")] = None,
+    beta: Annotated[Optional[float], typer.Option(help="grpo: KL penalty weight to the reference (0: none).")] = None,
+    temperature: Annotated[Optional[float], typer.Option(help="grpo: sampling temperature.")] = None,
+    top_p: Annotated[Optional[float], typer.Option(help="grpo: nucleus sampling.")] = None,
+    max_completion_length: Annotated[Optional[int], typer.Option(help="grpo: most new tokens per completion.")] = None,
+    rewards: Annotated[Optional[str], typer.Option(help="grpo: comma-separated rewards: accuracy, format, wer, "
+                                                        "cider, meteor or module:function (default: the "
+                                                        "task's).")] = None,
+    reward_weights: Annotated[Optional[str], typer.Option(help="grpo: comma-separated weights, one per "
+                                                               "reward.")] = None,
+    scale_rewards: Annotated[Optional[str], typer.Option(help="grpo: group | batch | none.")] = None,
+    grpo_loss_type: Annotated[Optional[str], typer.Option(help="grpo: grpo | bnpo | dr_grpo.")] = None,
+    dpo_beta: Annotated[Optional[float], typer.Option(help="dpo: beta of the implicit reward.")] = None,
+    dpo_loss_type: Annotated[Optional[str], typer.Option(help="dpo: sigmoid | hinge | ipo.")] = None,
 ) -> None:
     """Fine-tune a model (LoRA on the language model by default) and save the adapter."""
     if nproc > 1 and "LOCAL_RANK" not in os.environ:
@@ -153,7 +177,15 @@ def train(
                      long_audio=long_audio, on_bad_sample=on_bad_sample, resume=resume, task=task,
                      question_column=question_column, references_column=references_column, id_column=id_column,
                      labels=labels.split(",") if labels else None,
-                     eval_generate_take=eval_generate_take, best_metric=best_metric, max_new_tokens=max_new_tokens)
+                     eval_generate_take=eval_generate_take, best_metric=best_metric, max_new_tokens=max_new_tokens,
+                     method=method, init_adapter=init_adapter, choices_column=choices_column,
+                     rejected_column=rejected_column, num_generations=num_generations, num_iterations=num_iterations,
+                     epsilon=epsilon, epsilon_high=epsilon_high, beta=beta, temperature=temperature, top_p=top_p,
+                     max_completion_length=max_completion_length,
+                     rewards=[r.strip() for r in rewards.split(",") if r.strip()] if rewards else None,
+                     reward_weights=[float(w) for w in reward_weights.split(",")] if reward_weights else None,
+                     scale_rewards=scale_rewards, grpo_loss_type=grpo_loss_type, dpo_beta=dpo_beta,
+                     dpo_loss_type=dpo_loss_type)
     if config is not None:
         cfg = TrainConfig.from_yaml(config, **overrides)
     else:
@@ -169,7 +201,7 @@ def train(
         return
     console.print(f"trainable parameters: {result.trainable_parameters:,} of {result.total_parameters:,} "
                   f"({100 * result.trainable_parameters / result.total_parameters:.3f}%)")
-    console.print(f"[green]done[/green] {result.steps} steps; train loss {result.train_loss:.4f}"
+    console.print(f"[green]done[/green] {cfg.method} {result.steps} steps; train loss {result.train_loss:.4f}"
                   + (f", eval loss {result.eval_loss:.4f}" if result.eval_loss is not None else "")
                   + f"; adapter in {result.out_dir}")
     if result.generation_metrics:
@@ -264,7 +296,7 @@ def eval_(
     adapter: Annotated[Optional[list[str]], typer.Option(help="Adapter folder or merged checkpoint; repeatable.")] = None,
     compare: Annotated[bool, typer.Option("--compare", help="Also score the base model, side by side.")] = False,
     split: str = "test",
-    task: Annotated[str, typer.Option(help="caption | asr | qa | classify | chat")] = "caption",
+    task: Annotated[str, typer.Option(help="caption | asr | qa | classify | mcq | chat")] = "caption",
     out: Annotated[Path, typer.Option(help="Folder for predictions.jsonl, metrics.json and the report.")] = Path("runs/eval"),
     prompt: Optional[str] = None,
     system_prompt: Optional[str] = None,
@@ -272,6 +304,7 @@ def eval_(
     text_column: Optional[str] = None,
     references_column: Optional[str] = None,
     question_column: Optional[str] = None,
+    choices_column: Annotated[Optional[str], typer.Option(help="mcq: the choices column.")] = None,
     labels: Annotated[Optional[str], typer.Option(help="classify: comma-separated label set.")] = None,
     id_column: Annotated[Optional[str], typer.Option(help="Clip id; rows sharing it are one clip with several "
                                                           "references.")] = None,
@@ -294,6 +327,7 @@ def eval_(
     cfg = EvalConfig(model=model, dataset=dataset, out=str(out), adapters=list(adapter or []), compare=compare,
                      split=split, task=task, prompt=prompt, system_prompt=system_prompt, audio_column=audio_column,
                      text_column=text_column, references_column=references_column, question_column=question_column,
+                     choices_column=choices_column,
                      labels=labels.split(",") if labels else None, id_column=id_column, take=take,
                      streaming=streaming,
                      batch_size=batch_size, max_new_tokens=max_new_tokens, spice_models=spice_models,
@@ -340,7 +374,7 @@ app.add_typer(data_app, name="data")
 def data_check(
     dataset: Annotated[str, typer.Argument(help="Hub id, local folder (parquet, audiofolder) or manifest file(s).")],
     split: str = "train",
-    task: Annotated[str, typer.Option(help="caption | asr | qa | classify | chat")] = "caption",
+    task: Annotated[str, typer.Option(help="caption | asr | qa | classify | mcq | preference | chat")] = "caption",
     model: Annotated[Optional[str], typer.Option(help="Model whose family and tokenizer to count tokens with.")] = None,
     family: Annotated[str, typer.Option(help="Family for the audio token arithmetic when no --model.")] = "af3",
     audio_column: Optional[str] = None,

@@ -26,7 +26,7 @@ class TrainConfig:
     dataset: str = ""
     out: str = "runs/latest"
     # data
-    task: str = "caption"  # caption | asr | qa | classify
+    task: str = "caption"  # caption | asr | qa | classify | mcq | chat (| preference: what --method dpo reads)
     prompt: str | None = None  # None: the task's default ("Describe the audio." for caption)
     system_prompt: str | None = None
     audio_column: str | None = None  # None: auto-detected (audio, audio_path, path, file_name, ...)
@@ -76,6 +76,25 @@ class TrainConfig:
     eval_generate_take: int = 16  # eval clips to generate for at each evaluation; 0 turns it off
     best_metric: str | None = None  # e.g. CIDEr-D or loss: keep the best checkpoint by it
     spice_models: str | None = None
+    # reinforcement learning and preferences (docs/rl.md explains each setting)
+    method: str = "sft"  # sft | grpo (sampled groups, verifiable rewards) | dpo (chosen/rejected pairs)
+    init_adapter: str | None = None  # start from this LoRA adapter (e.g. a short SFT run) instead of a fresh one
+    choices_column: str | None = None  # mcq: the choices (None: auto-detected, choices/options)
+    rejected_column: str | None = None  # dpo: the rejected answer (None: auto-detected, rejected/...)
+    num_generations: int = 4  # grpo: completions sampled per prompt (the group); batch_size counts prompts
+    num_iterations: int = 1  # grpo: optimizer steps on each generated batch (mu); >1 makes the ratio clip bite
+    epsilon: float = 0.2  # grpo: clip range of the probability ratio, 1-epsilon … 1+epsilon_high
+    epsilon_high: float | None = None  # grpo: upper clip (None: epsilon; DAPO uses 0.28)
+    beta: float = 0.04  # grpo: weight of the KL penalty to the reference (the base, adapter disabled); 0: none
+    temperature: float = 1.0  # grpo: sampling temperature of the completions
+    top_p: float = 1.0  # grpo: nucleus sampling of the completions
+    max_completion_length: int = 32  # grpo: most new tokens per completion
+    rewards: list[str] | None = None  # grpo: accuracy | format | wer | cider | meteor | module:function (None: task's)
+    reward_weights: list[float] | None = None  # grpo: one weight per reward (None: all 1)
+    scale_rewards: str = "group"  # grpo: divide advantages by the group's std (group), the batch's (batch), or none
+    grpo_loss_type: str = "grpo"  # grpo: loss normalisation, grpo (per sequence) | bnpo (per token) | dr_grpo
+    dpo_beta: float = 0.1  # dpo: temperature of the implicit reward; lower strays further from the reference
+    dpo_loss_type: str = "sigmoid"  # dpo: sigmoid (DPO) | hinge (SLiC) | ipo
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> "TrainConfig":
@@ -92,8 +111,12 @@ class TrainConfig:
             raise ConfigError(f"--audio-cache {self.audio_cache!r}: choose memory, disk or off.")
         if self.on_bad_sample not in ("skip", "fail"):
             raise ConfigError(f"--on-bad-sample {self.on_bad_sample!r}: choose skip or fail.")
-        if self.task not in ("caption", "asr", "qa", "classify", "chat"):
-            raise ConfigError(f"--task {self.task!r}: choose caption, asr, qa, classify or chat.")
+        if self.task not in ("caption", "asr", "qa", "classify", "chat", "mcq", "preference"):
+            raise ConfigError(f"--task {self.task!r}: choose caption, asr, qa, classify, mcq or chat.")
+        if self.method != "sft":
+            from .rl.config import validate_rl
+
+            validate_rl(self)
         if self.best_metric and self.eval_steps and self.save_steps % self.eval_steps:
             raise ConfigError(f"--best-metric needs --save-steps ({self.save_steps}) to be a multiple of "
                               f"--eval-steps ({self.eval_steps}), so every saved checkpoint has been scored.")

@@ -38,3 +38,8 @@ class CheckpointError(AudiotuneError):
 
 class PathOutsideRootError(AudiotuneError):
     """A path given to the web UI resolves outside the folder the UI was started on (``audiotune ui --root``)."""
+
+
+class RewardError(AudiotuneError):
+    """A reward function (the user's ``module:function``) raised or returned something other than one float per
+    completion."""

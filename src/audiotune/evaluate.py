@@ -43,6 +43,7 @@ class EvalConfig:
     text_column: str | None = None
     references_column: str | None = None
     question_column: str | None = None
+    choices_column: str | None = None  # mcq (None: auto-detected)
     labels: list[str] | None = None
     id_column: str | None = None
     take: int | None = None
@@ -145,7 +146,7 @@ def score_answers(examples: Sequence[Example], answers: Sequence[str], task: str
     """Score answers already generated (by any backend): (corpus metrics, per-clip prediction rows)."""
     predictions = {e.id: a for e, a in zip(examples, answers)}
     metrics, per_clip = score(task, predictions, {e.id: e.references for e in examples}, with_meteor,
-                              spice_models, notices)
+                              spice_models, notices, choices={e.id: e.meta.get("choices") for e in examples})
     rows = [{"id": e.id, "prompt": _prompt_text(e), "references": e.references, "prediction": a,
              "scores": per_clip.get(e.id, {}), "generation": settings.as_kwargs()} for e, a in zip(examples, answers)]
     return metrics, rows

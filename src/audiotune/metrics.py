@@ -5,6 +5,8 @@
   of each clip; SPICE and SPIDEr (mean of CIDEr-D and SPICE) when SPICE's CoreNLP models are present.
 - asr: WER and CER with ``jiwer`` after :func:`normalize_transcript`.
 - classify: accuracy and macro-F1 on :func:`normalize_answer`-ed answers; qa: those plus the caption metrics.
+- mcq: accuracy of the choice each answer picks (:func:`~audiotune.data.tasks.extract_choice`: a letter, the
+  choice's text, ``<answer>`` tags).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ logger = logging.getLogger(__name__)
 CAPTION_METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D", "SPICE", "SPIDEr")
 ASR_METRICS = ("WER", "CER")
 CLASSIFY_METRICS = ("accuracy", "macro-F1")
+MCQ_METRICS = ("accuracy", "answered")
 SPICE_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
 LOWER_IS_BETTER = {"WER", "CER", "loss", "eval_loss"}
 
@@ -38,7 +41,8 @@ def best_value(metric: str, values: list[float | None]) -> float | None:
 
 def headline_metric(task: str) -> str:
     """The one number to sort samples by and to pick the best checkpoint with, per task."""
-    return {"caption": "CIDEr-D", "qa": "accuracy", "asr": "WER", "classify": "accuracy"}.get(task, "CIDEr-D")
+    return {"caption": "CIDEr-D", "qa": "accuracy", "asr": "WER", "classify": "accuracy",
+            "mcq": "accuracy"}.get(task, "CIDEr-D")
 
 
 def _require_java() -> None:
@@ -198,10 +202,37 @@ def classification_metrics(predictions: dict[str, str], references: dict[str, li
     return corpus, {k: {"accuracy": v} for k, v in correct.items()}
 
 
+def mcq_metrics(predictions: dict[str, str], references: dict[str, list[str]],
+                choices: dict[str, list[str]] | None = None
+                ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Accuracy of multiple-choice answers; ``references[k]`` is ``[letter, choice text]`` (the mcq task's) and
+    ``choices[k]`` the clip's choices. ``answered``: the share of answers that pick any choice at all."""
+    from .data.tasks import LETTERS, extract_choice
+
+    keys = sorted(predictions)
+    per_clip: dict[str, dict[str, float]] = {}
+    answered = 0
+    for k in keys:
+        options = (choices or {}).get(k) or []
+        gold = LETTERS.find(references[k][0].strip().strip("()").upper()) if references[k] else -1
+        if not options:  # no choice list: the letter, or the gold text itself
+            options = [""] * max(gold + 1, 1)
+            if 0 <= gold < len(options) and len(references[k]) > 1:
+                options[gold] = references[k][1]
+        picked = extract_choice(predictions[k], options)
+        answered += picked is not None
+        per_clip[k] = {"accuracy": float(picked is not None and picked == gold)}
+    n = max(len(keys), 1)
+    return ({"accuracy": sum(v["accuracy"] for v in per_clip.values()) / n, "answered": answered / n}, per_clip)
+
+
 def score(task: str, predictions: dict[str, str], references: dict[str, list[str]], with_meteor: bool = True,
-          spice_models: str | Path | None = None, notices: list[str] | None = None
+          spice_models: str | Path | None = None, notices: list[str] | None = None,
+          choices: dict[str, list[str]] | None = None
           ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
-    """Corpus and per-clip metrics for ``task``."""
+    """Corpus and per-clip metrics for ``task`` (``choices``: each clip's choices, for mcq)."""
+    if task == "mcq":
+        return mcq_metrics(predictions, references, choices)
     if task in ("caption", "chat"):
         return caption_metrics(predictions, references, with_meteor, spice_models, notices)
     if task == "asr":
@@ -214,11 +245,11 @@ def score(task: str, predictions: dict[str, str], references: dict[str, list[str
         for k in per_clip:
             per_clip[k].update(caption_each[k])
         return {**corpus, **caption}, per_clip
-    raise ConfigError(f"No metrics for task {task!r}; tasks: caption, chat, qa, asr, classify.")
+    raise ConfigError(f"No metrics for task {task!r}; tasks: caption, chat, qa, asr, classify, mcq.")
 
 
 def metric_names(task: str, available: Sequence[str]) -> list[str]:
     """The metrics to show for ``task``, in a stable order, limited to those computed."""
     order = {"caption": CAPTION_METRICS, "asr": ASR_METRICS, "classify": CLASSIFY_METRICS,
-             "qa": CLASSIFY_METRICS + CAPTION_METRICS}.get(task, CAPTION_METRICS)
+             "qa": CLASSIFY_METRICS + CAPTION_METRICS, "mcq": MCQ_METRICS}.get(task, CAPTION_METRICS)
     return [m for m in order if m in available]

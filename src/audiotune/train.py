@@ -162,7 +162,12 @@ def best_metric_arguments(cfg: TrainConfig, has_eval: bool) -> dict[str, Any]:
 def training_arguments(cfg: TrainConfig, out_dir: Path, has_eval: bool):
     from transformers import TrainingArguments
 
-    return TrainingArguments(
+    return TrainingArguments(**training_argument_kwargs(cfg, out_dir, has_eval))
+
+
+def training_argument_kwargs(cfg: TrainConfig, out_dir: Path, has_eval: bool) -> dict[str, Any]:
+    """The ``TrainingArguments`` keywords of a run (also the base of the RL methods' TRL configs)."""
+    return dict(
         output_dir=str(out_dir),
         per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.eval_batch_size,
@@ -209,7 +214,7 @@ def write_model_card(out_dir: Path, cfg: TrainConfig, family: Family, result: Tr
         f"({cfg.task}, prompt: \"{prompt}\").\n\n"
         f"- Adaptation: {mode}; audio encoder frozen"
         f"{'' if cfg.train_projector else ', projector frozen'}.\n"
-        f"- Loss on the assistant's tokens only.\n"
+        f"- Method: {cfg.method}; loss on the assistant's tokens only.\n"
         f"- Steps: {result.steps}, batch {cfg.batch_size} × accumulation {cfg.gradient_accumulation_steps}, "
         f"learning rate {cfg.learning_rate}.\n"
         f"- Trainable parameters: {result.trainable_parameters:,} of {result.total_parameters:,}.\n"
@@ -233,7 +238,14 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> TrainResult:
     if main_process:
         clean_staging(out_dir)
     family = resolve_family(cfg.model)
+    if cfg.method == "dpo" and cfg.task != "preference":
+        cfg.task = "preference"  # DPO reads preference pairs (audio, prompt, chosen, rejected) whatever --task says
     train_ds, eval_ds, bad_log = build_datasets(cfg, family, out_dir)  # fails fast, before the model loads
+    if cfg.method == "grpo":
+        train_ds.build.keep_fields = True  # user rewards receive the row's columns
+        from .rl.rewards import build_rewards
+
+        build_rewards(cfg.rewards, cfg.reward_weights, train_ds.build.task.name)  # a bad reward fails here too
 
     resume_from = None
     if cfg.resume:
@@ -252,7 +264,7 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> TrainResult:
         model.accepts_loss_kwargs = False  # the Trainer then averages over accumulation steps itself
     plan = AdaptationPlan(full=cfg.full, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                           lora_targets=cfg.lora_targets, train_projector=cfg.train_projector)
-    model = prepare_for_training(model, family, plan)
+    model = start_from_adapter(model, cfg) if cfg.init_adapter else prepare_for_training(model, family, plan)
     trainable, total = count_parameters(model)
     audio_cache = None
     if cfg.audio_cache != "off":
@@ -269,20 +281,26 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> TrainResult:
     stop = GracefulStopCallback()
     callbacks = [stop, *(callbacks or [])]
     generation_metrics = None
-    if eval_ds is not None and cfg.eval_generate_take > 0:
+    if eval_ds is not None and cfg.eval_generate_take > 0 and cfg.method != "dpo":
         generation_metrics = GenerationMetricsCallback(
             _first(eval_ds, cfg.eval_generate_take), processor, family, cfg.task,
             GenerationSettings(max_new_tokens=cfg.max_new_tokens), batch_size=cfg.eval_batch_size * 4)
         callbacks.append(generation_metrics)
     callbacks.append(LiveLogCallback(out_dir))  # last: an eval line then carries the generation metrics
-    trainer = AudiotuneTrainer(
-        model=model,
-        args=training_arguments(cfg, out_dir, eval_ds is not None),
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
-        data_collator=ConversationCollator(processor, family, training=True),
-        callbacks=callbacks,
-    )
+    if cfg.method == "sft":
+        trainer = AudiotuneTrainer(
+            model=model,
+            args=training_arguments(cfg, out_dir, eval_ds is not None),
+            train_dataset=train_ds,
+            eval_dataset=eval_ds,
+            data_collator=ConversationCollator(processor, family, training=True),
+            callbacks=callbacks,
+        )
+    else:  # grpo | dpo: see rl/; evaluation is the generated metrics at the end
+        from .rl import make_rl_trainer
+
+        trainer = make_rl_trainer(cfg, model, processor, family, train_ds,
+                                  training_argument_kwargs(cfg, out_dir, False), callbacks)
     trainer.rank_split_stream = cfg.streaming and int(os.environ.get("WORLD_SIZE", "1")) > 1
     if cfg.group_by_length and isinstance(train_ds, ExampleDataset):
         trainer.lengths = estimated_lengths(train_ds, family)
@@ -295,7 +313,10 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> TrainResult:
                            log_history=list(trainer.state.log_history), resumed_from=resume_from, interrupted=True)
     eval_loss = None
     final_metrics: dict[str, float] = {}
-    if eval_ds is not None:
+    if eval_ds is not None and cfg.method != "sft":
+        if generation_metrics is not None:
+            final_metrics = generation_metrics.score_now(trainer.model)
+    elif eval_ds is not None:
         final = trainer.evaluate()
         eval_loss = float(final["eval_loss"])
         final_metrics = {k.removeprefix(PREFIX): float(v) for k, v in final.items() if k.startswith(PREFIX)}
@@ -315,6 +336,27 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> TrainResult:
             {k: v for k, v in dataclasses.asdict(result).items() if k != "out_dir"}, indent=2, default=str))
         write_model_card(out_dir, cfg, family, result, train_ds.build.task.prompt, final_metrics)
     return result
+
+
+def start_from_adapter(model, cfg: TrainConfig):
+    """Continue training the adapter in ``cfg.init_adapter`` (base frozen). For GRPO/DPO a frozen copy of its
+    LoRA matrices is loaded as the ``ref`` adapter (TRL's convention), so the reference is the starting model,
+    not the bare base; only adapter-sized weights are added, never a second model."""
+    from peft import PeftModel
+
+    from .errors import CheckpointError
+
+    if cfg.full or not (Path(cfg.init_adapter) / "adapter_config.json").exists():
+        raise CheckpointError(f"--init-adapter {cfg.init_adapter}: needs a LoRA adapter folder (with "
+                              "adapter_config.json), e.g. the --out of an earlier `audiotune train`, and no --full.")
+    model = PeftModel.from_pretrained(model, cfg.init_adapter, is_trainable=True)
+    if cfg.method != "sft":
+        model.load_adapter(cfg.init_adapter, adapter_name="ref", is_trainable=False)
+        model.set_adapter("default")
+        for name, parameter in model.named_parameters():
+            if ".ref." in name:
+                parameter.requires_grad_(False)
+    return model
 
 
 def require_gpu_features(cfg: TrainConfig) -> None:

@@ -80,10 +80,14 @@ class ExampleBuilder:
     id_column: str | None = None
     base_dir: Path | None = None
     max_audios: int = 1
+    keep_fields: bool = False  # keep the row's other columns in ``meta["row"]`` (GRPO's reward functions read them)
 
     def __call__(self, row: dict[str, Any], index: int) -> Example:
         example_id = row_id(row, index, self.id_column)
-        return self.task.make_example(row, example_id, self.audio_column, self.load, self.max_audios)
+        example = self.task.make_example(row, example_id, self.audio_column, self.load, self.max_audios)
+        if self.keep_fields:
+            example.meta["row"] = {k: v for k, v in row.items() if k != self.audio_column}
+        return example
 
     def resolve(self, item: Any) -> Any:
         """Make a relative path (string or ``{"path"}`` without bytes) absolute against :attr:`base_dir`."""

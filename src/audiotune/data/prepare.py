@@ -16,8 +16,8 @@ from ..audio import AudioLimits, LongAudioPolicy
 from ..errors import ConfigError, DatasetSchemaError
 from ..models.families import Family
 from .examples import ExampleBuilder
-from .sources import (QUESTION_COLUMNS, REFERENCE_COLUMNS, TEXT_COLUMNS, audio_column_of, base_dir, first_row,
-                      open_split, pick_column)
+from .sources import (CHOICES_COLUMNS, QUESTION_COLUMNS, REFERENCE_COLUMNS, REJECTED_COLUMNS, TEXT_COLUMNS,
+                      audio_column_of, base_dir, first_row, open_split, pick_column)
 from .tasks import CaptionTask, make_task
 
 logger = logging.getLogger(__name__)
@@ -48,12 +48,26 @@ def make_task_for(spec: Any, rows, where: str) -> CaptionTask:
     text = pick_column(columns, spec.text_column, TEXT_COLUMNS.get(name, ()), "text", "--text-column", where)
     references = pick_column(columns, spec.references_column, REFERENCE_COLUMNS.get(name, ()), "references",
                              "--references-column", where, required=False)
-    question = None
-    if name == "qa":
-        question = pick_column(columns, spec.question_column, QUESTION_COLUMNS, "question", "--question-column", where)
+    question = choices = rejected = None
+    if name in ("qa", "mcq", "preference"):  # preference: the prompt column is optional (else --prompt)
+        question = pick_column(columns, spec.question_column, QUESTION_COLUMNS, "question", "--question-column", where,
+                               required=name != "preference")
+    if name == "mcq":
+        choices = pick_column(columns, getattr(spec, "choices_column", None), CHOICES_COLUMNS, "choices",
+                              "--choices-column", where)
+    if name == "preference":
+        rejected = pick_column(columns, getattr(spec, "rejected_column", None), REJECTED_COLUMNS, "rejected answer",
+                               "--rejected-column", where)
     labels = tuple(spec.labels) if spec.labels else (label_set(rows, text) if name == "classify" else None)
-    return make_task(name, prompt=spec.prompt, system_prompt=spec.system_prompt, text_column=text,
-                     references_column=references, question_column=question, labels=labels)
+    fields = dict(prompt=spec.prompt, system_prompt=spec.system_prompt, text_column=text,
+                  references_column=references, question_column=question, labels=labels, choices_column=choices,
+                  rejected_column=rejected)
+    task = make_task(name, **fields)
+    if name == "preference" and question is None:  # no prompt column: every row gets --prompt
+        import dataclasses
+
+        task = dataclasses.replace(task, question_column=None)
+    return task
 
 
 def prepare_split(spec: Any, split: str, family: Family, check_rows: bool = True):

@@ -241,7 +241,142 @@ class ChatTask(CaptionTask):
         return Example(id=example_id, messages=messages, references=[turns[-1][1].strip()])
 
 
-TASKS = {"caption": CaptionTask, "asr": AsrTask, "qa": QaTask, "classify": ClassifyTask, "chat": ChatTask}
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.IGNORECASE | re.DOTALL)
+# "(B)", "B", "B." or "B: dog" at the start; a bare "A dog" is the article, not a letter.
+_LEADING_LETTER = re.compile(r"^(?:\(([A-Za-z])\)|([A-Za-z])(?:[.:)\]]|$))")
+_STATED_LETTER = re.compile(r"(?i:answer|option|choice)\s*(?:is|:)?\s*\(?([A-Z])\)?(?![A-Za-z])")
+
+
+def answer_span(text: str) -> str:
+    """The part of a completion that holds the answer: the last ``<answer>…</answer>`` if any, else all of it."""
+    tags = _ANSWER_TAG.findall(text or "")
+    return (tags[-1] if tags else (text or "")).strip()
+
+
+def extract_choice(text: str, choices: list[str] | tuple[str, ...]) -> int | None:
+    """Which of ``choices`` a free-text answer picks (0-based), or ``None`` when it picks none or is ambiguous.
+
+    Robust to the ways models answer: a letter (``B``, ``(B)``, ``B.``, ``B) dog``), a sentence stating it
+    (``The answer is B``), the choice's text (normalised), all of which may sit inside ``<answer>`` tags.
+    """
+    from ..metrics import normalize_answer
+
+    span = answer_span(text)
+    if not span or not choices:
+        return None
+    n = len(choices)
+    letter = _LEADING_LETTER.match(span)
+    if letter and 0 <= LETTERS.find((letter.group(1) or letter.group(2)).upper()) < n:
+        return LETTERS.index((letter.group(1) or letter.group(2)).upper())
+    stated = _STATED_LETTER.search(span)
+    if stated and 0 <= LETTERS.find(stated.group(1)) < n:
+        return LETTERS.index(stated.group(1).upper())
+    said = normalize_answer(span)
+    normalised = [normalize_answer(c) for c in choices]
+    exact = [i for i, c in enumerate(normalised) if c and c == said]
+    if len(exact) == 1:
+        return exact[0]
+    contained = [i for i, c in enumerate(normalised) if c and f" {c} " in f" {said} "]
+    # "a dog barking" names choice "dog barking"; a sentence naming two choices picks neither
+    contained = [i for i in contained if not any(j != i and normalised[i] in normalised[j] for j in contained)]
+    return contained[0] if len(contained) == 1 else None
+
+
+@dataclass(frozen=True)
+class McqTask(CaptionTask):
+    """Multiple choice (MMAU-style rows): a question, its ``choices`` (a list, or a string with one per line) and the
+    ``answer``: the correct choice's text, its letter (``B``/``(B)``) or its 0-based index. The prompt lists the
+    choices as ``(A) …``; the training target is the letter. ``meta["choices"]`` keeps the choices so evaluation
+    and rewards can read answers given as text."""
+
+    prompt: str = "{question}\nChoices:\n{choices}\nAnswer with the letter of the correct choice."
+    text_column: str = "answer"
+    references_column: str | None = None
+    question_column: str = "question"
+    choices_column: str = "choices"
+    name: str = "mcq"
+
+    def required_columns(self) -> list[str]:
+        return [self.question_column, self.choices_column, self.text_column]
+
+    def choices(self, row: dict[str, Any], name: str) -> list[str]:
+        value = row.get(self.choices_column)
+        if isinstance(value, str):
+            value = [line.strip() for line in value.splitlines() if line.strip()]
+        if not isinstance(value, (list, tuple)) or len(value) < 2 or not all(isinstance(c, str) and c.strip()
+                                                                             for c in value):
+            raise DatasetSchemaError(f"{name}: {self.choices_column!r} must hold at least two non-empty choices, "
+                                     f"got {value!r}. Map the right column with --choices-column.")
+        if len(value) > len(LETTERS):
+            raise DatasetSchemaError(f"{name}: {len(value)} choices; at most {len(LETTERS)} are supported.")
+        return [c.strip() for c in value]
+
+    def answer_index(self, row: dict[str, Any], name: str) -> int:
+        choices = self.choices(row, name)
+        value = row.get(self.text_column)
+        if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+            if 0 <= int(value) < len(choices):
+                return int(value)
+        elif isinstance(value, str) and value.strip():
+            found = extract_choice(value, choices)
+            if found is not None:
+                return found
+        raise DatasetSchemaError(f"{name}: the answer {value!r} ({self.text_column!r}) is none of the choices "
+                                 f"{choices}. Give the choice's text, its letter or its 0-based index.")
+
+    def references(self, row: dict[str, Any], name: str) -> list[str]:
+        index = self.answer_index(row, name)
+        return [LETTERS[index], self.choices(row, name)[index]]
+
+    def user_text(self, row: dict[str, Any], name: str) -> str:
+        question = row.get(self.question_column)
+        if not isinstance(question, str) or not question.strip():
+            raise DatasetSchemaError(f"{name}: the question ({self.question_column!r}) is empty or not text.")
+        listed = "\n".join(f"({LETTERS[i]}) {c}" for i, c in enumerate(self.choices(row, name)))
+        return self.prompt.format(question=question.strip(), choices=listed)
+
+    def make_example(self, row: dict[str, Any], example_id: str, audio_column: str,
+                     load: Callable[[Any, str], np.ndarray], max_audios: int = 1) -> Example:
+        example = super().make_example(row, example_id, audio_column, load, max_audios)
+        example.meta["choices"] = self.choices(row, example_id)
+        return example
+
+
+@dataclass(frozen=True)
+class PreferenceTask(CaptionTask):
+    """Preference pairs for DPO: the audio, a prompt (the row's ``question_column`` when it has one, else
+    ``prompt``), the ``chosen`` answer (``text_column``, the target) and the ``rejected`` one (in
+    ``meta["rejected"]``)."""
+
+    prompt: str = "Describe the audio."
+    text_column: str = "chosen"
+    references_column: str | None = None
+    question_column: str | None = "prompt"
+    rejected_column: str = "rejected"
+    name: str = "preference"
+
+    def required_columns(self) -> list[str]:
+        return [self.text_column, self.rejected_column]
+
+    def user_text(self, row: dict[str, Any], name: str) -> str:
+        question = row.get(self.question_column) if self.question_column else None
+        if question is None:
+            return self.prompt
+        if not isinstance(question, str) or not question.strip():
+            raise DatasetSchemaError(f"{name}: the prompt ({self.question_column!r}) is empty or not text.")
+        return question.strip()
+
+    def make_example(self, row: dict[str, Any], example_id: str, audio_column: str,
+                     load: Callable[[Any, str], np.ndarray], max_audios: int = 1) -> Example:
+        rejected = _checked(_texts(row.get(self.rejected_column)), self.rejected_column, example_id)[0]
+        example = super().make_example(row, example_id, audio_column, load, max_audios)
+        example.meta["rejected"] = rejected
+        return example
+
+
+TASKS = {"caption": CaptionTask, "asr": AsrTask, "qa": QaTask, "classify": ClassifyTask, "chat": ChatTask,
+         "mcq": McqTask, "preference": PreferenceTask}
 
 
 def make_task(name: str, **fields: Any) -> CaptionTask:

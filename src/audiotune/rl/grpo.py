@@ -1,0 +1,207 @@
+"""GRPO for audio-language models: sample a group per prompt, score it, push the policy towards the better ones.
+
+TRL's ``GRPOTrainer`` tokenises text (or image) prompts itself and cannot take an audio collator's batch, so this
+trainer is the audiotune ``Trainer`` (atomic checkpoints, ``--resume``) with TRL's structure around our collator:
+``_prepare_inputs`` turns a batch of prompts into a rollout (generation with the policy, rewards, group-relative
+advantages, the old and reference log-probs) and ``compute_loss`` evaluates TRL's clipped objective on it
+(:mod:`audiotune.rl.losses`, checked against TRL's own code in the tests). Its arguments are TRL's
+``GRPOConfig``.
+
+Batches: the loader yields ``batch_size`` prompts (Examples); each becomes ``num_generations`` completions. A
+window of ``batch_size × gradient_accumulation_steps`` prompts is replayed ``num_iterations`` times (TRL's μ):
+the first pass generates and remembers the rollout, the later passes reuse it, so the ratio to the old policy
+moves and the clip matters. The audio encoder is frozen and its embeddings are cached per clip
+(:mod:`audiotune.audio_cache`), so the group's completions, the reference pass and the replayed iterations all
+reuse one encoder pass per clip.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from ..data.collator import ConversationCollator
+from ..data.tasks import Example
+from ..generate import stop_token_ids
+from ..models.families import Family
+from ..models.loading import to_model_inputs
+from ..train import AudiotuneTrainer
+from .common import MetricsLogMixin, no_grad_eval, reference_context, token_logps
+from .losses import group_advantages, grpo_loss
+from .rewards import Reward
+
+logger = logging.getLogger(__name__)
+
+
+class WindowRepeatSampler(torch.utils.data.Sampler):
+    """Shuffled indices, in windows of ``window`` prompts, each window yielded ``repeats`` times in a row (TRL's
+    ``RepeatSampler`` idea). An incomplete last window is dropped. ``set_epoch`` reshuffles reproducibly."""
+
+    def __init__(self, size: int, window: int, repeats: int, seed: int) -> None:
+        self.size, self.window, self.repeats, self.seed, self.epoch = size, window, repeats, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.size, generator=generator).tolist()
+        for start in range(0, self.size - self.window + 1, self.window):
+            chunk = order[start : start + self.window]
+            for _ in range(self.repeats):
+                yield from chunk
+
+    def __len__(self) -> int:
+        return (self.size // self.window) * self.window * self.repeats
+
+
+class _EpochLoader(torch.utils.data.DataLoader):
+    """The Trainer calls ``set_epoch`` on the loader; pass it to the sampler so each epoch reshuffles."""
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+
+def _as_list(examples: list[Example]) -> list[Example]:
+    return examples
+
+
+def prompt_text(example: Example) -> str:
+    user = [m for m in example.messages if m["role"] == "user"][-1]
+    return " ".join(p["text"] for p in user["content"] if p.get("type") == "text")
+
+
+class GrpoTrainer(MetricsLogMixin, AudiotuneTrainer):
+    """``args`` is a TRL ``GRPOConfig``; ``per_device_train_batch_size`` counts completions (prompts × group)."""
+
+    def __init__(self, *, model, args, train_dataset, processor, family: Family, task: str,
+                 rewards: Sequence[Reward], **kwargs: Any) -> None:
+        super().__init__(model=model, args=args, train_dataset=train_dataset, data_collator=_as_list, **kwargs)
+        if args.disable_dropout:  # sampled and trained log-probs must come from the same function
+            from trl.trainer.utils import disable_dropout_in_model
+
+            disable_dropout_in_model(model)
+        self.processor, self.family, self.task, self.rewards = processor, family, task, list(rewards)
+        self.prompt_collator = ConversationCollator(processor, family, training=False)
+        self.stop_ids = stop_token_ids(processor, family)
+        # A sampled audio placeholder would ask the model for audio features it was never given.
+        audio_id = processor.tokenizer.convert_tokens_to_ids(family.audio_token)
+        self.suppress_ids = [audio_id] if isinstance(audio_id, int) and audio_id >= 0 else None
+        self.prompts_per_step = args.per_device_train_batch_size // args.num_generations
+        self.model_accepts_loss_kwargs = False  # the loss is ours; the Trainer scales it for accumulation
+        self._rollouts: dict[int, dict[str, Any]] = {}
+        self._window_step, self._micro = -1, 0
+
+    # --- data ---------------------------------------------------------------------------------------------------
+    def get_train_dataloader(self):
+        window = self.prompts_per_step * self.args.gradient_accumulation_steps
+        sampler = WindowRepeatSampler(len(self.train_dataset), window, self.args.num_iterations, self.args.seed)
+        return _EpochLoader(self.train_dataset, batch_size=self.prompts_per_step, sampler=sampler,
+                            collate_fn=_as_list, num_workers=self.args.dataloader_num_workers)
+
+    def _prepare_inputs(self, inputs):
+        if not isinstance(inputs, list):  # already a rollout
+            return inputs
+        if self.state.global_step != self._window_step:
+            self._window_step, self._micro = self.state.global_step, 0
+        slot = self._micro
+        self._micro += 1
+        first_pass = self.state.global_step % self.args.num_iterations == 0
+        if first_pass or slot not in self._rollouts:  # after --resume mid-cycle: generate afresh
+            self._rollouts[slot] = self.rollout(inputs)
+        for name, value in self._rollouts[slot]["stats"].items():  # logged at every step, replays included
+            self.record(name, value)
+        return self._rollouts[slot]
+
+    # --- rollout ------------------------------------------------------------------------------------------------
+    def _unwrapped(self):
+        return self.accelerator.unwrap_model(self.model)
+
+    def rollout(self, examples: list[Example]) -> dict[str, Any]:
+        """Generate a group per prompt, score it, and compute advantages and the old/reference log-probs."""
+        args = self.args
+        group = args.num_generations
+        model = self._unwrapped()
+        repeated = [e for e in examples for _ in range(group)]
+        batch = to_model_inputs(self.prompt_collator(repeated), model)
+        prompt_ids, prompt_mask = batch["input_ids"], batch["attention_mask"]
+        features = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")}
+        pad_id = self.processor.tokenizer.pad_token_id
+        with no_grad_eval(model):
+            output = model.generate(**batch, do_sample=True, temperature=args.temperature, top_p=args.top_p,
+                                    top_k=0, max_new_tokens=args.max_completion_length,
+                                    eos_token_id=self.stop_ids, pad_token_id=pad_id, use_cache=True,
+                                    suppress_tokens=self.suppress_ids)
+        completion_ids = output[:, prompt_ids.shape[1]:]
+        is_stop = torch.isin(completion_ids, torch.tensor(self.stop_ids, device=completion_ids.device))
+        length = completion_ids.shape[1]
+        first_stop = torch.where(is_stop.any(1), is_stop.int().argmax(1), torch.full_like(is_stop[:, 0], length,
+                                                                                           dtype=torch.long))
+        positions = torch.arange(length, device=completion_ids.device).unsqueeze(0)
+        completion_mask = (positions <= first_stop.unsqueeze(1)).long()  # the end-of-turn token is learned too
+        keep = max(int(completion_mask.sum(1).max()), 1)
+        completion_ids, completion_mask = completion_ids[:, :keep], completion_mask[:, :keep]
+        completion_ids = completion_ids.masked_fill(completion_mask == 0, pad_id)
+        texts = [self.processor.tokenizer.decode(ids[: int(stop)].tolist(), skip_special_tokens=True).strip()
+                 for ids, stop in zip(completion_ids, first_stop)]
+
+        rollout = {"input_ids": torch.cat([prompt_ids, completion_ids], 1),
+                   "attention_mask": torch.cat([prompt_mask, completion_mask], 1),
+                   "features": features, "completion_ids": completion_ids, "completion_mask": completion_mask}
+        with no_grad_eval(model):
+            rollout["old_logps"] = self.per_token_logps(model, rollout) if args.num_iterations > 1 else None
+            if args.beta != 0.0:
+                with reference_context(model):
+                    rollout["ref_logps"] = self.per_token_logps(model, rollout)
+            else:
+                rollout["ref_logps"] = None
+
+        rewards_per_func = self.score(repeated, texts).to(completion_ids.device)
+        weights = torch.tensor([r.weight for r in self.rewards], device=completion_ids.device)
+        rewards = (rewards_per_func * weights).sum(1)
+        advantages, std = group_advantages(rewards, group, args.scale_rewards)
+        rollout["advantages"] = advantages
+        stats = {"reward": rewards.mean().item(), "reward_std": std.view(-1, group)[:, 0].mean().item(),
+                 "frac_reward_zero_std": torch.isclose(std, torch.zeros_like(std)).float().mean().item(),
+                 "completion_length": completion_mask.sum(1).float().mean().item(),
+                 "completions_clipped": (first_stop >= length).float().mean().item()}
+        for i, reward in enumerate(self.rewards):
+            stats[f"rewards/{reward.name}"] = rewards_per_func[:, i].mean().item()
+        rollout["stats"] = stats
+        return rollout
+
+    def score(self, examples: list[Example], completions: list[str]) -> torch.Tensor:
+        """(completions × rewards) matrix. Row fields reach user rewards as lists aligned with the completions."""
+        fields: dict[str, list[Any]] = {}
+        for column in (examples[0].meta.get("row") or {}):
+            fields[column] = [e.meta.get("row", {}).get(column) for e in examples]
+        fields.update(references=[e.references for e in examples], task=[self.task] * len(examples),
+                      choices=[e.meta.get("choices") for e in examples], id=[e.id for e in examples])
+        prompts = [prompt_text(e) for e in examples]
+        columns = [reward(prompts, completions, **fields) for reward in self.rewards]
+        return torch.tensor(columns, dtype=torch.float32).T
+
+    def per_token_logps(self, model, rollout: dict[str, Any]) -> torch.Tensor:
+        """log-probs of the completion tokens under ``model`` (over the sampling temperature, as TRL does)."""
+        mask = rollout["attention_mask"]
+        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)  # as generate() numbers left-padded rows
+        completion = rollout["completion_ids"]
+        out = model(input_ids=rollout["input_ids"], attention_mask=mask, position_ids=positions,
+                    **rollout["features"], logits_to_keep=completion.shape[1] + 1, use_cache=False)
+        logits = out.logits[:, :-1, :]
+        return token_logps(logits, completion, temperature=self.args.temperature)
+
+    # --- loss -----------------------------------------------------------------------------------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        logps = self.per_token_logps(model, inputs)
+        old = inputs["old_logps"] if inputs["old_logps"] is not None else logps.detach()
+        epsilon_high = self.args.epsilon_high if self.args.epsilon_high is not None else self.args.epsilon
+        result = grpo_loss(logps, old, inputs["ref_logps"], inputs["advantages"], inputs["completion_mask"],
+                           epsilon_low=self.args.epsilon, epsilon_high=epsilon_high, beta=self.args.beta,
+                           loss_type=self.args.loss_type, max_completion_length=self.args.max_completion_length)
+        self.record("kl", result.kl)
+        self.record("clip_ratio", result.clip_ratio)
+        return (result.loss, None) if return_outputs else result.loss

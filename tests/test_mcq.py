@@ -1,0 +1,78 @@
+"""The multiple-choice task: answer extraction, MMAU-style rows, accuracy; the preference task's columns."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import soundfile as sf
+
+from audiotune.config import TrainConfig
+from audiotune.data.prepare import prepare_split
+from audiotune.data.tasks import McqTask, extract_choice
+from audiotune.errors import DatasetSchemaError
+from audiotune.metrics import score
+from tests.conftest import tone
+
+CHOICES = ["Dog barking", "Car horn", "Rain", "Hot dog vendor"]
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("B", 1), ("(C)", 2), ("b.", 1), ("D) Hot dog vendor", 3), ("The answer is B.", 1), ("Answer: (A)", 0),
+    ("<think>it honks</think><answer>B</answer>", 1), ("<answer>rain</answer>", 2), ("car horn", 1),
+    ("I think it is a dog barking.", 0),  # "dog" alone is in two choices; the longer match decides
+    ("rain or a car horn", None), ("", None), ("E", None), ("A dog", None), ("<answer></answer>", None),
+])
+def test_extract_choice(text, expected):
+    assert extract_choice(text, CHOICES) == expected
+
+
+def test_mmau_style_rows(tmp_path, family):
+    sf.write(tmp_path / "a.wav", tone(0.5), 16000)
+    rows = [  # MMAU test-mini: audio_id path, question, choices, answer as the choice's text
+        {"id": "m1", "audio_id": "a.wav", "question": "What do you hear?", "choices": CHOICES, "answer": "Rain"},
+        {"id": "m2", "audio_id": "a.wav", "question": "What do you hear?", "choices": CHOICES, "answer": "(B)"},
+        {"id": "m3", "audio_id": "a.wav", "question": "What do you hear?", "choices": CHOICES, "answer": 0},
+        {"id": "m4", "audio_id": "a.wav", "question": "What do you hear?", "choices": CHOICES, "answer": "Snow"},
+    ]
+    manifest = tmp_path / "mmau.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data, build = prepare_split(TrainConfig(model="m", dataset=str(manifest), task="mcq"), "train", family)
+    assert isinstance(build.task, McqTask) and build.audio_column == "audio_id"
+    examples = [build(data[i], i) for i in range(3)]
+    assert [e.references for e in examples] == [["C", "Rain"], ["B", "Car horn"], ["A", "Dog barking"]]
+    prompt = examples[0].messages[-1]["content"][-1]["text"]
+    assert "(A) Dog barking" in prompt and "(D) Hot dog vendor" in prompt and prompt.startswith("What do you hear?")
+    assert examples[0].meta["choices"] == CHOICES and examples[0].audios()[0].shape == (8000,)
+    with pytest.raises(DatasetSchemaError, match="'Snow'.*none of the choices"):
+        build(data[3], 3)
+
+
+def test_mcq_accuracy():
+    refs = {"a": ["C", "Rain"], "b": ["B", "Car horn"], "c": ["A", "Dog barking"], "d": ["D", "Hot dog vendor"]}
+    predictions = {"a": "<answer>C</answer>", "b": "car horn", "c": "B", "d": "no idea"}
+    corpus, per_clip = score("mcq", predictions, refs, choices={k: CHOICES for k in refs})
+    assert corpus == {"accuracy": 0.5, "answered": 0.75}
+    assert per_clip["a"]["accuracy"] == 1.0 and per_clip["c"]["accuracy"] == 0.0
+
+
+def test_preference_columns(tmp_path, family):
+    sf.write(tmp_path / "a.wav", tone(0.5), 16000)
+    rows = [{"audio": "a.wav", "prompt": "How many beeps?", "chosen": "three", "rejected": "two"},
+            {"audio": "a.wav", "prompt": "How many beeps?", "chosen": "four", "rejected": " "}]
+    manifest = tmp_path / "pairs.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data, build = prepare_split(TrainConfig(model="m", dataset=str(manifest), task="preference"), "train", family)
+    example = build(data[0], 0)
+    assert example.target == "three" and example.meta["rejected"] == "two"
+    assert example.messages[-1]["content"][-1]["text"] == "How many beeps?"
+    with pytest.raises(DatasetSchemaError, match="rejected"):
+        build(data[1], 1)
+    renamed = tmp_path / "renamed.jsonl"
+    renamed.write_text(json.dumps({"wav": "a.wav", "good": "yes", "bad": "no"}) + "\n")
+    spec = TrainConfig(model="m", dataset=str(renamed), task="preference", text_column="good",
+                       rejected_column="bad", prompt="Is it a beep?")
+    data, build = prepare_split(spec, "train", family)
+    example = build(data[0], 0)
+    assert (example.target, example.meta["rejected"]) == ("yes", "no")
+    assert example.messages[-1]["content"][-1]["text"] == "Is it a beep?"  # no prompt column: --prompt
