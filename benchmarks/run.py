@@ -30,6 +30,22 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
+KEPT = ("## GRPO on a verifiable task",)  # written by their own commands (`make rl-bench`), kept as they are
+
+
+def kept_sections(path: Path) -> str:
+    """The sections of the current BENCHMARKS.md that other benchmark commands own, to append unchanged."""
+    if not path.exists():
+        return ""
+    text, kept = path.read_text(), []
+    for title in KEPT:
+        start = text.find(title)
+        if start >= 0:
+            end = text.find("\n## ", start + len(title))
+            kept.append(text[start : end if end >= 0 else len(text)].rstrip() + "\n")
+    return "".join("\n" + k for k in kept)
+
+
 def main() -> None:
     from transformers.utils import logging as hf_logging
 
@@ -137,7 +153,8 @@ def main() -> None:
         lines.append(f"| {level} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
     lines += ["", "Timings are benchmarks only; the tests check that each optimisation leaves results unchanged "
               "(cache vs no cache, batched vs single generation)."]
-    Path(__file__).resolve().parent.parent.joinpath("BENCHMARKS.md").write_text("\n".join(lines) + "\n")
+    path = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
+    path.write_text("\n".join(lines) + "\n" + kept_sections(path))
     print("\n".join(lines))
 
 
