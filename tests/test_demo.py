@@ -40,7 +40,7 @@ def test_short_demo_writes_every_artefact(tmp_path):
     assert stages == ["synthesise data", "build tiny AF3", "fine-tune (LoRA)", "evaluate base vs tuned",
                       "grounding check", "infer (batched)", "merge", "pipeline"]
     for name in ("tuned/adapter_model.safetensors", "merged/model.safetensors", "predictions.jsonl",
-                 "metrics.json", "report.md", "report.html", "plots/loss.png"):
+                 "metrics.json", "report.md", "report.html", "plots/loss.png", "grounding.json"):
         assert (tmp_path / name).exists(), name
     assert [m.name for m in result.evaluation.models] == ["base", "tuned"]
     assert {"BLEU-4", "METEOR", "CIDEr-D"} <= set(result.base) and {"BLEU-4", "CIDEr-D"} <= set(result.tuned)
@@ -60,6 +60,8 @@ def test_short_demo_writes_every_artefact(tmp_path):
     assert set(g.other_predictions) == set(tuned) and set(g.pairs) == set(tuned)
     assert sorted(g.pairs.values()) == sorted(tuned) and all(k != v for k, v in g.pairs.items())
     assert g.other >= 0.0
+    saved = json.loads((tmp_path / "grounding.json").read_text())
+    assert saved["other"] == g.other and saved["pairs"] == g.pairs and saved["references"] == g.references
     assert result.max_repeats == max(max_ngram_repeats(r["prediction"]) for r in tuned.values())
     page = html.unescape((tmp_path / "report.html").read_text())
     for text in (report, page):

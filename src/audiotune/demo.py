@@ -12,13 +12,14 @@ kept); it starts from random weights, so it needs a larger learning rate than th
 per second, so short clips give about twice the examples per second of 1–10 s ones), batches of
 similar length (little padding), 800 steps with a cosine schedule after a short warm-up, and
 greedy decoding that never repeats a 4-gram (``no_repeat_ngram_size``, a standard ``generate``
-setting), which no true caption does. The settings were chosen on the validation split (the
-training run's evaluations); the test split is only reported. Everything else is the guide's
-recipe, corrected.
+setting), which no true caption does. Nothing is tuned on the test split: training evaluates on
+the validation split, the test split is only reported. Everything else is the guide's recipe,
+corrected.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -132,6 +133,7 @@ def run_demo(settings: DemoSettings | None = None, on_stage: Callable[[str], Non
         grounding = grounding_check(tuned_model, processor, family, examples, evaluation.task, settings_gen,
                                     own_predictions={r["id"]: r["prediction"] for r in tuned_rows},
                                     seed=s.seed)
+        (out / "grounding.json").write_text(json.dumps(asdict(grounding), indent=2))  # every swapped caption
     max_repeats, max_repeats_clip = repeat_summary({r["id"]: r["prediction"] for r in tuned_rows})
     with timed("infer (batched)"):
         shown = examples[:4]
