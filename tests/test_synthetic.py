@@ -53,3 +53,19 @@ def test_clips_are_deterministic_and_captions_describe_events():
     full = [make_clip(i, seed=0) for i in range(30)]
     durations = [len(c.audio) / c.sampling_rate for c in full]
     assert min(durations) >= 1.0 and max(durations) <= 10.0
+
+
+def test_events_are_long_enough_to_tell_apart():
+    """A perfect listener can name and count every event: no more than one event per 0.8 s of clip, and
+    counted beeps at least 0.25 s apart, so short clips hold fewer events and short beep runs fewer beeps."""
+    from audiotune.data.synthetic import MIN_BEEP_SLOT_SECONDS, MIN_EVENT_SECONDS
+
+    clips = [make_clip(i, seed=3, min_seconds=1.0, max_seconds=4.0) for i in range(120)]
+    assert {len(c.events) for c in clips} == {1, 2, 3}
+    for clip in clips:
+        seconds = len(clip.audio) / clip.sampling_rate
+        assert len(clip.events) <= max(1, int(seconds // MIN_EVENT_SECONDS)), clip.clip_id
+        for event in clip.events:
+            if event.kind == "beeps" and event.count > 2:
+                assert event.seconds / event.count >= MIN_BEEP_SLOT_SECONDS, clip.clip_id
+    assert any(len(c.events) == 1 for c in clips if len(c.audio) / c.sampling_rate < 1.6)

@@ -624,14 +624,21 @@ def _parse_targets(value: Optional[str]) -> list[str] | str | None:
 
 @app.command()
 def demo(out: Annotated[Path, typer.Option(help="Run folder.")] = Path("runs/demo"),
-         clips: int = 400, max_steps: int = 150, seed: int = 0) -> None:
-    """Synthetic data → tiny AF3 → LoRA → base vs tuned → infer → merge → pipeline → report."""
+         clips: Annotated[Optional[int], typer.Option(help="Synthetic clips (default: the demo's).")] = None,
+         max_steps: Annotated[Optional[int], typer.Option(help="Training steps (default: the demo's).")] = None,
+         seed: int = 0) -> None:
+    """Synthetic data → tiny AF3 → LoRA → base vs tuned → grounding check → infer → merge → pipeline → report."""
     from .demo import DemoSettings, run_demo
 
-    result = run_demo(DemoSettings(out=str(out), clips=clips, max_steps=max_steps, seed=seed),
+    chosen = {k: v for k, v in {"clips": clips, "max_steps": max_steps}.items() if v is not None}
+    result = run_demo(DemoSettings(out=str(out), seed=seed, **chosen),
                       on_stage=lambda name: console.rule(f"[bold]{name}"))
     print_metrics(result.evaluation.table(), result.evaluation.metric_order(),
                   title="held-out test split: base vs tuned (audiotune eval --compare)")
+    g = result.grounding
+    console.print(f"grounding check (tuned): {g.metric} {g.own:.3f} with each clip's own audio vs {g.other:.3f} "
+                  f"with another clip's audio, same references ({100 * g.drop:.0f}% lost when the audio is swapped)")
+    console.print(f"repetition: at most {result.max_repeats} occurrence(s) of one 3-gram in a tuned caption")
     for sample in result.samples:
         console.print(f"[bold]{sample['id']}[/bold]: {sample['prediction']}  [dim](ref: {sample['references'][0]})")
     console.print(f"pipeline(\"audio-text-to-text\") on the first test clip: \"{result.pipeline_output}\"")

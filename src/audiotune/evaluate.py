@@ -50,6 +50,7 @@ class EvalConfig:
     streaming: bool = False
     batch_size: int = 16
     max_new_tokens: int = 64
+    no_repeat_ngram_size: int = 0  # see GenerationSettings
     long_audio: str = LongAudioPolicy.WINDOW.value
     on_bad_sample: str = "skip"
     spice_models: str | None = None
@@ -178,7 +179,7 @@ def run_evaluation(cfg: EvalConfig, on_model: Callable[[str, int], None] | None 
     examples, task = load_examples(cfg, family, bad_log)
     if not examples:
         raise CheckpointError(f"{cfg.dataset} [{cfg.split}]: no usable rows to evaluate (see {out / 'skipped.jsonl'}).")
-    settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens)
+    settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens, no_repeat_ngram_size=cfg.no_repeat_ngram_size)
     notices: list[str] = []
     scored: list[ModelScores] = []
     audio_cache = AudioEmbeddingCache()  # models with the same frozen encoder share the clips' embeddings

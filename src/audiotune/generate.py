@@ -29,12 +29,15 @@ class GenerationSettings:
     top_p: float = 1.0
     num_beams: int = 1
     repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0  # > 0: no n-gram of that size twice in an answer (transformers' generate kwarg)
 
     def as_kwargs(self) -> dict[str, Any]:
         kwargs = asdict(self)
         if not self.do_sample:
             kwargs.pop("temperature")
             kwargs.pop("top_p")
+        if not self.no_repeat_ngram_size:
+            kwargs.pop("no_repeat_ngram_size")  # off: the recorded settings stay as they were
         return kwargs
 
 

@@ -147,6 +147,20 @@ def caption_metrics(predictions: dict[str, str], references: dict[str, list[str]
     return corpus, per_clip
 
 
+def max_ngram_repeats(text: str, n: int = 3) -> int:
+    """How often the most frequent word ``n``-gram of ``text`` occurs (0 when it has fewer than ``n`` words).
+
+    A degenerate caption loops ("hear a beep repeated hear a beep repeated ..."): its top 3-gram
+    occurs three or more times, while a fluent one rarely uses a 3-gram twice. Words are lower-cased
+    runs of letters, digits and apostrophes, so punctuation does not hide a loop.
+    """
+    from collections import Counter
+
+    words = re.findall(r"[\w']+", text.lower())
+    counts = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+    return max(counts.values(), default=0)
+
+
 _PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}]")
 
 

@@ -126,8 +126,15 @@ def _render_event(event: SoundEvent, sr: int, rng: np.random.Generator) -> np.nd
     return wave
 
 
+# A listener must be able to tell every event apart and count beeps: a clip holds at most one event per
+# MIN_EVENT_SECONDS (a short clip holds fewer), and counted beeps start at least MIN_BEEP_SLOT_SECONDS apart
+# (a short event counts fewer).
+MIN_EVENT_SECONDS = 0.8
+MIN_BEEP_SLOT_SECONDS = 0.25
+
+
 def _random_events(rng: random.Random, total_seconds: float) -> list[SoundEvent]:
-    n_events = rng.choice([1, 2, 2, 3])
+    n_events = min(rng.choice([1, 2, 2, 3]), max(1, int(total_seconds // MIN_EVENT_SECONDS)))
     shares = [rng.uniform(0.6, 1.4) for _ in range(n_events)]
     out: list[SoundEvent] = []
     for i, share in enumerate(shares):
@@ -142,7 +149,8 @@ def _random_events(rng: random.Random, total_seconds: float) -> list[SoundEvent]
         elif kind == "noise":
             out.append(SoundEvent("noise", rng.choice(list(_NOISES)), seconds))
         elif kind == "beeps":
-            out.append(SoundEvent("beeps", "", seconds, count=rng.choice(list(_COUNTS))))
+            countable = [c for c in _COUNTS if c * MIN_BEEP_SLOT_SECONDS <= seconds] or [min(_COUNTS)]
+            out.append(SoundEvent("beeps", "", seconds, count=rng.choice(countable)))
         else:
             out.append(SoundEvent("silence", "", seconds))
     return out
