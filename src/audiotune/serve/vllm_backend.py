@@ -294,7 +294,7 @@ def vllm_generate(model: str, examples: Sequence["Example"], settings: "Generati
     ``timings`` (if given) receives ``load_seconds`` (engine start) and ``generate_seconds``.
     """
     family = require_vllm_family(model)
-    if getattr(settings, "no_repeat_ngram_size", 0):
+    if settings.no_repeat_ngram_size:
         raise ConfigError("--backend vllm has no no_repeat_ngram_size; use --backend transformers for it.")
     interpreter = find_vllm_python(python)
     with tempfile.TemporaryDirectory(prefix="audiotune-vllm-") as folder:
