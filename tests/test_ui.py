@@ -8,6 +8,7 @@ person would. Set AUDIOTUNE_UI_SCREENSHOTS=docs/images to refresh the screenshot
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import socket
@@ -93,7 +94,9 @@ def test_form_values_become_the_validated_config(tmp_path):
         config_from_form({**values, "max_steps": 2.5}, root)
 
 
-def test_live_log_callback_and_curves(tmp_path):
+def test_live_log_callback_and_curves(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("runs-root") / "run"  # alone under its root: list_runs sees only it
+    tmp_path.mkdir()
     from transformers import TrainerState
 
     from audiotune.callbacks import LiveLogCallback
@@ -484,17 +487,18 @@ def test_train_stop_saves_a_checkpoint_and_resume_continues(page, ui_root):
     _fill(page, "out", "runs/stop-resume")
     for group in ("data", "optimisation"):
         page.click(f"#tr-group-{group} > button.label-wrap")
-    for field, value in dict(eval_split="none", eval_take=0, max_steps=200, batch_size=1, logging_steps=1,
-                             gradient_accumulation_steps=1, save_steps=200).items():
+    # Far more steps than run before the stop: an idle machine must not finish the run first.
+    for field, value in dict(eval_split="none", eval_take=0, max_steps=5000, batch_size=1, logging_steps=1,
+                             gradient_accumulation_steps=1, save_steps=5000).items():
         _fill(page, field, value)
     page.click("#tr-start")
     status = page.locator("#tr-status")
-    expect(status).to_contain_text("step 1 of 200", timeout=120_000)
+    expect(status).to_contain_text(re.compile(r"running · step [1-9]\d* of 5000"), timeout=120_000)
     page.click("#tr-stop")
     expect(status).to_contain_text("stopped (checkpoint saved", timeout=120_000)
     run = ui_root / "runs" / "stop-resume"
     stopped_at = checkpoint_steps(run)[-1][0]
-    assert 1 <= stopped_at < 200 and "stopped by a signal" in page.locator("#tr-log textarea").input_value()
+    assert 1 <= stopped_at < 5000 and "stopped by a signal" in page.locator("#tr-log textarea").input_value()
     live = run / "trainer_log.json"
     before = live.read_text()
     page.click("#tr-resume")

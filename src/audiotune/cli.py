@@ -201,7 +201,8 @@ def train(
         return
     console.print(f"trainable parameters: {result.trainable_parameters:,} of {result.total_parameters:,} "
                   f"({100 * result.trainable_parameters / result.total_parameters:.3f}%)")
-    console.print(f"[green]done[/green] {cfg.method} {result.steps} steps; train loss {result.train_loss:.4f}"
+    method = "" if cfg.method == "sft" else f"{cfg.method} "  # supervised runs keep the line scripts parse
+    console.print(f"[green]done[/green] {method}{result.steps} steps; train loss {result.train_loss:.4f}"
                   + (f", eval loss {result.eval_loss:.4f}" if result.eval_loss is not None else "")
                   + f"; adapter in {result.out_dir}")
     if result.generation_metrics:
