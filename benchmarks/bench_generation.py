@@ -46,13 +46,13 @@ def run(clips: int = 64, batch_size: int = 16, repeats: int = 3, max_new_tokens:
                   for c in (make_clip(i, seed=5) for i in range(clips))]
         examples = examples_from_audio(audios, "Describe the audio.")
         settings = GenerationSettings(max_new_tokens=max_new_tokens)
-        times = {"guide": [], "audiotune (windows)": [], "audiotune": [], "encoder": []}
+        times = {"guide": [], "audiotune": [], "audiotune (valid frames)": [], "encoder": []}
         answers = {}
         for _ in range(repeats):
             start = time.perf_counter()
             answers["guide"] = guide_generate(window, processor, audios, max_new_tokens)
             times["guide"].append(time.perf_counter() - start)
-            for name, model in (("audiotune (windows)", window), ("audiotune", valid)):
+            for name, model in (("audiotune", window), ("audiotune (valid frames)", valid)):
                 start = time.perf_counter()
                 answers[name] = generate(model, processor, family, examples, batch_size=batch_size, settings=settings)
                 times[name].append(time.perf_counter() - start)
@@ -61,11 +61,11 @@ def run(clips: int = 64, batch_size: int = 16, repeats: int = 3, max_new_tokens:
             times["encoder"].append(time.perf_counter() - start)
         vllm = _vllm(model_dir, examples, settings)
     seconds = {k: statistics.median(v) for k, v in times.items()}
-    rates = {k: clips / seconds[k] for k in ("guide", "audiotune (windows)", "audiotune")}
+    rates = {k: clips / seconds[k] for k in ("guide", "audiotune", "audiotune (valid frames)")}
     if vllm:
         rates["vLLM"] = clips / vllm["generate_seconds"]
     same = {k: f"{sum(a.strip() == b.strip() for a, b in zip(answers['guide'], answers[k]))}/{clips}"
-            for k in ("audiotune (windows)", "audiotune")}
+            for k in ("audiotune", "audiotune (valid frames)")}
     if vllm:
         same["vLLM"] = f"{sum(a.strip() == b.strip() for a, b in zip(answers['guide'], vllm['answers']))}/{clips}"
     return {"clips": clips, "batch_size": batch_size, "repeats": repeats, "clips_per_s": rates,

@@ -117,11 +117,11 @@ def main() -> None:
         "",
         f"Generation target (≥ 4× the guide with the best backend): "
         f"{'met' if max(gen['ratios'].values()) >= 4 else 'missed'} ({max(gen['ratios'].values()):.2f}×). "
-        f"\"audiotune (windows)\" runs AF3's encoder over whole 30 s windows as the guide must: the features, that "
+        f"\"audiotune\" (the default) runs AF3's encoder over whole 30 s windows as the guide must: the features, that "
         f"encoder and one prefill of every prompt take {gen['seconds']['encoder']:.1f} s of the guide's "
-        f"{gen['seconds']['guide']:.1f} s, so batching alone cannot pass {gen['encoder_bound']:.2f}× here. \"audiotune\" "
-        "(the default) runs the encoder over each batch's valid frames only (`--encoder-frames`, encoder_frames.py), "
-        "which is what moves past that bound."
+        f"{gen['seconds']['guide']:.1f} s, so batching alone cannot pass {gen['encoder_bound']:.2f}× here. "
+        "\"audiotune (valid frames)\" (`--encoder-frames valid`, encoder_frames.py) runs the encoder over each batch's "
+        "valid frames only, which is what moves past that bound."
         + (f" vLLM's time is its generation only; its engine takes {gen['vllm_load_seconds']:.0f} s to start "
            "(once per `eval`/`infer` run, once per server)." if gen["vllm_load_seconds"] else
            " vLLM was not measured (no `make vllm-env`)."),

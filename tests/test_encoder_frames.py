@@ -15,7 +15,7 @@ from tests.conftest import tone
 
 def test_valid_frames_match_whole_windows(micro_af3, micro_processor, family):
     window, _ = load_model(micro_af3, encoder_frames="window")
-    valid, _ = load_model(micro_af3)  # auto: valid for AF3
+    valid, _ = load_model(micro_af3, encoder_frames="valid")
     examples = examples_from_audio([tone(1.0, 440), tone(2.5, 220), tone(0.3, 880)], "Describe the audio.")
     batch = to_model_inputs(ConversationCollator(micro_processor, family, training=False)(examples), window)
     seen: list[int] = []

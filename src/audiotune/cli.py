@@ -27,8 +27,8 @@ Backend = Annotated[str, typer.Option(help="transformers (this process) or vllm 
                                            "`make vllm-env`: a server child for serve, the offline engine otherwise).")]
 VllmPython = Annotated[Optional[str], typer.Option(help="Interpreter with vLLM (default: $AUDIOTUNE_VLLM_PYTHON, "
                                                         "./.venv-vllm, or this one).")]
-EncoderFrames = Annotated[str, typer.Option(help="The audio tower over each batch's valid frames (valid) or whole "
-                                                 "30 s windows (window); auto: valid where the family allows it.")]
+EncoderFrames = Annotated[str, typer.Option(help="window: the audio tower over whole 30 s windows; valid: over each "
+                                                 "batch's valid frames (faster; AF3 only; see encoder_frames.py).")]
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Fine-tune, evaluate, run and serve audio-text-to-text models.")
@@ -252,7 +252,7 @@ def infer(
                                                   "fail: stop at the first bad file.")] = "skip",
     backend: Backend = "transformers",
     vllm_python: VllmPython = None,
-    encoder_frames: EncoderFrames = "auto",
+    encoder_frames: EncoderFrames = "window",
 ) -> None:
     """Answer the prompt for each audio file, batched; a bad file costs only itself (exit 1 if any failed)."""
     from rich.markup import escape
@@ -318,7 +318,7 @@ def eval_(
                                                                "report (default: the first adapter).")] = None,
     backend: Backend = "transformers",
     vllm_python: VllmPython = None,
-    encoder_frames: EncoderFrames = "auto",
+    encoder_frames: EncoderFrames = "window",
 ) -> None:
     """Generate over a split and score it the way the field does; --compare puts models side by side."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -471,7 +471,7 @@ def serve(
     served_name: Annotated[Optional[str], typer.Option(help="Model name of the base (default: folder name).")] = None,
     backend: Backend = "transformers",
     vllm_python: VllmPython = None,
-    encoder_frames: EncoderFrames = "auto",
+    encoder_frames: EncoderFrames = "window",
     max_batch_size: int = 16,
     max_wait_ms: float = 10.0,
     max_request_mb: float = 25.0,

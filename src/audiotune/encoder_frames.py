@@ -4,9 +4,10 @@ AF3's processor pads every clip to a 30 s window (3,000 mel frames) and its enco
 them with the padding masked out. For a 5 s clip five sixths of that work is padding. Masked attention
 means the valid frames never attend to the padding, so cutting the padding off changes only what the
 convolution front-end sees at the clip's last frame (zeros instead of the log-mel of silence) and the
-positional embeddings taken (a prefix of the same table). On the tiny AF3 the audio embeddings differ by
-~1e-7 and greedy answers are unchanged (BENCHMARKS.md measures speed and CIDEr-D both ways), so ``auto``, the
-default of :func:`~audiotune.models.loading.load_model`, uses it wherever the family allows it.
+positional embeddings taken (a prefix of the same table). Measured on the tiny AF3: for most batches the audio
+embeddings differ by ~1e-7, but a trained adapter's logits moved by up to 5e-2 on one test batch, so this stays
+an opt-in (``--encoder-frames valid``) until ``make bench`` has scored the demo's tuned model both ways
+(``bench_generation.demo_quality``); the default is the architecture's own whole windows.
 
 A batch is cut to its longest clip, rounded up to a multiple of 4 frames (two stride-2 stages: the conv and
 the pooling), so every clip keeps exactly the number of audio tokens the processor counted.
@@ -21,7 +22,7 @@ import torch
 from .errors import ConfigError
 from .models.families import Family
 
-ENCODER_FRAMES = ("window", "valid")  # and "auto" in load_model: valid where the family allows it
+ENCODER_FRAMES = ("window", "valid")
 
 
 class _Positions(torch.nn.Module):

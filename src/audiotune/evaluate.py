@@ -58,7 +58,7 @@ class EvalConfig:
     audio_players: int = 5
     backend: str = "transformers"  # or "vllm": vLLM's offline engine in its own environment (serve/vllm_backend.py)
     vllm_python: str | None = None  # the interpreter with vLLM (default: $AUDIOTUNE_VLLM_PYTHON or ./.venv-vllm)
-    encoder_frames: str = "auto"  # valid | window | auto: the audio tower over valid frames only (encoder_frames.py)
+    encoder_frames: str = "window"  # or valid: the audio tower over each batch's valid frames (encoder_frames.py)
 
 
 @dataclass

@@ -76,7 +76,7 @@ def answer_files(model, processor, family, files: Sequence[str | Path], prompt: 
 def infer(files: Sequence[str | Path], model: str, adapter: str | None = None, prompt: str = "Describe the audio.",
           system_prompt: str | None = None, batch_size: int = 16, max_new_tokens: int = 100,
           on_bad_file: str = "skip", on_batch: Callable[[int], None] | None = None, backend: str = "transformers",
-          vllm_python: str | None = None, encoder_frames: str = "auto") -> list[InferResult]:
+          vllm_python: str | None = None, encoder_frames: str = "window") -> list[InferResult]:
     """Answer ``prompt`` for each file; one :class:`InferResult` per file, in the order given.
 
     ``backend="vllm"`` generates with vLLM's offline engine in its own environment (see

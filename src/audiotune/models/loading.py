@@ -119,17 +119,15 @@ def load_base_model(model_id_or_path: str | Path, dtype: torch.dtype = torch.flo
 
 
 def load_model(model_id_or_path: str | Path, adapter: str | Path | None = None,
-               dtype: torch.dtype = torch.float32, device: str | None = None, encoder_frames: str = "auto"):
+               dtype: torch.dtype = torch.float32, device: str | None = None, encoder_frames: str = "window"):
     """Base model, with a PEFT adapter on top when ``adapter`` is given; in eval mode.
 
-    ``encoder_frames``: ``valid`` runs the audio tower over each batch's valid frames (``encoder_frames.py``),
-    ``window`` over whole windows, ``auto`` (default) ``valid`` where the family allows it.
+    ``encoder_frames``: ``window`` (default) runs the audio tower over whole windows, ``valid`` over each batch's
+    valid frames where the family allows it (``encoder_frames.py``).
     """
     from ..encoder_frames import apply_encoder_frames
 
     model, family = load_base_model(model_id_or_path, dtype=dtype, device=device)
-    if encoder_frames == "auto":
-        encoder_frames = "valid" if family.encoder_trims_to_valid_frames else "window"
     apply_encoder_frames(model, family, encoder_frames)
     if adapter is not None:
         from peft import PeftModel

@@ -50,7 +50,7 @@ class Engine:
     """Loads the base (+ adapters) once and runs batches of requests against it."""
 
     def __init__(self, model_path: str, adapters: dict[str, str] | None = None, served_name: str | None = None,
-                 device: str | None = None, encoder_frames: str = "auto") -> None:
+                 device: str | None = None, encoder_frames: str = "window") -> None:
         from ..models.loading import load_model, load_processor
 
         base, self.family = load_model(model_path, device=device, encoder_frames=encoder_frames)

@@ -31,7 +31,7 @@ class ServeConfig:
     allow_text_only: bool = False
     device: str | None = None
     vllm_args: list[str] = field(default_factory=list)
-    encoder_frames: str = "auto"  # valid | window | auto (see encoder_frames.py)
+    encoder_frames: str = "window"  # or valid (see encoder_frames.py)
     vllm_python: str | None = None  # the interpreter with vLLM (default: ./.venv-vllm, see serve/vllm_backend.py)
 
 
