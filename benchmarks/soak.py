@@ -41,8 +41,8 @@ def main() -> int:
     print(f"latency of good requests: p50 {s['latency_ms_good']['p50']:.0f} ms, "
           f"p95 {s['latency_ms_good']['p95']:.0f} ms")
     rss = s["rss_mb"]
-    print(f"server RSS (MB): start {rss['start']}, first-third peak {rss['first_third_peak']}, last-third peak "
-          f"{rss['last_third_peak']}, end {rss['end']}; growth after warm-up {rss['growth_after_warmup']} "
+    print(f"server RSS (MB): start {rss['start']}, peak {rss['peak']}, middle-third median {rss['middle_third_median']}, "
+          f"last-third median {rss['last_third_median']}, end {rss['end']}; growth after warm-up {rss['growth_after_warmup']} "
           f"(tolerance {rss['tolerance']:g})")
     for problem in s["problems"]:
         print(f"PROBLEM: {problem}")

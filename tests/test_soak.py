@@ -2,8 +2,8 @@
 
 The same logic as ``make soak`` (``audiotune.serve.soak``): the server runs as ``audiotune serve`` in its own
 process (key from a file), 32 concurrent clients send mixed requests, one in five malformed in one of twelve ways.
-RSS tolerance: the server's peak RSS while the last third of the requests finish may exceed the first third's
-peak by at most 50 MB. Bounded: 240 requests (``make soak`` sends 300) and a 240 s limit.
+RSS: the server's median RSS while the last third of the requests finish may exceed the middle third's (after
+the first third's warm-up) by at most max(50 MB, 10 %). Bounded: 240 requests (``make soak`` sends 300) and a 240 s limit.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def test_soak_mixed_requests_from_32_clients(micro_af3, tmp_path):
     assert [o for o in report.good if o.status != 200] == []
     assert [o for o in report.bad if not (400 <= o.status < 500 and o.status == o.expected)] == []
     assert not any(o.status >= 500 or o.status == 0 for o in report.outcomes)
-    assert report.rss_first_third_mb and report.rss_last_third_mb, "RSS was not sampled"
-    assert report.rss_growth_mb < 50, report.summary()["rss_mb"]
+    assert report.rss_middle_third_mb and report.rss_last_third_mb, "RSS was not sampled"
+    assert report.rss_growth_mb < max(50, 0.1 * report.rss_middle_third_mb), report.summary()["rss_mb"]
     assert report.problems() == []
     assert "Traceback" not in report.server_log_tail
