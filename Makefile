@@ -10,13 +10,16 @@ setup: system-deps $(VENV)/.installed
 system-deps:
 	@bash scripts/system-deps.sh
 
-# torch is pinned to 2.13.0 first: that release is a CPU build on this kind of machine, and any
-# looser request would pull several GB of CUDA wheels.
+# The tested stack, installed first and exactly so that pyproject's ranges resolve to it: torch 2.14.1 with
+# torchvision 0.29.1 (a CUDA build; it runs on the CPU) and torchaudio 2.11.1 beside it, so the families with a
+# vision tower or a torchaudio feature extractor run too; torchcodec 0.17.0 loads beside that torch.
+TORCH_STACK := torch==2.14.1 torchvision==0.29.1 torchaudio==2.11.1 torchcodec==0.17.0
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,ui]'
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q $(TORCH_STACK)
+	$(PY) -m pip install -q -e '.[test,ui,vision-audio]' $(TORCH_STACK)
 	touch $@
 
 # vLLM in its own environment (its torch/transformers pins differ from ours): --backend vllm uses it.

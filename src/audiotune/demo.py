@@ -10,7 +10,7 @@ buys most learning. The model is the benchmarks' default tiny AF3 (its encoder/L
 kept); it starts from random weights, so it needs a larger learning rate than the guide (2e-3 vs
 1e-4) and many more examples: 1000 short clips (1–5 s: the LM's cost is mostly the 25 audio tokens
 per second, so short clips give about twice the examples per second of 1–10 s ones), batches of
-similar length (little padding), 600 steps with a cosine schedule after a short warm-up, and
+similar length (little padding), 500 steps with a cosine schedule after a short warm-up, and
 greedy decoding that never repeats a 4-gram (``no_repeat_ngram_size``, a standard ``generate``
 setting), which no true caption does. Nothing is tuned on the test split: training evaluates on
 the validation split, the test split is only reported. Everything else is the guide's recipe,
@@ -42,10 +42,10 @@ class DemoSettings:
     min_seconds: float = 1.0  # short clips: the LM's cost is mostly audio tokens (25 per second)
     max_seconds: float = 5.0
     split_fractions: tuple[float, float, float] = (0.9, 0.05, 0.05)
-    max_steps: int = 600
+    max_steps: int = 500
     batch_size: int = 8
     learning_rate: float = 2e-3
-    warmup_steps: int = 30
+    warmup_steps: int = 25
     lr_scheduler: str = "cosine"
     eval_clips: int | None = None  # None: the whole test split
     max_new_tokens: int = 40
@@ -110,7 +110,7 @@ def run_demo(settings: DemoSettings | None = None, on_stage: Callable[[str], Non
         model_dir = build_tiny("af3", out / "tiny-af3", seed=s.seed)
     adapter_dir = out / "tuned"  # the folder name labels the column in the comparison table
     with timed("fine-tune (LoRA)"):
-        eval_every = max(s.max_steps // 4, 1)
+        eval_every = max(s.max_steps // 2, 1)
         cfg = TrainConfig(model=str(model_dir), dataset=str(data_dir), out=str(adapter_dir),
                           batch_size=s.batch_size, eval_batch_size=s.batch_size, gradient_accumulation_steps=1,
                           learning_rate=s.learning_rate, max_steps=s.max_steps, warmup_steps=s.warmup_steps,
