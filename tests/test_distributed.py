@@ -40,16 +40,23 @@ def _max_difference(a_dir, b_dir) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
+@pytest.fixture(scope="module")
+def two_process_run(micro_af3, synth_data, tmp_path_factory):
+    """One uninterrupted 2-process run: the equality test's subject and the kill test's reference."""
+    out = tmp_path_factory.mktemp("two-processes")
+    run = subprocess.run(_cmd(micro_af3, synth_data, out, nproc=2, batch=2), env=_env(), capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return out, run.stdout
+
+
 @pytest.mark.slow
-def test_two_processes_match_one_with_the_same_global_batch(micro_af3, synth_data, tmp_path):
-    single, double = tmp_path / "one", tmp_path / "two"
+def test_two_processes_match_one_with_the_same_global_batch(micro_af3, synth_data, tmp_path, two_process_run):
+    single, (double, stdout) = tmp_path / "one", two_process_run
     done = subprocess.run(_cmd(micro_af3, synth_data, single, batch=4), env=_env(), capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
-    run = subprocess.run(_cmd(micro_af3, synth_data, double, nproc=2, batch=2), env=_env(), capture_output=True,
-                         text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert run.stdout.count("done 8 steps") == 1  # only rank 0 reports
+    assert stdout.count("done 8 steps") == 1  # only rank 0 reports
     moved = load_file(single / "adapter_model.safetensors")
     assert max(float(v.abs().max()) for k, v in moved.items() if "lora_B" in k) > 1e-3  # it did train
     assert _max_difference(single, double) < TOLERANCE
@@ -67,18 +74,15 @@ def test_streaming_is_split_by_rank(synth_data, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_kill_a_two_process_run_at_random_points_then_resume(micro_af3, synth_data, tmp_path):
-    reference = tmp_path / "reference"
-    done = subprocess.run(_cmd(micro_af3, synth_data, reference, nproc=2, steps=24), env=_env(),
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-4000:]
+def test_kill_a_two_process_run_at_random_points_then_resume(micro_af3, synth_data, tmp_path, two_process_run):
+    reference, _ = two_process_run  # the same 8 steps, never interrupted
     run = tmp_path / "killed"
     rng = random.Random(1)
-    for attempt, target in enumerate((4, 14)):
+    for attempt, target in enumerate((2, 4)):
         before = checkpoint_steps(run) if run.exists() else []
         log = tmp_path / f"attempt-{attempt}.log"
         with log.open("w") as stderr:
-            process = subprocess.Popen(_cmd(micro_af3, synth_data, run, "--resume", nproc=2, steps=24), env=_env(),
+            process = subprocess.Popen(_cmd(micro_af3, synth_data, run, "--resume", nproc=2), env=_env(),
                                        stdout=subprocess.DEVNULL, stderr=stderr)
             deadline = time.time() + 300
             while not (run / f"checkpoint-{target}").exists() and process.poll() is None and time.time() < deadline:
@@ -103,7 +107,7 @@ def test_kill_a_two_process_run_at_random_points_then_resume(micro_af3, synth_da
         for _, checkpoint in checkpoint_steps(run):
             assert checkpoint_is_complete(checkpoint), checkpoint_problem(checkpoint)
     newest = checkpoint_steps(run)[-1][1]
-    finished = subprocess.run(_cmd(micro_af3, synth_data, run, "--resume", nproc=2, steps=24), env=_env(),
+    finished = subprocess.run(_cmd(micro_af3, synth_data, run, "--resume", nproc=2), env=_env(),
                               capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, finished.stderr[-3000:]
     assert json.loads((run / "train_metrics.json").read_text())["resumed_from"] == str(newest)
