@@ -15,50 +15,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .audio import LongAudioPolicy
 from .audio_cache import AudioEmbeddingCache, install_audio_cache
 from .data.examples import BadSampleLog, ExampleDataset, ExampleStream
 from .data.prepare import prepare_split
 from .data.tasks import Example
+from .config import EvalConfig
 from .errors import CheckpointError, ConfigError
 from .generate import GenerationSettings, generate
 from .metrics import metric_names, score
 from .models.families import Family
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class EvalConfig:
-    model: str
-    dataset: str
-    out: str = "runs/eval"
-    adapters: list[str] = field(default_factory=list)  # adapter folders or merged checkpoints
-    compare: bool = False  # also score the base model
-    split: str = "test"
-    task: str = "caption"
-    prompt: str | None = None
-    system_prompt: str | None = None
-    audio_column: str | None = None  # None: auto-detected
-    text_column: str | None = None
-    references_column: str | None = None
-    question_column: str | None = None
-    choices_column: str | None = None  # mcq (None: auto-detected)
-    labels: list[str] | None = None
-    id_column: str | None = None
-    take: int | None = None
-    streaming: bool = False
-    batch_size: int = 16
-    max_new_tokens: int = 64
-    no_repeat_ngram_size: int = 0  # see GenerationSettings
-    long_audio: str = LongAudioPolicy.WINDOW.value
-    on_bad_sample: str = "skip"
-    spice_models: str | None = None
-    with_meteor: bool = True
-    audio_players: int = 5
-    backend: str = "transformers"  # or "vllm": vLLM's offline engine in its own environment (serve/vllm_backend.py)
-    vllm_python: str | None = None  # the interpreter with vLLM (default: $AUDIOTUNE_VLLM_PYTHON or ./.venv-vllm)
-    encoder_frames: str = "window"  # or valid: the audio tower over each batch's valid frames (encoder_frames.py)
 
 
 @dataclass
@@ -158,6 +125,15 @@ def _prompt_text(example: Example) -> str:
     return " ".join(p["text"] for p in user["content"] if p.get("type") == "text")
 
 
+def evaluate(cfg: EvalConfig, on_model: Callable[[str, int], None] | None = None,
+             on_batch: Callable[[int], None] | None = None) -> EvalReport:
+    """``audiotune eval``: :func:`run_evaluation` with the report's training curves from ``cfg.training_run``, else
+    from the first adapter that is a training run folder."""
+    cfg.validate()
+    run = cfg.training_run or next((a for a in cfg.adapters if (Path(a) / "train_metrics.json").exists()), None)
+    return run_evaluation(cfg, on_model=on_model, on_batch=on_batch, training_run=run)
+
+
 def run_evaluation(cfg: EvalConfig, on_model: Callable[[str, int], None] | None = None,
                    on_batch: Callable[[int], None] | None = None, training_run: str | Path | None = None,
                    summary: dict[str, Any] | None = None) -> EvalReport:
@@ -179,7 +155,7 @@ def run_evaluation(cfg: EvalConfig, on_model: Callable[[str, int], None] | None 
     examples, task = load_examples(cfg, family, bad_log)
     if not examples:
         raise CheckpointError(f"{cfg.dataset} [{cfg.split}]: no usable rows to evaluate (see {out / 'skipped.jsonl'}).")
-    settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens, no_repeat_ngram_size=cfg.no_repeat_ngram_size)
+    settings = cfg.generation()
     notices: list[str] = []
     scored: list[ModelScores] = []
     audio_cache = AudioEmbeddingCache()  # models with the same frozen encoder share the clips' embeddings
