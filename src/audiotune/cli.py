@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
+from .config import AdapterConfig
 from .errors import AudiotuneError
 from .models.families import FAMILIES
 
@@ -124,33 +125,29 @@ def train(ctx: typer.Context) -> None:
                       f"{result.out_dir / 'skipped.jsonl'}")
 
 
-@app.command()
-def infer(
-    files: Annotated[list[Path], typer.Argument(help="Audio files.")],
-    model: Annotated[str, typer.Option(help="Hub id or local checkpoint (base or merged).")],
-    adapter: Annotated[Optional[str], typer.Option(help="LoRA adapter folder.")] = None,
-    prompt: str = "Describe the audio.",
-    system_prompt: Optional[str] = None,
-    batch_size: int = 16,
-    max_new_tokens: int = 100,
-    jsonl: Annotated[Optional[Path], typer.Option(help="Also write one JSON line per file here (an 'error' "
-                                                       "record for a bad file).")] = None,
-    on_bad_file: Annotated[str, typer.Option(help="skip: answer the good files, list the bad ones, exit 1; "
-                                                  "fail: stop at the first bad file.")] = "skip",
-    backend: Backend = "transformers",
-    vllm_python: VllmPython = None,
-    encoder_frames: EncoderFrames = "window",
-) -> None:
-    """Answer the prompt for each audio file, batched; a bad file costs only itself (exit 1 if any failed)."""
+@app.command(context_settings=GENERATED, add_help_option=False)
+def infer(ctx: typer.Context) -> None:
+    """Answer the prompt for each audio file, batched; a bad file costs only itself (exit 1 if any failed).
+    Usage: audiotune infer FILE... --model M [OPTIONS]."""
     from rich.markup import escape
 
+    from .cli_args import parse
+    from .config import InferConfig
     from .infer import infer as run_infer
 
+    cfg, options = parse(InferConfig, ctx.args, "audiotune infer", infer.__doc__ or "",
+                         lambda parser: parser.add_argument("files", nargs="*", metavar="FILE", help="Audio files."))
+    if not options.files:
+        raise AudiotuneError("No audio files given: audiotune infer FILE... --model M.")
+    if not cfg.model:
+        raise AudiotuneError("No model given: pass --model (a Hub id or a local checkpoint folder).")
+    prompt, jsonl = cfg.prompt, Path(cfg.jsonl) if cfg.jsonl else None
     errors = Console(stderr=True, soft_wrap=True)
     with console.status("generating"):
-        results = run_infer(files, model, adapter=adapter, prompt=prompt, system_prompt=system_prompt,
-                            batch_size=batch_size, max_new_tokens=max_new_tokens, on_bad_file=on_bad_file,
-                            backend=backend, vllm_python=vllm_python, encoder_frames=encoder_frames)
+        results = run_infer(options.files, cfg.model, adapter=cfg.adapter, prompt=cfg.prompt,
+                            system_prompt=cfg.system_prompt, batch_size=cfg.batch_size, on_bad_file=cfg.on_bad_file,
+                            backend=cfg.backend, vllm_python=cfg.vllm_python, encoder_frames=cfg.encoder_frames,
+                            generation=cfg.generation())
     for result in results:
         if result.ok:
             console.print(f"[bold]{escape(result.file)}[/bold]: {escape(result.answer or '')}", soft_wrap=True)
@@ -224,35 +221,27 @@ data_app = typer.Typer(no_args_is_help=True, help="Inspect datasets before train
 app.add_typer(data_app, name="data")
 
 
-@data_app.command("check")
-def data_check(
-    dataset: Annotated[str, typer.Argument(help="Hub id, local folder (parquet, audiofolder) or manifest file(s).")],
-    split: str = "train",
-    task: Annotated[str, typer.Option(help="caption | asr | qa | classify | mcq | preference | chat")] = "caption",
-    model: Annotated[Optional[str], typer.Option(help="Model whose family and tokenizer to count tokens with.")] = None,
-    family: Annotated[str, typer.Option(help="Family for the audio token arithmetic when no --model.")] = "af3",
-    audio_column: Optional[str] = None,
-    text_column: Optional[str] = None,
-    references_column: Optional[str] = None,
-    question_column: Optional[str] = None,
-    id_column: Optional[str] = None,
-    labels: Optional[str] = None,
-    streaming: Annotated[bool, typer.Option("--streaming/--no-streaming")] = False,
-    long_audio: Annotated[str, typer.Option(help="window | truncate | skip | error")] = "window",
-    as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON.")] = False,
-) -> None:
+@data_app.command("check", context_settings=GENERATED, add_help_option=False)
+def data_check(ctx: typer.Context) -> None:
     """Rows, hours, duration histogram, rate/channel mix, token lengths and every row that fails or is altered.
-
-    Exit code: 0 usable as is, 1 some rows would be skipped, 2 the dataset cannot be used as given.
-    """
-    from .config import TrainConfig
+    Usage: audiotune data check DATASET [OPTIONS]. Exit code: 0 usable as is, 1 some rows would be skipped, 2 the
+    dataset cannot be used as given."""
+    from .cli_args import parse
+    from .config import DataCheckConfig
     from .data.check import check_dataset
     from .models.families import family_by_name
 
-    spec = TrainConfig(model=model or "", dataset=dataset, task=task, audio_column=audio_column,
-                       text_column=text_column, references_column=references_column, question_column=question_column,
-                       id_column=id_column, labels=labels.split(",") if labels else None, streaming=streaming,
-                       long_audio=long_audio)
+    def extra(parser) -> None:
+        parser.add_argument("path", nargs="?", metavar="DATASET", help="The dataset (same as --dataset).")
+        parser.add_argument("--json", dest="as_json", action="store_true", help="Print the full report as JSON.")
+
+    spec, options = parse(DataCheckConfig, ctx.args, "audiotune data check", data_check.__doc__ or "", extra)
+    if options.path:
+        spec.dataset = options.path
+    if not spec.dataset:
+        raise AudiotuneError("No dataset given: audiotune data check DATASET (a Hub id, a folder or manifest files).")
+    spec.validate_data()
+    model, split, dataset, as_json = spec.model, spec.split, spec.dataset, options.as_json
     tokenizer = None
     if model:
         from .models.loading import load_processor, resolve_family
@@ -260,7 +249,7 @@ def data_check(
         fam = resolve_family(model)
         tokenizer = load_processor(model).tokenizer
     else:
-        fam = family_by_name(family)
+        fam = family_by_name(spec.family)
     with console.status("checking rows", spinner="dots") as status:
         report = check_dataset(spec, split, fam, tokenizer,
                                on_row=lambda i: status.update(f"checking row {i + 1}") if i % 25 == 0 else None)
@@ -414,27 +403,27 @@ def models() -> None:
 @app.command()
 def plan(
     model: Annotated[str, typer.Option(help="Hub id (shipped architectures work offline) or checkpoint folder.")],
-    lora: Annotated[bool, typer.Option("--lora", help="LoRA on the language model (default).")] = True,
+    lora: Annotated[bool, typer.Option("--lora", hidden=True, help="Accepted for old scripts; LoRA is the default "
+                                                                    "mode.")] = True,
     qlora: Annotated[bool, typer.Option("--qlora", help="4-bit NF4 language model + LoRA.")] = False,
     full: Annotated[bool, typer.Option("--full", help="Full fine-tuning of the language model.")] = False,
     batch: Annotated[int, typer.Option(help="Per-GPU batch size.")] = 4,
     audio_seconds: Annotated[float, typer.Option(help="Clip length to plan for.")] = 10.0,
     text_tokens: Annotated[int, typer.Option(help="Prompt + answer tokens per sample.")] = 64,
-    lora_r: int = 16,
-    lora_targets: Annotated[Optional[str], typer.Option(help="Comma list or regex (default: LM linears).")] = None,
+    lora_r: Annotated[int, typer.Option(help=AdapterConfig.__dataclass_fields__["lora_r"].metadata["help"])] = (
+        AdapterConfig.lora_r),
+    lora_targets: Annotated[Optional[str], typer.Option(
+        help=AdapterConfig.__dataclass_fields__["lora_targets"].metadata["help"])] = None,
     source: Annotated[str, typer.Option(help="auto | hub | shipped: where the architecture comes from.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
 ) -> None:
     """Parameter counts (exact, on the meta device) and a per-GPU memory estimate, before renting a GPU."""
-    from .errors import ConfigError
     from .plan import make_plan
 
-    if qlora and full:
-        raise ConfigError("--qlora and --full exclude each other: QLoRA trains LoRA matrices on a 4-bit base.")
-    mode = "qlora" if qlora else "full" if full else "lora"
-    targets = _parse_targets(lora_targets)
-    result = make_plan(model, mode=mode, batch=batch, audio_seconds=audio_seconds, text_tokens=text_tokens,
-                       lora_r=lora_r, lora_targets=targets, source=source)
+    adapter = AdapterConfig(full=full, qlora=qlora, lora_r=lora_r, lora_targets=lora_targets)  # train's settings
+    adapter.validate_adapter()
+    result = make_plan(model, mode=adapter.adapter_mode, batch=batch, audio_seconds=audio_seconds,
+                       text_tokens=text_tokens, lora_r=adapter.lora_r, lora_targets=adapter.lora_targets, source=source)
     if as_json:
         console.print_json(json.dumps(result.to_dict()))
         return
@@ -467,13 +456,6 @@ def plan(
     console.print(memory)
     for note in result.notes:
         console.print(f"[yellow]note:[/yellow] {note}")
-
-
-def _parse_targets(value: Optional[str]) -> list[str] | str | None:
-    """``--lora-targets``: a regex when it has regex characters, else a comma-separated list of module names."""
-    if not value:
-        return None
-    return value if any(c in value for c in "*.|()\\") else [t.strip() for t in value.split(",") if t.strip()]
 
 
 @app.command()

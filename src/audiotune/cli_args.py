@@ -85,7 +85,8 @@ def field_dests(cls: type) -> set[str]:
 
 def parse(cls: type, argv: Sequence[str], prog: str, description: str = "",
           extra: Callable[[argparse.ArgumentParser], None] | None = None) -> tuple[Any, argparse.Namespace]:
-    """(the config built from ``--config`` and the flags, the namespace with the ``extra`` options)."""
+    """(the config built from ``--config`` and the flags, the namespace with the ``extra`` options). Positional
+    ``extra`` arguments must be optional (``nargs="?"`` or ``"*"``): the command checks them."""
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)
     known, _ = pre.parse_known_args(list(argv))

@@ -53,7 +53,8 @@ class DataConfig:
     """The dataset and how its rows become examples."""
 
     dataset: str = option("", "Hub id, local folder (parquet, arrow, audiofolder) or parquet/jsonl/csv files.")
-    task: str = option("caption", "caption | asr | qa | classify | mcq | chat | preference (what --method dpo reads)")
+    task: str = option("caption", "caption | asr | qa | classify | mcq | chat | preference: what a row holds and "
+                                        "what the model answers (preference: the pairs --method dpo reads).")
     prompt: str | None = option(None, "The user's instruction (empty: the task's default, e.g. 'Describe the audio.').")
     system_prompt: str | None = option(None, "A system message before every conversation.")
     audio_column: str | None = option(None, "Audio column (empty: auto-detected: audio, audio_path, path, file_name...).")
@@ -135,6 +136,36 @@ class GenerationSettings:
         if not self.no_repeat_ngram_size:
             kwargs.pop("no_repeat_ngram_size")  # off: the recorded settings stay as they were
         return kwargs
+
+
+@dataclass
+class InferConfig(GenerationSettings):
+    """``audiotune infer FILES``: answer a prompt for each audio file (the files are the command's arguments)."""
+
+    model: str = option("", "Hub id or local checkpoint (base or merged).")
+    adapter: str | None = option(None, "LoRA adapter folder.")
+    prompt: str = option("Describe the audio.", "The instruction for every file.")
+    system_prompt: str | None = option(None, "A system message before the instruction.")
+    batch_size: int = option(16, "Files per generation batch.")
+    jsonl: str | None = option(None, "Also write one JSON line per file here (an 'error' record for a bad file).")
+    on_bad_file: str = option("skip", "skip | fail: answer the good files, list the bad ones, exit 1; or stop at the "
+                                      "first bad file.")
+    backend: str = option("transformers", "transformers (this process) or vllm (vLLM's offline engine in its own "
+                                          "environment, `make vllm-env`).")
+    vllm_python: str | None = option(None, "Interpreter with vLLM (default: $AUDIOTUNE_VLLM_PYTHON, ./.venv-vllm, "
+                                           "or this one).")
+    encoder_frames: str = option("window", "window: the audio tower over whole 30 s windows; valid: over each batch's "
+                                           "valid frames (faster; AF3 only; see encoder_frames.py).")
+
+
+@dataclass
+class DataCheckConfig(DataConfig):
+    """``audiotune data check``: every row decoded and built as training would, before a model is rented."""
+
+    split: str = option("train", "The split to check.")
+    model: str | None = option(None, "Model whose family and tokenizer count the tokens (empty: --family's audio "
+                                     "arithmetic only).")
+    family: str = option("af3", "Family for the audio token arithmetic when no --model.")
 
 
 @dataclass

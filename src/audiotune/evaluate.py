@@ -144,6 +144,7 @@ def run_evaluation(cfg: EvalConfig, on_model: Callable[[str, int], None] | None 
     """
     import gc
 
+    from .checkpoints import processor_folder
     from .models.loading import load_model, load_processor, resolve_family
     from .report import write_report
 
@@ -176,7 +177,7 @@ def run_evaluation(cfg: EvalConfig, on_model: Callable[[str, int], None] | None 
             continue
         model, _ = load_model(model_path, adapter=adapter, encoder_frames=cfg.encoder_frames)
         install_audio_cache(model, family, audio_cache)
-        processor_source = adapter if adapter and (Path(adapter) / "processor_config.json").exists() else model_path
+        processor_source = processor_folder(model_path, adapter)
         metrics, rows = score_model(model, load_processor(processor_source), family, examples, task, settings,
                                     cfg.batch_size, cfg.with_meteor, cfg.spice_models, notices, on_batch)
         scored.append(ModelScores(name, metrics, rows))

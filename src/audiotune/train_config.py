@@ -46,7 +46,8 @@ def trainer_option(name: str, default: Any, *aliases: str, help_suffix: str = ""
 class RLConfig:
     """Reinforcement learning and preferences (docs/rl.md explains each setting); sampling uses --temperature/--top-p."""
 
-    method: str = option("sft", "sft | grpo (sampled groups, verifiable rewards) | dpo (chosen/rejected pairs)")
+    method: str = option("sft", "sft | grpo | dpo: supervised; GRPO (sampled groups, verifiable rewards); DPO "
+                                    "(chosen/rejected pairs).")
     init_adapter: str | None = option(None, "Start from this LoRA adapter (e.g. a short SFT run) instead of a fresh "
                                             "one.")
     num_generations: int = option(4, "grpo: completions sampled per prompt (the group); batch size counts prompts.")
