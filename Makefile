@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,ui]'
+	$(PY) -m pip install -q -e '.[test,ui,track]'
 	touch $@
 
 # vLLM in its own environment (its torch/transformers pins differ from ours): --backend vllm uses it.
