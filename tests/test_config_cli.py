@@ -168,3 +168,10 @@ def test_replaying_run_config_gives_the_same_configuration(micro_af3, synth_data
     assert replay.dataloader_num_workers == 2  # ... and the derived value was not written back
     assert replay.user_values() == cfg.user_values()
     assert replay.to_dict() == cfg.to_dict()
+
+
+def test_configuration_doc_is_generated_from_the_dataclasses():
+    from audiotune.config_doc import DOC, render_markdown
+
+    assert DOC.read_text() == render_markdown(), "docs/configuration.md is stale: run `make config-doc`"
+    assert "`--batch-size`" in DOC.read_text() and "`--num-train-epochs`" in DOC.read_text()

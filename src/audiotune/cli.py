@@ -74,7 +74,7 @@ def synth(out: Annotated[Path, typer.Option(help="Dataset folder.")] = Path("dat
     from .data.synthetic import write_synthetic_audiocaps
 
     counts = write_synthetic_audiocaps(out, n_clips=clips, seed=seed)
-    console.print(f"[green]wrote[/green] {out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    console.print(f"[green]wrote[/green] {out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()), soft_wrap=True)
 
 
 # Commands whose options are generated from a config dataclass: the arguments pass through typer untouched and are

@@ -40,6 +40,7 @@ _CHOICES = re.compile(r"^\s*([\w.-]+(?:\s*\|\s*[\w.-]+)+)\s*(?::|$)")
 GROUPS = ("run", "data", "adaptation", "optimisation", "generation-based evaluation during training", "generation",
           "reinforcement learning and preferences")
 _RUN = ("model", "dataset", "output_dir")
+_SPLITS = ("train_split", "eval_split", "train_take", "eval_take")
 _EVALUATION = ("eval_generate_take", "best_metric", "spice_models")
 _BY_CLASS = ((DataConfig, "data"), (AdapterConfig, "adaptation"), (GenerationSettings, "generation"),
              (RLConfig, "reinforcement learning and preferences"))
@@ -63,6 +64,8 @@ class FieldSpec:
 def _group(name: str) -> str:
     if name in _RUN:
         return "run"
+    if name in _SPLITS:
+        return "data"
     if name in _EVALUATION:
         return "generation-based evaluation during training"
     for cls, group in _BY_CLASS:
