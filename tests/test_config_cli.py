@@ -175,3 +175,21 @@ def test_configuration_doc_is_generated_from_the_dataclasses():
 
     assert DOC.read_text() == render_markdown(), "docs/configuration.md is stale: run `make config-doc`"
     assert "`--batch-size`" in DOC.read_text() and "`--num-train-epochs`" in DOC.read_text()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="the CPU-only refusal")
+def test_fsdp_and_deepspeed_on_cpu_say_they_need_gpus(micro_af3, synth_data, tmp_path):
+    # accelerate 1.15 builds its FSDP plugin only for GPU-type runs: on 2 CPU processes `--fsdp` trained plain DDP
+    # (the DDP reducer's warnings in the log). Saying so beats a run that is not what was asked for.
+    import importlib.util
+
+    from audiotune.train import train
+
+    cfg, _ = parse(TrainConfig, _micro_argv(micro_af3, synth_data, tmp_path / "run", "--fsdp", "full_shard auto_wrap"),
+                   "audiotune train")
+    with pytest.raises(ConfigError, match="--fsdp shards the model over GPUs.*--nproc"):
+        train(cfg)
+    assert not (tmp_path / "run" / "run_config.yaml").exists()
+    if importlib.util.find_spec("deepspeed") is None:  # passed through to transformers, which needs the package
+        with pytest.raises(ConfigError, match="deepspeed"):
+            parse(TrainConfig, ["--deepspeed", "configs/ds_zero2.json"], "audiotune train")

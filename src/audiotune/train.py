@@ -318,11 +318,18 @@ def start_from_adapter(model, cfg: TrainConfig):
 
 
 def require_gpu_features(cfg: TrainConfig) -> None:
-    """--qlora and --bf16 are GPU features: say so at once, not deep inside bitsandbytes or autocast."""
+    """--qlora, --bf16, --fsdp and --deepspeed are GPU features: say so at once, not deep inside bitsandbytes,
+    autocast or accelerate."""
     if (cfg.qlora or cfg.bf16) and not torch.cuda.is_available():
         flag = "--qlora" if cfg.qlora else "--bf16"
         raise ConfigError(f"{flag} needs a CUDA GPU (4-bit NF4 quantisation and bf16 mixed precision run there); "
                           f"this machine has none. Drop {flag} to train in float32 on the CPU.")
+    sharded = cfg.fsdp or cfg.deepspeed or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+    if sharded and not torch.cuda.is_available():
+        flag = "--deepspeed" if cfg.deepspeed else "--fsdp"
+        raise ConfigError(f"{flag} shards the model over GPUs: accelerate runs FSDP and DeepSpeed on CUDA devices only "
+                          "(on CPU processes it would silently train plain DDP instead). On this machine drop "
+                          f"{flag} and use --nproc N (data parallel, gloo); on GPUs see docs/scaling.md.")
     if cfg.qlora:
         import importlib.util
 

@@ -132,6 +132,9 @@ class TrainConfig(DataConfig, AdapterConfig, GenerationSettings, RLConfig, Train
             TrainingArguments.__post_init__(self)
         except ValueError as error:  # transformers' checks (an unknown optimizer, scheduler, ...)
             raise ConfigError(f"training configuration: {error}") from None
+        except ImportError as error:  # an option whose package is missing (--deepspeed without deepspeed, ...)
+            raise ConfigError(f"training configuration: {error} Install it (DeepSpeed: on the GPU machine), or drop "
+                              "the option.") from None
         self._initialised = True
 
     def __setattr__(self, name: str, value: Any) -> None:
