@@ -14,7 +14,7 @@ from datasets import Audio, ClassLabel, Dataset, Features, Value
 
 from audiotune.config import TrainConfig
 from audiotune.errors import ConfigError
-from audiotune.evaluate import EvalConfig, run_evaluation
+from audiotune.evaluate import EvalConfig, evaluate, run_evaluation
 from audiotune.merge import merge_adapter
 from audiotune.train import train
 from tests.conftest import tone
@@ -23,9 +23,9 @@ from tests.conftest import tone
 @pytest.mark.slow
 def test_compare_scores_every_model_on_the_same_rows(tiny_af3, trained_adapter, synth_data, tmp_path):
     merged = merge_adapter(str(tiny_af3), str(trained_adapter), tmp_path / "merged")
-    report = run_evaluation(EvalConfig(model=str(tiny_af3), dataset=str(synth_data), out=str(tmp_path / "eval"),
-                                       adapters=[str(trained_adapter), str(merged)], compare=True, max_new_tokens=12,
-                                       with_meteor=False), training_run=trained_adapter)
+    report = evaluate(EvalConfig(model=str(tiny_af3), dataset=str(synth_data), out=str(tmp_path / "eval"),
+                                 adapters=[str(trained_adapter), str(merged)], compare=True, max_new_tokens=12,
+                                 with_meteor=False), training_run=trained_adapter)
     assert [m.name for m in report.models] == ["base", trained_adapter.name, "merged"]
     rows = [json.loads(line) for line in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
     by_model: dict[str, list] = {}

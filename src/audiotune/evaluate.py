@@ -20,7 +20,7 @@ from .data.examples import BadSampleLog, ExampleDataset, ExampleStream
 from .data.prepare import prepare_split
 from .data.tasks import Example
 from .config import EvalConfig
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, DatasetSchemaError
 from .generate import GenerationSettings, generate
 from .metrics import metric_names, score
 from .models.families import Family
@@ -44,6 +44,9 @@ class EvalReport:
     skipped: list[dict[str, str]]
     report_md: Path | None = None
     report_html: Path | None = None
+    audio_examples: list[Example] = field(default_factory=list, repr=False)  # the clips the report can play
+    sampling_rate: int = 16000
+    config: dict[str, Any] = field(default_factory=dict)
 
     def table(self) -> dict[str, dict[str, float]]:
         return {m.name: m.metrics for m in self.models}
@@ -126,28 +129,34 @@ def _prompt_text(example: Example) -> str:
 
 
 def evaluate(cfg: EvalConfig, on_model: Callable[[str, int], None] | None = None,
-             on_batch: Callable[[int], None] | None = None) -> EvalReport:
-    """``audiotune eval``: :func:`run_evaluation` with the report's training curves from ``cfg.training_run``, else
-    from the first adapter that is a training run folder."""
+             on_batch: Callable[[int], None] | None = None, training_run: str | Path | None = None,
+             summary: dict[str, Any] | None = None) -> EvalReport:
+    """``audiotune eval``: :func:`run_evaluation`, then the report (``report.md``, ``report.html``), written once,
+    with the training curves of ``training_run`` (default: ``cfg.training_run``, else the first adapter that is a
+    training run folder)."""
+    from .report import write_report
+
     cfg.validate()
-    run = cfg.training_run or next((a for a in cfg.adapters if (Path(a) / "train_metrics.json").exists()), None)
-    return run_evaluation(cfg, on_model=on_model, on_batch=on_batch, training_run=run)
+    run = training_run or cfg.training_run or next(
+        (a for a in cfg.adapters if (Path(a) / "train_metrics.json").exists()), None)
+    report = run_evaluation(cfg, on_model=on_model, on_batch=on_batch)
+    report.report_md, report.report_html = write_report(report, report.audio_examples, report.sampling_rate,
+                                                        training_run=run, summary=summary, config=report.config)
+    return report
 
 
 def run_evaluation(cfg: EvalConfig, on_model: Callable[[str, int], None] | None = None,
-                   on_batch: Callable[[int], None] | None = None, training_run: str | Path | None = None,
-                   summary: dict[str, Any] | None = None) -> EvalReport:
-    """Score every model variant on the same decoded rows and write predictions, metrics and the report.
+                   on_batch: Callable[[int], None] | None = None) -> EvalReport:
+    """Score every model variant on the same decoded rows; write ``predictions.jsonl`` and ``metrics.json`` and
+    return the results. The report is the caller's step (:func:`evaluate` writes it; the demo adds its summary).
 
     ``on_model(name, n_examples)`` is called before each model, ``on_batch(n)`` after each batch
-    (the CLI's progress bar). ``training_run``: a run folder whose curves go into the report.
+    (the CLI's progress bar).
     """
     import gc
 
     from .checkpoints import processor_folder
     from .models.loading import load_model, load_processor, resolve_family
-    from .report import write_report
-
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     family = resolve_family(cfg.model)
@@ -155,7 +164,7 @@ def run_evaluation(cfg: EvalConfig, on_model: Callable[[str, int], None] | None 
     bad_log = BadSampleLog(out / "skipped.jsonl")
     examples, task = load_examples(cfg, family, bad_log)
     if not examples:
-        raise CheckpointError(f"{cfg.dataset} [{cfg.split}]: no usable rows to evaluate (see {out / 'skipped.jsonl'}).")
+        raise DatasetSchemaError(f"{cfg.dataset} [{cfg.split}]: no usable rows to evaluate (see {out / 'skipped.jsonl'}).")
     settings = cfg.generation()
     notices: list[str] = []
     scored: list[ModelScores] = []
@@ -188,11 +197,10 @@ def run_evaluation(cfg: EvalConfig, on_model: Callable[[str, int], None] | None 
         for model_scores in scored:
             for row in model_scores.predictions:
                 handle.write(json.dumps({"model": model_scores.name, **row}) + "\n")
-    report = EvalReport(out, task, scored, notices, bad_log.entries())
+    report = EvalReport(out, task, scored, notices, bad_log.entries(), audio_examples=examples[: cfg.audio_players],
+                        sampling_rate=family.sampling_rate, config=asdict(cfg))
     (out / "metrics.json").write_text(json.dumps({
         "task": task, "dataset": cfg.dataset, "split": cfg.split, "rows": len(examples),
         "models": report.table(), "notices": notices, "skipped": len(report.skipped),
         "config": asdict(cfg)}, indent=2))
-    report.report_md, report.report_html = write_report(report, examples[: cfg.audio_players], family.sampling_rate,
-                                                        training_run=training_run, summary=summary, config=asdict(cfg))
     return report
