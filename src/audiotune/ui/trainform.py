@@ -27,8 +27,9 @@ from ..errors import ConfigError
 from ..train_config import RLConfig, TrainConfig
 from .paths import Root
 
-# Fields the form leaves out: `resume` is the Resume button.
-HIDDEN = ("resume",)
+# Fields the form leaves out: `resume` is the Resume button; the other two are plumbing (the collator needs the
+# columns; the log shows the Trainer's progress bar).
+HIDDEN = ("resume", "remove_unused_columns", "disable_tqdm")
 # The Trainer options the form shows, besides those whose default is audiotune's (TrainConfig's own fields).
 TRAINER_FIELDS = ("num_train_epochs", "optim", "weight_decay", "warmup_steps", "max_grad_norm", "seed", "bf16",
                   "activation_checkpointing", "dataloader_num_workers", "report_to", "run_name")
