@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup system-deps vllm-env demo test test-fast bench rl-bench soak models-doc clean
+.PHONY: setup system-deps vllm-env demo test test-fast bench rl-bench soak models-doc config-doc clean
 
 setup: system-deps $(VENV)/.installed
 
@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install -q $(TORCH_STACK)
-	$(PY) -m pip install -q -e '.[test,ui,vision-audio]' $(TORCH_STACK)
+	$(PY) -m pip install -q -e '.[test,ui,track,vision-audio]' $(TORCH_STACK)
 	touch $@
 
 # vLLM in its own environment (its torch/transformers pins differ from ours): --backend vllm uses it.
@@ -42,6 +42,10 @@ test-fast: setup
 models-doc: setup
 	$(PY) -m pytest -q -p no:cacheprovider tests/test_families.py -k end_to_end --family-results .family-results.json || true
 	$(PY) -c "import json; from audiotune.models.catalog import render_markdown; open('docs/models.md', 'w').write(render_markdown(json.load(open('.family-results.json'))))"
+
+# Regenerates docs/configuration.md from the config dataclasses (tests/test_config_cli.py checks it is current).
+config-doc: setup
+	$(PY) -m audiotune.config_doc
 
 bench: setup
 	$(PY) benchmarks/run.py

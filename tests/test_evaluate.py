@@ -14,7 +14,7 @@ from datasets import Audio, ClassLabel, Dataset, Features, Value
 
 from audiotune.config import TrainConfig
 from audiotune.errors import ConfigError
-from audiotune.evaluate import EvalConfig, run_evaluation
+from audiotune.evaluate import EvalConfig, evaluate, run_evaluation
 from audiotune.merge import merge_adapter
 from audiotune.train import train
 from tests.conftest import tone
@@ -23,9 +23,9 @@ from tests.conftest import tone
 @pytest.mark.slow
 def test_compare_scores_every_model_on_the_same_rows(tiny_af3, trained_adapter, synth_data, tmp_path):
     merged = merge_adapter(str(tiny_af3), str(trained_adapter), tmp_path / "merged")
-    report = run_evaluation(EvalConfig(model=str(tiny_af3), dataset=str(synth_data), out=str(tmp_path / "eval"),
-                                       adapters=[str(trained_adapter), str(merged)], compare=True, max_new_tokens=12,
-                                       with_meteor=False), training_run=trained_adapter)
+    report = evaluate(EvalConfig(model=str(tiny_af3), dataset=str(synth_data), out=str(tmp_path / "eval"),
+                                 adapters=[str(trained_adapter), str(merged)], compare=True, max_new_tokens=12,
+                                 with_meteor=False), training_run=trained_adapter)
     assert [m.name for m in report.models] == ["base", trained_adapter.name, "merged"]
     rows = [json.loads(line) for line in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
     by_model: dict[str, list] = {}
@@ -129,12 +129,12 @@ def test_best_checkpoint_is_kept_loaded_and_saved(tiny_af3, synth_data, tmp_path
 def test_best_metric_picks_its_logged_key_and_direction(metric, key, greater):
     """A generation metric chooses the best checkpoint by the key the callback logs, in its own direction (the
     slow test above runs the selection itself, by eval loss: 12 steps leave CIDEr-D at 0.0 on every evaluation)."""
-    from audiotune.train import best_metric_arguments
-
-    cfg = TrainConfig(model="m", dataset="d", best_metric=metric)
-    assert best_metric_arguments(cfg, has_eval=True) == {"metric_for_best_model": key, "greater_is_better": greater,
-                                                         "load_best_model_at_end": True}
-    assert best_metric_arguments(cfg, has_eval=False) == {}
+    cfg = TrainConfig(model="m", dataset="d", best_metric=metric, save_steps=200).validate()
+    args = cfg.trainer_arguments(has_eval=True)  # what the Trainer gets
+    assert (args.metric_for_best_model, args.greater_is_better, args.load_best_model_at_end) == (key, greater, True)
+    assert cfg.user_values()["best_metric"] == metric and "metric_for_best_model" not in cfg.user_values()
+    without_eval = cfg.trainer_arguments(has_eval=False)
+    assert not without_eval.load_best_model_at_end and without_eval.eval_strategy.value == "no"
 
 
 def test_best_metric_needs_aligned_steps():

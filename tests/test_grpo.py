@@ -27,7 +27,7 @@ def _trainer(micro_af3, beeps, tmp_path, **overrides):
     from audiotune.audio_cache import AudioEmbeddingCache, install_audio_cache
     from audiotune.models.loading import AdaptationPlan, load_base_model, load_processor, prepare_for_training
     from audiotune.rl import make_rl_trainer
-    from audiotune.train import build_datasets, training_argument_kwargs
+    from audiotune.train import build_datasets
 
     cfg = TrainConfig(model=str(micro_af3), dataset=str(beeps), out=str(tmp_path), task="mcq", method="grpo",
                       batch_size=2, gradient_accumulation_steps=1, num_generations=4, max_completion_length=3,
@@ -36,8 +36,8 @@ def _trainer(micro_af3, beeps, tmp_path, **overrides):
     train_ds, _, _ = build_datasets(cfg, family, tmp_path)
     model = prepare_for_training(base, family, AdaptationPlan(lora_r=4, lora_alpha=8))
     install_audio_cache(model, family, AudioEmbeddingCache())
-    trainer = make_rl_trainer(cfg, model, load_processor(micro_af3), family, train_ds,
-                              training_argument_kwargs(cfg, tmp_path, False), [])
+    trainer = make_rl_trainer(cfg.trainer_arguments(has_eval=False), model, load_processor(micro_af3), family,
+                              train_ds, [])
     return trainer, model, family, train_ds
 
 

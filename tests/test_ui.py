@@ -54,19 +54,22 @@ def test_root_confines_paths_and_symlinks(tmp_path):
 def test_train_form_is_generated_from_the_config():
     import dataclasses
 
-    from audiotune.ui.trainform import HIDDEN, default_values, form_spec, groups
+    from audiotune.ui.trainform import HIDDEN, TRAINER_FIELDS, default_values, form_spec, form_fields, groups
 
     specs = {s.name: s for s in form_spec()}
-    fields = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in HIDDEN]
-    assert list(specs) == fields  # every field, in the config's order
-    defaults = TrainConfig()
-    assert all(specs[n].default == getattr(defaults, n) for n in fields)
-    assert list(groups())[:3] == ["run", "data", "adaptation"]  # config.py's section comments
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    assert set(specs) == set(form_fields()) and not set(specs) & set(HIDDEN)
+    assert set(TRAINER_FIELDS) <= set(specs) and {"model", "dataset", "output_dir", "lora_r", "method"} <= set(specs)
+    defaults = TrainConfig().user_values()  # what a run with no option set records
+    assert all(specs[n].default == defaults.get(n, fields[n].default) for n in specs)
+    assert all(specs[n].help == fields[n].metadata["help"] for n in specs)  # the field's help, as --help shows it
+    assert list(groups())[:3] == ["run", "data", "adaptation"]
     assert specs["lora_r"].group == "adaptation" and specs["learning_rate"].kind == "float"
-    assert specs["task"].kind == "choice" and "asr" in specs["task"].choices  # from the CLI's help
+    assert specs["task"].kind == "choice" and "asr" in specs["task"].choices  # from the help's "a | b | c:"
     assert specs["audio_cache"].choices == ("memory", "disk", "off")
-    assert "regex" in specs["lora_targets"].help  # the CLI's help text
-    assert specs["audio_column"].help.startswith("empty: auto-detected")  # the config's comment
+    assert specs["optim"].kind == "choice" and "adafactor" in specs["optim"].choices  # from transformers' enum
+    assert "regex" in specs["lora_targets"].help
+    assert "auto-detected" in specs["audio_column"].help
     assert specs["train_take"].optional and default_values()["labels"] == ""
 
 
@@ -76,7 +79,7 @@ def test_form_values_become_the_validated_config(tmp_path):
     (tmp_path / "model").mkdir()
     (tmp_path / "data").mkdir()
     root = Root(tmp_path)
-    values = {**default_values(), "model": "model", "dataset": "data", "out": "runs/x", "max_steps": 3.0,
+    values = {**default_values(), "model": "model", "dataset": "data", "output_dir": "runs/x", "max_steps": 3.0,
               "eval_split": "none", "train_take": "", "lora_targets": "q_proj, v_proj", "labels": "a,b"}
     cfg = config_from_form(values, root)
     assert cfg.model == str(tmp_path.resolve() / "model") and cfg.out == str(tmp_path.resolve() / "runs/x")
@@ -85,11 +88,11 @@ def test_form_values_become_the_validated_config(tmp_path):
     assert cfg.lora_targets == ["q_proj", "v_proj"] and cfg.labels == ["a", "b"]
     assert config_from_form({**values, "lora_targets": r".*\.q_proj"}, root).lora_targets == r".*\.q_proj"
     with pytest.raises(ConfigError, match="batch_size must be at least 1"):  # validate(), the CLI's message
-        config_from_form({**values, "batch_size": 0}, root)
+        config_from_form({**values, "per_device_train_batch_size": 0}, root)
     with pytest.raises(ConfigError, match="No model given: pass --model"):
         config_from_form({**values, "model": ""}, root)
     with pytest.raises(PathOutsideRootError):
-        config_from_form({**values, "out": "../elsewhere"}, root)
+        config_from_form({**values, "output_dir": "../elsewhere"}, root)
     with pytest.raises(ConfigError, match="whole number"):
         config_from_form({**values, "max_steps": 2.5}, root)
 
@@ -409,9 +412,9 @@ def test_a_path_outside_the_root_is_refused(page, ui_url, ui_root):
     _tab(page, "Train")  # the training form confines its paths too
     _fill(page, "model", "models/micro-af3")
     _fill(page, "dataset", "data/synth")
-    _fill(page, "out", "../../elsewhere")
+    _fill(page, "output_dir", "../../elsewhere")
     page.click("#tr-start")
-    expect(page.get_by_text("out '../../elsewhere' is outside the UI's root folder").first).to_be_visible()
+    expect(page.get_by_text("output_dir '../../elsewhere' is outside the UI's root folder").first).to_be_visible()
     assert not (ui_root.parent.parent / "elsewhere").exists()
 
 
@@ -422,11 +425,11 @@ def test_train_form_runs_three_steps_with_a_live_loss_curve(page, ui_root):
     _tab(page, "Train")
     _fill(page, "model", "models/micro-af3")
     _fill(page, "dataset", "data/synth")
-    _fill(page, "out", "runs/from-ui")
+    _fill(page, "output_dir", "runs/from-ui")
     for group in ("data", "optimisation", "generation-based"):
         page.click(f"#tr-group-{group} > button.label-wrap")
-    for field, value in dict(eval_take=2, max_steps=3, batch_size=2, gradient_accumulation_steps=1, logging_steps=1,
-                             eval_steps=3, save_steps=3, learning_rate=0.01, eval_generate_take=0).items():
+    for field, value in dict(eval_take=2, max_steps=3, per_device_train_batch_size=2, gradient_accumulation_steps=1,
+                             logging_steps=1, eval_steps=3, save_steps=3, learning_rate=0.01, eval_generate_take=0).items():
         _fill(page, field, value)
     page.click("#tr-start")
     status = page.locator("#tr-status")
@@ -484,12 +487,12 @@ def test_train_stop_saves_a_checkpoint_and_resume_continues(page, ui_root):
     _tab(page, "Train")
     _fill(page, "model", "models/micro-af3")
     _fill(page, "dataset", "data/synth")
-    _fill(page, "out", "runs/stop-resume")
+    _fill(page, "output_dir", "runs/stop-resume")
     for group in ("data", "optimisation"):
         page.click(f"#tr-group-{group} > button.label-wrap")
     # Far more steps than run before the stop: an idle machine must not finish the run first.
-    for field, value in dict(eval_split="none", eval_take=0, max_steps=5000, batch_size=1, logging_steps=1,
-                             gradient_accumulation_steps=1, save_steps=5000).items():
+    for field, value in dict(eval_split="none", eval_take=0, max_steps=5000, per_device_train_batch_size=1,
+                             logging_steps=1, gradient_accumulation_steps=1, save_steps=5000).items():
         _fill(page, field, value)
     page.click("#tr-start")
     status = page.locator("#tr-status")

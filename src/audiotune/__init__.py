@@ -1,17 +1,17 @@
 """audiotune: fine-tune, evaluate, run and serve audio-text-to-text models.
 
-Importing the package registers the ``audio-text-to-text`` task with transformers' ``pipeline()``.
+Importing the package registers the ``audio-text-to-text`` task with transformers' ``pipeline()`` (when
+transformers' pipelines load: importing audiotune imports neither torch nor transformers, see task_registration.py).
 Every CLI command is also a function here.
 """
 
 from __future__ import annotations
 
-from .config import TrainConfig
 from .errors import (AudioDecodeError, AudioTooLongError, AudiotuneError, CheckpointError, ConfigError,
                      DatasetSchemaError, ModelFamilyError)
-from .pipeline import register as _register_pipeline
+from .task_registration import register_pipeline_task as _register_pipeline_task
 
-_register_pipeline()
+_register_pipeline_task()
 
 __version__ = "0.1.0"
 
@@ -19,9 +19,13 @@ __version__ = "0.1.0"
 def __getattr__(name: str):
     # Heavy submodules load on first use so that `import audiotune` stays quick.
     lazy = {
+        "TrainConfig": ("train_config", "TrainConfig"),
+        "DataConfig": ("config", "DataConfig"),
+        "AdapterConfig": ("config", "AdapterConfig"),
         "finetune": ("train", "train"),
+        "infer_files": ("infer", "infer"),
         "generate_answers": ("generate", "generate"),
-        "GenerationSettings": ("generate", "GenerationSettings"),
+        "GenerationSettings": ("config", "GenerationSettings"),
         "examples_from_audio": ("generate", "examples_from_audio"),
         "merge_adapter": ("merge", "merge_adapter"),
         "load_model": ("models.loading", "load_model"),
@@ -30,7 +34,7 @@ def __getattr__(name: str):
         "write_synthetic_audiocaps": ("data.synthetic", "write_synthetic_audiocaps"),
         "load_audio": ("audio", "load_audio"),
         "run_evaluation": ("evaluate", "run_evaluation"),
-        "EvalConfig": ("evaluate", "EvalConfig"),
+        "EvalConfig": ("config", "EvalConfig"),
         "check_dataset": ("data.check", "check_dataset"),
         "run_server": ("serve.server", "serve"),  # not "serve": that is the subpackage's name
         "ServeConfig": ("serve.server", "ServeConfig"),

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import logging
-import math
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -226,7 +225,3 @@ def encode_audio(wave: np.ndarray, rate: int, fmt: str = "WAV", subtype: str = "
     buffer = io.BytesIO()
     sf.write(buffer, wave, rate, format=fmt, subtype=subtype)
     return buffer.getvalue()
-
-
-def duration_seconds(n_samples: int, rate: int) -> float:
-    return n_samples / rate if rate else math.nan

@@ -30,6 +30,14 @@ from transformers import Trainer, TrainerCallback
 
 from .models.loading import save_processor
 
+
+def processor_folder(model: str | Path, adapter: str | Path | None) -> str:
+    """Where a model's processor comes from: the adapter folder when training saved one there (it may carry a
+    changed chat template or tokenizer), else the base. The one rule infer, eval and merge follow."""
+    if adapter and (Path(adapter) / "processor_config.json").exists():
+        return str(adapter)
+    return str(model)
+
 logger = logging.getLogger(__name__)
 
 STAGING = ".staging"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -19,6 +18,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
+from .config import AdapterConfig
 from .errors import AudiotuneError
 from .models.families import FAMILIES
 
@@ -73,127 +73,36 @@ def synth(out: Annotated[Path, typer.Option(help="Dataset folder.")] = Path("dat
     from .data.synthetic import write_synthetic_audiocaps
 
     counts = write_synthetic_audiocaps(out, n_clips=clips, seed=seed)
-    console.print(f"[green]wrote[/green] {out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    console.print(f"[green]wrote[/green] {out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()), soft_wrap=True)
 
 
-@app.command()
-def train(
-    model: Annotated[Optional[str], typer.Option(help="Hub id or local checkpoint.")] = None,
-    dataset: Annotated[Optional[str], typer.Option(help="Hub id, local folder or parquet/jsonl/csv files.")] = None,
-    out: Annotated[Optional[str], typer.Option(help="Run folder (adapter, checkpoints, config, model card).")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="YAML run config; flags override it.")] = None,
-    streaming: Annotated[Optional[bool], typer.Option("--streaming/--no-streaming")] = None,
-    train_take: Optional[int] = None,
-    eval_take: Optional[int] = None,
-    train_split: Optional[str] = None,
-    eval_split: Annotated[Optional[str], typer.Option(help="'none' carves eval rows from train, like the guide.")] = None,
-    prompt: Optional[str] = None,
-    system_prompt: Optional[str] = None,
-    audio_column: Optional[str] = None,
-    text_column: Optional[str] = None,
-    full: Annotated[Optional[bool], typer.Option("--full", help="Full fine-tuning of the LM instead of LoRA.")] = None,
-    lora_r: Optional[int] = None,
-    lora_alpha: Optional[int] = None,
-    lora_dropout: Optional[float] = None,
-    lora_targets: Annotated[Optional[str], typer.Option(help="Comma-separated module names, or a regex; "
-                                                             "default: the language model's linear layers.")] = None,
-    train_projector: Annotated[Optional[bool], typer.Option("--train-projector")] = None,
-    batch_size: Optional[int] = None,
-    gradient_accumulation_steps: Optional[int] = None,
-    learning_rate: Optional[float] = None,
-    max_steps: Optional[int] = None,
-    warmup_steps: Optional[int] = None,
-    logging_steps: Optional[int] = None,
-    eval_steps: Optional[int] = None,
-    save_steps: Optional[int] = None,
-    seed: Optional[int] = None,
-    bf16: Annotated[Optional[bool], typer.Option("--bf16", help="bf16 mixed precision (CUDA).")] = None,
-    qlora: Annotated[Optional[bool], typer.Option("--qlora", help="4-bit NF4 language model + LoRA (CUDA, "
-                                                                  "bitsandbytes).")] = None,
-    gradient_checkpointing: Annotated[Optional[bool], typer.Option("--gradient-checkpointing")] = None,
-    dataloader_num_workers: Optional[int] = None,
-    audio_cache: Annotated[Optional[str], typer.Option(help="memory | disk | off: reuse the frozen encoder's "
-                                                            "audio embeddings across epochs and evaluations.")] = None,
-    audio_cache_dir: Optional[str] = None,
-    group_by_length: Annotated[Optional[bool], typer.Option("--group-by-length", help="Batch clips of similar "
-                                                                "length together (less padding).")] = None,
-    long_audio: Annotated[Optional[str], typer.Option(help="window | truncate | skip | error")] = None,
-    on_bad_sample: Annotated[Optional[str], typer.Option(help="skip | fail")] = None,
-    resume: Annotated[Optional[bool], typer.Option("--resume", help="Continue from the newest checkpoint.")] = None,
-    nproc: Annotated[int, typer.Option(help="Data-parallel processes on this machine (torchrun; gloo on CPU, "
-                                            "nccl on GPUs).")] = 1,
-    task: Annotated[Optional[str], typer.Option(help="caption | asr | qa | classify | mcq | chat")] = None,
-    question_column: Optional[str] = None,
-    references_column: Optional[str] = None,
-    id_column: Optional[str] = None,
-    labels: Annotated[Optional[str], typer.Option(help="classify: comma-separated label set.")] = None,
-    eval_generate_take: Annotated[Optional[int], typer.Option(help="Eval clips generated for at each "
-                                                                   "evaluation (0: off).")] = None,
-    best_metric: Annotated[Optional[str], typer.Option(help="Keep the best checkpoint by this metric "
-                                                            "(e.g. CIDEr-D, WER, loss).")] = None,
-    max_new_tokens: Optional[int] = None,
-    method: Annotated[Optional[str], typer.Option(help="sft | grpo (sampled groups scored by verifiable rewards) | "
-                                                       "dpo (chosen/rejected pairs). See docs/rl.md.")] = None,
-    init_adapter: Annotated[Optional[str], typer.Option(help="Start from this LoRA adapter (e.g. a short SFT "
-                                                             "run); for grpo/dpo it is also the reference.")] = None,
-    choices_column: Annotated[Optional[str], typer.Option(help="mcq: the choices column.")] = None,
-    rejected_column: Annotated[Optional[str], typer.Option(help="dpo: the rejected-answer column "
-                                                                "(--text-column names the chosen one).")] = None,
-    num_generations: Annotated[Optional[int], typer.Option(help="grpo: completions per prompt (the group).")] = None,
-    num_iterations: Annotated[Optional[int], typer.Option(help="grpo: optimizer steps per generated batch.")] = None,
-    epsilon: Annotated[Optional[float], typer.Option(help="grpo: clip range of the probability ratio.")] = None,
-    epsilon_high: Annotated[Optional[float], typer.Option(help="grpo: upper clip (default: --epsilon).")] = None,
-    beta: Annotated[Optional[float], typer.Option(help="grpo: KL penalty weight to the reference (0: none).")] = None,
-    temperature: Annotated[Optional[float], typer.Option(help="grpo: sampling temperature.")] = None,
-    top_p: Annotated[Optional[float], typer.Option(help="grpo: nucleus sampling.")] = None,
-    max_completion_length: Annotated[Optional[int], typer.Option(help="grpo: most new tokens per completion.")] = None,
-    rewards: Annotated[Optional[str], typer.Option(help="grpo: comma-separated rewards: accuracy, format, wer, "
-                                                        "cider, meteor or module:function (default: the "
-                                                        "task's).")] = None,
-    reward_weights: Annotated[Optional[str], typer.Option(help="grpo: comma-separated weights, one per "
-                                                               "reward.")] = None,
-    scale_rewards: Annotated[Optional[str], typer.Option(help="grpo: group | batch | none.")] = None,
-    grpo_loss_type: Annotated[Optional[str], typer.Option(help="grpo: grpo | bnpo | dr_grpo.")] = None,
-    dpo_beta: Annotated[Optional[float], typer.Option(help="dpo: beta of the implicit reward.")] = None,
-    dpo_loss_type: Annotated[Optional[str], typer.Option(help="dpo: sigmoid | hinge | ipo.")] = None,
-) -> None:
-    """Fine-tune a model (LoRA on the language model by default) and save the adapter."""
-    if nproc > 1 and "LOCAL_RANK" not in os.environ:
-        raise typer.Exit(launch_distributed(nproc))
-    from .config import TrainConfig
+# Commands whose options are generated from a config dataclass: the arguments pass through typer untouched and are
+# parsed (help included) by cli_args, inside the command, so `audiotune --help` imports neither torch nor transformers.
+GENERATED = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+
+@app.command(context_settings=GENERATED, add_help_option=False)
+def train(ctx: typer.Context) -> None:
+    """Fine-tune a model (LoRA on the language model by default) and save the adapter. Every TrainingArguments
+    option is a flag; `audiotune train --help` lists them all."""
+    from .cli_args import parse
+    from .distributed import is_main_process, launched, torchrun_command
     from .train import train as run_train
+    from .train_config import TrainConfig
 
-    targets = _parse_targets(lora_targets)
-    overrides = dict(model=model, dataset=dataset, out=out, streaming=streaming, train_take=train_take,
-                     eval_take=eval_take, train_split=train_split, prompt=prompt, system_prompt=system_prompt,
-                     audio_column=audio_column, text_column=text_column, full=full, lora_r=lora_r,
-                     lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_targets=targets,
-                     train_projector=train_projector, batch_size=batch_size,
-                     gradient_accumulation_steps=gradient_accumulation_steps, learning_rate=learning_rate,
-                     max_steps=max_steps, warmup_steps=warmup_steps, logging_steps=logging_steps,
-                     eval_steps=eval_steps, save_steps=save_steps, seed=seed, bf16=bf16, qlora=qlora,
-                     gradient_checkpointing=gradient_checkpointing, dataloader_num_workers=dataloader_num_workers,
-                     audio_cache=audio_cache, audio_cache_dir=audio_cache_dir, group_by_length=group_by_length,
-                     long_audio=long_audio, on_bad_sample=on_bad_sample, resume=resume, task=task,
-                     question_column=question_column, references_column=references_column, id_column=id_column,
-                     labels=labels.split(",") if labels else None,
-                     eval_generate_take=eval_generate_take, best_metric=best_metric, max_new_tokens=max_new_tokens,
-                     method=method, init_adapter=init_adapter, choices_column=choices_column,
-                     rejected_column=rejected_column, num_generations=num_generations, num_iterations=num_iterations,
-                     epsilon=epsilon, epsilon_high=epsilon_high, beta=beta, temperature=temperature, top_p=top_p,
-                     max_completion_length=max_completion_length,
-                     rewards=[r.strip() for r in rewards.split(",") if r.strip()] if rewards else None,
-                     reward_weights=[float(w) for w in reward_weights.split(",")] if reward_weights else None,
-                     scale_rewards=scale_rewards, grpo_loss_type=grpo_loss_type, dpo_beta=dpo_beta,
-                     dpo_loss_type=dpo_loss_type)
-    if config is not None:
-        cfg = TrainConfig.from_yaml(config, **overrides)
-    else:
-        cfg = TrainConfig(**{k: v for k, v in overrides.items() if v is not None})
-    if eval_split is not None:  # "none": carve the eval rows from train (None cannot pass through the overrides)
-        cfg.eval_split = None if eval_split.lower() == "none" else eval_split
+    def extra(parser) -> None:
+        parser.add_argument("--nproc", type=int, default=1, help="Data-parallel processes on this machine (torchrun; "
+                                                                  "gloo on CPU, nccl on GPUs).")
+
+    cfg, options = parse(TrainConfig, ctx.args, "audiotune train", train.__doc__ or "", extra)
+    if options.nproc > 1 and not launched():
+        import subprocess
+
+        command = torchrun_command(options.nproc, sys.argv[1:])
+        console.print(f"launching {options.nproc} processes: {' '.join(command[1:])}", markup=False, soft_wrap=True)
+        raise typer.Exit(subprocess.call(command))
     result = run_train(cfg)
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not is_main_process():
         return  # rank 0 reports for all
     if result.interrupted:
         console.print(f"[yellow]stopped by a signal at step {result.steps}[/yellow]; checkpoint-{result.steps} is saved "
@@ -215,55 +124,29 @@ def train(
                       f"{result.out_dir / 'skipped.jsonl'}")
 
 
-def launch_distributed(nproc: int) -> int:
-    """Re-run this same command under torchrun with ``nproc`` processes; return its exit code."""
-    import subprocess
-
-    args, skip = [], False
-    for arg in sys.argv[1:]:
-        if skip:
-            skip = False
-            continue
-        if arg == "--nproc":
-            skip = True
-            continue
-        if arg.startswith("--nproc="):
-            continue
-        args.append(arg)
-    # --standalone: a single-node rendezvous on a free local port chosen by torchrun itself (no port race).
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-               "-m", "audiotune", *args]
-    console.print(f"launching {nproc} processes: {' '.join(command[1:])}", markup=False, soft_wrap=True)
-    return subprocess.call(command)
-
-
-@app.command()
-def infer(
-    files: Annotated[list[Path], typer.Argument(help="Audio files.")],
-    model: Annotated[str, typer.Option(help="Hub id or local checkpoint (base or merged).")],
-    adapter: Annotated[Optional[str], typer.Option(help="LoRA adapter folder.")] = None,
-    prompt: str = "Describe the audio.",
-    system_prompt: Optional[str] = None,
-    batch_size: int = 16,
-    max_new_tokens: int = 100,
-    jsonl: Annotated[Optional[Path], typer.Option(help="Also write one JSON line per file here (an 'error' "
-                                                       "record for a bad file).")] = None,
-    on_bad_file: Annotated[str, typer.Option(help="skip: answer the good files, list the bad ones, exit 1; "
-                                                  "fail: stop at the first bad file.")] = "skip",
-    backend: Backend = "transformers",
-    vllm_python: VllmPython = None,
-    encoder_frames: EncoderFrames = "window",
-) -> None:
-    """Answer the prompt for each audio file, batched; a bad file costs only itself (exit 1 if any failed)."""
+@app.command(context_settings=GENERATED, add_help_option=False)
+def infer(ctx: typer.Context) -> None:
+    """Answer the prompt for each audio file, batched; a bad file costs only itself (exit 1 if any failed).
+    Usage: audiotune infer FILE... --model M [OPTIONS]."""
     from rich.markup import escape
 
+    from .cli_args import parse
+    from .config import InferConfig
     from .infer import infer as run_infer
 
+    cfg, options = parse(InferConfig, ctx.args, "audiotune infer", infer.__doc__ or "",
+                         lambda parser: parser.add_argument("files", nargs="*", metavar="FILE", help="Audio files."))
+    if not options.files:
+        raise AudiotuneError("No audio files given: audiotune infer FILE... --model M.")
+    if not cfg.model:
+        raise AudiotuneError("No model given: pass --model (a Hub id or a local checkpoint folder).")
+    prompt, jsonl = cfg.prompt, Path(cfg.jsonl) if cfg.jsonl else None
     errors = Console(stderr=True, soft_wrap=True)
     with console.status("generating"):
-        results = run_infer(files, model, adapter=adapter, prompt=prompt, system_prompt=system_prompt,
-                            batch_size=batch_size, max_new_tokens=max_new_tokens, on_bad_file=on_bad_file,
-                            backend=backend, vllm_python=vllm_python, encoder_frames=encoder_frames)
+        results = run_infer(options.files, cfg.model, adapter=cfg.adapter, prompt=cfg.prompt,
+                            system_prompt=cfg.system_prompt, batch_size=cfg.batch_size, on_bad_file=cfg.on_bad_file,
+                            backend=cfg.backend, vllm_python=cfg.vllm_python, encoder_frames=cfg.encoder_frames,
+                            generation=cfg.generation())
     for result in results:
         if result.ok:
             console.print(f"[bold]{escape(result.file)}[/bold]: {escape(result.answer or '')}", soft_wrap=True)
@@ -290,50 +173,17 @@ def merge(model: Annotated[str, typer.Option(help="Base model (Hub id or folder)
     console.print(f"[green]merged checkpoint written to[/green] {path}")
 
 
-@app.command("eval")
-def eval_(
-    model: Annotated[str, typer.Option(help="Base model: Hub id or local checkpoint.")],
-    dataset: Annotated[str, typer.Option(help="Hub id, local folder or parquet/jsonl/csv files.")],
-    adapter: Annotated[Optional[list[str]], typer.Option(help="Adapter folder or merged checkpoint; repeatable.")] = None,
-    compare: Annotated[bool, typer.Option("--compare", help="Also score the base model, side by side.")] = False,
-    split: str = "test",
-    task: Annotated[str, typer.Option(help="caption | asr | qa | classify | mcq | chat")] = "caption",
-    out: Annotated[Path, typer.Option(help="Folder for predictions.jsonl, metrics.json and the report.")] = Path("runs/eval"),
-    prompt: Optional[str] = None,
-    system_prompt: Optional[str] = None,
-    audio_column: Optional[str] = None,
-    text_column: Optional[str] = None,
-    references_column: Optional[str] = None,
-    question_column: Optional[str] = None,
-    choices_column: Annotated[Optional[str], typer.Option(help="mcq: the choices column.")] = None,
-    labels: Annotated[Optional[str], typer.Option(help="classify: comma-separated label set.")] = None,
-    id_column: Annotated[Optional[str], typer.Option(help="Clip id; rows sharing it are one clip with several "
-                                                          "references.")] = None,
-    take: Annotated[Optional[int], typer.Option(help="Score only the first N rows.")] = None,
-    streaming: Annotated[bool, typer.Option("--streaming/--no-streaming")] = False,
-    batch_size: int = 16,
-    max_new_tokens: int = 64,
-    spice_models: Annotated[Optional[str], typer.Option(help="Folder with SPICE's Stanford CoreNLP 3.6.0 jars.")] = None,
-    training_run: Annotated[Optional[Path], typer.Option(help="A training run folder whose curves go into the "
-                                                               "report (default: the first adapter).")] = None,
-    backend: Backend = "transformers",
-    vllm_python: VllmPython = None,
-    encoder_frames: EncoderFrames = "window",
-) -> None:
+@app.command("eval", context_settings=GENERATED, add_help_option=False)
+def eval_(ctx: typer.Context) -> None:
     """Generate over a split and score it the way the field does; --compare puts models side by side."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from .evaluate import EvalConfig, run_evaluation
+    from .cli_args import parse
+    from .config import EvalConfig
+    from .evaluate import evaluate
 
-    cfg = EvalConfig(model=model, dataset=dataset, out=str(out), adapters=list(adapter or []), compare=compare,
-                     split=split, task=task, prompt=prompt, system_prompt=system_prompt, audio_column=audio_column,
-                     text_column=text_column, references_column=references_column, question_column=question_column,
-                     choices_column=choices_column,
-                     labels=labels.split(",") if labels else None, id_column=id_column, take=take,
-                     streaming=streaming,
-                     batch_size=batch_size, max_new_tokens=max_new_tokens, spice_models=spice_models,
-                     backend=backend, vllm_python=vllm_python, encoder_frames=encoder_frames)
-    run = training_run or next((Path(a) for a in cfg.adapters if (Path(a) / "train_metrics.json").exists()), None)
+    cfg, _ = parse(EvalConfig, ctx.args, "audiotune eval", eval_.__doc__ or "")
+    out = Path(cfg.out)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console) as progress:
         bars: dict[str, int] = {}
@@ -341,9 +191,8 @@ def eval_(
         def on_model(name: str, total: int) -> None:
             bars["current"] = progress.add_task(f"generating ({name})", total=total)
 
-        report = run_evaluation(cfg, on_model=on_model, training_run=run,
-                                on_batch=lambda n: progress.advance(bars["current"], n))
-    print_metrics(report.table(), report.metric_order(), title=f"{task} metrics on {dataset} [{split}]")
+        report = evaluate(cfg, on_model=on_model, on_batch=lambda n: progress.advance(bars["current"], n))
+    print_metrics(report.table(), report.metric_order(), title=f"{cfg.task} metrics on {cfg.dataset} [{cfg.split}]")
     for notice in report.notices:
         console.print(f"[yellow]note:[/yellow] {notice}")
     if report.skipped:
@@ -371,35 +220,27 @@ data_app = typer.Typer(no_args_is_help=True, help="Inspect datasets before train
 app.add_typer(data_app, name="data")
 
 
-@data_app.command("check")
-def data_check(
-    dataset: Annotated[str, typer.Argument(help="Hub id, local folder (parquet, audiofolder) or manifest file(s).")],
-    split: str = "train",
-    task: Annotated[str, typer.Option(help="caption | asr | qa | classify | mcq | preference | chat")] = "caption",
-    model: Annotated[Optional[str], typer.Option(help="Model whose family and tokenizer to count tokens with.")] = None,
-    family: Annotated[str, typer.Option(help="Family for the audio token arithmetic when no --model.")] = "af3",
-    audio_column: Optional[str] = None,
-    text_column: Optional[str] = None,
-    references_column: Optional[str] = None,
-    question_column: Optional[str] = None,
-    id_column: Optional[str] = None,
-    labels: Optional[str] = None,
-    streaming: Annotated[bool, typer.Option("--streaming/--no-streaming")] = False,
-    long_audio: Annotated[str, typer.Option(help="window | truncate | skip | error")] = "window",
-    as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON.")] = False,
-) -> None:
+@data_app.command("check", context_settings=GENERATED, add_help_option=False)
+def data_check(ctx: typer.Context) -> None:
     """Rows, hours, duration histogram, rate/channel mix, token lengths and every row that fails or is altered.
-
-    Exit code: 0 usable as is, 1 some rows would be skipped, 2 the dataset cannot be used as given.
-    """
-    from .config import TrainConfig
+    Usage: audiotune data check DATASET [OPTIONS]. Exit code: 0 usable as is, 1 some rows would be skipped, 2 the
+    dataset cannot be used as given."""
+    from .cli_args import parse
+    from .config import DataCheckConfig
     from .data.check import check_dataset
     from .models.families import family_by_name
 
-    spec = TrainConfig(model=model or "", dataset=dataset, task=task, audio_column=audio_column,
-                       text_column=text_column, references_column=references_column, question_column=question_column,
-                       id_column=id_column, labels=labels.split(",") if labels else None, streaming=streaming,
-                       long_audio=long_audio)
+    def extra(parser) -> None:
+        parser.add_argument("path", nargs="?", metavar="DATASET", help="The dataset (same as --dataset).")
+        parser.add_argument("--json", dest="as_json", action="store_true", help="Print the full report as JSON.")
+
+    spec, options = parse(DataCheckConfig, ctx.args, "audiotune data check", data_check.__doc__ or "", extra)
+    if options.path:
+        spec.dataset = options.path
+    if not spec.dataset:
+        raise AudiotuneError("No dataset given: audiotune data check DATASET (a Hub id, a folder or manifest files).")
+    spec.validate_data()
+    model, split, dataset, as_json = spec.model, spec.split, spec.dataset, options.as_json
     tokenizer = None
     if model:
         from .models.loading import load_processor, resolve_family
@@ -407,7 +248,7 @@ def data_check(
         fam = resolve_family(model)
         tokenizer = load_processor(model).tokenizer
     else:
-        fam = family_by_name(family)
+        fam = family_by_name(spec.family)
     with console.status("checking rows", spinner="dots") as status:
         report = check_dataset(spec, split, fam, tokenizer,
                                on_row=lambda i: status.update(f"checking row {i + 1}") if i % 25 == 0 else None)
@@ -561,27 +402,27 @@ def models() -> None:
 @app.command()
 def plan(
     model: Annotated[str, typer.Option(help="Hub id (shipped architectures work offline) or checkpoint folder.")],
-    lora: Annotated[bool, typer.Option("--lora", help="LoRA on the language model (default).")] = True,
+    lora: Annotated[bool, typer.Option("--lora", hidden=True, help="Accepted for old scripts; LoRA is the default "
+                                                                    "mode.")] = True,
     qlora: Annotated[bool, typer.Option("--qlora", help="4-bit NF4 language model + LoRA.")] = False,
     full: Annotated[bool, typer.Option("--full", help="Full fine-tuning of the language model.")] = False,
     batch: Annotated[int, typer.Option(help="Per-GPU batch size.")] = 4,
     audio_seconds: Annotated[float, typer.Option(help="Clip length to plan for.")] = 10.0,
     text_tokens: Annotated[int, typer.Option(help="Prompt + answer tokens per sample.")] = 64,
-    lora_r: int = 16,
-    lora_targets: Annotated[Optional[str], typer.Option(help="Comma list or regex (default: LM linears).")] = None,
+    lora_r: Annotated[int, typer.Option(help=AdapterConfig.__dataclass_fields__["lora_r"].metadata["help"])] = (
+        AdapterConfig.lora_r),
+    lora_targets: Annotated[Optional[str], typer.Option(
+        help=AdapterConfig.__dataclass_fields__["lora_targets"].metadata["help"])] = None,
     source: Annotated[str, typer.Option(help="auto | hub | shipped: where the architecture comes from.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
 ) -> None:
     """Parameter counts (exact, on the meta device) and a per-GPU memory estimate, before renting a GPU."""
-    from .errors import ConfigError
     from .plan import make_plan
 
-    if qlora and full:
-        raise ConfigError("--qlora and --full exclude each other: QLoRA trains LoRA matrices on a 4-bit base.")
-    mode = "qlora" if qlora else "full" if full else "lora"
-    targets = _parse_targets(lora_targets)
-    result = make_plan(model, mode=mode, batch=batch, audio_seconds=audio_seconds, text_tokens=text_tokens,
-                       lora_r=lora_r, lora_targets=targets, source=source)
+    adapter = AdapterConfig(full=full, qlora=qlora, lora_r=lora_r, lora_targets=lora_targets)  # train's settings
+    adapter.validate_adapter()
+    result = make_plan(model, mode=adapter.adapter_mode, batch=batch, audio_seconds=audio_seconds,
+                       text_tokens=text_tokens, lora_r=adapter.lora_r, lora_targets=adapter.lora_targets, source=source)
     if as_json:
         console.print_json(json.dumps(result.to_dict()))
         return
@@ -614,13 +455,6 @@ def plan(
     console.print(memory)
     for note in result.notes:
         console.print(f"[yellow]note:[/yellow] {note}")
-
-
-def _parse_targets(value: Optional[str]) -> list[str] | str | None:
-    """``--lora-targets``: a regex when it has regex characters, else a comma-separated list of module names."""
-    if not value:
-        return None
-    return value if any(c in value for c in "*.|()\\") else [t.strip() for t in value.split(",") if t.strip()]
 
 
 @app.command()

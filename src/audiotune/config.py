@@ -1,143 +1,275 @@
-"""Run configuration: one flat, typed record that a YAML file or CLI flags fill in.
+"""Configuration: small documented dataclasses that every command composes, one default per fact.
 
-Flat because every field is also a CLI flag of the same name (``lora_r`` ↔ ``--lora-r``), and a
-saved ``run_config.yaml`` can be fed back with ``--config`` to repeat a run exactly.
-Defaults reproduce the reference guide's hyper-parameters, except for its two mistakes: LoRA targets
-the language model only (``lora_targets=None`` → the family's LM regex) and the loss covers the
-assistant's tokens only (see ``data/collator.py``).
+- :class:`DataConfig`: where the rows come from and how a row becomes an example (train, eval, infer's
+  long-audio policy, ``data check``);
+- :class:`AdapterConfig`: what trains (LoRA/full/QLoRA, targets, projector), shared by ``train`` and ``plan``;
+- :class:`GenerationSettings`: how answers are generated (infer, eval, the training callback, serve; one
+  ``max_new_tokens`` default);
+- :class:`~audiotune.train_config.TrainConfig` composes those with the RL settings and *extends*
+  ``transformers.TrainingArguments`` (TRL's ``SFTConfig`` pattern), so every Trainer option is there with its own
+  default and help.
+
+This module is light on purpose (no torch, no transformers): ``audiotune --help`` imports it. ``TrainConfig``
+lives in ``train_config.py`` (it needs transformers) and is reachable here lazily, so
+``from audiotune.config import TrainConfig`` keeps working. Each field's help is its ``metadata["help"]``: the CLI,
+the web UI's form and ``docs/configuration.md`` read it from there. Older names (``batch_size``, ``out``,
+``lr_scheduler``, ...) are :data:`ALIASES`, accepted as flags, YAML keys and keyword arguments.
+
+Defaults reproduce the reference guide's hyper-parameters, except for its two mistakes: LoRA targets the language
+model only (``lora_targets`` empty → the family's LM regex) and the loss covers the assistant's tokens only (see
+``data/collator.py``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from .audio import LongAudioPolicy
 from .errors import ConfigError
+
+# Old name → field name. Flags (``--batch-size``), YAML keys and keyword arguments; saved run configs keep working.
+ALIASES = {
+    "out": "output_dir",
+    "batch_size": "per_device_train_batch_size",
+    "eval_batch_size": "per_device_eval_batch_size",
+    "lr_scheduler": "lr_scheduler_type",
+}
+LONG_AUDIO = ("window", "truncate", "skip", "error")  # audio.LongAudioPolicy's values (audio.py imports numpy)
+TASKS = ("caption", "asr", "qa", "classify", "mcq", "chat", "preference")
+
+
+def option(default: Any = None, help: str = "", *, factory: Any = None, **metadata: Any) -> Any:
+    """A dataclass field with its help text in ``metadata["help"]`` (what HfArgumentParser, the UI and the docs read)."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": help, **metadata})
+    return field(default=default, metadata={"help": help, **metadata})
 
 
 @dataclass
-class TrainConfig:
-    model: str = ""
-    dataset: str = ""
-    out: str = "runs/latest"
-    # data
-    task: str = "caption"  # caption | asr | qa | classify | mcq | chat (| preference: what --method dpo reads)
-    prompt: str | None = None  # None: the task's default ("Describe the audio." for caption)
-    system_prompt: str | None = None
-    audio_column: str | None = None  # None: auto-detected (audio, audio_path, path, file_name, ...)
-    text_column: str | None = None  # None: auto-detected per task (caption/text, text/transcript, answer, label)
-    references_column: str | None = None  # None: the task's default (captions for caption)
-    question_column: str | None = None
-    labels: list[str] | None = None  # classify: the label set (default: read from the dataset)
-    id_column: str | None = None
-    train_split: str = "train"
-    eval_split: str | None = "validation"  # None: carve eval rows from train (guide: skip(train_take).take(eval_take))
-    streaming: bool = False
-    train_take: int | None = None
-    eval_take: int | None = None
-    long_audio: str = LongAudioPolicy.WINDOW.value
-    on_bad_sample: str = "skip"
-    # adaptation
-    full: bool = False
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_targets: list[str] | None = None
-    train_projector: bool = False
-    # optimisation (the guide's values)
-    batch_size: int = 4
-    eval_batch_size: int = 4
-    gradient_accumulation_steps: int = 4
-    learning_rate: float = 1e-4
-    max_steps: int = 500
-    warmup_steps: int = 0
-    lr_scheduler: str = "linear"
-    weight_decay: float = 0.0
-    logging_steps: int = 10
-    eval_steps: int = 100
-    save_steps: int = 250
-    save_total_limit: int = 2
-    seed: int = 42
-    bf16: bool = False
-    qlora: bool = False  # 4-bit NF4 language model (bitsandbytes, CUDA), LoRA on top
-    gradient_checkpointing: bool = False
-    dataloader_num_workers: int = 0
-    group_by_length: bool = False  # batches of similar length (less padding); changes the sample order
-    audio_cache: str = "memory"  # memory | disk | off: reuse frozen audio embeddings (see audio_cache.py)
-    audio_cache_dir: str | None = None  # disk cache folder (default: OUT/audio-cache)
-    resume: bool = False
-    max_new_tokens: int = 64
-    # generation-based evaluation during training (see callbacks.py)
-    eval_generate_take: int = 16  # eval clips to generate for at each evaluation; 0 turns it off
-    best_metric: str | None = None  # e.g. CIDEr-D or loss: keep the best checkpoint by it
-    spice_models: str | None = None
-    # reinforcement learning and preferences (docs/rl.md explains each setting)
-    method: str = "sft"  # sft | grpo (sampled groups, verifiable rewards) | dpo (chosen/rejected pairs)
-    init_adapter: str | None = None  # start from this LoRA adapter (e.g. a short SFT run) instead of a fresh one
-    choices_column: str | None = None  # mcq: the choices (None: auto-detected, choices/options)
-    rejected_column: str | None = None  # dpo: the rejected answer (None: auto-detected, rejected/...)
-    num_generations: int = 4  # grpo: completions sampled per prompt (the group); batch_size counts prompts
-    num_iterations: int = 1  # grpo: optimizer steps on each generated batch (mu); >1 makes the ratio clip bite
-    epsilon: float = 0.2  # grpo: clip range of the probability ratio, 1-epsilon … 1+epsilon_high
-    epsilon_high: float | None = None  # grpo: upper clip (None: epsilon; DAPO uses 0.28)
-    beta: float = 0.04  # grpo: weight of the KL penalty to the reference (the base, adapter disabled); 0: none
-    temperature: float = 1.0  # grpo: sampling temperature of the completions
-    top_p: float = 1.0  # grpo: nucleus sampling of the completions
-    max_completion_length: int = 32  # grpo: most new tokens per completion
-    rewards: list[str] | None = None  # grpo: accuracy | format | wer | cider | meteor | module:function (None: task's)
-    reward_weights: list[float] | None = None  # grpo: one weight per reward (None: all 1)
-    scale_rewards: str = "group"  # grpo: divide advantages by the group's std (group), the batch's (batch), or none
-    grpo_loss_type: str = "grpo"  # grpo: loss normalisation, grpo (per sequence) | bnpo (per token) | dr_grpo
-    dpo_beta: float = 0.1  # dpo: temperature of the implicit reward; lower strays further from the reference
-    dpo_loss_type: str = "sigmoid"  # dpo: sigmoid (DPO) | hinge (SLiC) | ipo
-    extra: dict[str, Any] = field(default_factory=dict)
+class DataConfig:
+    """The dataset and how its rows become examples."""
 
-    def validate(self) -> "TrainConfig":
+    dataset: str = option("", "Hub id, local folder (parquet, arrow, audiofolder) or parquet/jsonl/csv files.")
+    task: str = option("caption", "caption | asr | qa | classify | mcq | chat | preference: what a row holds and "
+                                        "what the model answers (preference: the pairs --method dpo reads).")
+    prompt: str | None = option(None, "The user's instruction (empty: the task's default, e.g. 'Describe the audio.').")
+    system_prompt: str | None = option(None, "A system message before every conversation.")
+    audio_column: str | None = option(None, "Audio column (empty: auto-detected: audio, audio_path, path, file_name...).")
+    text_column: str | None = option(None, "Answer column (empty: auto-detected per task: caption/text, transcript, "
+                                           "answer, label).")
+    references_column: str | None = option(None, "All references of a clip (empty: the task's default, captions for "
+                                                 "caption).")
+    question_column: str | None = option(None, "qa/mcq: the question column (empty: auto-detected).")
+    choices_column: str | None = option(None, "mcq: the choices column (empty: auto-detected, choices/options).")
+    rejected_column: str | None = option(None, "dpo: the rejected answer (empty: auto-detected, rejected/...).")
+    labels: list[str] | None = option(None, "classify: the label set, comma-separated (empty: read from the dataset).")
+    id_column: str | None = option(None, "Clip id; rows sharing it are one clip with several references.")
+    streaming: bool = option(False, "Stream the dataset instead of downloading/reading it whole.")
+    long_audio: str = option("window", "window | truncate | skip | error: clips longer than the family's window.")
+    on_bad_sample: str = option("skip", "skip | fail: a row whose audio or text is unusable is skipped and listed, "
+                                        "or stops the run.")
+
+    def __post_init__(self) -> None:
+        self.labels = split_commas(self.labels)
+
+    def validate_data(self) -> None:
+        if self.long_audio not in LONG_AUDIO:
+            raise ConfigError(f"--long-audio {self.long_audio!r}: choose one of {', '.join(LONG_AUDIO)}.")
+        if self.on_bad_sample not in ("skip", "fail"):
+            raise ConfigError(f"--on-bad-sample {self.on_bad_sample!r}: choose skip or fail.")
+        if self.task not in TASKS:
+            raise ConfigError(f"--task {self.task!r}: choose caption, asr, qa, classify, mcq or chat.")
+
+
+@dataclass
+class AdapterConfig:
+    """What trains: LoRA on the language model by default, or the whole LM, or LoRA on a 4-bit LM."""
+
+    full: bool = option(False, "Full fine-tuning of the language model instead of LoRA.")
+    qlora: bool = option(False, "4-bit NF4 language model + LoRA (CUDA, bitsandbytes).")
+    lora_r: int = option(16, "LoRA rank.")
+    lora_alpha: int = option(32, "LoRA scaling numerator (alpha / r).")
+    lora_dropout: float = option(0.05, "Dropout on the LoRA branch.")
+    lora_targets: list[str] | None = option(None, "Module names (comma-separated) or one regex (empty: the language "
+                                                  "model's linear layers).")
+    train_projector: bool = option(False, "Also train the audio projector (the encoder stays frozen).")
+
+    def __post_init__(self) -> None:
+        self.lora_targets = parse_targets(self.lora_targets)
+
+    @property
+    def adapter_mode(self) -> str:
+        return "qlora" if self.qlora else "full" if self.full else "lora"
+
+    def validate_adapter(self) -> None:
+        if self.qlora and self.full:
+            raise ConfigError("--qlora and --full exclude each other: QLoRA trains LoRA matrices on a 4-bit base.")
+        if self.lora_r < 1:
+            raise ConfigError(f"lora_r must be at least 1 (got {self.lora_r}).")
+
+
+@dataclass
+class GenerationSettings:
+    """How answers are generated: greedy by default (reproducible scores)."""
+
+    max_new_tokens: int = option(64, "Most new tokens per answer.")
+    do_sample: bool = option(False, "Sample instead of greedy decoding (uses --temperature and --top-p).")
+    temperature: float = option(1.0, "Sampling temperature (with --do-sample, and of GRPO's completions).")
+    top_p: float = option(1.0, "Nucleus sampling (with --do-sample, and of GRPO's completions).")
+    num_beams: int = option(1, "Beam search width (1: none).")
+    repetition_penalty: float = option(1.0, "transformers' repetition penalty (1: none).")
+    no_repeat_ngram_size: int = option(0, "> 0: no n-gram of that size twice in an answer.")
+
+    def generation(self) -> "GenerationSettings":
+        """The generation settings alone (also from a config that composes them, such as ``TrainConfig``)."""
+        return GenerationSettings(**{f.name: getattr(self, f.name) for f in dataclasses.fields(GenerationSettings)})
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """``generate()`` keywords; sampling knobs only when sampling, and no n-gram rule when off."""
+        kwargs = {f.name: getattr(self, f.name) for f in dataclasses.fields(GenerationSettings)}
+        if not self.do_sample:
+            kwargs.pop("temperature")
+            kwargs.pop("top_p")
+        if not self.no_repeat_ngram_size:
+            kwargs.pop("no_repeat_ngram_size")  # off: the recorded settings stay as they were
+        return kwargs
+
+
+@dataclass
+class InferConfig(GenerationSettings):
+    """``audiotune infer FILES``: answer a prompt for each audio file (the files are the command's arguments)."""
+
+    model: str = option("", "Hub id or local checkpoint (base or merged).")
+    adapter: str | None = option(None, "LoRA adapter folder.")
+    prompt: str = option("Describe the audio.", "The instruction for every file.")
+    system_prompt: str | None = option(None, "A system message before the instruction.")
+    batch_size: int = option(16, "Files per generation batch.")
+    jsonl: str | None = option(None, "Also write one JSON line per file here (an 'error' record for a bad file).")
+    on_bad_file: str = option("skip", "skip | fail: answer the good files, list the bad ones, exit 1; or stop at the "
+                                      "first bad file.")
+    backend: str = option("transformers", "transformers (this process) or vllm (vLLM's offline engine in its own "
+                                          "environment, `make vllm-env`).")
+    vllm_python: str | None = option(None, "Interpreter with vLLM (default: $AUDIOTUNE_VLLM_PYTHON, ./.venv-vllm, "
+                                           "or this one).")
+    encoder_frames: str = option("window", "window: the audio tower over whole 30 s windows; valid: over each batch's "
+                                           "valid frames (faster; AF3 only; see encoder_frames.py).")
+
+
+@dataclass
+class DataCheckConfig(DataConfig):
+    """``audiotune data check``: every row decoded and built as training would, before a model is rented."""
+
+    split: str = option("train", "The split to check.")
+    model: str | None = option(None, "Model whose family and tokenizer count the tokens (empty: --family's audio "
+                                     "arithmetic only).")
+    family: str = option("af3", "Family for the audio token arithmetic when no --model.")
+
+
+@dataclass
+class EvalConfig(DataConfig, GenerationSettings):
+    """``audiotune eval``: generate over a split with one or more models and score them on the same rows."""
+
+    model: str = option("", "Base model: Hub id or local checkpoint.")
+    adapters: list[str] = option(help="Adapter folders or merged checkpoints (several: scored side by side).",
+                                 factory=list, aliases=["--adapter"])
+    compare: bool = option(False, "Also score the base model, side by side.")
+    out: str = option("runs/eval", "Folder for predictions.jsonl, metrics.json and the report.")
+    split: str = option("test", "The split to score.")
+    take: int | None = option(None, "Score only the first N rows.")
+    batch_size: int = option(16, "Clips per generation batch.")
+    spice_models: str | None = option(None, "Folder with SPICE's Stanford CoreNLP 3.6.0 jars.")
+    with_meteor: bool = option(True, "Also compute METEOR (needs Java).")
+    audio_players: int = option(5, "Clips with audio players in the HTML report.")
+    training_run: str | None = option(None, "A training run folder whose curves go into the report (default: the "
+                                            "first adapter that is a run folder).")
+    backend: str = option("transformers", "transformers (this process) or vllm (vLLM's offline engine in its own "
+                                          "environment, `make vllm-env`).")
+    vllm_python: str | None = option(None, "Interpreter with vLLM (default: $AUDIOTUNE_VLLM_PYTHON, ./.venv-vllm, "
+                                           "or this one).")
+    encoder_frames: str = option("window", "window: the audio tower over whole 30 s windows; valid: over each batch's "
+                                           "valid frames (faster; AF3 only; see encoder_frames.py).")
+
+    def validate(self) -> "EvalConfig":
         if not self.model:
             raise ConfigError("No model given: pass --model (a Hub id or a local checkpoint folder).")
         if not self.dataset:
             raise ConfigError("No dataset given: pass --dataset (a Hub id, a local folder or parquet files).")
-        try:
-            LongAudioPolicy(self.long_audio)
-        except ValueError:
-            raise ConfigError(f"--long-audio {self.long_audio!r}: choose one of "
-                              f"{', '.join(p.value for p in LongAudioPolicy)}.") from None
-        if self.audio_cache not in ("memory", "disk", "off"):
-            raise ConfigError(f"--audio-cache {self.audio_cache!r}: choose memory, disk or off.")
-        if self.on_bad_sample not in ("skip", "fail"):
-            raise ConfigError(f"--on-bad-sample {self.on_bad_sample!r}: choose skip or fail.")
-        if self.task not in ("caption", "asr", "qa", "classify", "chat", "mcq", "preference"):
-            raise ConfigError(f"--task {self.task!r}: choose caption, asr, qa, classify, mcq or chat.")
-        if self.method != "sft":
-            from .rl.config import validate_rl
-
-            validate_rl(self)
-        if self.best_metric and self.eval_steps and self.save_steps % self.eval_steps:
-            raise ConfigError(f"--best-metric needs --save-steps ({self.save_steps}) to be a multiple of "
-                              f"--eval-steps ({self.eval_steps}), so every saved checkpoint has been scored.")
-        for name in ("batch_size", "eval_batch_size", "gradient_accumulation_steps", "max_steps", "lora_r"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1 (got {getattr(self, name)}).")
+        self.validate_data()
         return self
 
-    @classmethod
-    def from_yaml(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
-        """Read ``path`` and apply ``overrides`` (those that are not ``None``) on top."""
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"Config file {path} does not exist.") from None
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"{path}: unknown keys {unknown}. Known keys: {', '.join(sorted(known))}.")
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**data)
 
-    def to_yaml(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(dataclasses.asdict(self), sort_keys=False))
+def split_commas(value: Any) -> list[str] | None:
+    """A list from ``a,b`` or ``["a,b"]`` or ``["a", "b"]`` (the CLI's old comma form and the new one agree)."""
+    if value is None or value == []:
+        return None
+    items = [value] if isinstance(value, str) else list(value)
+    return [part.strip() for item in items for part in str(item).split(",") if part.strip()] or None
+
+
+def parse_targets(value: Any) -> list[str] | str | None:
+    """``lora_targets``: a regex when it has regex characters, else module names (comma-separated or a list)."""
+    if not value:
+        return None
+    if isinstance(value, (list, tuple)) and len(value) == 1:
+        value = value[0]
+    if isinstance(value, str):
+        if any(c in value for c in "*.|()\\"):
+            return value
+        return split_commas(value)
+    return list(value)
+
+
+def resolve_aliases(values: dict[str, Any], where: str = "config", fields: set[str] | None = None) -> dict[str, Any]:
+    """``values`` with old names (:data:`ALIASES`) renamed; an old and a new name both given is an error.
+    ``fields``: the target's field names (an alias applies only where its new name is a field and it is not)."""
+    out = dict(values)
+    for old, new in ALIASES.items():
+        if fields is not None and (new not in fields or old in fields):
+            continue
+        if old in out:
+            if new in out and out[new] != out[old]:
+                raise ConfigError(f"{where}: both {old!r} and its new name {new!r} are given; keep {new!r}.")
+            out[new] = out.pop(old)
+    return out
+
+
+def plain(value: Any) -> Any:
+    """A YAML-safe copy of a field value (enums by their value, tuples as lists)."""
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    return value
+
+
+def read_yaml(path: str | Path, cls: type) -> dict[str, Any]:
+    """The keys of a YAML config file for the dataclass ``cls``, old names resolved; unknown keys are named."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"Config file {path} does not exist.") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"Config file {path} is not valid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"Config file {path}: expected a mapping of option names to values.")
+    known = {f.name for f in dataclasses.fields(cls) if f.init}
+    data = resolve_aliases(data, str(path), known)
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{path}: unknown keys {unknown}. Known keys: {', '.join(sorted(known))}.")
+    return data
+
+
+def __getattr__(name: str):
+    if name == "TrainConfig":  # needs transformers: loaded on first use (see the module docstring)
+        from .train_config import TrainConfig
+
+        return TrainConfig
+    raise AttributeError(f"module 'audiotune.config' has no attribute {name!r}")

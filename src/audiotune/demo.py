@@ -123,7 +123,7 @@ def run_demo(settings: DemoSettings | None = None, on_stage: Callable[[str], Non
         eval_cfg = EvalConfig(model=str(model_dir), dataset=str(data_dir), out=str(out), adapters=[str(adapter_dir)],
                               compare=True, split="test", take=s.eval_clips, max_new_tokens=s.max_new_tokens,
                               no_repeat_ngram_size=s.no_repeat_ngram_size)
-        evaluation = run_evaluation(eval_cfg, training_run=adapter_dir)
+        evaluation = run_evaluation(eval_cfg)  # the report, with the demo's summary, is written once below
     processor = load_processor(adapter_dir)
     settings_gen = GenerationSettings(max_new_tokens=s.max_new_tokens, no_repeat_ngram_size=s.no_repeat_ngram_size)
     tuned_rows = evaluation.models[-1].predictions

@@ -15,50 +15,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .audio import LongAudioPolicy
 from .audio_cache import AudioEmbeddingCache, install_audio_cache
 from .data.examples import BadSampleLog, ExampleDataset, ExampleStream
 from .data.prepare import prepare_split
 from .data.tasks import Example
-from .errors import CheckpointError, ConfigError
+from .config import EvalConfig
+from .errors import CheckpointError, ConfigError, DatasetSchemaError
 from .generate import GenerationSettings, generate
 from .metrics import metric_names, score
 from .models.families import Family
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class EvalConfig:
-    model: str
-    dataset: str
-    out: str = "runs/eval"
-    adapters: list[str] = field(default_factory=list)  # adapter folders or merged checkpoints
-    compare: bool = False  # also score the base model
-    split: str = "test"
-    task: str = "caption"
-    prompt: str | None = None
-    system_prompt: str | None = None
-    audio_column: str | None = None  # None: auto-detected
-    text_column: str | None = None
-    references_column: str | None = None
-    question_column: str | None = None
-    choices_column: str | None = None  # mcq (None: auto-detected)
-    labels: list[str] | None = None
-    id_column: str | None = None
-    take: int | None = None
-    streaming: bool = False
-    batch_size: int = 16
-    max_new_tokens: int = 64
-    no_repeat_ngram_size: int = 0  # see GenerationSettings
-    long_audio: str = LongAudioPolicy.WINDOW.value
-    on_bad_sample: str = "skip"
-    spice_models: str | None = None
-    with_meteor: bool = True
-    audio_players: int = 5
-    backend: str = "transformers"  # or "vllm": vLLM's offline engine in its own environment (serve/vllm_backend.py)
-    vllm_python: str | None = None  # the interpreter with vLLM (default: $AUDIOTUNE_VLLM_PYTHON or ./.venv-vllm)
-    encoder_frames: str = "window"  # or valid: the audio tower over each batch's valid frames (encoder_frames.py)
 
 
 @dataclass
@@ -77,6 +44,9 @@ class EvalReport:
     skipped: list[dict[str, str]]
     report_md: Path | None = None
     report_html: Path | None = None
+    audio_examples: list[Example] = field(default_factory=list, repr=False)  # the clips the report can play
+    sampling_rate: int = 16000
+    config: dict[str, Any] = field(default_factory=dict)
 
     def table(self) -> dict[str, dict[str, float]]:
         return {m.name: m.metrics for m in self.models}
@@ -158,19 +128,35 @@ def _prompt_text(example: Example) -> str:
     return " ".join(p["text"] for p in user["content"] if p.get("type") == "text")
 
 
+def evaluate(cfg: EvalConfig, on_model: Callable[[str, int], None] | None = None,
+             on_batch: Callable[[int], None] | None = None, training_run: str | Path | None = None,
+             summary: dict[str, Any] | None = None) -> EvalReport:
+    """``audiotune eval``: :func:`run_evaluation`, then the report (``report.md``, ``report.html``), written once,
+    with the training curves of ``training_run`` (default: ``cfg.training_run``, else the first adapter that is a
+    training run folder)."""
+    from .report import write_report
+
+    cfg.validate()
+    run = training_run or cfg.training_run or next(
+        (a for a in cfg.adapters if (Path(a) / "train_metrics.json").exists()), None)
+    report = run_evaluation(cfg, on_model=on_model, on_batch=on_batch)
+    report.report_md, report.report_html = write_report(report, report.audio_examples, report.sampling_rate,
+                                                        training_run=run, summary=summary, config=report.config)
+    return report
+
+
 def run_evaluation(cfg: EvalConfig, on_model: Callable[[str, int], None] | None = None,
-                   on_batch: Callable[[int], None] | None = None, training_run: str | Path | None = None,
-                   summary: dict[str, Any] | None = None) -> EvalReport:
-    """Score every model variant on the same decoded rows and write predictions, metrics and the report.
+                   on_batch: Callable[[int], None] | None = None) -> EvalReport:
+    """Score every model variant on the same decoded rows; write ``predictions.jsonl`` and ``metrics.json`` and
+    return the results. The report is the caller's step (:func:`evaluate` writes it; the demo adds its summary).
 
     ``on_model(name, n_examples)`` is called before each model, ``on_batch(n)`` after each batch
-    (the CLI's progress bar). ``training_run``: a run folder whose curves go into the report.
+    (the CLI's progress bar).
     """
     import gc
 
+    from .checkpoints import processor_folder
     from .models.loading import load_model, load_processor, resolve_family
-    from .report import write_report
-
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     family = resolve_family(cfg.model)
@@ -178,8 +164,8 @@ def run_evaluation(cfg: EvalConfig, on_model: Callable[[str, int], None] | None 
     bad_log = BadSampleLog(out / "skipped.jsonl")
     examples, task = load_examples(cfg, family, bad_log)
     if not examples:
-        raise CheckpointError(f"{cfg.dataset} [{cfg.split}]: no usable rows to evaluate (see {out / 'skipped.jsonl'}).")
-    settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens, no_repeat_ngram_size=cfg.no_repeat_ngram_size)
+        raise DatasetSchemaError(f"{cfg.dataset} [{cfg.split}]: no usable rows to evaluate (see {out / 'skipped.jsonl'}).")
+    settings = cfg.generation()
     notices: list[str] = []
     scored: list[ModelScores] = []
     audio_cache = AudioEmbeddingCache()  # models with the same frozen encoder share the clips' embeddings
@@ -200,7 +186,7 @@ def run_evaluation(cfg: EvalConfig, on_model: Callable[[str, int], None] | None 
             continue
         model, _ = load_model(model_path, adapter=adapter, encoder_frames=cfg.encoder_frames)
         install_audio_cache(model, family, audio_cache)
-        processor_source = adapter if adapter and (Path(adapter) / "processor_config.json").exists() else model_path
+        processor_source = processor_folder(model_path, adapter)
         metrics, rows = score_model(model, load_processor(processor_source), family, examples, task, settings,
                                     cfg.batch_size, cfg.with_meteor, cfg.spice_models, notices, on_batch)
         scored.append(ModelScores(name, metrics, rows))
@@ -211,11 +197,10 @@ def run_evaluation(cfg: EvalConfig, on_model: Callable[[str, int], None] | None 
         for model_scores in scored:
             for row in model_scores.predictions:
                 handle.write(json.dumps({"model": model_scores.name, **row}) + "\n")
-    report = EvalReport(out, task, scored, notices, bad_log.entries())
+    report = EvalReport(out, task, scored, notices, bad_log.entries(), audio_examples=examples[: cfg.audio_players],
+                        sampling_rate=family.sampling_rate, config=asdict(cfg))
     (out / "metrics.json").write_text(json.dumps({
         "task": task, "dataset": cfg.dataset, "split": cfg.split, "rows": len(examples),
         "models": report.table(), "notices": notices, "skipped": len(report.skipped),
         "config": asdict(cfg)}, indent=2))
-    report.report_md, report.report_html = write_report(report, examples[: cfg.audio_players], family.sampling_rate,
-                                                        training_run=training_run, summary=summary, config=asdict(cfg))
     return report

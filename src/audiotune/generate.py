@@ -15,30 +15,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from .config import GenerationSettings  # noqa: F401  (re-exported: generate's settings)
 from .data.collator import ConversationCollator
 from .data.tasks import Example, prompt_messages
 from .models.families import Family
 from .models.loading import to_model_inputs
-
-
-@dataclass(frozen=True)
-class GenerationSettings:
-    max_new_tokens: int = 64
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    num_beams: int = 1
-    repetition_penalty: float = 1.0
-    no_repeat_ngram_size: int = 0  # > 0: no n-gram of that size twice in an answer (transformers' generate kwarg)
-
-    def as_kwargs(self) -> dict[str, Any]:
-        kwargs = asdict(self)
-        if not self.do_sample:
-            kwargs.pop("temperature")
-            kwargs.pop("top_p")
-        if not self.no_repeat_ngram_size:
-            kwargs.pop("no_repeat_ngram_size")  # off: the recorded settings stay as they were
-        return kwargs
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .audio import AudioLimits, LongAudioPolicy, load_audio
+from .config import GenerationSettings
 from .errors import AudiotuneError, ConfigError
 
 logger = logging.getLogger(__name__)
@@ -65,18 +66,28 @@ def decode_files(files: Sequence[str | Path], sampling_rate: int, limits: AudioL
 
 
 def answer_files(model, processor, family, files: Sequence[str | Path], prompt: str = "Describe the audio.",
-                 system_prompt: str | None = None, batch_size: int = 16, max_new_tokens: int = 100,
-                 on_bad_file: str = "skip", on_batch: Callable[[int], None] | None = None) -> list[InferResult]:
+                 system_prompt: str | None = None, batch_size: int = 16, max_new_tokens: int | None = None,
+                 on_bad_file: str = "skip", on_batch: Callable[[int], None] | None = None,
+                 generation: GenerationSettings | None = None) -> list[InferResult]:
     """:func:`infer` with a model already loaded (a notebook, a test, a long-lived process)."""
     audios, results = decode_files(files, family.sampling_rate, _limits(family), on_bad_file)
-    return _answer(model, processor, family, audios, results, prompt, system_prompt, batch_size, max_new_tokens,
-                   on_batch)
+    return _answer(model, processor, family, audios, results, prompt, system_prompt, batch_size,
+                   _settings(generation, max_new_tokens), on_batch)
+
+
+def _settings(generation: GenerationSettings | None, max_new_tokens: int | None) -> GenerationSettings:
+    """``generation`` (default: :class:`~audiotune.config.GenerationSettings`'s defaults), ``max_new_tokens`` on top."""
+    settings = generation.generation() if generation is not None else GenerationSettings()
+    if max_new_tokens is not None:
+        settings.max_new_tokens = max_new_tokens
+    return settings
 
 
 def infer(files: Sequence[str | Path], model: str, adapter: str | None = None, prompt: str = "Describe the audio.",
-          system_prompt: str | None = None, batch_size: int = 16, max_new_tokens: int = 100,
+          system_prompt: str | None = None, batch_size: int = 16, max_new_tokens: int | None = None,
           on_bad_file: str = "skip", on_batch: Callable[[int], None] | None = None, backend: str = "transformers",
-          vllm_python: str | None = None, encoder_frames: str = "window") -> list[InferResult]:
+          vllm_python: str | None = None, encoder_frames: str = "window",
+          generation: GenerationSettings | None = None) -> list[InferResult]:
     """Answer ``prompt`` for each file; one :class:`InferResult` per file, in the order given.
 
     ``backend="vllm"`` generates with vLLM's offline engine in its own environment (see
@@ -92,19 +103,19 @@ def infer(files: Sequence[str | Path], model: str, adapter: str | None = None, p
     audios, results = decode_files(files, family.sampling_rate, _limits(family), on_bad_file)  # before loading
     if not any(r.ok for r in results):
         return results
+    settings = _settings(generation, max_new_tokens)
     if backend == "vllm":
-        from .generate import GenerationSettings
         from .serve.vllm_backend import vllm_generate
 
-        settings = GenerationSettings(max_new_tokens=max_new_tokens)
         return _fill(audios, results, prompt, system_prompt, lambda examples: vllm_generate(
             model, examples, settings, adapter=adapter, python=vllm_python, batch_size=batch_size))
     if backend != "transformers":
         raise ConfigError(f"--backend {backend!r}: choose transformers or vllm.")
     net, family = load_model(model, adapter=adapter, encoder_frames=encoder_frames)
-    processor = load_processor(adapter if adapter and (Path(adapter) / "processor_config.json").exists() else model)
-    return _answer(net, processor, family, audios, results, prompt, system_prompt, batch_size, max_new_tokens,
-                   on_batch)
+    from .checkpoints import processor_folder
+
+    processor = load_processor(processor_folder(model, adapter))
+    return _answer(net, processor, family, audios, results, prompt, system_prompt, batch_size, settings, on_batch)
 
 
 def _limits(family) -> AudioLimits:
@@ -113,12 +124,11 @@ def _limits(family) -> AudioLimits:
 
 
 def _answer(model, processor, family, audios: list[Any], results: list[InferResult], prompt: str,
-            system_prompt: str | None, batch_size: int, max_new_tokens: int,
+            system_prompt: str | None, batch_size: int, settings: GenerationSettings,
             on_batch: Callable[[int], None] | None) -> list[InferResult]:
     """Fill in the answers of the decoded files with the model in this process."""
-    from .generate import GenerationSettings, generate
+    from .generate import generate
 
-    settings = GenerationSettings(max_new_tokens=max_new_tokens)
     return _fill(audios, results, prompt, system_prompt, lambda examples: generate(
         model, processor, family, examples, batch_size=batch_size, settings=settings, on_batch=on_batch))
 

@@ -20,6 +20,8 @@ def merge_adapter(model: str, adapter: str, out: str | Path, dtype: torch.dtype 
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(str(out_dir))
-    processor_source = adapter if (Path(adapter) / "processor_config.json").exists() else model
+    from .checkpoints import processor_folder
+
+    processor_source = processor_folder(model, adapter)
     save_processor(load_processor(processor_source), out_dir)
     return out_dir

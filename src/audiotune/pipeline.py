@@ -174,4 +174,6 @@ def register() -> None:
         PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=AudioTextToTextPipeline, pt_model=(), type="multimodal")
 
 
+register()  # importing this module registers the task (see task_registration.py)
+
 __all__ = ["AudioTextToTextPipeline", "register", "TASK", "decode_any"]

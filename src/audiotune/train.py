@@ -23,14 +23,13 @@ from .audio_cache import AudioEmbeddingCache, cache_is_safe, install_audio_cache
 from .checkpoints import (AtomicCheckpointMixin, GracefulStopCallback, checkpoint_is_complete,  # noqa: F401
                           clean_staging, latest_checkpoint, save_atomically)
 from .callbacks import PREFIX, GenerationMetricsCallback, LiveLogCallback
-from .config import TrainConfig
+from .train_config import TrainConfig
 from .data.collator import ConversationCollator
 from .data.examples import BadSampleLog, ExampleDataset, ExampleStream, streaming_workers
 from .data.prepare import prepare_split
 from .data.sources import first_row
+from .distributed import rank_and_world_size
 from .errors import ConfigError
-from .generate import GenerationSettings
-from .metrics import LOWER_IS_BETTER
 from .models.families import Family
 from .models.loading import (AdaptationPlan, count_parameters, load_base_model, load_processor,
                              prepare_for_training, resolve_family)
@@ -81,15 +80,13 @@ def build_datasets(cfg: TrainConfig, family: Family, run_dir: Path):
         train_rows = _take(train_rows, 0, cfg.train_take)
     first_row(train_rows, cfg.dataset, cfg.train_split)
 
-    rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    rank, world_size = rank_and_world_size()
     if cfg.streaming and world_size > 1:
         from datasets.distributed import split_dataset_by_node
 
         # Each rank reads and decodes only its own part of the stream (whole shards when there are enough).
         train_rows = split_dataset_by_node(train_rows, rank=rank, world_size=world_size)
     bad_log = BadSampleLog(run_dir / SKIPPED)
-    if cfg.streaming and cfg.dataloader_num_workers > 1:
-        cfg.dataloader_num_workers = streaming_workers(train_rows, cfg.dataloader_num_workers)
     wrap = ExampleStream if cfg.streaming else ExampleDataset
     train_ds = wrap(train_rows, build, bad_log, cfg.on_bad_sample)
     eval_ds = wrap(eval_rows, eval_build, bad_log, cfg.on_bad_sample) if eval_rows is not None else None
@@ -149,53 +146,11 @@ class AudiotuneTrainer(AtomicCheckpointMixin, Trainer):
                                     lengths=self.lengths, generator=generator)
 
 
-def best_metric_arguments(cfg: TrainConfig, has_eval: bool) -> dict[str, Any]:
-    """Trainer settings that keep the best checkpoint by ``cfg.best_metric`` (loss or a generation metric)."""
-    if not cfg.best_metric or not has_eval:
-        return {}
-    name = cfg.best_metric.removeprefix("eval_")
-    key = "eval_loss" if name == "loss" else f"{PREFIX}{name}"
-    return {"metric_for_best_model": key, "greater_is_better": name not in LOWER_IS_BETTER,
-            "load_best_model_at_end": True}
-
-
-def training_arguments(cfg: TrainConfig, out_dir: Path, has_eval: bool):
-    from transformers import TrainingArguments
-
-    return TrainingArguments(**training_argument_kwargs(cfg, out_dir, has_eval))
-
-
-def training_argument_kwargs(cfg: TrainConfig, out_dir: Path, has_eval: bool) -> dict[str, Any]:
-    """The ``TrainingArguments`` keywords of a run (also the base of the RL methods' TRL configs)."""
-    return dict(
-        output_dir=str(out_dir),
-        per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=cfg.eval_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        learning_rate=cfg.learning_rate,
-        max_steps=cfg.max_steps,
-        warmup_steps=cfg.warmup_steps,
-        lr_scheduler_type=cfg.lr_scheduler,
-        weight_decay=cfg.weight_decay,
-        logging_steps=cfg.logging_steps,
-        eval_strategy="steps" if has_eval else "no",
-        eval_steps=cfg.eval_steps if has_eval else None,
-        save_strategy="steps",
-        save_steps=cfg.save_steps,
-        save_total_limit=cfg.save_total_limit,
-        remove_unused_columns=False,
-        label_names=["labels"],
-        dataloader_num_workers=cfg.dataloader_num_workers,
-        activation_checkpointing=cfg.gradient_checkpointing,  # transformers 5.24's name for gradient checkpointing
-        activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
-        bf16=cfg.bf16,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        report_to="none",
-        use_cpu=not torch.cuda.is_available(),
-        disable_tqdm=False,
-        **best_metric_arguments(cfg, has_eval),
-    )
+def dataloader_workers(cfg: TrainConfig, train_ds) -> int:
+    """The data-loader workers a run uses: a stream gets no more than it has shards (derived, never written back)."""
+    if cfg.streaming and cfg.dataloader_num_workers > 1:
+        return streaming_workers(train_ds.rows, cfg.dataloader_num_workers)
+    return cfg.dataloader_num_workers
 
 
 def write_model_card(out_dir: Path, cfg: TrainConfig, family: Family, result: TrainResult, prompt: str,
@@ -215,7 +170,7 @@ def write_model_card(out_dir: Path, cfg: TrainConfig, family: Family, result: Tr
         f"- Adaptation: {mode}; audio encoder frozen"
         f"{'' if cfg.train_projector else ', projector frozen'}.\n"
         f"- Method: {cfg.method}; loss on the assistant's tokens only.\n"
-        f"- Steps: {result.steps}, batch {cfg.batch_size} × accumulation {cfg.gradient_accumulation_steps}, "
+        f"- Steps: {result.steps}, batch {cfg.per_device_train_batch_size} × accumulation {cfg.gradient_accumulation_steps}, "
         f"learning rate {cfg.learning_rate}.\n"
         f"- Trainable parameters: {result.trainable_parameters:,} of {result.total_parameters:,}.\n"
         f"- Rows skipped as bad: {len(result.skipped)}.\n\n"
@@ -232,15 +187,16 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> TrainResult:
 
     cfg.validate()
     require_gpu_features(cfg)
-    out_dir = Path(cfg.out)
+    out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    main_process = int(os.environ.get("RANK", "0")) == 0
+    rank, world_size = rank_and_world_size()
+    main_process = rank == 0
     if main_process:
         clean_staging(out_dir)
     family = resolve_family(cfg.model)
-    if cfg.method == "dpo" and cfg.task != "preference":
-        cfg.task = "preference"  # DPO reads preference pairs (audio, prompt, chosen, rejected) whatever --task says
-    train_ds, eval_ds, bad_log = build_datasets(cfg, family, out_dir)  # fails fast, before the model loads
+    # DPO reads preference pairs (audio, prompt, chosen, rejected) whatever --task says; the user's config keeps its.
+    data_cfg = cfg.trainer_arguments(True, task="preference") if cfg.method == "dpo" else cfg
+    train_ds, eval_ds, bad_log = build_datasets(data_cfg, family, out_dir)  # fails fast, before the model loads
     if cfg.method == "grpo":
         train_ds.build.keep_fields = True  # user rewards receive the row's columns
         from .rl.rewards import build_rewards
@@ -277,20 +233,23 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> TrainResult:
     logger.info("trainable parameters: %s of %s (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
 
     if main_process:
-        cfg.to_yaml(out_dir / RUN_CONFIG)
+        cfg.to_yaml(out_dir / RUN_CONFIG)  # what the user asked for; the run-time values below are derived
+    has_eval = eval_ds is not None and cfg.method == "sft"
+    args = cfg.trainer_arguments(has_eval, output_dir=str(out_dir),
+                                 dataloader_num_workers=dataloader_workers(cfg, train_ds))
     stop = GracefulStopCallback()
     callbacks = [stop, *(callbacks or [])]
     generation_metrics = None
     if eval_ds is not None and cfg.eval_generate_take > 0 and cfg.method != "dpo":
         generation_metrics = GenerationMetricsCallback(
-            _first(eval_ds, cfg.eval_generate_take), processor, family, cfg.task,
-            GenerationSettings(max_new_tokens=cfg.max_new_tokens), batch_size=cfg.eval_batch_size * 4)
+            _first(eval_ds, cfg.eval_generate_take), processor, family, data_cfg.task,
+            cfg.generation(), batch_size=cfg.per_device_eval_batch_size * 4)
         callbacks.append(generation_metrics)
     callbacks.append(LiveLogCallback(out_dir))  # last: an eval line then carries the generation metrics
     if cfg.method == "sft":
         trainer = AudiotuneTrainer(
             model=model,
-            args=training_arguments(cfg, out_dir, eval_ds is not None),
+            args=args,
             train_dataset=train_ds,
             eval_dataset=eval_ds,
             data_collator=ConversationCollator(processor, family, training=True),
@@ -299,9 +258,8 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> TrainResult:
     else:  # grpo | dpo: see rl/; evaluation is the generated metrics at the end
         from .rl import make_rl_trainer
 
-        trainer = make_rl_trainer(cfg, model, processor, family, train_ds,
-                                  training_argument_kwargs(cfg, out_dir, False), callbacks)
-    trainer.rank_split_stream = cfg.streaming and int(os.environ.get("WORLD_SIZE", "1")) > 1
+        trainer = make_rl_trainer(args, model, processor, family, train_ds, callbacks)
+    trainer.rank_split_stream = cfg.streaming and world_size > 1
     if cfg.group_by_length and isinstance(train_ds, ExampleDataset):
         trainer.lengths = estimated_lengths(train_ds, family)
     output = trainer.train(resume_from_checkpoint=resume_from)
@@ -360,11 +318,18 @@ def start_from_adapter(model, cfg: TrainConfig):
 
 
 def require_gpu_features(cfg: TrainConfig) -> None:
-    """--qlora and --bf16 are GPU features: say so at once, not deep inside bitsandbytes or autocast."""
+    """--qlora, --bf16, --fsdp and --deepspeed are GPU features: say so at once, not deep inside bitsandbytes,
+    autocast or accelerate."""
     if (cfg.qlora or cfg.bf16) and not torch.cuda.is_available():
         flag = "--qlora" if cfg.qlora else "--bf16"
         raise ConfigError(f"{flag} needs a CUDA GPU (4-bit NF4 quantisation and bf16 mixed precision run there); "
                           f"this machine has none. Drop {flag} to train in float32 on the CPU.")
+    sharded = cfg.fsdp or cfg.deepspeed or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+    if sharded and not torch.cuda.is_available():
+        flag = "--deepspeed" if cfg.deepspeed else "--fsdp"
+        raise ConfigError(f"{flag} shards the model over GPUs: accelerate runs FSDP and DeepSpeed on CUDA devices only "
+                          "(on CPU processes it would silently train plain DDP instead). On this machine drop "
+                          f"{flag} and use --nproc N (data parallel, gloo); on GPUs see docs/scaling.md.")
     if cfg.qlora:
         import importlib.util
 

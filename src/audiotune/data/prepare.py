@@ -13,7 +13,7 @@ import logging
 from typing import Any
 
 from ..audio import AudioLimits, LongAudioPolicy
-from ..errors import ConfigError, DatasetSchemaError
+from ..errors import ConfigError
 from ..models.families import Family
 from .examples import ExampleBuilder
 from .sources import (CHOICES_COLUMNS, QUESTION_COLUMNS, REFERENCE_COLUMNS, REJECTED_COLUMNS, TEXT_COLUMNS,
@@ -86,11 +86,3 @@ def prepare_split(spec: Any, split: str, family: Family, check_rows: bool = True
                              spec.id_column, base_dir=base_dir(spec.dataset),
                              max_audios=family.max_audios)
     return rows, builder
-
-
-def check_columns_exist(rows, builder: ExampleBuilder, where: str) -> None:
-    columns = list(rows.column_names or [])
-    needed = [builder.audio_column, *builder.task.required_columns()]
-    missing = [c for c in needed if columns and c not in columns]
-    if missing:
-        raise DatasetSchemaError(f"{where}: missing column(s) {missing}; columns are {columns}.")

@@ -118,15 +118,6 @@ def audio_column_of(dataset, wanted: str | None) -> str:
     return pick_column(columns, wanted, AUDIO_COLUMNS, "audio", "--audio-column", "dataset") or wanted or "audio"
 
 
-def require_columns(dataset, columns: list[str], source: str, split: str) -> None:
-    present = list(dataset.column_names or [])
-    missing = [c for c in columns if c not in present]
-    if missing:
-        raise DatasetSchemaError(
-            f"{source} [{split}]: missing column(s) {missing}; columns are {present}. "
-            "Pass --text-column/--audio-column to map yours.")
-
-
 def first_row(dataset, source: str, split: str) -> dict[str, Any]:
     """The first row, or a clear error when the split is empty (checked before the model loads)."""
     for row in dataset.take(1) if hasattr(dataset, "take") else dataset:

@@ -4,23 +4,19 @@ See docs/rl.md."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from ..errors import ConfigError
 
 
-def make_rl_trainer(cfg, model, processor, family, train_ds, base_arguments: dict[str, Any], callbacks: list):
-    """The GRPO or DPO trainer for ``cfg.method``, with TRL's config built from the run's settings."""
-    from pathlib import Path
-
+def make_rl_trainer(cfg, model, processor, family, train_ds, callbacks: list):
+    """The GRPO or DPO trainer for ``cfg.method`` (the run-time ``TrainConfig``), with TRL's config built from it."""
     from .config import rl_arguments
 
-    args = rl_arguments(cfg, base_arguments, Path(cfg.out))
+    args = rl_arguments(cfg)
     if cfg.method == "grpo":
         from .grpo import GrpoTrainer
         from .rewards import build_rewards
 
-        window = cfg.batch_size * cfg.gradient_accumulation_steps
+        window = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
         if hasattr(train_ds, "__len__") and len(train_ds) < window:
             raise ConfigError(f"--method grpo: the train split has {len(train_ds)} rows, fewer than one step's "
                               f"{window} prompts (batch size × accumulation); lower --batch-size.")

@@ -8,7 +8,6 @@ at least two completions, the batch must hold whole groups) applies and its name
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
@@ -60,7 +59,7 @@ def validate_rl(cfg) -> None:
 
 def _common(cfg) -> dict[str, Any]:
     # TRL turns gradient checkpointing on by default; here it stays what --gradient-checkpointing says.
-    return {"disable_dropout": True, "gradient_checkpointing": cfg.gradient_checkpointing}
+    return {"disable_dropout": True, "activation_checkpointing": cfg.activation_checkpointing}
 
 
 def grpo_arguments(cfg, base: dict[str, Any]):
@@ -68,8 +67,8 @@ def grpo_arguments(cfg, base: dict[str, Any]):
     ``batch_size`` prompts × ``num_generations``."""
     from trl import GRPOConfig
 
-    base = {**base, "per_device_train_batch_size": cfg.batch_size * cfg.num_generations}
-    return GRPOConfig(**base, **_common(cfg), num_generations=cfg.num_generations,
+    base = {**base, "per_device_train_batch_size": cfg.per_device_train_batch_size * cfg.num_generations}
+    return GRPOConfig(**{**base, **_common(cfg)}, num_generations=cfg.num_generations,
                       num_iterations=cfg.num_iterations, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
                       beta=cfg.beta, temperature=cfg.temperature, top_p=cfg.top_p,
                       max_completion_length=cfg.max_completion_length, reward_weights=cfg.reward_weights,
@@ -80,13 +79,12 @@ def dpo_arguments(cfg, base: dict[str, Any]):
     """TRL's ``DPOConfig`` for this run (``batch_size`` counts preference pairs)."""
     from trl import DPOConfig
 
-    return DPOConfig(**base, **_common(cfg), beta=cfg.dpo_beta, loss_type=[cfg.dpo_loss_type],
+    return DPOConfig(**{**base, **_common(cfg)}, beta=cfg.dpo_beta, loss_type=[cfg.dpo_loss_type],
                      precompute_ref_log_probs=False)
 
 
-def rl_arguments(cfg, base: dict[str, Any], out_dir: Path):
-    """The TRL config of ``cfg.method`` built on the SFT ``TrainingArguments`` keywords ``base``."""
-    base = {**base, "eval_strategy": "no", "eval_steps": None}  # evaluation is generation-based, at the end
-    for key in ("metric_for_best_model", "greater_is_better", "load_best_model_at_end"):
-        base.pop(key, None)
+def rl_arguments(cfg):
+    """The TRL config of ``cfg.method`` built on the run's ``TrainingArguments`` fields (``cfg`` is the run-time
+    ``TrainConfig``: no evaluation strategy, since evaluation is generation-based, at the end)."""
+    base = cfg.trainer_kwargs()
     return grpo_arguments(cfg, base) if cfg.method == "grpo" else dpo_arguments(cfg, base)

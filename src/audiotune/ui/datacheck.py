@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..config import TrainConfig
+from ..config import DataCheckConfig
 from ..data.check import CheckReport, check_dataset
 from ..errors import AudiotuneError
 from ..models.families import Family, family_by_name
@@ -30,15 +30,16 @@ class CheckRequest:
     text_column: str = ""
     long_audio: str = "window"
 
-    def spec(self, root: Root) -> TrainConfig:
+    def spec(self, root: Root) -> DataCheckConfig:
         """The same spec the CLI builds, with the dataset (and model) confined to the root."""
-        return TrainConfig(model=root.local_or_hub(self.model, "model") if self.model.strip() else "",
-                           dataset=root.local_or_hub(self.dataset, "dataset"), task=self.task,
-                           audio_column=self.audio_column.strip() or None,
-                           text_column=self.text_column.strip() or None, long_audio=self.long_audio)
+        return DataCheckConfig(model=root.local_or_hub(self.model, "model") if self.model.strip() else None,
+                               split=self.split, family=self.family,
+                               dataset=root.local_or_hub(self.dataset, "dataset"), task=self.task,
+                               audio_column=self.audio_column.strip() or None,
+                               text_column=self.text_column.strip() or None, long_audio=self.long_audio)
 
 
-def resolve(request: CheckRequest, root: Root) -> tuple[TrainConfig, Family, object]:
+def resolve(request: CheckRequest, root: Root) -> tuple[DataCheckConfig, Family, object]:
     spec = request.spec(root)
     if spec.model:
         from ..models.loading import load_processor, resolve_family

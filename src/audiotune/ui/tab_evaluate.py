@@ -125,7 +125,7 @@ def build(ctx: Context) -> None:
     @shown_errors
     def run_evaluation(model_path: str, adapter_lines: str, with_base: bool, data: str, split_name: str,
                        task_name: str, first: str, out_dir: str, progress=gr.Progress()):
-        from ..evaluate import EvalConfig, run_evaluation as evaluate_split
+        from ..evaluate import EvalConfig, evaluate as evaluate_split
 
         if not model_path.strip() or not data.strip():
             raise ConfigError("Give a base model and a dataset to evaluate.")

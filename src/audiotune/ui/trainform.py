@@ -1,36 +1,50 @@
-"""The training form, generated from :class:`~audiotune.config.TrainConfig` (pure: no Gradio here).
+"""The training form, generated from :class:`~audiotune.train_config.TrainConfig` (pure: no Gradio here).
 
-One source for each fact: the fields, their types and defaults come from ``dataclasses.fields``;
-the help texts from the ``audiotune train`` options' help (else the field's comment in config.py);
-choice lists from a help text that starts ``a | b | c``; the groups from config.py's section
-comments (``# data``, ``# adaptation``, ...). A form's values become a ``TrainConfig`` through
-:func:`config_from_form`, which confines the paths and runs the same ``validate()`` as the CLI.
+One source for each fact: the fields, their types, defaults and help come from the dataclass fields
+(``metadata["help"]``, the text ``audiotune train --help`` shows); choice lists from an enum type or from a help
+text that starts ``a | b | c:``; the groups from the dataclass that declares a field (``DataConfig`` → data,
+``AdapterConfig`` → adaptation, ...). The form shows audiotune's own fields and the Trainer options in
+:data:`TRAINER_FIELDS` (every other ``TrainingArguments`` option stays a CLI flag and a YAML key). A form's values
+become a ``TrainConfig`` through :func:`config_from_form`, which confines the paths and runs the same
+``validate()`` as the CLI.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
-import io
+import enum
 import re
-import tokenize
 import types
 import typing
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from ..config import TrainConfig
+from transformers import TrainingArguments
+
+from ..config import AdapterConfig, DataConfig, GenerationSettings, parse_targets
 from ..errors import ConfigError
+from ..train_config import RLConfig, TrainConfig
 from .paths import Root
 
-# Fields the form leaves out: `resume` is the Resume button, `extra` is free-form for API users.
-HIDDEN = ("resume", "extra")
+# Fields the form leaves out: `resume` is the Resume button; the other two are plumbing (the collator needs the
+# columns; the log shows the Trainer's progress bar).
+HIDDEN = ("resume", "remove_unused_columns", "disable_tqdm")
+# The Trainer options the form shows, besides those whose default is audiotune's (TrainConfig's own fields).
+TRAINER_FIELDS = ("num_train_epochs", "optim", "weight_decay", "warmup_steps", "max_grad_norm", "seed", "bf16",
+                  "activation_checkpointing", "dataloader_num_workers", "report_to", "run_name")
 # How path fields are confined: a Hub id or a local path, or a folder the run may create.
 HUB_OR_LOCAL = ("model", "dataset")
-NEW_PATHS = ("out", "audio_cache_dir")
+NEW_PATHS = ("output_dir", "audio_cache_dir")
 EXISTING_PATHS = ("spice_models",)
 _CHOICES = re.compile(r"^\s*([\w.-]+(?:\s*\|\s*[\w.-]+)+)\s*(?::|$)")
+GROUPS = ("run", "data", "adaptation", "optimisation", "generation-based evaluation during training", "generation",
+          "reinforcement learning and preferences")
+_RUN = ("model", "dataset", "output_dir")
+_SPLITS = ("train_split", "eval_split", "train_take", "eval_take")
+_EVALUATION = ("eval_generate_take", "best_metric", "spice_models")
+_BY_CLASS = ((DataConfig, "data"), (AdapterConfig, "adaptation"), (GenerationSettings, "generation"),
+             (RLConfig, "reinforcement learning and preferences"))
 
 
 @dataclass(frozen=True)
@@ -48,39 +62,31 @@ class FieldSpec:
         return "--" + self.name.replace("_", "-")
 
 
-def _source_comments() -> tuple[dict[str, str], dict[str, str]]:
-    """(field → trailing comment, field → section) from config.py's source of ``TrainConfig``."""
-    source = inspect.getsource(TrainConfig)
-    comments, groups = {}, {}
-    group, line_field = "run", None
-    for token in tokenize.generate_tokens(io.StringIO(source).readline):
-        if token.type == tokenize.NAME and token.start[1] == 4 and line_field is None:
-            line_field = token.string
-        elif token.type == tokenize.COMMENT:
-            text = token.string.lstrip("#").strip()
-            if token.line.strip().startswith("#"):
-                if token.start[1] == 4:
-                    group = re.split(r"\s\(", text)[0]
-            elif line_field:
-                comments[line_field] = text
-        elif token.type in (tokenize.NEWLINE, tokenize.NL):
-            if line_field:
-                groups.setdefault(line_field, group)
-            line_field = None
-    return comments, groups
+def _group(name: str) -> str:
+    if name in _RUN:
+        return "run"
+    if name in _SPLITS:
+        return "data"
+    if name in _EVALUATION:
+        return "generation-based evaluation during training"
+    for cls, group in _BY_CLASS:
+        if name in {f.name for f in dataclasses.fields(cls)}:
+            return group
+    return "optimisation"
 
 
-def _cli_help() -> dict[str, str]:
-    """Each ``audiotune train`` option's help text, by parameter name."""
-    from .. import cli
+def form_fields() -> list[str]:
+    """The names the form shows: audiotune's fields and :data:`TRAINER_FIELDS`, in the config's order."""
+    trainer = {f.name for f in dataclasses.fields(TrainingArguments)} - set(TrainConfig.__annotations__)
+    return [f.name for f in dataclasses.fields(TrainConfig)
+            if f.name not in HIDDEN and (f.name not in trainer or f.name in TRAINER_FIELDS)]
 
-    hints = typing.get_type_hints(cli.train, include_extras=True)
-    helps = {}
-    for name, hint in hints.items():
-        for meta in getattr(hint, "__metadata__", ()):
-            if getattr(meta, "help", None):
-                helps[name] = meta.help
-    return helps
+
+def _enum_choices(hint: Any) -> tuple[str, ...]:
+    for arg in typing.get_args(hint) or (hint,):
+        if isinstance(arg, type) and issubclass(arg, enum.Enum):
+            return tuple(str(member.value) for member in arg)
+    return ()
 
 
 def _kind(hint: Any) -> tuple[str, bool]:
@@ -100,26 +106,23 @@ def _kind(hint: Any) -> tuple[str, bool]:
 
 @lru_cache(maxsize=1)
 def form_spec() -> tuple[FieldSpec, ...]:
-    """The form's fields, in the config's order, each with its group, kind, default, help and choices."""
-    comments, groups = _source_comments()
-    cli_help = _cli_help()
+    """The form's fields, grouped (in :data:`GROUPS`' order), each with its kind, default, help and choices."""
     hints = typing.get_type_hints(TrainConfig)
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     specs = []
-    for f in dataclasses.fields(TrainConfig):
-        if f.name in HIDDEN:
-            continue
-        kind, optional = _kind(hints[f.name])
+    for name in form_fields():
+        f = fields[name]
+        kind, optional = _kind(hints[name])
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        help_text = cli_help.get(f.name) or comments.get(f.name, "")
+        default = default.value if isinstance(default, enum.Enum) else default
+        help_text = f.metadata.get("help", "")
         match = _CHOICES.match(help_text)
-        choices = tuple(c.strip() for c in match.group(1).split("|")) if match and kind == "text" else ()
-        if match and help_text.strip() == match.group(0).strip(" :") and comments.get(f.name) \
-                and not _CHOICES.fullmatch(comments[f.name]):
-            help_text = f"{help_text}; {comments[f.name]}"  # a bare choice list: the comment says more
-        help_text = re.sub(r"^None:", "empty:", help_text)  # an empty box is None
-        specs.append(FieldSpec(f.name, groups.get(f.name, "run"), "choice" if choices else kind, default, optional,
-                               help_text, choices))
-    return tuple(specs)
+        choices = _enum_choices(hints[name])
+        if not choices and match and kind == "text":
+            choices = tuple(c.strip() for c in match.group(1).split("|"))
+        specs.append(FieldSpec(name, _group(name), "choice" if choices else kind, default, optional, help_text,
+                               choices))
+    return tuple(sorted(specs, key=lambda spec: GROUPS.index(spec.group)))
 
 
 def groups() -> dict[str, list[FieldSpec]]:
@@ -165,9 +168,7 @@ def _parse(spec: FieldSpec, raw: Any) -> Any:
         if not text:
             return None
         if spec.name == "lora_targets":
-            from ..cli import _parse_targets
-
-            return _parse_targets(text)  # a regex or a comma list, exactly as the CLI reads it
+            return parse_targets(text)  # a regex or a comma list, exactly as the CLI reads it
         return [t.strip() for t in text.split(",") if t.strip()]
     if spec.name == "eval_split" and text.lower() == "none":
         return None  # as on the CLI: carve the eval rows from train
