@@ -6,6 +6,8 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Unbound registry entries read their facts from tiny checkpoints built into this cache (models/families.py).
+os.environ.setdefault("AUDIOTUNE_CACHE", os.path.join(__import__("tempfile").gettempdir(), "audiotune-test-cache"))
 
 from pathlib import Path  # noqa: E402
 
@@ -42,10 +44,10 @@ def synth_data(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def family():
-    from audiotune.models.families import AUDIO_FLAMINGO_3
+def family(micro_af3):
+    from audiotune.models.loading import resolve_family
 
-    return AUDIO_FLAMINGO_3
+    return resolve_family(str(micro_af3))
 
 
 @pytest.fixture(scope="session")

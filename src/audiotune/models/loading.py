@@ -20,8 +20,12 @@ logger = logging.getLogger(__name__)
 
 
 def resolve_family(model_id_or_path: str) -> Family:
+    """The family of a checkpoint (local folder or Hub id), bound to it: every fact its registry entry does not
+    override is inferred from the checkpoint's processor, chat template and module tree (``families.py``)."""
     from transformers import AutoConfig
 
+    path = Path(model_id_or_path)
+    stamp = (path / "config.json").stat().st_mtime_ns if (path / "config.json").exists() else 0
     try:
         config = AutoConfig.from_pretrained(model_id_or_path)
     except OSError as error:
@@ -30,28 +34,36 @@ def resolve_family(model_id_or_path: str) -> Family:
             "(e.g. one made by `audiotune tiny`) or a Hub id reachable from this machine.") from error
     except ValueError as error:
         raise ModelFamilyError(f"{model_id_or_path}: {error}") from error
-    return family_for_config(config)
+    key = (str(model_id_or_path), stamp)  # config.json's mtime: a rebuilt folder resolves afresh
+    if key not in _BOUND:
+        entry = family_for_config(config)
+        _BOUND[key] = entry.bind(config=config, processor=_auto_processor(model_id_or_path, entry))
+    return _BOUND[key]
+
+
+_BOUND: dict[tuple[str, int], Family] = {}
 
 
 def _family_of_folder(path: Path) -> Family | None:
-    """The family of a checkpoint (local or Hub id), or of an adapter folder's base model; None when it cannot be
-    told (then the processor loads with transformers' defaults, and any real problem surfaces there)."""
+    """The registry entry of a checkpoint (local or Hub id), or of an adapter folder's base model; None when it
+    cannot be told (then the processor loads with transformers' defaults, and any real problem surfaces there)."""
     adapter_config = path / "adapter_config.json"
     if not (path / "config.json").exists() and adapter_config.exists():
         import json
 
         base = json.loads(adapter_config.read_text()).get("base_model_name_or_path")
         path = Path(base) if base else path
+    from transformers import AutoConfig
+
     try:
-        return resolve_family(str(path))
-    except (CheckpointError, ModelFamilyError):
+        return family_for_config(AutoConfig.from_pretrained(str(path)))
+    except (OSError, ValueError, ModelFamilyError):
         return None
 
 
-def load_processor(model_id_or_path: str | Path):
+def _auto_processor(model_id_or_path: str | Path, family: Family | None):
     from transformers import AutoProcessor
 
-    family = _family_of_folder(Path(model_id_or_path))
     kwargs: dict[str, Any] = {}
     if family is not None:
         missing = family.missing_packages()
@@ -74,6 +86,10 @@ def load_processor(model_id_or_path: str | Path):
     if getattr(processor, "chat_template", None) is None and getattr(tokenizer, "chat_template", None):
         processor.chat_template = tokenizer.chat_template
     return processor
+
+
+def load_processor(model_id_or_path: str | Path):
+    return _auto_processor(model_id_or_path, _family_of_folder(Path(model_id_or_path)))
 
 
 def save_processor(processor, out_dir: str | Path) -> None:
