@@ -303,6 +303,9 @@ def infer_template_facts(family: Family, processor) -> dict[str, Any]:
     except Exception as error:  # noqa: BLE001  (templates raise anything: jinja errors, ValueError)
         raise _cannot_infer(family, "assistant_header", f"its chat template cannot render a reply ({error})") \
             from error
+    eos = getattr(processor.tokenizer, "eos_token", None)
+    if eos and not prompt.startswith(plain) and plain.endswith(eos):  # a template that closes a finished chat
+        plain = plain[: -len(eos)]
     if not prompt.startswith(plain) or SENTINEL not in full:
         raise _cannot_infer(family, "assistant_header", "the generation prompt does not extend the rendered user "
                             "turn")
