@@ -488,6 +488,15 @@ GRANITE_SPEECH = Family(
     requires_packages=("torchaudio",),
 )
 
+def _gemma3n_vocabulary(config: dict, tokenizer, sizes: dict) -> None:
+    """Gemma 3n embeds the 128 ids after the text vocabulary with its vision embedder and the next 128 with its
+    audio embedder (it pads audio with the last id): the tiny vocabulary keeps that layout."""
+    text = len(tokenizer)
+    config["text_config"].update(vocab_size=text + 256, vocab_size_per_layer_input=text)
+    config["vision_config"]["vocab_offset"] = text
+    config["audio_config"]["vocab_offset"] = text + 128
+
+
 GEMMA3N = Family(
     name="gemma3n",
     model_types=("gemma3n",),
@@ -499,6 +508,7 @@ GEMMA3N = Family(
     min_audio_samples=513,
     loss_uses_num_items=False,
     requires_packages=("timm",),
+    tiny_hook=_gemma3n_vocabulary,
 )
 
 PHI4_MULTIMODAL = Family(

@@ -85,6 +85,12 @@ def _auto_processor(model_id_or_path: str | Path, family: Family | None):
     tokenizer = getattr(processor, "tokenizer", None)
     if getattr(processor, "chat_template", None) is None and getattr(tokenizer, "chat_template", None):
         processor.chat_template = tokenizer.chat_template
+    # A tokenizer saved after padding a batch (its tokenizer.json keeps the padding state) loads with
+    # ``max_length=None`` among its init kwargs; the processor hands that to the feature extractor as an explicit
+    # None, which Gemma 3n's (it truncates by default) refuses.
+    for key in ("max_length", "pad_to_multiple_of"):
+        if key in getattr(tokenizer, "init_kwargs", {}) and tokenizer.init_kwargs[key] is None:
+            del tokenizer.init_kwargs[key]
     return processor
 
 

@@ -138,6 +138,11 @@ def _shrink_node(node: dict, sizes: dict[str, int], old_text_hidden: int | None,
         for key in ("short_factor", "long_factor"):
             if isinstance(rope.get(key), list):
                 rope[key] = rope[key][:rotary]
+        section = rope.get("mrope_section")
+        if isinstance(section, list) and sum(section) != rotary:  # multimodal rope: split the rotary half alike
+            scaled = [max(1, v * rotary // sum(section)) for v in section]
+            scaled[-1] += rotary - sum(scaled)
+            rope["mrope_section"] = scaled
     for key, value in EXPERT_KEYS.items():
         if isinstance(node.get(key), int) and node[key] > value:
             node[key] = value
