@@ -86,7 +86,9 @@ def _end_to_end(entry, synth_data, tmp_path) -> None:
 
     # A few LoRA steps on the synthetic AudioCaps parquet: finite loss, no LoRA in the encoder or projector.
     out = tmp_path / "run"
-    result = train(TrainConfig(model=str(checkpoint), dataset=str(synth_data), out=str(out), batch_size=2,
+    # ASR-style models train on transcripts (the synthetic captions stand in for them)
+    task = {"task": family.task, "text_column": "caption"} if family.task else {}
+    result = train(TrainConfig(model=str(checkpoint), dataset=str(synth_data), out=str(out), batch_size=2, **task,
                                gradient_accumulation_steps=1, learning_rate=1e-3, max_steps=3, logging_steps=1,
                                eval_steps=3, save_steps=3, eval_take=2, eval_generate_take=0, seed=0))
     assert result.train_loss is not None and math.isfinite(result.train_loss)

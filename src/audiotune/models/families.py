@@ -530,8 +530,28 @@ PHI4_MULTIMODAL = Family(
     min_audio_samples=400,
 )
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (AUDIO_FLAMINGO_3, MUSIC_FLAMINGO, QWEN2_AUDIO, VOXTRAL,
-                                                   GRANITE_SPEECH, GEMMA3N, PHI4_MULTIMODAL, GLM_ASR, QWEN25_OMNI)}
+QWEN3_OMNI = Family(
+    name="qwen3omni",
+    model_types=("qwen3_omni_moe_thinker", "qwen3_omni_moe"),
+    aliases=("qwen3-omni", "qwen3_omni", "qwen3-omni-moe"),
+    hub_id="Qwen/Qwen3-Omni-30B-A3B-Instruct",
+    model_class="Qwen3OmniMoeThinkerForConditionalGeneration",  # the thinker: audio in, text out
+    requires_audio=False,
+    max_audios=8,
+    requires_packages=("torchvision",),
+)
+
+QWEN3_ASR = Family(
+    name="qwen3asr",
+    model_types=("qwen3_asr",),
+    aliases=("qwen3-asr", "qwen3_asr"),
+    hub_id="Qwen/Qwen3-ASR-1.7B",
+    task="asr",
+)
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (
+    AUDIO_FLAMINGO_3, MUSIC_FLAMINGO, QWEN2_AUDIO, VOXTRAL, GRANITE_SPEECH, GEMMA3N, PHI4_MULTIMODAL, GLM_ASR,
+    QWEN25_OMNI, QWEN3_OMNI, QWEN3_ASR)}
 
 
 def family_by_name(name: str) -> Family:

@@ -200,12 +200,27 @@ def prepare_for_training(model: torch.nn.Module, family: Family, plan: Adaptatio
     from peft import LoraConfig, get_peft_model
 
     targets = plan.lora_targets if plan.lora_targets is not None else family.lm_lora_targets()
+    if isinstance(targets, str) and _peft_rewrites_regex(model):
+        import re
+
+        targets = [name for name, _ in model.named_modules() if re.fullmatch(targets, name)]
     config = LoraConfig(
         r=plan.lora_r, lora_alpha=plan.lora_alpha, lora_dropout=plan.lora_dropout, bias="none",
         target_modules=targets, task_type="CAUSAL_LM",
         modules_to_save=projector_module_names(model, family) if plan.train_projector else None,
     )
     return get_peft_model(model, config)
+
+
+def _peft_rewrites_regex(model: torch.nn.Module) -> bool:
+    """PEFT 0.21 converts the config of MoE architectures whose layout changed in transformers 5
+    (``_convert_peft_config_moe``: Qwen3-Omni, Qwen3-MoE, ...) and resolves a regex there into bare module names
+    (``q_proj``), which then also match the audio tower's; full names survive the conversion."""
+    try:
+        from peft.utils.transformers_weight_conversion import get_checkpoint_conversion_mapping
+    except ImportError:
+        return False
+    return get_checkpoint_conversion_mapping(getattr(model.config, "model_type", None)) is not None
 
 
 def to_model_inputs(batch: dict[str, Any], model: torch.nn.Module) -> dict[str, Any]:
