@@ -173,7 +173,9 @@ def shrink_config(config: dict, preset: dict) -> dict:
     new_text_hidden = preset["text"]["hidden"]
 
     def walk(node: dict, path: tuple[str, ...]) -> None:
-        is_text = path == text_path
+        own = next((node[k] for k in SIZE_KEYS["hidden"] if isinstance(node.get(k), int)), None)
+        # The language model, and any sub-config exactly as wide (an adaptor that works at the LM's width).
+        is_text = path == text_path or (path and old_text_hidden and own == old_text_hidden)
         _shrink_node(node, preset["text"] if is_text else preset["encoder"],
                      None if is_text else old_text_hidden, new_text_hidden)
         for key, value in node.items():
@@ -316,8 +318,9 @@ def build_tiny(family: str, out_dir: str | Path, seed: int = 0, preset: str = "d
     def token_id(token: str) -> int:
         return tokenizer.convert_tokens_to_ids(token)
 
-    config = shrink_config(published_config(entry, spec.get("config_path")), sizes)
-    text_path = _text_path(config)
+    published = published_config(entry, spec.get("config_path"))
+    text_path = _text_path(published)
+    config = shrink_config(published, sizes)
     _set_path(config, ".".join((*text_path, "vocab_size")), len(tokenizer))
     for key, token in spec.get("token_ids", {}).items():
         _set_path(config, key, [token_id(t) for t in token] if isinstance(token, list) else
