@@ -497,6 +497,16 @@ def _gemma3n_vocabulary(config: dict, tokenizer, sizes: dict) -> None:
     config["audio_config"]["vocab_offset"] = text + 128
 
 
+GRANITE_SPEECH_PLUS = Family(
+    name="granite_speech_plus",
+    model_types=("granite_speech_plus",),
+    aliases=("granite-speech-plus",),
+    hub_id="ibm-granite/granite-speech-4.1-2b-plus",
+    window_seconds=4.0,  # as Granite Speech: the conformer's attention block
+    max_audio_seconds=500.0,
+    requires_packages=("torchaudio",),
+)
+
 GEMMA3N = Family(
     name="gemma3n",
     model_types=("gemma3n",),
@@ -556,7 +566,7 @@ MOSS_TRANSCRIBE_DIARIZE = Family(
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     AUDIO_FLAMINGO_3, MUSIC_FLAMINGO, QWEN2_AUDIO, VOXTRAL, GRANITE_SPEECH, GEMMA3N, PHI4_MULTIMODAL, GLM_ASR,
-    QWEN25_OMNI, QWEN3_ASR, FUN_ASR_NANO, MOSS_TRANSCRIBE_DIARIZE)}
+    QWEN25_OMNI, QWEN3_ASR, FUN_ASR_NANO, MOSS_TRANSCRIBE_DIARIZE, GRANITE_SPEECH_PLUS)}
 
 
 def family_by_name(name: str) -> Family:

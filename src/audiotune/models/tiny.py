@@ -129,8 +129,9 @@ def _shrink_node(node: dict, sizes: dict[str, int], old_text_hidden: int | None,
                 node[key] = sizes[role]
     if "kv_heads" not in sizes and isinstance(node.get("num_key_value_heads"), int):
         node["num_key_value_heads"] = sizes["heads"]  # a tower: plain multi-head attention
-    if isinstance(node.get("head_dim"), int) and "hidden" in sizes:
-        node["head_dim"] = sizes["hidden"] // sizes["heads"]
+    for key in ("head_dim", "dim_head"):
+        if isinstance(node.get(key), int) and "hidden" in sizes:
+            node[key] = sizes["hidden"] // sizes["heads"]
     rope = node.get("rope_parameters")
     if isinstance(rope, dict) and "hidden" in sizes:  # longrope: one factor per rotary frequency
         head_dim = node.get("head_dim") or sizes["hidden"] // sizes["heads"]
