@@ -564,9 +564,18 @@ MOSS_TRANSCRIBE_DIARIZE = Family(
     task="asr",
 )
 
+OMNIASR = Family(
+    name="omniasr",
+    model_types=("omniasr",),
+    aliases=("omni-asr", "omnilingual-asr"),
+    hub_id="hf-audio/omniasr-llm-300m-v2",
+    task="asr",
+)
+
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     AUDIO_FLAMINGO_3, MUSIC_FLAMINGO, QWEN2_AUDIO, VOXTRAL, GRANITE_SPEECH, GEMMA3N, PHI4_MULTIMODAL, GLM_ASR,
-    QWEN25_OMNI, QWEN3_ASR, FUN_ASR_NANO, MOSS_TRANSCRIBE_DIARIZE, GRANITE_SPEECH_PLUS)}
+    QWEN25_OMNI, QWEN3_ASR, FUN_ASR_NANO, MOSS_TRANSCRIBE_DIARIZE, GRANITE_SPEECH_PLUS,
+    OMNIASR)}
 
 
 def family_by_name(name: str) -> Family:

@@ -153,6 +153,9 @@ def _shrink_node(node: dict, sizes: dict[str, int], old_text_hidden: int | None,
     for key, value in list(node.items()):
         if isinstance(value, list) and layers_before and len(value) == layers_before and sizes.get("layers"):
             node[key] = value[: sizes["layers"]]  # per-layer lists (layer_types, sparsity patterns)
+        elif (isinstance(value, dict) and value and layers_before and "model_type" not in value
+              and all(str(k).isdigit() for k in value)):
+            node[key] = {k: v for k, v in value.items() if int(k) < sizes["layers"]}  # per-layer overrides
         elif (old_text_hidden and isinstance(value, int) and value == old_text_hidden and key not in
               ("vocab_size",) and not any(key in k for k in SIZE_KEYS.values())):
             node[key] = new_text_hidden  # a tower's output width that feeds the language model
