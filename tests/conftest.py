@@ -85,6 +85,13 @@ def pytest_addoption(parser):
 
 
 _family_outcomes: dict[str, str] = {}
+_family_facts: dict[str, dict] = {}
+
+
+def record_family_facts(family) -> None:
+    """What the end-to-end test inferred for a family (docs/models.md shows it)."""
+    _family_facts[family.name] = {"audio_token": family.audio_token, "sampling_rate": family.sampling_rate,
+                                  "window_seconds": family.window_seconds, "tokens_10s": family.audio_tokens(10.0)}
 
 
 def pytest_runtest_logreport(report):
@@ -104,4 +111,6 @@ def pytest_sessionfinish(session):
     if path and _family_outcomes:
         import json
 
-        Path(path).write_text(json.dumps(_family_outcomes, indent=1, sort_keys=True))
+        results = {name: {"outcome": outcome, **_family_facts.get(name, {})}
+                   for name, outcome in _family_outcomes.items()}
+        Path(path).write_text(json.dumps(results, indent=1, sort_keys=True))

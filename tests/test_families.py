@@ -25,7 +25,7 @@ from audiotune.models.families import FAMILIES, family_by_name, family_for_confi
 from audiotune.models.loading import load_model, load_processor, lora_modules, resolve_family, to_model_inputs
 from audiotune.models.tiny import build_tiny
 from audiotune.train import train
-from tests.conftest import tone
+from tests.conftest import record_family_facts, tone
 
 
 def _family_params():
@@ -62,6 +62,7 @@ def _end_to_end(entry, synth_data, tmp_path) -> None:
     checkpoint = build_tiny(name, tmp_path / "tiny", seed=0, preset="micro")
     family = resolve_family(str(checkpoint))
     assert family.name == name and family.bound
+    record_family_facts(family)
     processor = load_processor(checkpoint)
     tokenizer = processor.tokenizer
 
