@@ -88,16 +88,19 @@ _family_outcomes: dict[str, str] = {}
 _family_facts: dict[str, dict] = {}
 
 
-def record_family_facts(family) -> None:
-    """What the end-to-end test inferred for a family (docs/models.md shows it)."""
-    _family_facts[family.name] = {"audio_token": family.audio_token, "sampling_rate": family.sampling_rate,
-                                  "window_seconds": family.window_seconds, "tokens_10s": family.audio_tokens(10.0)}
+def family_facts(family) -> dict:
+    """What the end-to-end test inferred for a family (docs/models.md shows it; passed on as a user property)."""
+    return {"audio_token": family.audio_token, "sampling_rate": family.sampling_rate,
+            "window_seconds": family.window_seconds, "tokens_10s": family.audio_tokens(10.0)}
 
 
 def pytest_runtest_logreport(report):
     if "test_families_end_to_end[" not in report.nodeid:
         return
     name = report.nodeid.rsplit("[", 1)[1].rstrip("]")
+    for key, value in getattr(report, "user_properties", []):
+        if key == "family_facts":
+            _family_facts[name] = value
     if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
         if hasattr(report, "wasxfail"):
             outcome = "xfailed" if report.skipped else "failed"  # a strict xfail that passed is a failure

@@ -44,7 +44,9 @@ def test_models_fits_80_columns_and_says_what_is_inferred():
     result = CliRunner().invoke(app, ["models"], env={"COLUMNS": "80"})
     assert result.exit_code == 0, result.output
     assert max(len(line) for line in result.output.splitlines()) <= 80, result.output
-    assert "overrides (rest inferred)" in result.output
+    assert "every other fact is inferred" in result.output
+    for family in FAMILIES.values():
+        assert family.hub_id in result.output
 
 
 def test_models_json_lists_status_reason_and_facts():

@@ -25,7 +25,7 @@ from audiotune.models.families import FAMILIES, family_by_name, family_for_confi
 from audiotune.models.loading import load_model, load_processor, lora_modules, resolve_family, to_model_inputs
 from audiotune.models.tiny import build_tiny
 from audiotune.train import train
-from tests.conftest import record_family_facts, tone
+from tests.conftest import family_facts, tone
 
 
 def _family_params():
@@ -46,10 +46,10 @@ def _examples(family) -> list[Example]:
 
 
 @pytest.mark.parametrize("name", _family_params())
-def test_families_end_to_end(name, synth_data, tmp_path):
+def test_families_end_to_end(name, synth_data, tmp_path, record_property):
     entry = family_by_name(name)
     try:
-        _end_to_end(entry, synth_data, tmp_path)
+        _end_to_end(entry, synth_data, tmp_path, record_property)
     except ModelFamilyError as error:
         if entry.known_issue:  # the xfail accepts this known issue only: any other failure stays a failure
             assert entry.known_error and re.search(entry.known_error, str(error)), \
@@ -57,12 +57,12 @@ def test_families_end_to_end(name, synth_data, tmp_path):
         raise
 
 
-def _end_to_end(entry, synth_data, tmp_path) -> None:
+def _end_to_end(entry, synth_data, tmp_path, record_property) -> None:
     name = entry.name
     checkpoint = build_tiny(name, tmp_path / "tiny", seed=0, preset="micro")
     family = resolve_family(str(checkpoint))
     assert family.name == name and family.bound
-    record_family_facts(family)
+    record_property("family_facts", family_facts(family))
     processor = load_processor(checkpoint)
     tokenizer = processor.tokenizer
 
@@ -201,3 +201,35 @@ def test_families_serve_through_the_openai_client(name, tmp_path):
     assert reply.choices[0].message.content == local.text
     assert reply.usage.completion_tokens == local.completion_tokens > 0
     assert reply.usage.prompt_tokens == local.prompt_tokens > family.audio_tokens(1.5)  # audio placeholders counted
+
+
+def test_a_conventional_checkpoint_needs_no_registry_entry(micro_af3, monkeypatch):
+    """Without its entry, AF3's tiny checkpoint resolves to a family of its own with every fact inferred, the
+    same facts the entry gives."""
+    import audiotune.models.families as families
+    from audiotune.models import loading
+
+    registered = resolve_family(str(micro_af3))
+    monkeypatch.delitem(families.FAMILIES, "af3")
+    monkeypatch.setattr(loading, "_BOUND", {})
+    anonymous = resolve_family(str(micro_af3))
+    assert anonymous.name == "audioflamingo3" and anonymous.overridden == ()
+    for fact in ("model_class", "audio_token", "sampling_rate", "window_seconds", "assistant_header", "end_of_turn",
+                 "lm_lora_regex", "encoder_prefixes", "projector_prefixes"):
+        assert getattr(anonymous, fact) == getattr(registered, fact), fact
+    assert anonymous.audio_tokens(2.0) == registered.audio_tokens(2.0) == 50
+    assert registered.assistant_header == "<|im_start|>assistant\n" and registered.end_of_turn == "<|im_end|>"
+    assert registered.encoder_prefixes == ("model.audio_tower",)
+
+
+def test_what_cannot_be_inferred_is_one_clear_error(micro_af3):
+    """A processor with no audio placeholder: the error names the fact and how to override it."""
+    from audiotune.models.families import Family
+
+    processor = load_processor(micro_af3)
+    processor.audio_token = None
+    processor.tokenizer.audio_token = None
+    with pytest.raises(ModelFamilyError) as error:
+        Family(name="mystery", model_types=("audioflamingo3",)).bind(processor=processor)
+    message = str(error.value)
+    assert "'audio_token'" in message and "families.py" in message and "audio_token=..." in message

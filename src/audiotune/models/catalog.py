@@ -51,28 +51,24 @@ def families_json() -> str:
 
 
 def render_table(width: int = 80) -> str:
-    """The registry as plain text that fits ``width`` columns: name, model_type, status, and what the entry
-    overrides (everything else is inferred from the checkpoint)."""
+    """The registry as plain text that fits ``width`` columns: per family its name, model types and status, then
+    its main checkpoint and what the entry overrides (everything else is inferred from the checkpoint)."""
     name_w = max(len(f.name) for f in FAMILIES.values())
-    type_w = 18
-    status_w = len("blocked")
-    rest = max(20, width - name_w - type_w - status_w - 6)
-    lines = [f"{'family':<{name_w}}  {'model_type':<{type_w}}  {'status':<{status_w}}  overrides (rest inferred)",
-             "-" * min(width, name_w + type_w + status_w + 6 + rest)]
+    type_w = max(10, width - name_w - len("blocked") - 4)
+    lines = [f"{'family':<{name_w}}  {'model_type':<{type_w}}  status",
+             "  main checkpoint · overrides (every other fact is inferred)", "-" * width]
     for family in FAMILIES.values():
         info = family_info(family)
         types = ", ".join(family.model_types)
         if len(types) > type_w:
             types = types[: type_w - 1] + "…"
-        status = "blocked" if family.known_issue else "works"
-        overrides = ", ".join([*info["overridden"], *info["hooks"]]) or "none: all inferred"
-        wrapped = textwrap.wrap(overrides, rest, break_long_words=False) or [""]
-        lines.append(f"{family.name:<{name_w}}  {types:<{type_w}}  {status:<{status_w}}  {wrapped[0]}")
-        indent = " " * (name_w + type_w + status_w + 6)
-        lines += [indent + more for more in wrapped[1:]]
-    notes = [f for f in FAMILIES.values() if f.known_issue]
-    for family in notes:
-        lines += textwrap.wrap(f"{family.name}: {family.known_issue}", width, subsequent_indent="  ")
+        lines.append(f"{family.name:<{name_w}}  {types:<{type_w}}  {'blocked' if family.known_issue else 'works'}")
+        overrides = ", ".join([*info["overridden"], *info["hooks"]]) or "none"
+        lines += textwrap.wrap(f"{family.hub_id} · overrides: {overrides}", width, initial_indent="  ",
+                               subsequent_indent="    ", break_long_words=False, break_on_hyphens=False)
+    for family in FAMILIES.values():
+        if family.known_issue:
+            lines += textwrap.wrap(f"{family.name}: {family.known_issue}", width, subsequent_indent="  ")
     lines += textwrap.wrap("A checkpoint of an architecture not listed works when its facts can be inferred "
                            "(pass --model); `audiotune models --json` lists inferred and overridden facts.", width)
     return "\n".join(lines)
