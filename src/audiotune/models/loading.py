@@ -37,7 +37,11 @@ def resolve_family(model_id_or_path: str) -> Family:
     key = (str(model_id_or_path), stamp)  # config.json's mtime: a rebuilt folder resolves afresh
     if key not in _BOUND:
         entry = family_for_config(config)
-        _BOUND[key] = entry.bind(config=config, processor=_auto_processor(model_id_or_path, entry))
+        try:
+            processor = _auto_processor(model_id_or_path, entry)
+        except OSError:  # a config-only folder: processor facts then come from the registry entry's tiny checkpoint
+            processor = None
+        _BOUND[key] = entry.bind(config=config, processor=processor)
     return _BOUND[key]
 
 
