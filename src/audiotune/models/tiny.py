@@ -33,7 +33,6 @@ import copy
 import json
 import shutil
 from pathlib import Path
-from typing import Any
 
 from ..errors import ModelFamilyError
 from .families import FAMILIES, Family, family_by_name
