@@ -6,6 +6,8 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Unbound registry entries read their facts from tiny checkpoints built into this cache (models/families.py).
+os.environ.setdefault("AUDIOTUNE_CACHE", os.path.join(__import__("tempfile").gettempdir(), "audiotune-test-cache"))
 
 from pathlib import Path  # noqa: E402
 
@@ -42,10 +44,10 @@ def synth_data(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def family():
-    from audiotune.models.families import AUDIO_FLAMINGO_3
+def family(micro_af3):
+    from audiotune.models.loading import resolve_family
 
-    return AUDIO_FLAMINGO_3
+    return resolve_family(str(micro_af3))
 
 
 @pytest.fixture(scope="session")
@@ -83,12 +85,22 @@ def pytest_addoption(parser):
 
 
 _family_outcomes: dict[str, str] = {}
+_family_facts: dict[str, dict] = {}
+
+
+def family_facts(family) -> dict:
+    """What the end-to-end test inferred for a family (docs/models.md shows it; passed on as a user property)."""
+    return {"audio_token": family.audio_token, "sampling_rate": family.sampling_rate,
+            "window_seconds": family.window_seconds, "tokens_10s": family.audio_tokens(10.0)}
 
 
 def pytest_runtest_logreport(report):
     if "test_families_end_to_end[" not in report.nodeid:
         return
     name = report.nodeid.rsplit("[", 1)[1].rstrip("]")
+    for key, value in getattr(report, "user_properties", []):
+        if key == "family_facts":
+            _family_facts[name] = value
     if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
         if hasattr(report, "wasxfail"):
             outcome = "xfailed" if report.skipped else "failed"  # a strict xfail that passed is a failure
@@ -102,4 +114,6 @@ def pytest_sessionfinish(session):
     if path and _family_outcomes:
         import json
 
-        Path(path).write_text(json.dumps(_family_outcomes, indent=1, sort_keys=True))
+        results = {name: {"outcome": outcome, **_family_facts.get(name, {})}
+                   for name, outcome in _family_outcomes.items()}
+        Path(path).write_text(json.dumps(results, indent=1, sort_keys=True))

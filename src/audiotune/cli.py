@@ -382,21 +382,11 @@ def ui(
 
 
 @app.command()
-def models() -> None:
-    """The supported model families: checkpoint, audio token, rate, limits and known issues."""
-    from rich.markup import escape
+def models(as_json: Annotated[bool, typer.Option("--json", help="Print the families as JSON.")] = False) -> None:
+    """The model families: model types, status, and which facts each overrides (the rest are inferred)."""
+    from .models.catalog import families_json, render_table
 
-    table = Table(title="model families (docs/models.md has the tested status)")
-    for column in ("family", "model_type", "main checkpoint", "audio token", "max audio", "vLLM", "status"):
-        table.add_column(column)
-    for family in FAMILIES.values():
-        status = "[yellow]blocked here[/yellow]" if family.known_issue else "[green]works[/green]"
-        table.add_row(family.name, ", ".join(family.model_types), family.hub_id or "", escape(family.audio_token),
-                      f"{family.max_audio_seconds:g} s", "yes" if family.vllm_supported else "no", status)
-    console.print(table)
-    for family in FAMILIES.values():
-        if family.known_issue:
-            console.print(f"[yellow]{family.name}[/yellow]: {escape(family.known_issue)}")
+    print(families_json() if as_json else render_table(min(console.width, 80)))
 
 
 @app.command()

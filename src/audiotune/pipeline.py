@@ -62,7 +62,7 @@ class AudioTextToTextPipeline(Pipeline):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         config = getattr(self.model, "config", None)
-        self.family = family_for_config(config)
+        self.family = family_for_config(config).bind(config, processor=self.processor, model=self.model)
 
     def _sanitize_parameters(self, prompt=None, system_prompt=None, generate_kwargs=None, max_new_tokens=None,
                              on_bad_input=None, **kwargs):

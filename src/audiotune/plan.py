@@ -212,7 +212,7 @@ def _sub(config, *names: str):
 
 
 def _lm_shape(config, family: Family) -> dict[str, int]:
-    text = _sub(config, family.lm_config_attribute) or config
+    text = family.lm_config(config)
     h = int(text.hidden_size)
     heads = int(text.num_attention_heads)
     kv_heads = int(getattr(text, "num_key_value_heads", None) or heads)
@@ -260,6 +260,7 @@ def make_plan(model: str, mode: str = "lora", batch: int = 4, audio_seconds: flo
     config = getattr(config, "thinker_config", None) or config  # Qwen2.5-Omni's Hub layout: plan the thinker
     family = family_for_config(config)
     meta, notes = instantiate_on_meta(config, family)
+    family = family.bind(config, model=meta)  # module facts from the planned model itself
     parts = count_parameters_by_part(meta, family)
     lm_only = guide = None
     if mode == "full":

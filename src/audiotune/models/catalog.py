@@ -1,18 +1,21 @@
-"""The models page (``docs/models.md``), generated from the family registry and the family tests' outcomes.
+"""What users see of the registry: ``audiotune models`` (80 columns, or ``--json``) and ``docs/models.md``.
 
-Why generated: a hand-written support table drifts from the code. The capability columns come from each
-:class:`~audiotune.models.families.Family` entry; the "tested" column comes from the outcome of
-``tests/test_families.py`` (``make models-doc`` runs it with ``--family-results`` and renders this page). The
-outcomes are embedded in the page, and a test re-renders the page from the registry and those outcomes, so an
-edit to either the registry or the page alone fails CI.
+Why generated: a hand-written support table drifts from the code. Status and overrides come from each
+:class:`~audiotune.models.families.Family` entry; which facts a family infers is the complement of what it
+overrides (``families.FACTS``); the "tested" column and the inferred values (audio token, rate, tokens per 10 s)
+come from the outcome of ``tests/test_families.py`` (``make models-doc`` runs it with ``--family-results`` and
+renders this page). The outcomes are embedded in the page, and a test re-renders the page from the registry and
+those outcomes, so an edit to either the registry or the page alone fails CI.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import textwrap
+from typing import Any
 
-from .families import FAMILIES, Family
+from .families import FACTS, FAMILIES, Family
 
 RESULTS_MARKER = "family-test-results:"
 _OUTCOME_TEXT = {"passed": "passes", "xfailed": "strict xfail", "failed": "FAILS", None: "not run"}
@@ -22,29 +25,74 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")  # a bare | would end the table cell
 
 
-def _yes(flag: bool) -> str:
-    return "yes" if flag else "no"
+def _outcome(result) -> str | None:
+    return result.get("outcome") if isinstance(result, dict) else result
 
 
-def family_row(family: Family, outcome: str | None) -> dict[str, str]:
+def family_info(family: Family) -> dict[str, Any]:
+    """One family as ``audiotune models --json`` prints it (no checkpoint needed: nothing is built)."""
+    overridden = [f for f in FACTS if object.__getattribute__(family, f) is not None]
+    return {
+        "name": family.name,
+        "model_types": list(family.model_types),
+        "status": "blocked" if family.known_issue else "works",
+        "reason": family.known_issue,
+        "main_checkpoint": family.hub_id,
+        "task": family.task,
+        "vllm": family.vllm_supported,
+        "overridden": overridden,
+        "inferred": [f for f in FACTS if f not in overridden],
+        "hooks": [h for h in ("tiny_hook",) if getattr(family, h) is not None],
+    }
+
+
+def families_json() -> str:
+    return json.dumps([family_info(f) for f in FAMILIES.values()], indent=2)
+
+
+def render_table(width: int = 80) -> str:
+    """The registry as plain text that fits ``width`` columns: per family its name, model types and status, then
+    its main checkpoint and what the entry overrides (everything else is inferred from the checkpoint)."""
+    name_w = max(len(f.name) for f in FAMILIES.values())
+    type_w = max(10, width - name_w - len("blocked") - 4)
+    lines = [f"{'family':<{name_w}}  {'model_type':<{type_w}}  status",
+             "  main checkpoint · overrides (every other fact is inferred)", "-" * width]
+    for family in FAMILIES.values():
+        info = family_info(family)
+        types = ", ".join(family.model_types)
+        if len(types) > type_w:
+            types = types[: type_w - 1] + "…"
+        lines.append(f"{family.name:<{name_w}}  {types:<{type_w}}  {'blocked' if family.known_issue else 'works'}")
+        overrides = ", ".join([*info["overridden"], *info["hooks"]]) or "none"
+        lines += textwrap.wrap(f"{family.hub_id} · overrides: {overrides}", width, initial_indent="  ",
+                               subsequent_indent="    ", break_long_words=False, break_on_hyphens=False)
+    for family in FAMILIES.values():
+        if family.known_issue:
+            lines += textwrap.wrap(f"{family.name}: {family.known_issue}", width, subsequent_indent="  ")
+    lines += textwrap.wrap("A checkpoint of an architecture not listed works when its facts can be inferred "
+                           "(pass --model); `audiotune models --json` lists inferred and overridden facts.", width)
+    return "\n".join(lines)
+
+
+def family_row(family: Family, result) -> dict[str, str]:
     works = family.known_issue is None
     serve = " + ".join([*(["transformers"] if works else []), *(["vLLM"] if family.vllm_supported else [])]) or "no"
+    outcome = _outcome(result)
     return {
         "family": family.name,
         "model_type": ", ".join(family.model_types),
-        "class": family.model_class,
         "main checkpoint": family.hub_id or "",
-        "LoRA (LM only)": _yes(works),
-        "full": _yes(works),
-        "merge": _yes(works),
-        "pipeline": _yes(works),
+        "task": family.task or "any",
+        "LoRA (LM only)": "yes" if works else "no",
+        "merge + pipeline": "yes" if works else "no",
         "serve": serve,
         "tested": _OUTCOME_TEXT.get(outcome, outcome or "not run"),
     }
 
 
-def render_markdown(results: dict[str, str]) -> str:
-    """The whole models page for the given test outcomes (family name → passed | xfailed | failed)."""
+def render_markdown(results: dict[str, Any]) -> str:
+    """The whole models page for the given test outcomes (family name → outcome, or a dict with ``outcome`` and
+    the facts the test inferred: ``audio_token``, ``sampling_rate``, ``window_seconds``, ``tokens_10s``)."""
     rows = [family_row(f, results.get(f.name)) for f in FAMILIES.values()]
     header = list(rows[0])
     lines = [
@@ -52,13 +100,15 @@ def render_markdown(results: dict[str, str]) -> str:
         "",
         "<!-- Generated by `make models-doc` from audiotune/models/families.py and the outcomes of",
         "     tests/test_families.py. Do not edit by hand: tests/test_catalog.py re-renders it. -->",
-        f"<!-- {RESULTS_MARKER} {json.dumps(dict(sorted(results.items())))} -->",
+        f"<!-- {RESULTS_MARKER} {json.dumps(dict(sorted(results.items())), sort_keys=True)} -->",
         "",
-        "Every family below is one entry in `audiotune/models/families.py` plus a tiny offline builder. Its",
-        "end-to-end test builds the tiny checkpoint, trains LoRA steps on synthetic data (labels on the assistant",
-        "span only, no LoRA in the audio encoder), generates, reloads the adapter, merges and runs the",
-        "`audio-text-to-text` pipeline (`pytest -k families`). `audiotune plan --model <main checkpoint>` works",
-        "offline for each (the published architecture ships with audiotune).",
+        "Every family below is one entry in `audiotune/models/families.py` holding only what cannot be inferred from",
+        "the checkpoint; its tiny checkpoint comes from the one generic builder (`models/tiny.py`). Its end-to-end",
+        "test builds the tiny checkpoint, trains LoRA steps on synthetic data (labels on the assistant span only, no",
+        "LoRA in the audio encoder or another tower), generates (batched = one at a time), reloads the adapter,",
+        "merges, runs the `audio-text-to-text` pipeline and serves one request (`pytest -k families`).",
+        "`audiotune plan --model <main checkpoint>` works offline for each (the published architecture ships with",
+        "audiotune). A checkpoint of an architecture not listed works with no entry when its facts can be inferred.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
@@ -68,16 +118,30 @@ def render_markdown(results: dict[str, str]) -> str:
     if notes:
         lines += ["", "## Known issues with the pinned dependencies", ""]
         lines += [f"- **{name}**: {issue}" for name, issue in notes]
-    lines += ["", "## Per-family facts", "",
-              "| family | audio token | rate | window | max audio | audio tokens for 10 s | LoRA targets (LM) |",
-              "|---|---|---|---|---|---|---|"]
+    lines += ["", "## Inferred and overridden facts", "",
+              "Inferred facts are read from the checkpoint (processor, feature extractor, chat template, module tree);",
+              "the values below are what the family test inferred from the tiny checkpoint, which carries the",
+              "published processor files.", "",
+              "| family | audio token | rate | window | audio tokens for 10 s | overridden (rest inferred) |",
+              "|---|---|---|---|---|---|"]
     for f in FAMILIES.values():
-        lines.append(f"| {f.name} | `{_cell(f.audio_token)}` | {f.sampling_rate} Hz | {f.window_seconds:g} s | "
-                     f"{f.max_audio_seconds:g} s | {f.audio_tokens(10.0)} | `{_cell(f.lm_lora_regex)}` |")
+        facts = results.get(f.name) if isinstance(results.get(f.name), dict) else {}
+        info = family_info(f)
+        overridden = ", ".join(f"`{o}`" for o in [*info["overridden"], *info["hooks"]]) or "none"
+        token = facts.get("audio_token")
+        lines.append(
+            f"| {f.name} | {'`' + _cell(token) + '`' if token else '?'} | "
+            f"{str(facts['sampling_rate']) + ' Hz' if facts.get('sampling_rate') else '?'} | "
+            f"{format(facts['window_seconds'], 'g') + ' s' if facts.get('window_seconds') else '?'} | "
+            f"{facts.get('tokens_10s', '?')} | {overridden} |")
     return "\n".join(lines) + "\n"
 
 
-def results_in(markdown: str) -> dict[str, str]:
+def results_in(markdown: str) -> dict[str, Any]:
     """The test outcomes a rendered page was made from."""
-    match = re.search(rf"{RESULTS_MARKER} (\{{.*?\}}) -->", markdown)
+    match = re.search(rf"{RESULTS_MARKER} (\{{.*\}}) -->", markdown)
     return json.loads(match.group(1)) if match else {}
+
+
+def outcome_of(result) -> str | None:
+    return _outcome(result)

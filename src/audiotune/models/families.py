@@ -1,15 +1,30 @@
-"""Everything that differs between audio-language architectures, in one place.
+"""Everything that differs between audio-language architectures, in one place: inferred, or overridden.
 
-A :class:`Family` holds the per-architecture knowledge the rest of audiotune needs: how to
-recognise a checkpoint (``model_type``), which transformers class loads it, the audio placeholder,
-sampling rate and window arithmetic, which linear layers belong to the *language model* (LoRA's
-default targets), which modules are the audio encoder and projector (frozen by default), and how
-the assistant's reply is delimited in the chat template (for label masking). No other module
-branches on the architecture: adding a model is adding one entry here plus its tiny builder.
+Why inferred: transformers already knows most per-architecture facts, and restating them per family is what kept
+new architectures out for months. A checkpoint's facts are read from the checkpoint itself
+(:func:`infer_facts`):
+
+- the audio placeholder from the processor (``processor.audio_token``);
+- the sampling rate and window from its feature extractor (``sampling_rate``, ``chunk_length``/``n_samples``);
+- the language model, audio tower, projector and any other tower from the model's module tree (``get_decoder()``
+  and the conventional attribute names), built on the meta device from the config;
+- the language model's linear layers (LoRA's default targets) by walking that submodule;
+- the assistant header and end-of-turn token by rendering the chat template around a sentinel reply;
+- the number of audio tokens a clip becomes, by running the processor on a silent clip of that length.
+
+A checkpoint whose processor follows transformers' conventions therefore needs **no registry entry**: its
+``model_type`` becomes a family of its own, with every fact inferred. What cannot be inferred is a documented
+override on a :class:`Family` entry below (a fact given explicitly, or a behaviour hook); no other module branches
+on the architecture. ``audiotune models`` shows, per family, which facts were inferred and which overridden.
+
+An unbound registry entry (``FAMILIES["af3"]``, used where no checkpoint is at hand: a data check by family name,
+the UI's data tab) answers a fact from its tiny checkpoint (``models/tiny.py``), which carries the family's
+published processor and chat template, built once into the user's cache.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Callable
@@ -20,47 +35,68 @@ from ..errors import ModelFamilyError
 
 # The guide's target list. Kept only to show users what it also matches (the audio encoder).
 GUIDE_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-# The same names, but only under the language model: audiotune's default LoRA targets.
-LM_LORA_REGEX = rf".*language_model\..*\.({'|'.join(GUIDE_LORA_TARGETS)})"
+
+# Facts a bound family always has: inferred from the checkpoint unless the registry entry overrides them.
+FACTS = ("model_class", "audio_token", "sampling_rate", "window_seconds", "max_audio_seconds", "assistant_header",
+         "end_of_turn", "template_closes_turns", "lm_prefix", "lm_lora_regex", "encoder_prefixes",
+         "projector_prefixes", "other_tower_prefixes", "audio_tower_attribute", "audio_token_count")
+
+# Facts that come from the processor and chat template (the rest from the module tree).
+PROCESSOR_FACTS = ("audio_token", "sampling_rate", "window_seconds", "max_audio_seconds", "assistant_header",
+                   "end_of_turn", "template_closes_turns", "audio_token_count")
+
+# Module-tree conventions of transformers' audio LLMs (attribute names of the model's inner ``model``).
+_AUDIO_TOWER_NAMES = ("audio_tower", "audio_encoder", "audio_model", "encoder", "acoustic_tokenizer_encoder",
+                      "speech_encoder", "audio", "embed_tokens_extend")
+_PROJECTOR_WORDS = ("projector", "multi_modal_projector", "embed_audio", "audio_projection", "connector",
+                    "adapter", "proj")
+_OTHER_TOWER_WORDS = ("vision", "visual", "image", "video", "talker", "token2wav", "code2wav", "semantic")
+SENTINEL = "Zq7Sentinel"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class Family:
-    """Per-architecture facts. See the module docstring for why they live together."""
+    """One architecture: its identity, its overrides, and (once bound to a checkpoint) its inferred facts.
+
+    Every field left ``None`` among :data:`FACTS` is inferred by :meth:`bind`; a value given here overrides the
+    inference and must say why in a comment.
+    """
 
     name: str
     model_types: tuple[str, ...]
-    model_class: str  # attribute of the ``transformers`` module
-    audio_token: str
-    sampling_rate: int
-    window_seconds: float  # one encoder window
-    max_audio_seconds: float  # beyond this the processor would truncate
-    assistant_header: str  # text that opens an assistant turn in the rendered template
-    end_of_turn: str  # token that closes a turn; it is kept in the loss so the model learns to stop
-    # The layout most of transformers' audio LLMs share: ``model.audio_tower``, ``model.multi_modal_projector`` and
-    # ``model.language_model`` with Llama-style q/k/v/o/gate/up/down linears. Families that differ say so.
-    lm_lora_regex: str = LM_LORA_REGEX  # full-name regex of the language model's linear layers
-    encoder_prefixes: tuple[str, ...] = ("model.audio_tower",)  # module-name prefixes of the audio encoder
-    projector_prefixes: tuple[str, ...] = ("model.multi_modal_projector",)
-    default_system_prompt: str | None = None
     aliases: tuple[str, ...] = field(default_factory=tuple)
-    requires_audio: bool = True  # the server refuses text-only requests unless told otherwise
-    audio_features_method: str = "get_audio_features"  # encoder + projector, cached by audio_cache.py
-    audio_tower_attribute: str = "audio_tower"
-    max_audios: int = 1  # audios per conversation (AF3's processor pairs each text with exactly one audio)
-    vllm_supported: bool = False  # vLLM can serve this architecture (with LoRA)
-    # Placeholder tokens the processor expands a clip of ``seconds`` into (after the long-audio policy capped it).
-    audio_token_count: Callable[[float], int] | None = None
-    # The per-window audio-embedding cache (audio_cache.py) knows this family's audio-features signature.
-    audio_cache: bool = False
     hub_id: str | None = None  # the main public checkpoint (``audiotune plan`` ships its architecture)
-    other_tower_prefixes: tuple[str, ...] = ()  # e.g. a vision tower: frozen, never a LoRA target
-    lm_config_attribute: str = "text_config"  # where the language model's config sits in the full config
-    # Why the family cannot train with the pinned transformers (the family test is then a strict xfail).
-    known_issue: str | None = None
+    # --- facts: None = inferred (see the module docstring) ---------------------------------------------------
+    model_class: str | None = None  # attribute of the ``transformers`` module
+    audio_token: str | None = None
+    sampling_rate: int | None = None
+    window_seconds: float | None = None  # one encoder window
+    max_audio_seconds: float | None = None  # beyond this the processor would truncate
+    assistant_header: str | None = None  # text that opens an assistant turn in the rendered template
+    end_of_turn: str | None = None  # closes a turn; kept in the loss so the model learns to stop
     # False when the chat template closes no turn (GLM: a reply runs into the next role marker); the collator then
     # appends ``end_of_turn`` after the last assistant message so the model learns to stop.
-    template_closes_turns: bool = True
+    template_closes_turns: bool | None = None
+    lm_prefix: str | None = None  # module name of the language model (``model.language_model``)
+    lm_lora_regex: str | None = None  # full-name regex of the language model's linear layers
+    encoder_prefixes: tuple[str, ...] | None = None  # module-name prefixes of the audio encoder
+    projector_prefixes: tuple[str, ...] | None = None
+    other_tower_prefixes: tuple[str, ...] | None = None  # e.g. a vision tower: frozen, never a LoRA target
+    audio_tower_attribute: str | None = None
+    # Placeholder tokens the processor expands a clip of ``seconds`` into (after the long-audio policy capped it).
+    audio_token_count: Callable[[float], int] | None = None
+    # --- behaviour that no checkpoint states ----------------------------------------------------------------------
+    task: str | None = None  # the task the model is trained for when it takes no free prompt ("asr")
+    requires_audio: bool = True  # the server refuses text-only requests unless told otherwise
+    audio_features_method: str = "get_audio_features"  # encoder + projector, cached by audio_cache.py
+    max_audios: int = 1  # audios per conversation (AF3's processor pairs each text with exactly one audio)
+    vllm_supported: bool = False  # vLLM can serve this architecture (with LoRA)
+    # The per-window audio-embedding cache (audio_cache.py) knows this family's audio-features signature.
+    audio_cache: bool = False
+    # Why the family cannot train with the pinned transformers (the family test is then a strict xfail). It must
+    # name the exact upstream limitation; ``known_error`` is a regex the raised ModelFamilyError must match.
+    known_issue: str | None = None
+    known_error: str | None = None
     # Samples past a window boundary that the processor cannot handle (Music Flamingo gives a 0-token window and
     # breaks its time embeddings): such a tail, at most this long, is trimmed before the processor sees it.
     trim_window_tail_samples: int = 0
@@ -69,18 +105,43 @@ class Family:
     # False when the model's own loss ignores ``num_items_in_batch`` (Qwen2-Audio): the Trainer must then average
     # over gradient-accumulation steps itself, or the loss is too large by the accumulation factor.
     loss_uses_num_items: bool = True
-    # Python packages the family needs beyond audiotune's own dependencies (its processor or its model class imports
-    # them); checked when the processor loads, so a missing one is a one-line error, not an ImportError deep inside
-    # transformers.
+    # Python packages the family needs beyond audiotune's own dependencies; checked when the processor loads, so a
+    # missing one is a one-line error, not an ImportError deep inside transformers.
     requires_packages: tuple[str, ...] = ()
-    # The audio tower is Whisper-style (conv front-end + learned positions + masked attention + pooling) and can run
-    # over a batch's valid frames instead of the whole 30 s window (encoder_frames.py); False where the tower checks
-    # the input length (Qwen2-Audio) or adds window-wide time embeddings (Music Flamingo).
+    # The audio tower is Whisper-style and can run over a batch's valid frames instead of the whole 30 s window
+    # (encoder_frames.py); False where the tower checks the input length or adds window-wide time embeddings.
     encoder_trims_to_valid_frames: bool = False
     # The processor tokenises only inside ``apply_chat_template`` (Voxtral's mistral-common backend): the collator
     # then hands it whole conversations, audio as base64 WAV parts.
     processor_tokenizes_chat: bool = False
     processor_kwargs: tuple[tuple[str, Any], ...] = ()  # extra ``AutoProcessor.from_pretrained`` arguments
+    # Tiny-builder hook for what a config cannot say generically (``models/tiny.py``): ``(config, tokenizer,
+    # sizes) -> None``, run after the generic shrink.
+    tiny_hook: Callable[..., None] | None = None
+    # --- set by bind() ------------------------------------------------------------------------------------------
+    bound: bool = False
+    inferred: tuple[str, ...] = ()  # facts read from the checkpoint
+    processor: Any = field(default=None, compare=False, repr=False)
+
+    # An unbound registry entry answers a fact from its tiny checkpoint (module docstring).
+    def __getattribute__(self, name: str):
+        value = object.__getattribute__(self, name)
+        if value is None and name in FACTS:
+            get = object.__getattribute__
+            if name == "model_class":
+                return model_class_for(get(self, "model_types")[0])
+            if not get(self, "bound") or (name in PROCESSOR_FACTS and get(self, "processor") is None):
+                return getattr(offline_family(get(self, "name")), name)
+        return value
+
+    def __repr__(self) -> str:
+        state = f"inferred {', '.join(self.inferred) or 'nothing'}" if self.bound else "unbound"
+        return f"Family({object.__getattribute__(self, 'name')!r}, {state})"
+
+    @property
+    def overridden(self) -> tuple[str, ...]:
+        """Facts this registry entry states explicitly (the rest are inferred)."""
+        return tuple(f for f in FACTS if object.__getattribute__(self, f) is not None and f not in self.inferred)
 
     def missing_packages(self) -> list[str]:
         import importlib.util
@@ -102,10 +163,7 @@ class Family:
 
     def audio_tokens(self, seconds: float) -> int:
         """Number of audio placeholder tokens a clip of ``seconds`` becomes in this family's processor."""
-        seconds = min(seconds, self.max_audio_seconds)
-        if self.audio_token_count is None:
-            return _whisper_pooled_tokens(seconds)
-        return self.audio_token_count(seconds)
+        return self.audio_token_count(min(seconds, self.max_audio_seconds))
 
     def is_encoder_module(self, name: str) -> bool:
         """In the audio encoder; a projector nested inside it (Qwen2.5-Omni's ``audio_tower.proj``) is not."""
@@ -117,12 +175,20 @@ class Family:
     def lm_lora_targets(self) -> str:
         return self.lm_lora_regex
 
+    def lm_config(self, config):
+        """The language model's config inside the full one (its sizes drive the plan)."""
+        return config.get_text_config(decoder=True)
 
-def _whisper_pooled_tokens(seconds: float) -> int:
-    """AF3 arithmetic: mel frames (100/s, over the 30 s windows) → conv stride 2 → average-pool 2."""
-    frames = max(1, int(seconds * 100))
-    conv = (frames - 1) // 2 + 1
-    return (conv - 2) // 2 + 1
+    def bind(self, config=None, processor=None, model=None) -> Family:
+        """This family with every fact it does not override inferred from the checkpoint's parts.
+
+        ``model``: the loaded model, or None to build one on the meta device from ``config`` (milliseconds, no
+        weights). ``processor``: None when only module facts are needed (``audiotune plan``).
+        """
+        facts, inferred = infer_facts(self, config, processor, model)
+        values = {f.name: object.__getattribute__(self, f.name) for f in dataclasses.fields(self)}
+        values.update(facts, bound=True, inferred=tuple(inferred), processor=processor)
+        return Family(**values)
 
 
 def _has_prefix(name: str, prefix: str) -> bool:
@@ -131,106 +197,247 @@ def _has_prefix(name: str, prefix: str) -> bool:
     return re.search(rf"(^|\.){re.escape(prefix)}(\.|$)", name) is not None
 
 
+# --- inference -------------------------------------------------------------------------------------------------
 
-AUDIO_FLAMINGO_3 = Family(
-    name="af3",
-    model_types=("audioflamingo3",),
-    model_class="AudioFlamingo3ForConditionalGeneration",
-    audio_token="<sound>",
-    sampling_rate=16000,
-    window_seconds=30.0,
-    max_audio_seconds=600.0,
-    assistant_header="<|im_start|>assistant\n",
-    end_of_turn="<|im_end|>",
-    default_system_prompt="You are a helpful assistant.",
-    aliases=("audioflamingo3", "audio-flamingo-3"),
-    encoder_trims_to_valid_frames=True,
-    vllm_supported=True,
-    audio_cache=True,
-    hub_id="nvidia/audio-flamingo-3-hf",
-)
+def _cannot_infer(family: Family, fact: str, why: str) -> ModelFamilyError:
+    return ModelFamilyError(
+        f"audiotune cannot infer {fact!r} for model_type {family.model_types[0]!r}: {why}. Add an override to "
+        f"audiotune/models/families.py: Family(name={family.name!r}, model_types={family.model_types!r}, "
+        f"{fact}=...), and add it to FAMILIES (docs/models.md lists what each family overrides).")
+
+
+def model_class_for(model_type: str) -> str | None:
+    """The transformers class that writes text from audio for ``model_type`` (auto mappings, multimodal first)."""
+    from transformers.models.auto import modeling_auto as auto
+
+    for mapping in ("MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES", "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES",
+                    "MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES", "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES",
+                    "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES"):
+        names = getattr(auto, mapping, {})
+        if model_type in names:
+            value = names[model_type]
+            return value[0] if isinstance(value, (list, tuple)) else value
+    return None
+
+
+def feature_extractor_of(processor):
+    """The processor part that turns waves into features (``feature_extractor`` or ``audio_processor``)."""
+    for name in ("feature_extractor", "audio_processor"):
+        part = getattr(processor, name, None)
+        if part is not None and hasattr(part, "sampling_rate"):
+            return part
+    return None
+
+
+def meta_model(model_class: str, config):
+    """The model with shapes but no storage, for reading its module tree."""
+    import torch
+    import transformers
+
+    with torch.device("meta"):
+        return getattr(transformers, model_class)._from_config(config)
+
+
+def _module_name(model, module) -> str | None:
+    return next((name for name, m in model.named_modules() if m is module), None)
+
+
+def infer_module_facts(family: Family, model) -> dict[str, Any]:
+    """LM, audio tower, projector and other towers from the module tree; the LM's linear layers."""
+    import torch
+
+    facts: dict[str, Any] = {}
+    decoder = None
+    try:
+        decoder = model.get_decoder()
+    except Exception:  # noqa: BLE001  (transformers raises a bare error for models it cannot tell)
+        decoder = None
+    lm = object.__getattribute__(family, "lm_prefix") or (_module_name(model, decoder) if decoder is not None
+                                                           else None)
+    if not lm:
+        raise _cannot_infer(family, "lm_prefix", "model.get_decoder() names no language-model submodule")
+    facts["lm_prefix"] = lm
+    parent = model.get_submodule(lm.rsplit(".", 1)[0]) if "." in lm else model
+    siblings = {f"{lm.rsplit('.', 1)[0]}.{n}" if "." in lm else n: m for n, m in parent.named_children()}
+    encoders, projectors, others = [], [], []
+    for name, module in siblings.items():
+        short = name.rsplit(".", 1)[-1]
+        if name == lm or short in ("lm_head", "embed_tokens") or not list(module.parameters()):
+            continue
+        if any(w in short for w in _OTHER_TOWER_WORDS):
+            others.append(name)
+        elif short in _AUDIO_TOWER_NAMES or ("audio" in short and not any(w in short for w in _PROJECTOR_WORDS)):
+            encoders.append(name)
+        elif any(w in short for w in _PROJECTOR_WORDS) or "audio" in short:
+            projectors.append(name)
+    facts["encoder_prefixes"] = tuple(encoders)
+    facts["projector_prefixes"] = tuple(projectors)
+    facts["other_tower_prefixes"] = tuple(others)
+    facts["audio_tower_attribute"] = encoders[0].rsplit(".", 1)[-1] if encoders else None
+    towers = [*(object.__getattribute__(family, "encoder_prefixes") or encoders),
+              *(object.__getattribute__(family, "projector_prefixes") or projectors),
+              *(object.__getattribute__(family, "other_tower_prefixes") or others)]
+    paths = set()
+    for name, module in model.get_submodule(lm).named_modules():
+        full = f"{lm}.{name}"
+        if isinstance(module, torch.nn.Linear) and not any(_has_prefix(full, t) for t in towers):
+            paths.add(re.sub(r"\\\.\d+\\\.", r"\\.\\d+\\.", re.escape(name)))
+    if not paths:
+        raise _cannot_infer(family, "lm_lora_regex", f"no nn.Linear under {lm}")
+    facts["lm_lora_regex"] = rf"(.*\.)?{re.escape(lm)}\.({'|'.join(sorted(paths))})"
+    return facts
+
+
+def _render(processor, messages, **kwargs) -> str:
+    return processor.apply_chat_template(messages, tokenize=False, **kwargs)
+
+
+def infer_template_facts(family: Family, processor) -> dict[str, Any]:
+    """Assistant header and end of turn: the chat template rendered around a sentinel reply."""
+    user = [{"role": "user", "content": [{"type": "text", "text": "Hello"}]}]
+    reply = [*user, {"role": "assistant", "content": [{"type": "text", "text": SENTINEL}]}]
+    try:
+        prompt = _render(processor, user, add_generation_prompt=True)
+        plain = _render(processor, user, add_generation_prompt=False)
+        full = _render(processor, reply)
+    except Exception as error:  # noqa: BLE001  (templates raise anything: jinja errors, ValueError)
+        raise _cannot_infer(family, "assistant_header", f"its chat template cannot render a reply ({error})") \
+            from error
+    eos = getattr(processor.tokenizer, "eos_token", None)
+    if eos and not prompt.startswith(plain) and plain.endswith(eos):  # a template that closes a finished chat
+        plain = plain[: -len(eos)]
+    if not prompt.startswith(plain) or SENTINEL not in full:
+        raise _cannot_infer(family, "assistant_header", "the generation prompt does not extend the rendered user "
+                            "turn")
+    header = prompt[len(plain):]
+    before, after = full.split(SENTINEL, 1)
+    if not before.endswith(header.rstrip()) and not before.rstrip().endswith(header.strip()):
+        raise _cannot_infer(family, "assistant_header", f"the reply does not follow the generation prompt "
+                            f"{header!r}")
+    tokenizer = processor.tokenizer
+    facts: dict[str, Any] = {"assistant_header": header.strip() if before.endswith(header.strip()) else header}
+    closing = after.strip()
+    if closing:
+        special = sorted(getattr(tokenizer, "all_special_tokens", []), key=len, reverse=True)
+        facts["end_of_turn"] = next((t for t in special if t and closing.startswith(t)), None)
+        facts["template_closes_turns"] = True
+        if facts["end_of_turn"] is None:
+            raise _cannot_infer(family, "end_of_turn", f"the reply is closed by {closing[:20]!r}, no special token")
+    else:
+        facts["template_closes_turns"] = False
+        facts["end_of_turn"] = tokenizer.eos_token
+    return facts
+
+
+def _measured_audio_tokens(processor, audio_token: str, rate: int) -> Callable[[float], int]:
+    """The processor's own count: a silent clip of that length through the processor, placeholders counted."""
+    import numpy as np
+
+    audio_id = processor.tokenizer.convert_tokens_to_ids(audio_token)
+    cache: dict[int, int] = {}
+
+    def count(seconds: float) -> int:
+        samples = max(1, round(seconds * rate))
+        if samples not in cache:
+            batch = processor(text=[audio_token], audio=[np.zeros(samples, dtype=np.float32)], return_tensors="pt")
+            cache[samples] = int((batch["input_ids"] == audio_id).sum())
+        return cache[samples]
+
+    return count
+
+
+def infer_processor_facts(family: Family, processor, facts: dict[str, Any]) -> dict[str, Any]:
+    """Audio token, rate, window and token count from the processor and its feature extractor."""
+    out: dict[str, Any] = {}
+    audio_token = object.__getattribute__(family, "audio_token") or getattr(processor, "audio_token", None) \
+        or getattr(processor.tokenizer, "audio_token", None)
+    if not audio_token:
+        raise _cannot_infer(family, "audio_token", f"{type(processor).__name__} has no audio_token")
+    out["audio_token"] = audio_token
+    extractor = feature_extractor_of(processor)
+    if extractor is None:
+        raise _cannot_infer(family, "sampling_rate", f"{type(processor).__name__} has no feature extractor")
+    rate = object.__getattribute__(family, "sampling_rate") or int(extractor.sampling_rate)
+    out["sampling_rate"] = rate
+    window = None
+    if getattr(extractor, "chunk_length", None):
+        window = float(extractor.chunk_length)
+    elif getattr(extractor, "n_samples", None):
+        window = extractor.n_samples / rate
+    out["window_seconds"] = window or 30.0
+    max_len = getattr(processor, "max_audio_len", None)
+    out["max_audio_seconds"] = float(max_len) if max_len else out["window_seconds"]
+    out["audio_token_count"] = _measured_audio_tokens(processor, audio_token, rate)
+    return out
+
+
+def infer_facts(family: Family, config=None, processor=None, model=None) -> tuple[dict[str, Any], list[str]]:
+    """``(facts, inferred)``: every fact the entry leaves open, read from the checkpoint's parts."""
+    raw = {f: object.__getattribute__(family, f) for f in FACTS}
+    found: dict[str, Any] = {}
+    model_type = getattr(config, "model_type", None) or family.model_types[0]
+    if raw["model_class"] is None:
+        found["model_class"] = model_class_for(model_type)
+        if found["model_class"] is None:
+            raise _cannot_infer(family, "model_class", "no transformers auto mapping names a text-writing class")
+    model_class = raw["model_class"] or found["model_class"]
+    if model is None and config is not None:
+        model = meta_model(model_class, config)
+    if model is not None:
+        found.update(infer_module_facts(family, model))
+    if processor is not None:
+        found.update(infer_processor_facts(family, processor, found))
+        if raw["assistant_header"] is None or raw["end_of_turn"] is None:
+            found.update(infer_template_facts(family, processor))
+    facts = {f: raw[f] for f in FACTS if raw[f] is not None}
+    inferred = [f for f in FACTS if raw[f] is None and found.get(f) is not None]
+    facts.update({f: found[f] for f in inferred})
+    return facts, inferred
+
+
+# --- the registry: only what cannot be inferred ------------------------------------------------------------------
 
 def _mel_frames(seconds: float, rate: int = 16000, hop: int = 160) -> int:
     return max(1, math.ceil(round(seconds * rate) / hop))
 
 
-def _music_flamingo_tokens(seconds: float) -> int:
-    """AF3's arithmetic on exact mel frames (the processor also adds ``<|sound_bos|>``/``<|sound_eos|>``)."""
-    conv = (_mel_frames(seconds) - 1) // 2 + 1
-    return (conv - 2) // 2 + 1
-
-
-def _glmasr_tokens(seconds: float) -> int:
-    """Whisper frames → conv stride 2 → 4 frames merged into one token."""
-    conv = (_mel_frames(seconds) - 1) // 2 + 1
-    return (conv - 4) // 4 + 1
-
+AUDIO_FLAMINGO_3 = Family(
+    name="af3",
+    model_types=("audioflamingo3",),
+    aliases=("audioflamingo3", "audio-flamingo-3"),
+    hub_id="nvidia/audio-flamingo-3-hf",
+    encoder_trims_to_valid_frames=True,
+    vllm_supported=True,
+    audio_cache=True,
+)
 
 MUSIC_FLAMINGO = Family(
     name="musicflamingo",
     model_types=("musicflamingo",),
-    model_class="MusicFlamingoForConditionalGeneration",
-    audio_token="<sound>",
-    sampling_rate=16000,
-    window_seconds=30.0,
-    max_audio_seconds=1200.0,
-    assistant_header="<|im_start|>assistant\n",
-    end_of_turn="<|im_end|>",
-    default_system_prompt=(
-        "You are Music Flamingo, a multimodal assistant for language and music. On each turn you receive an audio "
-        "clip which contains music and optional text, you will receive at least one or both; use your world "
-        "knowledge and reasoning to help the user with any task. Interpret the entirety of the content any input "
-        "music--regardlenss of whether the user calls it audio, music, or sound."),  # verbatim, typo included
     aliases=("music-flamingo", "music_flamingo"),
-    vllm_supported=True,
-    audio_token_count=_music_flamingo_tokens,
     hub_id="nvidia/music-flamingo-2601-hf",
+    vllm_supported=True,
     trim_window_tail_samples=320,  # ≤ 20 ms past a 30 s boundary gives a 0-token window (transformers 5.24)
 )
 
 GLM_ASR = Family(
     name="glmasr",
     model_types=("glmasr",),
-    model_class="GlmAsrForConditionalGeneration",
-    audio_token="<|pad|>",
-    sampling_rate=16000,
-    window_seconds=30.0,
-    max_audio_seconds=630.0,  # max_audio_len=655 → 21 whole windows
-    assistant_header="<|assistant|>\n",
-    end_of_turn="<|user|>",
     aliases=("glm-asr", "glm_asr", "glm-asr-nano"),
-    vllm_supported=True,
-    audio_token_count=_glmasr_tokens,
     hub_id="zai-org/GLM-ASR-Nano-2512",
-    template_closes_turns=False,
+    vllm_supported=True,
+    max_audio_seconds=630.0,  # processor.max_audio_len=655 is not a whole number of windows; 21 windows fit
+    end_of_turn="<|user|>",  # the template closes no turn: a reply runs into the next role marker
 )
-
-def _qwen_audio_tokens(max_frames: int) -> Callable[[float], int]:
-    """Qwen2-Audio / Qwen2.5-Omni: mel frames kept by the mask (capped) → conv stride 2 → average-pool 2."""
-    def count(seconds: float) -> int:
-        frames = min(_mel_frames(seconds), max_frames)
-        conv = (frames - 1) // 2 + 1
-        return max(0, (conv - 2) // 2 + 1)
-    return count
-
 
 QWEN2_AUDIO = Family(
     name="qwen2audio",
     model_types=("qwen2_audio",),
-    model_class="Qwen2AudioForConditionalGeneration",
-    audio_token="<|AUDIO|>",
-    sampling_rate=16000,
-    window_seconds=30.0,
-    max_audio_seconds=30.0,  # one 3000-frame window; the processor cuts the rest silently, so the policy decides
-    assistant_header="<|im_start|>assistant\n",
-    end_of_turn="<|im_end|>",
-    default_system_prompt="You are a helpful assistant.",
     aliases=("qwen2-audio", "qwen2_audio", "qwen2-audio-7b-instruct"),
+    hub_id="Qwen/Qwen2-Audio-7B-Instruct",
     requires_audio=False,
     max_audios=8,
     vllm_supported=True,
-    audio_token_count=_qwen_audio_tokens(3000),
-    hub_id="Qwen/Qwen2-Audio-7B-Instruct",
     min_audio_samples=1600,
     loss_uses_num_items=False,
 )
@@ -238,170 +445,172 @@ QWEN2_AUDIO = Family(
 QWEN25_OMNI = Family(
     name="qwen25omni",
     model_types=("qwen2_5_omni_thinker", "qwen2_5_omni"),
-    model_class="Qwen2_5OmniThinkerForConditionalGeneration",
-    audio_token="<|AUDIO|>",
-    sampling_rate=16000,
-    window_seconds=300.0,  # the encoder attends in 2 s chunks; the processor takes up to 300 s in one go
-    max_audio_seconds=300.0,
-    projector_prefixes=("model.audio_tower.proj",),
-    other_tower_prefixes=("model.visual",),
-    assistant_header="<|im_start|>assistant\n",
-    end_of_turn="<|im_end|>",
-    default_system_prompt="You are a helpful assistant.",
     aliases=("qwen2.5-omni", "qwen2_5_omni", "qwen25-omni", "qwen2.5-omni-thinker"),
+    hub_id="Qwen/Qwen2.5-Omni-7B",
+    # The full model adds a talker and a vocoder; audio in, text out is the thinker alone.
+    model_class="Qwen2_5OmniThinkerForConditionalGeneration",
+    projector_prefixes=("model.audio_tower.proj",),  # the projector sits inside the audio tower
     requires_audio=False,
     max_audios=8,
     vllm_supported=True,
-    audio_token_count=_qwen_audio_tokens(30000),
-    hub_id="Qwen/Qwen2.5-Omni-7B",
     min_audio_samples=1600,
     requires_packages=("torchvision",),
-    known_issue=("transformers 5.24's Qwen2_5OmniProcessor cannot be built without torchvision (its video "
-                 "processor is torchvision-only), and no torchvision build loads beside torch 2.13 CPU here. "
-                 "The model, config and tokenizer load; on a GPU machine `pip install torchvision` matching torch "
-                 "makes the family work."),
 )
-
-def _voxtral_tokens(seconds: float) -> int:
-    """375 tokens per started 30 s window (12.5 tokens/s); the processor never truncates."""
-    return 375 * max(1, math.ceil(round(seconds * 16000) / 480000))
-
-
-def _granite_speech_tokens(seconds: float) -> int:
-    """Stacked 20 ms frames, windows of 15 → 3 query tokens each (the Q-Former projector)."""
-    return 3 * math.ceil(((round(seconds * 16000) // 160 + 1) // 2) / 15)
-
 
 VOXTRAL = Family(
     name="voxtral",
     model_types=("voxtral",),
-    model_class="VoxtralForConditionalGeneration",
-    audio_token="[AUDIO]",
-    sampling_rate=16000,
-    window_seconds=30.0,
+    aliases=("voxtral-mini", "mistral-voxtral"),
+    hub_id="mistralai/Voxtral-Mini-3B-2507",
     max_audio_seconds=2400.0,  # more 30 s windows, up to the LM's context (the model card says 40 min)
+    # mistral-common renders no text template: these are its instruct tokens.
     assistant_header="[/INST]",
     end_of_turn="</s>",
-    aliases=("voxtral-mini", "mistral-voxtral"),
+    template_closes_turns=True,
+    # Its processor only tokenises inside apply_chat_template: 375 tokens per started 30 s window (12.5/s).
+    audio_token_count=lambda seconds: 375 * max(1, math.ceil(round(seconds * 16000) / 480000)),
     max_audios=5,
     vllm_supported=True,
-    audio_token_count=_voxtral_tokens,
-    hub_id="mistralai/Voxtral-Mini-3B-2507",
     requires_packages=("mistral_common",),
     processor_tokenizes_chat=True,
     # "test" (the default) refuses a conversation ending with the assistant's reply, "finetuning" one without it.
     processor_kwargs=(("mode", "agnostic"),),
 )
 
-
 GRANITE_SPEECH = Family(
     name="granite_speech",
     model_types=("granite_speech",),
-    model_class="GraniteSpeechForConditionalGeneration",
-    audio_token="<|audio|>",
-    sampling_rate=16000,
-    window_seconds=4.0,  # the conformer's attention block (200 frames × 20 ms)
-    max_audio_seconds=500.0,  # the processor does not cut; vLLM plans for 500 s
-    encoder_prefixes=("model.encoder",),
-    projector_prefixes=("model.projector",),
-    assistant_header="<|start_of_role|>assistant<|end_of_role|>",
-    end_of_turn="<|end_of_text|>",
     aliases=("granite-speech", "granitespeech"),
-    audio_tower_attribute="encoder",
-    vllm_supported=True,
-    audio_token_count=_granite_speech_tokens,
     hub_id="ibm-granite/granite-speech-3.3-2b",
+    window_seconds=4.0,  # the conformer's attention block (200 frames × 20 ms); the extractor states no window
+    max_audio_seconds=500.0,  # the processor does not cut; vLLM plans for 500 s
+    vllm_supported=True,
     requires_packages=("torchaudio",),
-    known_issue=("GraniteSpeechFeatureExtractor needs torchaudio, which has no build that loads beside torch 2.13 "
-                 "CPU (and breaks `import transformers` when forced). The checkpoint also bundles a speech LoRA "
-                 "that transformers 5.24 loads only with peft ≥ 0.22 (not released; audiotune pins 0.21). The "
-                 "model, config, LM-only LoRA regex and `audiotune plan` work."),
 )
 
-def _phi4mm_tokens(seconds: float) -> int:
-    """25 ms windows every 10 ms, 8 frames per token; nothing under one window."""
-    samples = round(seconds * 16000)
-    if samples < 400:
-        return 0
-    return -(-((samples - 400) // 160 + 1) // 8)
+def _gemma3n_vocabulary(config: dict, tokenizer, sizes: dict) -> None:
+    """Gemma 3n embeds the 128 ids after the text vocabulary with its vision embedder and the next 128 with its
+    audio embedder (it pads audio with the last id): the tiny vocabulary keeps that layout."""
+    text = len(tokenizer)
+    config["text_config"].update(vocab_size=text + 256, vocab_size_per_layer_input=text)
+    config["vision_config"]["vocab_offset"] = text
+    config["audio_config"]["vocab_offset"] = text + 128
 
+
+GRANITE_SPEECH_PLUS = Family(
+    name="granite_speech_plus",
+    model_types=("granite_speech_plus",),
+    aliases=("granite-speech-plus",),
+    hub_id="ibm-granite/granite-speech-4.1-2b-plus",
+    window_seconds=4.0,  # as Granite Speech: the conformer's attention block
+    max_audio_seconds=500.0,
+    requires_packages=("torchaudio",),
+)
 
 GEMMA3N = Family(
     name="gemma3n",
     model_types=("gemma3n",),
-    model_class="Gemma3nForConditionalGeneration",
-    audio_token="<audio_soft_token>",
-    sampling_rate=16000,
-    window_seconds=30.0,
-    max_audio_seconds=30.0,  # the feature extractor cuts at 480000 samples
-    projector_prefixes=("model.embed_audio",),
-    other_tower_prefixes=("model.vision_tower", "model.embed_vision"),
-    assistant_header="<start_of_turn>model\n",
-    end_of_turn="<end_of_turn>",
     aliases=("gemma-3n", "gemma_3n", "gemma-3n-e2b-it"),
+    hub_id="google/gemma-3n-E2B-it",
+    max_audio_seconds=30.0,  # the feature extractor cuts at 480000 samples
     requires_audio=False,
     max_audios=8,
-    audio_token_count=lambda seconds: 188,  # a fixed 188 soft tokens per clip
-    hub_id="google/gemma-3n-E2B-it",
     min_audio_samples=513,
     loss_uses_num_items=False,
     requires_packages=("timm",),
-    known_issue=("Gemma3nForConditionalGeneration always builds its vision tower through timm, which needs "
-                 "torchvision; no torchvision build loads beside torch 2.13 CPU (PyPI's 0.28.0 fails with "
-                 "'operator torchvision::nms does not exist' and then breaks `import transformers`). Config, "
-                 "tokenizer, processor and `audiotune plan` work; the model needs timm and a matching torchvision "
-                 "(a GPU machine)."),
+    tiny_hook=_gemma3n_vocabulary,
 )
 
 PHI4_MULTIMODAL = Family(
     name="phi4mm",
     model_types=("phi4_multimodal",),
-    model_class="Phi4MultimodalForCausalLM",
-    audio_token="<|audio|>",
-    sampling_rate=16000,
+    aliases=("phi-4-multimodal", "phi4-multimodal", "phi4_multimodal", "phi-4-multimodal-instruct"),
+    hub_id="microsoft/Phi-4-multimodal-instruct",
     window_seconds=40.0,
     max_audio_seconds=40.0,  # a batch with a longer clip crashes the encoder's unfold in transformers 5.24
-    # The LM's linears are fused (qkv_proj, gate_up_proj): the guide's names would adapt the audio encoder only.
-    lm_lora_regex=r"(^|.*\.)model\.layers\.\d+\.(self_attn\.(qkv_proj|o_proj)|mlp\.(gate_up_proj|down_proj))",
+    # The LM is the whole inner model (no get_decoder()), and the audio/vision embedders hang inside it.
+    lm_prefix="model",
     encoder_prefixes=("model.embed_tokens_extend.audio_embed.encoder",),
     projector_prefixes=tuple(f"model.embed_tokens_extend.audio_embed.{p}" for p in (
         "up_proj_for_speech", "down_proj_for_speech", "up_proj_for_vision_speech", "down_proj_for_vision_speech")),
     other_tower_prefixes=("model.embed_tokens_extend.image_embed",),
-    assistant_header="<|assistant|>",
-    end_of_turn="<|end|>",
-    aliases=("phi-4-multimodal", "phi4-multimodal", "phi4_multimodal", "phi-4-multimodal-instruct"),
-    requires_audio=False,
     audio_tower_attribute="embed_tokens_extend",
+    requires_audio=False,
     max_audios=8,
-    audio_token_count=_phi4mm_tokens,
-    hub_id="microsoft/Phi-4-multimodal-instruct",
-    lm_config_attribute="",  # the LM's sizes are the top-level config's
     min_audio_samples=400,
 )
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (AUDIO_FLAMINGO_3, MUSIC_FLAMINGO, QWEN2_AUDIO, VOXTRAL,
-                                                   GRANITE_SPEECH, GEMMA3N, PHI4_MULTIMODAL, GLM_ASR, QWEN25_OMNI)}
+QWEN3_ASR = Family(
+    name="qwen3asr",
+    model_types=("qwen3_asr",),
+    aliases=("qwen3-asr", "qwen3_asr"),
+    hub_id="Qwen/Qwen3-ASR-1.7B",
+    task="asr",
+)
+
+FUN_ASR_NANO = Family(
+    name="fun_asr_nano",
+    model_types=("fun_asr_nano",),
+    aliases=("fun-asr-nano", "funasr"),
+    hub_id="FunAudioLLM/Fun-ASR-Nano-2512",
+    task="asr",
+)
+
+MOSS_TRANSCRIBE_DIARIZE = Family(
+    name="moss_transcribe_diarize",
+    model_types=("moss_transcribe_diarize",),
+    aliases=("moss-transcribe-diarize", "moss"),
+    hub_id="OpenMOSS-Team/MOSS-Transcribe-Diarize",
+    task="asr",
+)
+
+OMNIASR = Family(
+    name="omniasr",
+    model_types=("omniasr",),
+    aliases=("omni-asr", "omnilingual-asr"),
+    hub_id="hf-audio/omniasr-llm-300m-v2",
+    task="asr",
+)
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (
+    AUDIO_FLAMINGO_3, MUSIC_FLAMINGO, QWEN2_AUDIO, VOXTRAL, GRANITE_SPEECH, GEMMA3N, PHI4_MULTIMODAL, GLM_ASR,
+    QWEN25_OMNI, QWEN3_ASR, FUN_ASR_NANO, MOSS_TRANSCRIBE_DIARIZE, GRANITE_SPEECH_PLUS,
+    OMNIASR)}
 
 
 def family_by_name(name: str) -> Family:
-    """The family called ``name`` (or one of its aliases)."""
+    """The registry entry called ``name`` (or one of its aliases, or a model_type it covers)."""
     for family in FAMILIES.values():
         if name == family.name or name in family.aliases or name in family.model_types:
             return family
     raise ModelFamilyError(
-        f"Unknown model family {name!r}. Supported: {', '.join(sorted(FAMILIES))}. "
-        "To add one, add a Family entry in audiotune/models/families.py and a tiny builder in models/tiny.py."
+        f"Unknown model family {name!r}. Supported: {', '.join(sorted(FAMILIES))}. A checkpoint of another "
+        "architecture works without an entry when its facts can be inferred (pass --model); to add one, add a "
+        "Family entry with its overrides in audiotune/models/families.py."
     )
 
 
 def family_for_config(config) -> Family:
-    """The family of a loaded ``PretrainedConfig``, recognised by its ``model_type``."""
+    """The registry entry for a loaded ``PretrainedConfig`` (by ``model_type``), or an entry of its own: a
+    conventional checkpoint needs none. Unbound: call :meth:`Family.bind` with the checkpoint's parts."""
     model_type = getattr(config, "model_type", None)
     for family in FAMILIES.values():
         if model_type in family.model_types:
             return family
+    if model_type and model_class_for(model_type):
+        return Family(name=model_type, model_types=(model_type,))
     supported = ", ".join(f"{f.name} ({'/'.join(f.model_types)})" for f in FAMILIES.values())
     raise ModelFamilyError(
-        f"Checkpoint has model_type {model_type!r}, which audiotune does not support yet. Supported: {supported}. "
-        "To add one, add a Family entry in audiotune/models/families.py and a tiny builder in models/tiny.py."
+        f"Checkpoint has model_type {model_type!r}: no transformers class writes text from it, and audiotune has "
+        f"no entry for it. Registered: {supported}. To add one, add a Family entry in "
+        "audiotune/models/families.py naming its model_class and any fact that cannot be inferred."
     )
+
+
+def offline_family(name: str) -> Family:
+    """The registry entry ``name`` bound to its tiny checkpoint (built once into the cache, seconds)."""
+    from .tiny import cached_tiny
+
+    from .loading import resolve_family
+
+    return resolve_family(str(cached_tiny(name)))

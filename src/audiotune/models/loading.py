@@ -20,8 +20,12 @@ logger = logging.getLogger(__name__)
 
 
 def resolve_family(model_id_or_path: str) -> Family:
+    """The family of a checkpoint (local folder or Hub id), bound to it: every fact its registry entry does not
+    override is inferred from the checkpoint's processor, chat template and module tree (``families.py``)."""
     from transformers import AutoConfig
 
+    path = Path(model_id_or_path)
+    stamp = (path / "config.json").stat().st_mtime_ns if (path / "config.json").exists() else 0
     try:
         config = AutoConfig.from_pretrained(model_id_or_path)
     except OSError as error:
@@ -30,28 +34,40 @@ def resolve_family(model_id_or_path: str) -> Family:
             "(e.g. one made by `audiotune tiny`) or a Hub id reachable from this machine.") from error
     except ValueError as error:
         raise ModelFamilyError(f"{model_id_or_path}: {error}") from error
-    return family_for_config(config)
+    key = (str(model_id_or_path), stamp)  # config.json's mtime: a rebuilt folder resolves afresh
+    if key not in _BOUND:
+        entry = family_for_config(config)
+        try:
+            processor = _auto_processor(model_id_or_path, entry)
+        except OSError:  # a config-only folder: processor facts then come from the registry entry's tiny checkpoint
+            processor = None
+        _BOUND[key] = entry.bind(config=config, processor=processor)
+    return _BOUND[key]
+
+
+_BOUND: dict[tuple[str, int], Family] = {}
 
 
 def _family_of_folder(path: Path) -> Family | None:
-    """The family of a checkpoint (local or Hub id), or of an adapter folder's base model; None when it cannot be
-    told (then the processor loads with transformers' defaults, and any real problem surfaces there)."""
+    """The registry entry of a checkpoint (local or Hub id), or of an adapter folder's base model; None when it
+    cannot be told (then the processor loads with transformers' defaults, and any real problem surfaces there)."""
     adapter_config = path / "adapter_config.json"
     if not (path / "config.json").exists() and adapter_config.exists():
         import json
 
         base = json.loads(adapter_config.read_text()).get("base_model_name_or_path")
         path = Path(base) if base else path
+    from transformers import AutoConfig
+
     try:
-        return resolve_family(str(path))
-    except (CheckpointError, ModelFamilyError):
+        return family_for_config(AutoConfig.from_pretrained(str(path)))
+    except (OSError, ValueError, ModelFamilyError):
         return None
 
 
-def load_processor(model_id_or_path: str | Path):
+def _auto_processor(model_id_or_path: str | Path, family: Family | None):
     from transformers import AutoProcessor
 
-    family = _family_of_folder(Path(model_id_or_path))
     kwargs: dict[str, Any] = {}
     if family is not None:
         missing = family.missing_packages()
@@ -73,7 +89,17 @@ def load_processor(model_id_or_path: str | Path):
     tokenizer = getattr(processor, "tokenizer", None)
     if getattr(processor, "chat_template", None) is None and getattr(tokenizer, "chat_template", None):
         processor.chat_template = tokenizer.chat_template
+    # A tokenizer saved after padding a batch (its tokenizer.json keeps the padding state) loads with
+    # ``max_length=None`` among its init kwargs; the processor hands that to the feature extractor as an explicit
+    # None, which Gemma 3n's (it truncates by default) refuses.
+    for key in ("max_length", "pad_to_multiple_of"):
+        if key in getattr(tokenizer, "init_kwargs", {}) and tokenizer.init_kwargs[key] is None:
+            del tokenizer.init_kwargs[key]
     return processor
+
+
+def load_processor(model_id_or_path: str | Path):
+    return _auto_processor(model_id_or_path, _family_of_folder(Path(model_id_or_path)))
 
 
 def save_processor(processor, out_dir: str | Path) -> None:
@@ -178,12 +204,27 @@ def prepare_for_training(model: torch.nn.Module, family: Family, plan: Adaptatio
     from peft import LoraConfig, get_peft_model
 
     targets = plan.lora_targets if plan.lora_targets is not None else family.lm_lora_targets()
+    if isinstance(targets, str) and _peft_rewrites_regex(model):
+        import re
+
+        targets = [name for name, _ in model.named_modules() if re.fullmatch(targets, name)]
     config = LoraConfig(
         r=plan.lora_r, lora_alpha=plan.lora_alpha, lora_dropout=plan.lora_dropout, bias="none",
         target_modules=targets, task_type="CAUSAL_LM",
         modules_to_save=projector_module_names(model, family) if plan.train_projector else None,
     )
     return get_peft_model(model, config)
+
+
+def _peft_rewrites_regex(model: torch.nn.Module) -> bool:
+    """PEFT 0.21 converts the config of MoE architectures whose layout changed in transformers 5
+    (``_convert_peft_config_moe``: Qwen3-Omni, Qwen3-MoE, ...) and resolves a regex there into bare module names
+    (``q_proj``), which then also match the audio tower's; full names survive the conversion."""
+    try:
+        from peft.utils.transformers_weight_conversion import get_checkpoint_conversion_mapping
+    except ImportError:
+        return False
+    return get_checkpoint_conversion_mapping(getattr(model.config, "model_type", None)) is not None
 
 
 def to_model_inputs(batch: dict[str, Any], model: torch.nn.Module) -> dict[str, Any]:

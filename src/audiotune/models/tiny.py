@@ -1,79 +1,71 @@
-"""Tiny, randomly initialised checkpoints of real architectures, built offline.
+"""Tiny, randomly initialised checkpoints of real architectures, built offline by one generic builder.
 
-Why: tests, the demo and the benchmarks must exercise the *real* code path
-(``from_pretrained(dir)`` of the real transformers classes, the real chat template and feature
-extractor) on a machine with no network and no GPU. A tiny checkpoint is the real architecture with
-small sizes, random weights, and a byte-level BPE tokenizer trained here in a second.
+Why: tests, the demo and the benchmarks must exercise the *real* code path (``from_pretrained(dir)`` of the real
+transformers classes, the real chat template and feature extractor) on a machine with no network and no GPU. A tiny
+checkpoint is the real architecture with small sizes, random weights, and a tokenizer trained here in a second.
 
-Compute proportions (the benchmarks depend on them). The real Audio Flamingo 3 pairs a
-Whisper-large-v3 encoder (32 layers, d=1280, always run over full 30 s windows of 1500 positions)
-with Qwen2.5-7B. For a typical 10 s AudioCaps clip the encoder costs ≈2.3 TFLOP per window
-(linear ≈1.9 + attention ≈0.4) while the LM costs ≈13 GFLOP/token × ≈310 tokens (250 audio
-tokens + prompt + caption) ≈ 4 TFLOP forward: an encoder/LM forward ratio of ≈0.55.
-The ``default`` preset keeps that proportion: a 2-layer d=128 encoder still runs over all 1500
-positions of a 30 s window (≈3.5 GFLOP: attention dominates at this width) and an 8-layer d=256
-Qwen2 LM costs ≈15 MFLOP/token, ≈4.7 GFLOP for the same 310 tokens: ratio ≈0.75 (measured on
-CPU: encoder ≈0.03 s vs LM ≈0.06 s per clip, ≈0.5). ``tests/test_tiny.py`` guards the proportion.
-The ``micro`` preset is for unit tests only: same structure, far smaller, no proportion promised.
+How (the same for every family, :func:`build_tiny`):
+
+1. the family's published architecture (``published/<hub id>.json``, the file ``audiotune plan`` uses) is loaded
+   with its config class, which fills every default, and shrunk by :func:`shrink_config`: layers, widths, heads,
+   experts and per-layer lists of every sub-config, the language model to the preset's ``text`` sizes, every other
+   tower to its ``encoder`` sizes;
+2. the published processor files (``published/processors/<hub id>/``: feature-extractor settings, special tokens,
+   chat template, exactly as the checkpoint ships them) are copied, and the tokenizer the checkpoint names is trained
+   here with those special tokens (:func:`train_tokenizer`; a mistral-common ``tekken.json`` likewise);
+3. token ids in the config (``tiny.json``'s ``token_ids``: config key → token) are remapped to the small vocabulary,
+   ``tiny.json``'s ``sizes`` apply what a config cannot say generically (data, per preset), a family's
+   ``tiny_hook`` (``families.py``) the rare rest, and everything is saved with ``save_pretrained``.
+
+Same seed → identical files. Compute proportions (the benchmarks depend on them): the real Audio Flamingo 3 pairs a
+Whisper-large-v3 encoder (32 layers, d=1280, always run over full 30 s windows of 1500 positions) with Qwen2.5-7B.
+For a typical 10 s AudioCaps clip the encoder costs ≈2.3 TFLOP per window (linear ≈1.9 + attention ≈0.4) while the
+LM costs ≈13 GFLOP/token × ≈310 tokens (250 audio tokens + prompt + caption) ≈ 4 TFLOP forward: an encoder/LM
+forward ratio of ≈0.55. The ``default`` preset keeps that proportion: a 2-layer d=128 encoder still runs over all
+1500 positions of a 30 s window (≈3.5 GFLOP: attention dominates at this width) and an 8-layer d=256 Qwen2 LM costs
+≈15 MFLOP/token, ≈4.7 GFLOP for the same 310 tokens: ratio ≈0.75 (measured on CPU: encoder ≈0.03 s vs LM ≈0.06 s
+per clip, ≈0.5). ``tests/test_tiny.py`` guards the proportion. The ``micro`` preset is for unit tests only.
 """
 
 from __future__ import annotations
 
+import copy
 import json
+import shutil
 from pathlib import Path
 
 from ..errors import ModelFamilyError
-from .families import AUDIO_FLAMINGO_3, Family, family_by_name
+from .families import FAMILIES, Family, family_by_name
 
-# Renders exactly what AF3's published chat template renders: a default system turn, ChatML turns,
-# and for a turn with audio the placeholder first, then the turn's text.
-AF3_CHAT_TEMPLATE = (
-    "{% if messages[0]['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-    "{% endif %}"
-    "{% for message in messages if message['content'] is not none %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}"
-    "{% set state = namespace(has_audio=False, text='') %}"
-    "{% for part in message['content'] %}"
-    "{% if part.get('type') == 'audio' or 'audio' in part %}{% set state.has_audio = True %}"
-    "{% elif part.get('type') == 'text' or 'text' in part %}{% set state.text = state.text + part['text'] %}"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if state.has_audio %}<sound>{% endif %}{{ state.text }}"
-    "{% endif %}"
-    "<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-CHATML_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+PUBLISHED_DIR = Path(__file__).parent / "published"
+PROCESSORS_DIR = PUBLISHED_DIR / "processors"
 
 PRESETS: dict[str, dict] = {
     "default": {
-        "encoder": {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 512},
-        "text": {"hidden_size": 256, "num_hidden_layers": 8, "num_attention_heads": 8, "num_key_value_heads": 2,
-                 "intermediate_size": 1024},
+        "encoder": {"hidden": 128, "layers": 2, "heads": 4, "intermediate": 512},
+        "text": {"hidden": 256, "layers": 8, "heads": 8, "kv_heads": 2, "intermediate": 1024},
         "vocab_size": 2048,
     },
     "micro": {
-        "encoder": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64},
-        "text": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-                 "intermediate_size": 128},
+        "encoder": {"hidden": 32, "layers": 1, "heads": 2, "intermediate": 64},
+        "text": {"hidden": 64, "layers": 2, "heads": 4, "kv_heads": 2, "intermediate": 128},
         "vocab_size": 1024,
     },
 }
 
-
-def start_build(out_dir: str | Path, preset: str, presets: dict[str, dict] | None = None) -> tuple[dict, Path]:
-    """``(sizes, folder)`` for a builder: the preset's sizes (a clear error for an unknown one), the folder made."""
-    presets = PRESETS if presets is None else presets
-    if preset not in presets:
-        raise ModelFamilyError(f"Unknown tiny preset {preset!r}; choose one of {', '.join(presets)}.")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    return presets[preset], out
+# Config keys by what they size (transformers' names across encoder and decoder configs).
+SIZE_KEYS: dict[str, tuple[str, ...]] = {
+    "hidden": ("hidden_size", "d_model", "n_embd", "embed_dim", "hidden_dim", "encoder_embed_dim"),
+    "layers": ("num_hidden_layers", "encoder_layers", "num_layers", "n_layer", "decoder_layers",
+               "conf_num_hidden_layers", "depth", "num_blocks"),
+    "heads": ("num_attention_heads", "encoder_attention_heads", "n_head", "num_heads", "decoder_attention_heads",
+              "conf_num_attention_heads"),
+    "kv_heads": ("num_key_value_heads", "num_kv_heads"),
+    "intermediate": ("intermediate_size", "encoder_ffn_dim", "ffn_dim", "decoder_ffn_dim", "mlp_dim"),
+}
+EXPERT_KEYS = {"num_experts": 4, "num_local_experts": 4, "n_routed_experts": 4, "num_experts_per_tok": 2,
+               "moe_topk": 2, "n_shared_experts": 1}
+MOE_WIDTH_KEYS = ("moe_intermediate_size", "shared_expert_intermediate_size", "expert_intermediate_size")
 
 
 def tokenizer_corpus() -> list[str]:
@@ -94,101 +86,284 @@ def tokenizer_corpus() -> list[str]:
     return prompts * 20 + [vocabulary_text()] * 20 + [general] * 20
 
 
-def build_tokenizer(vocab_size: int, audio_token: str):
-    """Train a byte-level BPE (Qwen2's pre-tokenisation) and wrap it as a ``Qwen2Tokenizer``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import Qwen2Tokenizer
+# --- 1. the config ----------------------------------------------------------------------------------------------
 
+def published_config(family: Family, part: str | None = None) -> dict:
+    """The family's published architecture as a full config dict (class defaults filled in); ``part``: the
+    sub-config the family's model class takes (Qwen2.5-Omni's ``thinker_config``)."""
+    from transformers import AutoConfig
+
+    path = PUBLISHED_DIR / f"{family.hub_id.replace('/', '--')}.json"
+    data = {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
+    config = AutoConfig.for_model(**data)
+    return (getattr(config, part) if part else config).to_dict()
+
+
+def _text_path(config: dict) -> tuple[str, ...]:
+    """Where the language model's config sits in a full config dict (``()``: the top level)."""
+    from transformers import AutoConfig
+
+    loaded = AutoConfig.for_model(**copy.deepcopy(config))
+    text = loaded.get_text_config(decoder=True)
+
+    def find(node, path):
+        if node is text:
+            return path
+        for key, value in vars(node).items():
+            if hasattr(value, "to_dict") and hasattr(value, "model_type"):
+                found = find(value, (*path, key))
+                if found is not None:
+                    return found
+        return None
+
+    return find(loaded, ()) or ()
+
+
+def _shrink_node(node: dict, sizes: dict[str, int], old_text_hidden: int | None, new_text_hidden: int) -> None:
+    layers_before = next((node[k] for k in SIZE_KEYS["layers"] if isinstance(node.get(k), int)), None)
+    own_hidden = next((node[k] for k in SIZE_KEYS["hidden"] if isinstance(node.get(k), int)), None)
+    for role, keys in SIZE_KEYS.items():
+        for key in keys:
+            if isinstance(node.get(key), int) and role in sizes:
+                node[key] = sizes[role]
+    if "kv_heads" not in sizes and isinstance(node.get("num_key_value_heads"), int):
+        node["num_key_value_heads"] = sizes["heads"]  # a tower: plain multi-head attention
+    for key in ("head_dim", "dim_head"):
+        if isinstance(node.get(key), int) and "hidden" in sizes:
+            node[key] = sizes["hidden"] // sizes["heads"]
+    rope = node.get("rope_parameters")
+    if isinstance(rope, dict) and "hidden" in sizes:  # longrope: one factor per rotary frequency
+        head_dim = node.get("head_dim") or sizes["hidden"] // sizes["heads"]
+        rotary = int(head_dim * rope.get("partial_rotary_factor", node.get("partial_rotary_factor") or 1.0)) // 2
+        for key in ("short_factor", "long_factor"):
+            if isinstance(rope.get(key), list):
+                rope[key] = rope[key][:rotary]
+        section = rope.get("mrope_section")
+        if isinstance(section, list) and sum(section) != rotary:  # multimodal rope: split the rotary half alike
+            scaled = [max(1, v * rotary // sum(section)) for v in section]
+            scaled[-1] += rotary - sum(scaled)
+            rope["mrope_section"] = scaled
+    for key, value in EXPERT_KEYS.items():
+        if isinstance(node.get(key), int) and node[key] > value:
+            node[key] = value
+    for key in MOE_WIDTH_KEYS:
+        if isinstance(node.get(key), int):
+            node[key] = sizes["intermediate"] // 2
+    for key, value in list(node.items()):
+        if isinstance(value, list) and layers_before and len(value) == layers_before and sizes.get("layers"):
+            node[key] = value[: sizes["layers"]]  # per-layer lists (layer_types, sparsity patterns)
+        elif (isinstance(value, dict) and value and layers_before and "model_type" not in value
+              and all(str(k).isdigit() for k in value)):
+            node[key] = {k: v for k, v in value.items() if int(k) < sizes["layers"]}  # per-layer overrides
+        elif (old_text_hidden and isinstance(value, int) and value == old_text_hidden and key not in
+              ("vocab_size",) and not any(key in k for k in SIZE_KEYS.values())):
+            node[key] = new_text_hidden  # a tower's output width that feeds the language model
+        elif (own_hidden and own_hidden > 256 and isinstance(value, int) and value == own_hidden
+              and not any(key in k for k in SIZE_KEYS.values()) and key != "vocab_size"):
+            node[key] = sizes["hidden"]  # a width tied to the block's own (conv channels of a conformer)
+
+
+def shrink_config(config: dict, preset: dict) -> dict:
+    """A full config dict with the language model at the preset's ``text`` sizes and every other sub-config (audio,
+    vision, projector) at its ``encoder`` sizes; per-layer lists truncated, experts capped. The structure (which
+    blocks exist, their kinds) is untouched: that is what the tiny checkpoint tests."""
+    config = copy.deepcopy(config)
+    text_path = _text_path(config)
+    text = config
+    for key in text_path:
+        text = text[key]
+    old_text_hidden = next((text[k] for k in SIZE_KEYS["hidden"] if isinstance(text.get(k), int)), None)
+    new_text_hidden = preset["text"]["hidden"]
+
+    def walk(node: dict, path: tuple[str, ...]) -> None:
+        own = next((node[k] for k in SIZE_KEYS["hidden"] if isinstance(node.get(k), int)), None)
+        # The language model, and any sub-config exactly as wide (an adaptor that works at the LM's width).
+        is_text = path == text_path or (path and old_text_hidden and own == old_text_hidden)
+        _shrink_node(node, preset["text"] if is_text else preset["encoder"],
+                     None if is_text else old_text_hidden, new_text_hidden)
+        for key, value in node.items():
+            if isinstance(value, dict) and "model_type" in value:
+                walk(value, (*path, key))
+
+    walk(config, ())
+    return config
+
+
+def _set_path(config: dict, dotted: str, value) -> None:
+    *parents, leaf = dotted.split(".")
+    node = config
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = value
+
+
+def _merge(config: dict, overrides: dict) -> None:
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            _merge(config[key], value)
+        else:
+            config[key] = value
+
+
+# --- 2. the tokenizer -------------------------------------------------------------------------------------------
+
+def special_tokens(tokenizer_config: dict) -> list[str]:
+    """Every special token a published ``tokenizer_config.json`` names, in its order."""
+    tokens: list[str] = []
+    for key, value in tokenizer_config.items():
+        if key.endswith("_token") and isinstance(value, str):
+            tokens.append(value)
+        elif key.endswith("_token") and isinstance(value, dict) and "content" in value:
+            tokens.append(value["content"])
+    extra = tokenizer_config.get("extra_special_tokens") or tokenizer_config.get("additional_special_tokens") or []
+    tokens += list(extra.values()) if isinstance(extra, dict) else list(extra)
+    return list(dict.fromkeys(tokens))
+
+
+def train_tokenizer(tokenizer_config: dict, vocab_size: int, out: Path) -> None:
+    """The checkpoint's tokenizer class (its normaliser and pre-tokeniser) trained on :func:`tokenizer_corpus`
+    with the published special tokens; writes ``tokenizer.json`` next to the published ``tokenizer_config.json``."""
+    import transformers
+
+    cls = getattr(transformers, tokenizer_config["tokenizer_class"])
+    specials = special_tokens(tokenizer_config)
+    try:
+        base = cls()
+    except ValueError:  # a class with no pipeline of its own (TokenizersBackend): byte-level BPE, as GPT-2's
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+        backend = Tokenizer(models.BPE())
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        backend.decoder = decoders.ByteLevel()
+        base = transformers.PreTrainedTokenizerFast(tokenizer_object=backend)
+    trained = base.train_new_from_iterator(tokenizer_corpus(), vocab_size=vocab_size, new_special_tokens=specials)
+    trained.backend_tokenizer.save(str(out / "tokenizer.json"))
+
+
+def train_tekken(tekken: dict, vocab_size: int, out: Path) -> None:
+    """A mistral-common ``tekken.json``: the published head (pattern, special tokens, audio section) with
+    byte-level BPE ranks trained here, in tekken's order (256 single bytes, then merges in training order)."""
+    import base64
+
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    specials = len(tekken["special_tokens"])
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size - len(CHATML_SPECIALS) - 1,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        special_tokens=[],
-        show_progress=False,
-    )
-    tok.train_from_iterator(tokenizer_corpus(), trainer=trainer)
-    model = json.loads(tok.to_str())["model"]
-    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ", 1)) for m in model["merges"]]
-    tokenizer = Qwen2Tokenizer(
-        vocab=model["vocab"], merges=merges, unk_token=None, bos_token=None,
-        eos_token="<|im_end|>", pad_token="<|endoftext|>",
-    )
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>", audio_token]})
-    tokenizer.model_max_length = 32768
-    return tokenizer
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(tekken["config"]["pattern"]), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.train_from_iterator(tokenizer_corpus(), trainer=trainers.BpeTrainer(
+        vocab_size=vocab_size - specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[],
+        show_progress=False))
+    unicode_to_byte = {u: b for b, u in bytes_to_unicode().items()}
+    ranks = [bytes([i]) for i in range(256)]
+    for merge in json.loads(tok.to_str())["model"]["merges"]:
+        left, right = merge if isinstance(merge, list) else merge.split(" ", 1)
+        ranks.append(bytes(unicode_to_byte[c] for c in left) + bytes(unicode_to_byte[c] for c in right))
+
+    def as_str(token: bytes) -> str | None:
+        try:
+            return token.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+
+    tekken = copy.deepcopy(tekken)
+    tekken["vocab"] = [{"rank": i, "token_bytes": base64.b64encode(t).decode("ascii"), "token_str": as_str(t)}
+                       for i, t in enumerate(ranks)]
+    tekken["config"].update(num_vocab_tokens=len(ranks), default_vocab_size=specials + len(ranks),
+                            default_num_special_tokens=specials)
+    (out / "tekken.json").write_text(json.dumps(tekken, ensure_ascii=False), encoding="utf-8")
 
 
-def build_tiny_af3(out_dir: str | Path, seed: int = 0, preset: str = "default") -> Path:
-    """Build and save a tiny Audio Flamingo 3 (model + processor + generation config) in ``out_dir``."""
-    import torch
-    from transformers import (
-        AudioFlamingo3Config,
-        AudioFlamingo3ForConditionalGeneration,
-        AudioFlamingo3Processor,
-        GenerationConfig,
-        WhisperFeatureExtractor,
-    )
+# --- 3. the build -----------------------------------------------------------------------------------------------
 
-    sizes, out = start_build(out_dir, preset)
-    family: Family = AUDIO_FLAMINGO_3
-
-    tokenizer = build_tokenizer(sizes["vocab_size"], family.audio_token)
-    feature_extractor = WhisperFeatureExtractor(feature_size=128, return_attention_mask=True)
-    processor = AudioFlamingo3Processor(feature_extractor=feature_extractor, tokenizer=tokenizer,
-                                        chat_template=AF3_CHAT_TEMPLATE, audio_token=family.audio_token)
-    tokenizer.chat_template = AF3_CHAT_TEMPLATE
-
-    pad_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    eos_id = tokenizer.convert_tokens_to_ids(family.end_of_turn)
-    audio_id = tokenizer.convert_tokens_to_ids(family.audio_token)
-    config = AudioFlamingo3Config(
-        audio_config={"model_type": "audioflamingo3_encoder", "num_mel_bins": 128, **sizes["encoder"]},
-        text_config={"model_type": "qwen2", "vocab_size": len(tokenizer), "max_position_embeddings": 8192,
-                     "bos_token_id": pad_id, "eos_token_id": eos_id, "pad_token_id": pad_id,
-                     "tie_word_embeddings": False, "rope_theta": 1000000.0, **sizes["text"]},
-        audio_token_id=audio_id,
-    )
-    torch.manual_seed(seed)
-    model = AudioFlamingo3ForConditionalGeneration(config)
-    model.generation_config = GenerationConfig(
-        bos_token_id=pad_id, eos_token_id=[eos_id, pad_id], pad_token_id=pad_id,
-        do_sample=False, max_new_tokens=64,
-    )
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return out
-
-
-# family name → module under audiotune.models.builders (AF3's builder lives here, the others in their modules).
-BUILDER_MODULES = {
-    "musicflamingo": "musicflamingo",
-    "qwen2audio": "qwen2audio",
-    "qwen25omni": "qwen25omni",
-    "voxtral": "voxtral",
-    "granite_speech": "granite_speech",
-    "gemma3n": "gemma3n",
-    "phi4mm": "phi4mm",
-    "glmasr": "glmasr",
-}
-
-
-def builder_for(family: str):
-    """The tiny builder of ``family`` (a name or alias), imported on demand."""
-    import importlib
-
-    name = family_by_name(family).name
-    if name == AUDIO_FLAMINGO_3.name:
-        return build_tiny_af3
-    if name not in BUILDER_MODULES:
-        raise ModelFamilyError(f"No tiny builder for family {name!r} yet; available: af3, "
-                               f"{', '.join(BUILDER_MODULES)}.")
-    return importlib.import_module(f"{__package__}.builders.{BUILDER_MODULES[name]}").build
+def tiny_spec(family: Family) -> tuple[Path, dict]:
+    """``(folder, tiny.json)`` of the family's published processor files."""
+    folder = PROCESSORS_DIR / family.hub_id.replace("/", "--")
+    if not folder.is_dir():
+        raise ModelFamilyError(
+            f"No published processor files for {family.hub_id} (the {family.name} family): add its "
+            f"processor_config.json, tokenizer_config.json, chat template and tiny.json under {folder}.")
+    return folder, json.loads((folder / "tiny.json").read_text())
 
 
 def build_tiny(family: str, out_dir: str | Path, seed: int = 0, preset: str = "default") -> Path:
     """Build the tiny checkpoint of ``family`` in ``out_dir`` (``preset``: default or micro)."""
+    import torch
+    import transformers
+    from transformers import AutoConfig, AutoProcessor, GenerationConfig
+
     if preset not in PRESETS:
         raise ModelFamilyError(f"Unknown tiny preset {preset!r}; choose one of {', '.join(PRESETS)}.")
-    return builder_for(family)(out_dir, seed=seed, preset=preset)
+    entry = family_by_name(family)
+    sizes = PRESETS[preset]
+    folder, spec = tiny_spec(entry)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    missing = entry.missing_packages()
+    if missing:
+        raise ModelFamilyError(f"The {entry.name} family needs {', '.join(missing)} to build or load "
+                               f"(pip install {' '.join(missing)}).")
+
+    # Processor files as published; the tokenizer trained here.
+    for path in sorted(folder.iterdir()):
+        if path.name not in ("tiny.json", "tekken.json"):
+            shutil.copyfile(path, out / path.name)
+    if (folder / "tekken.json").exists():
+        train_tekken(json.loads((folder / "tekken.json").read_text()), sizes["vocab_size"], out)
+    else:
+        train_tokenizer(json.loads((folder / "tokenizer_config.json").read_text()), sizes["vocab_size"], out)
+    kwargs = dict(entry.processor_kwargs)
+    processor = AutoProcessor.from_pretrained(str(out), **kwargs)
+    tokenizer = processor.tokenizer
+
+    def token_id(token: str) -> int:
+        return tokenizer.convert_tokens_to_ids(token)
+
+    published = published_config(entry, spec.get("config_path"))
+    text_path = _text_path(published)
+    config = shrink_config(published, sizes)
+    _set_path(config, ".".join((*text_path, "vocab_size")), len(tokenizer))
+    for key, token in spec.get("token_ids", {}).items():
+        _set_path(config, key, [token_id(t) for t in token] if isinstance(token, list) else
+                  None if token is None else token_id(token))
+    _merge(config, spec.get("sizes", {}).get(preset, {}))
+    if entry.tiny_hook is not None:
+        entry.tiny_hook(config, tokenizer, sizes)
+    config = AutoConfig.for_model(**config)
+
+    model_class = getattr(transformers, entry.model_class)
+    torch.manual_seed(seed)
+    model = model_class(config)
+    generation = {k: ([token_id(t) for t in v] if isinstance(v, list) else token_id(v))
+                  if k.endswith("token_id") else v for k, v in spec.get("generation", {}).items()}
+    model.generation_config = GenerationConfig(do_sample=False, max_new_tokens=64, **generation)
+    model.save_pretrained(out)
+    if not (folder / "tekken.json").exists():
+        processor.save_pretrained(out)
+    return out
+
+
+def builder_for(family: str):
+    """The builder of ``family`` (every family shares :func:`build_tiny`); a clear error for an unknown one."""
+    name = family_by_name(family).name
+    tiny_spec(FAMILIES[name])
+    return lambda out_dir, seed=0, preset="default": build_tiny(name, out_dir, seed=seed, preset=preset)
+
+
+def cached_tiny(family: str) -> Path:
+    """The family's micro checkpoint in the user's cache (built on first use): the facts of an unbound registry
+    entry are read from it."""
+    import os
+
+    from .. import __version__
+
+    root = Path(os.environ.get("AUDIOTUNE_CACHE", Path.home() / ".cache" / "audiotune")) / "tiny-facts"
+    out = root / f"{family_by_name(family).name}-{__version__}"
+    if not (out / "config.json").exists():
+        tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+        build_tiny(family, tmp, seed=0, preset="micro")
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+    return out
