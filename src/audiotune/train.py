@@ -23,7 +23,7 @@ from .audio_cache import AudioEmbeddingCache, cache_is_safe, install_audio_cache
 from .checkpoints import (AtomicCheckpointMixin, GracefulStopCallback, checkpoint_is_complete,  # noqa: F401
                           clean_staging, latest_checkpoint, save_atomically)
 from .callbacks import PREFIX, GenerationMetricsCallback, LiveLogCallback
-from .train_config import TrainConfig
+from .train_config import TrainConfig, gpu_only_message
 from .data.collator import ConversationCollator
 from .data.examples import BadSampleLog, ExampleDataset, ExampleStream, streaming_workers
 from .data.prepare import prepare_split
@@ -322,8 +322,7 @@ def require_gpu_features(cfg: TrainConfig) -> None:
     autocast or accelerate."""
     if (cfg.qlora or cfg.bf16) and not torch.cuda.is_available():
         flag = "--qlora" if cfg.qlora else "--bf16"
-        raise ConfigError(f"{flag} needs a CUDA GPU (4-bit NF4 quantisation and bf16 mixed precision run there); "
-                          f"this machine has none. Drop {flag} to train in float32 on the CPU.")
+        raise ConfigError(gpu_only_message(flag))
     sharded = cfg.fsdp or cfg.deepspeed or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
     if sharded and not torch.cuda.is_available():
         flag = "--deepspeed" if cfg.deepspeed else "--fsdp"

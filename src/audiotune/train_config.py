@@ -70,6 +70,12 @@ class RLConfig:
     dpo_loss_type: str = option("sigmoid", "dpo: sigmoid (DPO) | hinge (SLiC) | ipo")
 
 
+def gpu_only_message(flag: str) -> str:
+    """The one message for --qlora/--bf16 on a machine without CUDA (also raised by train.require_gpu_features)."""
+    return (f"{flag} needs a CUDA GPU (4-bit NF4 quantisation and bf16 mixed precision run there); this machine has "
+            f"none. Drop {flag} to train in float32 on the CPU.")
+
+
 @dataclass
 class TrainConfig(DataConfig, AdapterConfig, GenerationSettings, RLConfig, TrainingArguments):
     """One fine-tuning run: ``audiotune train``'s options, the web UI's form, ``run_config.yaml``."""
@@ -130,7 +136,9 @@ class TrainConfig(DataConfig, AdapterConfig, GenerationSettings, RLConfig, Train
         self._user = {f.name: copy.deepcopy(getattr(self, f.name)) for f in dataclasses.fields(self) if f.init}
         try:
             TrainingArguments.__post_init__(self)
-        except ValueError as error:  # transformers' checks (an unknown optimizer, scheduler, ...)
+        except ValueError as error:  # transformers' checks (an unknown optimizer, scheduler, bf16 without a GPU...)
+            if self.bf16 and "bf16" in str(error):
+                raise ConfigError(gpu_only_message("--bf16")) from None
             raise ConfigError(f"training configuration: {error}") from None
         except ImportError as error:  # an option whose package is missing (--deepspeed without deepspeed, ...)
             raise ConfigError(f"training configuration: {error} Install it (DeepSpeed: on the GPU machine), or drop "
