@@ -7,6 +7,7 @@ person would. Set AUDIOTUNE_UI_SCREENSHOTS=docs/images to refresh the screenshot
 
 from __future__ import annotations
 
+import enum
 import json
 import re
 import os
@@ -95,6 +96,27 @@ def test_form_values_become_the_validated_config(tmp_path):
         config_from_form({**values, "output_dir": "../elsewhere"}, root)
     with pytest.raises(ConfigError, match="whole number"):
         config_from_form({**values, "max_steps": 2.5}, root)
+
+
+def test_a_saved_run_config_refills_the_form_for_resume(tmp_path):
+    """Resume reloads the run's YAML (enum fields come back as enums) and refills the form: it must validate."""
+    from audiotune.train_config import TrainConfig
+    from audiotune.ui.jobs import saved_config
+    from audiotune.ui.trainform import config_from_form, default_values, display_value, form_spec
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "data").mkdir()
+    root = Root(tmp_path)
+    values = {**default_values(), "model": "model", "dataset": "data", "output_dir": "runs/x", "max_steps": 7,
+              "lr_scheduler_type": "cosine"}
+    cfg = config_from_form(values, root)
+    run = tmp_path / "runs" / "x"
+    run.mkdir(parents=True)
+    cfg.to_yaml(run / "ui_config.yaml")
+    loaded = saved_config(run)
+    assert isinstance(loaded, TrainConfig) and isinstance(loaded.lr_scheduler_type, enum.Enum)  # an enum again
+    again = config_from_form({s.name: display_value(s, getattr(loaded, s.name)) for s in form_spec()}, root)
+    assert again.user_values() == cfg.user_values()
 
 
 def test_live_log_callback_and_curves(tmp_path_factory):

@@ -22,7 +22,7 @@ from typing import Any
 
 from transformers import TrainingArguments
 
-from ..config import AdapterConfig, DataConfig, GenerationSettings, parse_targets
+from ..config import AdapterConfig, DataConfig, GenerationSettings, parse_targets, plain
 from ..errors import ConfigError
 from ..train_config import RLConfig, TrainConfig
 from .paths import Root
@@ -139,9 +139,13 @@ def default_values() -> dict[str, Any]:
 
 
 def display_value(spec: FieldSpec, value: Any) -> Any:
+    """A value as its widget shows it. Enum values (a loaded config's ``IntervalStrategy.STEPS``) by their value."""
+    value = plain(value)
+    if value == [] and isinstance(spec.default, str):  # report_to "none" comes back from transformers as []
+        return spec.default
     if value is None:
         return None if spec.kind in ("int", "float") else ""
-    if spec.kind == "list":
+    if spec.kind == "list" or isinstance(value, list):  # report_to: a list once transformers normalised it
         return value if isinstance(value, str) else ",".join(str(v) for v in value)
     return value
 
