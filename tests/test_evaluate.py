@@ -95,23 +95,24 @@ def test_classify_and_asr_metrics(micro_af3, tmp_path, task, expected):
 
 @pytest.mark.slow
 def test_best_checkpoint_is_kept_loaded_and_saved(tiny_af3, synth_data, tmp_path):
-    """This run's eval losses at steps 4, 8, 12 differ and the best is not the last (training is deterministic
-    on the CPU), so the test tells "loaded the best checkpoint" from "kept the last one"."""
+    """This run's eval losses at steps 4 and 8 differ and the best is not the last (training is deterministic
+    on the CPU), so the test tells "loaded the best checkpoint" from "kept the last one". The assertion below
+    names the losses if a new tiny checkpoint or platform ever makes the last one the best."""
     from safetensors.torch import load_file
 
     out = tmp_path / "run"
     result = train(TrainConfig(model=str(tiny_af3), dataset=str(synth_data), out=str(out), batch_size=4,
-                               # A large constant rate: the loss falls, then overshoots (5.63, 5.50, 5.50 here).
-                               gradient_accumulation_steps=1, learning_rate=0.5, lr_scheduler="constant",
-                               max_steps=12, eval_steps=4,
+                               # A large constant rate: the loss overshoots (5.62 at step 4, 5.78 at 8 here).
+                               gradient_accumulation_steps=1, learning_rate=0.4, lr_scheduler="constant",
+                               max_steps=8, eval_steps=4,
                                save_steps=4, save_total_limit=1, eval_take=4, eval_generate_take=4,
                                max_new_tokens=8, best_metric="loss", seed=0))
-    evals = [h for h in result.log_history if "eval_loss" in h][:3]
-    assert len(evals) == 3 and all("eval_gen_CIDEr-D" in h for h in evals)  # generation metrics at every eval
+    evals = [h for h in result.log_history if "eval_loss" in h][:2]
+    assert len(evals) == 2 and all("eval_gen_CIDEr-D" in h for h in evals)  # generation metrics at every eval
     values = [h["eval_loss"] for h in evals]
     best = min(values)
     best_step = evals[values.index(best)]["step"]
-    assert len(set(values)) == 3 and best_step != 12, f"eval loss at steps 4, 8, 12: {values}; no clear best"
+    assert len(set(values)) == 2 and best_step != 8, f"eval loss at steps 4, 8: {values}; no clear best"
     assert result.best_checkpoint == str(out / f"checkpoint-{best_step}")
     # Loaded at the end: the saved adapter is the best checkpoint's, and the final evaluation scores the best
     # loss, not the last step's (the Trainer deletes the last checkpoint here: save_total_limit=1).
@@ -128,7 +129,7 @@ def test_best_checkpoint_is_kept_loaded_and_saved(tiny_af3, synth_data, tmp_path
     ("accuracy", "eval_gen_accuracy", True)])
 def test_best_metric_picks_its_logged_key_and_direction(metric, key, greater):
     """A generation metric chooses the best checkpoint by the key the callback logs, in its own direction (the
-    slow test above runs the selection itself, by eval loss: 12 steps leave CIDEr-D at 0.0 on every evaluation)."""
+    slow test above runs the selection itself, by eval loss: 8 steps leave CIDEr-D at 0.0 on every evaluation)."""
     cfg = TrainConfig(model="m", dataset="d", best_metric=metric, save_steps=200).validate()
     args = cfg.trainer_arguments(has_eval=True)  # what the Trainer gets
     assert (args.metric_for_best_model, args.greater_is_better, args.load_best_model_at_end) == (key, greater, True)
