@@ -139,7 +139,19 @@ class GenerationSettings:
 
 
 @dataclass
-class InferConfig(GenerationSettings):
+class BackendConfig:
+    """Which engine generates, shared by ``infer`` and ``eval`` (``serve`` starts vLLM as a server instead)."""
+
+    backend: str = option("transformers", "transformers (this process) or vllm (vLLM's offline engine in its own "
+                                          "environment, `make vllm-env`).")
+    vllm_python: str | None = option(None, "Interpreter with vLLM (default: $AUDIOTUNE_VLLM_PYTHON, ./.venv-vllm, "
+                                           "or this one).")
+    encoder_frames: str = option("window", "window: the audio tower over whole 30 s windows; valid: over each batch's "
+                                           "valid frames (faster; AF3 only; see encoder_frames.py).")
+
+
+@dataclass
+class InferConfig(GenerationSettings, BackendConfig):
     """``audiotune infer FILES``: answer a prompt for each audio file (the files are the command's arguments)."""
 
     model: str = option("", "Hub id or local checkpoint (base or merged).")
@@ -150,12 +162,6 @@ class InferConfig(GenerationSettings):
     jsonl: str | None = option(None, "Also write one JSON line per file here (an 'error' record for a bad file).")
     on_bad_file: str = option("skip", "skip | fail: answer the good files, list the bad ones, exit 1; or stop at the "
                                       "first bad file.")
-    backend: str = option("transformers", "transformers (this process) or vllm (vLLM's offline engine in its own "
-                                          "environment, `make vllm-env`).")
-    vllm_python: str | None = option(None, "Interpreter with vLLM (default: $AUDIOTUNE_VLLM_PYTHON, ./.venv-vllm, "
-                                           "or this one).")
-    encoder_frames: str = option("window", "window: the audio tower over whole 30 s windows; valid: over each batch's "
-                                           "valid frames (faster; AF3 only; see encoder_frames.py).")
 
 
 @dataclass
@@ -169,7 +175,7 @@ class DataCheckConfig(DataConfig):
 
 
 @dataclass
-class EvalConfig(DataConfig, GenerationSettings):
+class EvalConfig(DataConfig, GenerationSettings, BackendConfig):
     """``audiotune eval``: generate over a split with one or more models and score them on the same rows."""
 
     model: str = option("", "Base model: Hub id or local checkpoint.")
@@ -185,12 +191,6 @@ class EvalConfig(DataConfig, GenerationSettings):
     audio_players: int = option(5, "Clips with audio players in the HTML report.")
     training_run: str | None = option(None, "A training run folder whose curves go into the report (default: the "
                                             "first adapter that is a run folder).")
-    backend: str = option("transformers", "transformers (this process) or vllm (vLLM's offline engine in its own "
-                                          "environment, `make vllm-env`).")
-    vllm_python: str | None = option(None, "Interpreter with vLLM (default: $AUDIOTUNE_VLLM_PYTHON, ./.venv-vllm, "
-                                           "or this one).")
-    encoder_frames: str = option("window", "window: the audio tower over whole 30 s windows; valid: over each batch's "
-                                           "valid frames (faster; AF3 only; see encoder_frames.py).")
 
     def validate(self) -> "EvalConfig":
         if not self.model:
