@@ -330,16 +330,18 @@ def test_playground_answers_then_compares_base_and_adapter(page, ui_root):
     page.wait_for_selector("#pg-audio audio[src]", state="attached")
     page.fill("#pg-prompt textarea", "Describe the audio.")
     page.click("#pg-send")
+    expect(page.locator("#pg-chat-0 .user").last).to_have_text("Describe the audio.")  # send is off by now
+    expect(page.locator("#pg-send")).to_be_enabled(timeout=60_000)  # and on again once the answer is whole
     expect(page.locator("#pg-chat-0 .bot").last).not_to_have_text("")
-    expect(page.locator("#pg-chat-0 .user").last).to_have_text("Describe the audio.")
     assert not page.locator("#pg-chat-1").is_visible()
     page.get_by_label("tuned").check()  # base and adapter side by side, a new chat on the same clip
     expect(page.locator("#pg-chat-1")).to_be_visible()
     page.fill("#pg-prompt textarea", "What do you hear?")
     page.click("#pg-send")
+    expect(page.locator("#pg-chat-1 .user").last).to_have_text("What do you hear?")
+    expect(page.locator("#pg-send")).to_be_enabled(timeout=60_000)
     for pane in (0, 1):
-        expect(page.locator(f"#pg-chat-{pane} .bot").last).not_to_have_text("", timeout=60_000)
-    expect(page.locator("#pg-send")).to_be_enabled()
+        expect(page.locator(f"#pg-chat-{pane} .bot").last).not_to_have_text("")
     labels = page.locator("#pg-chat-0 [data-testid=block-label]").inner_text() + \
         page.locator("#pg-chat-1 [data-testid=block-label]").inner_text()
     assert "micro-af3" in labels and "tuned" in labels

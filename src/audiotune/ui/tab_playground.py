@@ -113,7 +113,8 @@ def build(ctx: Context) -> None:
         chats = [list(h or []) for h in histories]
         for i in range(len(selected)):
             chats[i] = chats[i] + [{"role": "user", "content": question.strip()}]
-        yield "", *chats
+        yield "", *chats  # the question moves from the box into the chats, once
+        keep = gr.skip()  # later updates leave the box alone: the next question may be typed meanwhile
         for i, model in enumerate(selected[:PANES]):
             messages = conversation(chats[i], waveform, system_prompt)
             chats[i] = chats[i] + [{"role": "assistant", "content": ""}]
@@ -122,14 +123,16 @@ def build(ctx: Context) -> None:
                 chats[i][-1] = {"role": "assistant", "content": text}
                 if time.monotonic() - shown >= STREAM_INTERVAL_S:  # every update resends the chats: pace them
                     shown = time.monotonic()
-                    yield "", *chats
-            yield "", *chats  # the finished answer
+                    yield keep, *chats
+            yield keep, *chats  # the finished answer
             if not chats[i][-1]["content"]:
                 chats[i][-1] = {"role": "assistant", "content": "(empty answer)"}
-                yield "", *chats
+                yield keep, *chats
 
     inputs = [audio, prompt, models, max_tokens, temperature, top_p, system, *panes]
-    for trigger in (send.click, prompt.submit):
-        trigger(answer, inputs, [prompt, *panes], concurrency_id="model", concurrency_limit=1)
+    for trigger in (send.click, prompt.submit):  # send is off while an answer streams: one question at a time
+        (trigger(lambda: gr.update(interactive=False), None, send, queue=False)
+         .then(answer, inputs, [prompt, *panes], concurrency_id="model", concurrency_limit=1)
+         .then(lambda: gr.update(interactive=True), None, send, queue=False))
     clear.click(lambda: [[] for _ in panes], None, panes, queue=False)
     audio.change(lambda _: [[] for _ in panes], audio, panes, queue=False)  # a new clip starts a new chat
