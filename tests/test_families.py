@@ -169,34 +169,36 @@ def _served_family_params():
 
 @pytest.mark.parametrize("name", _served_family_params())
 def test_families_serve_through_the_openai_client(name, tmp_path):
-    """The models page says every working family serves: one ``input_audio`` request with the real client."""
-    import base64
-    import signal
+    """The models page says every working family serves: one ``input_audio`` request with the real client.
 
+    The app runs in this process (``test_serve`` covers the uvicorn process, its signals and limits): what differs
+    between families is the engine, the request parsing and the batching, and those are all here.
+    """
+    import base64
+
+    from fastapi.testclient import TestClient
     from openai import OpenAI
 
     from audiotune.audio import load_audio
     from audiotune.generate import generate_batch
+    from audiotune.serve.app import create_app
+    from audiotune.serve.engine import Engine
 
-    from tests.test_serve import _b64, _start
+    from tests.test_serve import _b64
 
     checkpoint = build_tiny(name, tmp_path / "tiny", seed=0, preset="micro")
-    family = resolve_family(str(checkpoint))
+    engine = Engine(str(checkpoint))
+    family = engine.family
     data = _b64(tone(1.5, 440, family.sampling_rate), family.sampling_rate)
-    process, base = _start(checkpoint, "--max-tokens", "16")
-    try:
-        client = OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=120)
+    with TestClient(create_app(engine)) as http:  # the context runs the app's lifespan: the batcher starts and stops
+        client = OpenAI(base_url=f"{http.base_url}/v1", api_key="unused", max_retries=0, timeout=120, http_client=http)
         audio = {"type": "input_audio", "input_audio": {"data": data, "format": "wav"}}
         reply = client.chat.completions.create(
             model=client.models.list().data[0].id, max_tokens=6, temperature=0,
             messages=[{"role": "user", "content": [audio, {"type": "text", "text": "Describe the audio."}]}])
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=60)
     # The served answer is generate()'s for the same clip (the WAV bytes sent, decoded) and prompt, greedy.
     sent = load_audio(base64.b64decode(data), family.sampling_rate, "sent clip")
-    model, _ = load_model(checkpoint)
-    local = generate_batch(model, load_processor(checkpoint), family, examples_from_audio([sent], "Describe the audio."),
+    local = generate_batch(engine.model, engine.processor, family, examples_from_audio([sent], "Describe the audio."),
                            GenerationSettings(max_new_tokens=6))[0]
     assert reply.choices[0].message.content == local.text
     assert reply.usage.completion_tokens == local.completion_tokens > 0
