@@ -117,3 +117,28 @@ def pytest_sessionfinish(session):
         results = {name: {"outcome": outcome, **_family_facts.get(name, {})}
                    for name, outcome in _family_outcomes.items()}
         Path(path).write_text(json.dumps(results, indent=1, sort_keys=True))
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """``audiotune ARGS`` run by the CLI's own ``main()`` in this process → (exit code, stdout, stderr).
+
+    The same parsing, error rendering and exit codes as ``python -m audiotune`` (``__main__`` calls ``main()``),
+    without a fresh interpreter importing torch each time; tests of the process itself (signals, launchers) spawn one.
+    """
+    import sys
+
+    from audiotune.cli import main
+
+    def run(*args) -> tuple[int, str, str]:
+        capsys.readouterr()
+        monkeypatch.setattr(sys, "argv", ["audiotune", *map(str, args)])
+        try:
+            main()
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 0 if exit_.code is None else 1
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

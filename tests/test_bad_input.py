@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
 import soundfile as sf
@@ -75,25 +73,25 @@ def test_infer_never_loads_the_model_when_no_file_is_usable(micro_af3, clips, tm
 
 
 @pytest.mark.slow
-def test_cli_prints_good_answers_one_line_per_bad_file_and_exits_1(micro_af3, micro, clips, tmp_path):
+def test_cli_prints_good_answers_one_line_per_bad_file_and_exits_1(micro_af3, micro, clips, tmp_path, cli):
     out = tmp_path / "out.jsonl"
-    command = [sys.executable, "-m", "audiotune", "infer", "--model", str(micro_af3), "--max-new-tokens", "6",
+    command = ["infer", "--model", str(micro_af3), "--max-new-tokens", "6",
                str(clips / "ok.wav"), str(clips / "truncated.wav"), str(clips / "ok2.wav")]
-    result = subprocess.run([*command, "--jsonl", str(out)], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 1, result.stderr
+    code, stdout, stderr = cli(*command, "--jsonl", str(out))
+    assert code == 1, stderr
     answers = {str(clips / name): _alone(micro, clips / name) for name in ("ok.wav", "ok2.wav")}
-    assert result.stdout.splitlines() == [f"{f}: {a}" for f, a in answers.items()]
-    naming = [line for line in result.stderr.splitlines() if "truncated.wav" in line]
+    assert stdout.splitlines() == [f"{f}: {a}" for f, a in answers.items()]
+    naming = [line for line in stderr.splitlines() if "truncated.wav" in line]
     assert len(naming) == 1 and "truncated WAV" in naming[0] and "Re-export" in naming[0]
-    assert "Traceback" not in result.stderr and "1 of 3 file(s) failed" in result.stderr
+    assert "Traceback" not in stderr and "1 of 3 file(s) failed" in stderr
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["file"] for r in records] == [str(clips / n) for n in ("ok.wav", "truncated.wav", "ok2.wav")]
     assert [records[0]["answer"], records[2]["answer"]] == list(answers.values())
     assert set(records[1]) == {"file", "prompt", "error", "error_type"} and "truncated WAV" in records[1]["error"]
 
-    strict = subprocess.run([*command, "--on-bad-file", "fail"], capture_output=True, text=True, timeout=300)
-    assert strict.returncode == 1 and strict.stdout == ""  # stop at the first bad file: no answers
-    assert "truncated.wav: truncated WAV" in strict.stderr and "Traceback" not in strict.stderr
+    code, stdout, stderr = cli(*command, "--on-bad-file", "fail")
+    assert code == 1 and stdout == ""  # stop at the first bad file: no answers
+    assert "truncated.wav: truncated WAV" in stderr and "Traceback" not in stderr
 
 
 def test_pipeline_given_a_list_returns_an_error_record_for_the_bad_item(micro, clips):

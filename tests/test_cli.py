@@ -39,15 +39,15 @@ def test_tiny_synth_train_infer_merge(tmp_path):
     assert merge.returncode == 0 and (tmp_path / "merged" / "model.safetensors").exists()
 
 
-def test_user_errors_are_one_line_without_traceback(tmp_path, micro_af3):
+def test_user_errors_are_one_line_without_traceback(tmp_path, micro_af3, cli):
     bad = tmp_path / "bad.wav"
     bad.write_text("not audio")
-    result = _cli("infer", bad, "--model", micro_af3)
-    assert result.returncode == 1
-    assert "Traceback" not in result.stderr and "bad.wav" in result.stderr and "cannot decode" in result.stderr
-    result = _cli("train", "--model", micro_af3, "--dataset", tmp_path / "nowhere")
-    assert result.returncode == 1 and "no such file or folder" in result.stderr and "Traceback" not in result.stderr
-    result = _cli("train", "--model", micro_af3, "--dataset", tmp_path, "--long-audio", "sometimes")
-    assert result.returncode == 1 and "--long-audio" in result.stderr
-    result = _cli("train", "--no-such-flag")
-    assert result.returncode == 2 and "No such option" in result.stderr and "Traceback" not in result.stderr
+    code, _, err = cli("infer", bad, "--model", micro_af3)
+    assert code == 1
+    assert "Traceback" not in err and "bad.wav" in err and "cannot decode" in err
+    code, _, err = cli("train", "--model", micro_af3, "--dataset", tmp_path / "nowhere")
+    assert code == 1 and "no such file or folder" in err and "Traceback" not in err
+    code, _, err = cli("train", "--model", micro_af3, "--dataset", tmp_path, "--long-audio", "sometimes")
+    assert code == 1 and "--long-audio" in err
+    code, _, err = cli("train", "--no-such-flag")
+    assert code == 2 and "No such option" in err and "Traceback" not in err

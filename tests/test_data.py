@@ -92,19 +92,16 @@ def test_data_check_reports_the_bad_input_corpus(bad_corpus):
     assert summary["duration_histogram"][">600 s"] == 1 and summary["audio_tokens"]["max"] == 15000
 
 
-def test_data_check_cli_json_and_exit_codes(bad_corpus, tmp_path):
-    run = subprocess.run([sys.executable, "-m", "audiotune", "data", "check", str(bad_corpus / "manifest.jsonl"),
-                          "--id-column", "id", "--json"], capture_output=True, text=True, timeout=300)
-    assert run.returncode == 1
-    summary = json.loads(run.stdout)
+def test_data_check_cli_json_and_exit_codes(bad_corpus, tmp_path, cli):
+    code, out, _ = cli("data", "check", bad_corpus / "manifest.jsonl", "--id-column", "id", "--json")
+    assert code == 1
+    summary = json.loads(out)
     assert summary["rows"] == 12 and len([i for i in summary["issues"] if i["severity"] == "fails"]) == 8
-    people = subprocess.run([sys.executable, "-m", "audiotune", "data", "check", str(bad_corpus / "manifest.jsonl"),
-                             "--id-column", "id"], capture_output=True, text=True, timeout=300)
-    assert people.returncode == 1 and "truncated" in people.stdout and "durations" in people.stdout
+    code, out, _ = cli("data", "check", bad_corpus / "manifest.jsonl", "--id-column", "id")
+    assert code == 1 and "truncated" in out and "durations" in out
     (tmp_path / "m.jsonl").write_text(json.dumps({"audio_path": "x.wav", "label_text": "a"}) + "\n")
-    missing = subprocess.run([sys.executable, "-m", "audiotune", "data", "check", str(tmp_path / "m.jsonl")],
-                             capture_output=True, text=True, timeout=120)
-    assert missing.returncode == 2 and "cannot find the text column" in missing.stderr
+    code, _, err = cli("data", "check", tmp_path / "m.jsonl")
+    assert code == 2 and "cannot find the text column" in err
 
 
 def test_wrong_type_and_empty_dataset(tmp_path):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
 import sys
 
 import pytest
@@ -45,15 +44,13 @@ def test_compare_scores_every_model_on_the_same_rows(tiny_af3, trained_adapter, 
 
 
 @pytest.mark.slow
-def test_cli_eval_prints_the_caption_table(tiny_af3, trained_adapter, synth_data, tmp_path):
-    result = subprocess.run([sys.executable, "-m", "audiotune", "eval", "--model", str(tiny_af3), "--adapter",
-                             str(trained_adapter), "--compare", "--dataset", str(synth_data), "--take", "3",
-                             "--max-new-tokens", "8", "--out", str(tmp_path)], capture_output=True, text=True,
-                            timeout=600)
-    assert result.returncode == 0, result.stderr[-2000:]
+def test_cli_eval_prints_the_caption_table(tiny_af3, trained_adapter, synth_data, tmp_path, cli):
+    code, out, err = cli("eval", "--model", tiny_af3, "--adapter", trained_adapter, "--compare", "--dataset", synth_data,
+                         "--take", "3", "--max-new-tokens", "8", "--out", tmp_path)
+    assert code == 0, err[-2000:]
     for metric in ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D"):
-        assert metric in result.stdout
-    assert "base" in result.stdout and "SPICE/SPIDEr skipped" in result.stdout
+        assert metric in out
+    assert "base" in out and "SPICE/SPIDEr skipped" in out
     assert (tmp_path / "report.html").exists() and (tmp_path / "report.md").exists()
 
 

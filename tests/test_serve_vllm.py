@@ -65,7 +65,7 @@ def test_command_carries_adapters_limits_but_never_the_key(micro_af3, tmp_path):
     assert env["VLLM_API_KEY"] == "k" and env["VLLM_HOST_IP"] == "127.0.0.1"
 
 
-def test_unsupported_family_and_missing_vllm_are_clear_errors(tmp_path, monkeypatch, micro_af3):
+def test_unsupported_family_and_missing_vllm_are_clear_errors(tmp_path, monkeypatch, micro_af3, cli):
     from audiotune.models.tiny import build_tiny
 
     phi4 = build_tiny("phi4mm", tmp_path / "phi4", seed=0, preset="micro")
@@ -74,10 +74,8 @@ def test_unsupported_family_and_missing_vllm_are_clear_errors(tmp_path, monkeypa
     monkeypatch.setenv(VLLM_PYTHON_ENV, str(tmp_path / "nowhere" / "python"))
     with pytest.raises(ConfigError, match="no such interpreter.*make vllm-env"):
         find_vllm_python()
-    result = subprocess.run([sys.executable, "-m", "audiotune", "serve", "--model", str(micro_af3), "--backend",
-                             "vllm", "--vllm-python", str(tmp_path / "none")], capture_output=True, text=True,
-                            timeout=120)
-    assert result.returncode == 1 and "no such interpreter" in result.stderr and "Traceback" not in result.stderr
+    code, _, stderr = cli("serve", "--model", micro_af3, "--backend", "vllm", "--vllm-python", tmp_path / "none")
+    assert code == 1 and "no such interpreter" in stderr and "Traceback" not in stderr
 
 
 def test_exported_adapter_uses_the_checkpoint_names(micro_af3, tmp_path):
