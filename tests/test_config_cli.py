@@ -11,14 +11,14 @@ import sys
 import pytest
 
 from audiotune.cli_args import build_parser, parse
-from audiotune.config import DataCheckConfig, EvalConfig, InferConfig
+from audiotune.config import DataCheckConfig, EvalConfig, InferConfig, ServeConfig
 from audiotune.errors import ConfigError
 from audiotune.train_config import TrainConfig
 
-NOT_FIELDS = {"help", "config", "nproc", "files", "path", "as_json"}  # the commands' own options
+NOT_FIELDS = {"help", "config", "nproc", "files", "path", "as_json", "print_vllm_command"}  # the commands' own options
 
 
-@pytest.mark.parametrize("cls", [TrainConfig, EvalConfig, InferConfig, DataCheckConfig])
+@pytest.mark.parametrize("cls", [TrainConfig, EvalConfig, InferConfig, ServeConfig, DataCheckConfig])
 def test_every_field_is_an_option_and_every_option_a_field(cls):
     parser = build_parser(cls, "x")
     dests = {action.dest for action in parser._actions} - NOT_FIELDS

@@ -269,3 +269,39 @@ def test_remote_audio_when_allowed_then_sigterm_finishes_in_flight_requests(tiny
     assert "Traceback" not in process.stderr.read()
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"{base}/health", timeout=2)
+
+
+def test_a_request_that_sets_nothing_gets_the_servers_generation_settings(micro_af3):
+    """serve's --max-new-tokens / --do-sample / --temperature are the defaults of a request that sets none (the same
+    GenerationSettings as infer and eval); what a request sets wins."""
+    from fastapi.testclient import TestClient
+
+    from audiotune.config import ServeConfig
+    from audiotune.serve.server import build_app
+
+    wave = tone(1.0, 330)
+    audio = {"type": "input_audio", "input_audio": {"data": _b64(wave), "format": "wav"}}
+    messages = [{"role": "user", "content": [audio, {"type": "text", "text": "Describe the audio."}]}]
+
+    def ask(http, **fields):
+        reply = http.post("/v1/chat/completions", json={"model": "micro", "messages": messages, **fields})
+        assert reply.status_code == 200, reply.text
+        return reply.json()
+
+    cfg = ServeConfig(model=str(micro_af3), served_name="micro", max_new_tokens=3, max_tokens=40)
+    with TestClient(build_app(cfg)) as http:
+        unset, asked = ask(http), ask(http, max_tokens=12)
+    assert unset["usage"]["completion_tokens"] == 3 and unset["choices"][0]["finish_reason"] == "length"
+    assert asked["usage"]["completion_tokens"] == 12
+    model, family = load_model(micro_af3)
+    local = generate(model, load_processor(micro_af3), family, examples_from_audio([wave], "Describe the audio."),
+                     settings=GenerationSettings(max_new_tokens=3))
+    assert unset["choices"][0]["message"]["content"] == local[0]  # greedy, as infer answers
+
+    sampled = ServeConfig(model=str(micro_af3), served_name="micro", max_new_tokens=8, do_sample=True,
+                          temperature=1.5, top_p=0.9)
+    with TestClient(build_app(sampled)) as http:
+        by_default = ask(http, seed=7)["choices"][0]["message"]["content"]
+        explicit = ask(http, seed=7, temperature=1.5, top_p=0.9, max_tokens=8)["choices"][0]["message"]["content"]
+        greedy = ask(http, temperature=0, max_tokens=8)["choices"][0]["message"]["content"]
+    assert by_default == explicit != greedy  # unset temperature/top_p are the server's, not greedy

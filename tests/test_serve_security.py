@@ -40,7 +40,7 @@ def live(micro_af3, tmp_path_factory):
     key_file.write_text(KEY + "\n")
     key_file.chmod(0o600)
     cfg = ServeConfig(model=str(micro_af3), api_key_file=str(key_file), served_name="micro",
-                      max_request_bytes=LIMIT, max_audio_seconds=2.0, max_tokens=8, max_wait_ms=400)
+                      max_request_mb=LIMIT / 2**20, max_audio_seconds=2.0, max_tokens=8, max_wait_ms=400)
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(build_app(cfg), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)

@@ -59,6 +59,16 @@ def test_command_carries_adapters_limits_but_never_the_key(micro_af3, tmp_path):
     assert json.loads(command[command.index("--limit-mm-per-prompt") + 1]) == {"audio": 1}
     assert command[command.index("--max-num-seqs") + 1] == "8"
     assert "--enforce-eager" not in command
+    # A request that sets nothing gets serve's generation settings, as with --backend transformers (greedy).
+    defaults = json.loads(command[command.index("--override-generation-config") + 1])
+    assert defaults == {"max_new_tokens": cfg.max_new_tokens, "temperature": 0.0, "top_p": 1.0,
+                        "repetition_penalty": 1.0}
+    sampled = vllm_command(ServeConfig(model=str(micro_af3), do_sample=True, temperature=0.7, top_p=0.9,
+                                       max_new_tokens=2000, max_tokens=100), on_cpu=False)
+    assert json.loads(sampled[sampled.index("--override-generation-config") + 1]) == {
+        "max_new_tokens": 100, "temperature": 0.7, "top_p": 0.9, "repetition_penalty": 1.0}
+    with pytest.raises(ConfigError, match="no_repeat_ngram_size"):
+        vllm_command(ServeConfig(model=str(micro_af3), no_repeat_ngram_size=3))
     cpu = vllm_command(ServeConfig(model=str(micro_af3), vllm_args=["--dtype", "bfloat16"]), on_cpu=True)
     assert "--enforce-eager" in cpu and cpu.count("--dtype") == 1 and cpu[-2:] == ["--dtype", "bfloat16"]
     env = vllm_environment(resolve_api_key(cfg, {}), {"PATH": "/bin"})

@@ -37,7 +37,7 @@ def __getattr__(name: str):
         "EvalConfig": ("config", "EvalConfig"),
         "check_dataset": ("data.check", "check_dataset"),
         "run_server": ("serve.server", "serve"),  # not "serve": that is the subpackage's name
-        "ServeConfig": ("serve.server", "ServeConfig"),
+        "ServeConfig": ("config", "ServeConfig"),
         "run_demo": ("demo", "run_demo"),
         "make_plan": ("plan", "make_plan"),
         "FAMILIES": ("models.families", "FAMILIES"),

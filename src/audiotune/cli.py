@@ -22,14 +22,6 @@ from .config import AdapterConfig
 from .errors import AudiotuneError
 from .models.families import FAMILIES
 
-# Options that several commands share, defined once.
-Backend = Annotated[str, typer.Option(help="transformers (this process) or vllm (vLLM in its own environment, "
-                                           "`make vllm-env`: a server child for serve, the offline engine otherwise).")]
-VllmPython = Annotated[Optional[str], typer.Option(help="Interpreter with vLLM (default: $AUDIOTUNE_VLLM_PYTHON, "
-                                                        "./.venv-vllm, or this one).")]
-EncoderFrames = Annotated[str, typer.Option(help="window: the audio tower over whole 30 s windows; valid: over each "
-                                                 "batch's valid frames (faster; AF3 only; see encoder_frames.py).")]
-
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Fine-tune, evaluate, run and serve audio-text-to-text models.")
 console = Console()
@@ -299,46 +291,18 @@ def data_check(ctx: typer.Context) -> None:
     raise typer.Exit(report.exit_code)
 
 
-@app.command()
-def serve(
-    model: Annotated[str, typer.Option(help="Base model (Hub id or folder) or a merged checkpoint.")],
-    adapter: Annotated[Optional[list[str]], typer.Option(help="NAME=PATH of a LoRA adapter; repeatable.")] = None,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    api_key: Annotated[Optional[str], typer.Option(help="Require 'Authorization: Bearer KEY'. Visible to every user "
-                                                        "in `ps`: prefer --api-key-file or $AUDIOTUNE_API_KEY.")] = None,
-    api_key_file: Annotated[Optional[Path], typer.Option(help="Read the required API key from this file "
-                                                              "(default: $AUDIOTUNE_API_KEY, if set).")] = None,
-    served_name: Annotated[Optional[str], typer.Option(help="Model name of the base (default: folder name).")] = None,
-    backend: Backend = "transformers",
-    vllm_python: VllmPython = None,
-    encoder_frames: EncoderFrames = "window",
-    max_batch_size: int = 16,
-    max_wait_ms: float = 10.0,
-    max_request_mb: float = 25.0,
-    max_audio_seconds: Optional[float] = None,
-    max_tokens: Annotated[int, typer.Option(help="Largest max_tokens a request may ask for.")] = 1024,
-    allow_remote_audio: Annotated[bool, typer.Option("--allow-remote-audio")] = False,
-    allow_text_only: Annotated[bool, typer.Option("--allow-text-only")] = False,
-    print_vllm_command: Annotated[bool, typer.Option("--print-vllm-command", help="Print the vLLM server "
-                                                     "command and exit.")] = False,
-) -> None:
-    """Serve an OpenAI-compatible chat-completions API that takes audio, with dynamic batching."""
-    from .serve.server import ServeConfig, resolve_api_key, serve as run_server
+@app.command(context_settings=GENERATED, add_help_option=False)
+def serve(ctx: typer.Context) -> None:
+    """Serve an OpenAI-compatible chat-completions API that takes audio, with dynamic batching (or vLLM)."""
+    from .cli_args import parse
+    from .config import ServeConfig
+    from .serve.server import resolve_api_key, serve as run_server
 
-    adapters: dict[str, str] = {}
-    for item in adapter or []:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise typer.BadParameter(f"--adapter {item!r}: use NAME=PATH.")
-        adapters[name] = path
-    cfg = ServeConfig(model=model, adapters=adapters, host=host, port=port, api_key=api_key,
-                      api_key_file=str(api_key_file) if api_key_file else None, served_name=served_name,
-                      backend=backend, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
-                      max_request_bytes=int(max_request_mb * 1024 * 1024), max_audio_seconds=max_audio_seconds,
-                      max_tokens=max_tokens, allow_remote_audio=allow_remote_audio, allow_text_only=allow_text_only,
-                      vllm_python=vllm_python, encoder_frames=encoder_frames)
-    if print_vllm_command:
+    cfg, options = parse(ServeConfig, ctx.args, "audiotune serve", serve.__doc__ or "", lambda parser: parser.add_argument(
+        "--print-vllm-command", action="store_true", help="Print the vLLM server command and exit."))
+    cfg.validate()
+    adapters = cfg.adapter_paths
+    if options.print_vllm_command:
         import shlex
 
         from .serve.vllm_backend import vllm_command

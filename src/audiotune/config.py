@@ -165,6 +165,78 @@ class InferConfig(GenerationSettings, BackendConfig):
 
 
 @dataclass
+class ServeConfig(GenerationSettings, BackendConfig):
+    """``audiotune serve``: an OpenAI-compatible server. Its generation settings are what a request that does not set
+    its own gets (``max_tokens``, ``temperature``, ``top_p``): greedy and ``max_new_tokens`` long, as infer and eval.
+
+    ``max_request_mb`` and ``adapters`` as ``NAME=PATH`` items are the CLI's forms; the code reads
+    :attr:`max_request_bytes` and :attr:`adapter_paths`.
+    """
+
+
+    model: str = option("", "Base model (Hub id or folder) or a merged checkpoint.")
+    adapters: list[str] = option(help="NAME=PATH of a LoRA adapter, served as model NAME; repeatable.", factory=list,
+                                 aliases=["--adapter"])
+    host: str = option("127.0.0.1", "Address to bind (127.0.0.1: this machine only).")
+    port: int = option(8000, "Port.")
+    api_key: str | None = option(None, "Require 'Authorization: Bearer KEY'. Visible to every user in `ps`: prefer "
+                                       "--api-key-file or $AUDIOTUNE_API_KEY.")
+    api_key_file: str | None = option(None, "Read the required API key from this file (default: $AUDIOTUNE_API_KEY, "
+                                            "if set).")
+    served_name: str | None = option(None, "Model name of the base (default: its folder name).")
+    max_batch_size: int = option(16, "Most requests generated together (vLLM: --max-num-seqs).")
+    max_wait_ms: float = option(10.0, "How long a request waits for others to share its batch.")
+    max_request_mb: float = option(25.0, "Largest request body (and fetched audio_url) in MB; larger ones get 413.")
+    max_audio_seconds: float | None = option(None, "Longest audio a request may send (empty: the family's window).")
+    max_tokens: int = option(1024, "Largest max_tokens a request may ask for (a request without one gets "
+                                   "--max-new-tokens, at most this).")
+    allow_remote_audio: bool = option(False, "Fetch audio_url parts from http(s) URLs (data: URLs always work).")
+    allow_text_only: bool = option(False, "Accept requests without audio (the model's text-only path).")
+    device: str | None = option(None, "Device for the model (empty: CUDA when available, else the CPU).")
+    vllm_args: list[str] = option(help="--backend vllm: more arguments for vLLM's server, as one string each.",
+                                  factory=list)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.adapters, dict):  # the API's form: {name: path}
+            self.adapters = [f"{name}={path}" for name, path in self.adapters.items()]
+
+    @property
+    def adapter_paths(self) -> dict[str, str]:
+        """``{served name: folder}`` from the ``NAME=PATH`` items."""
+        paths: dict[str, str] = {}
+        for item in self.adapters:
+            name, sep, path = item.partition("=")
+            if not sep or not name or not path:
+                raise ConfigError(f"--adapter {item!r}: use NAME=PATH (the name requests ask for, the adapter folder).")
+            if name in paths:
+                raise ConfigError(f"--adapter {name}: given twice; each served name needs its own.")
+            paths[name] = path
+        return paths
+
+    @property
+    def max_request_bytes(self) -> int:
+        return int(self.max_request_mb * 1024 * 1024)
+
+    @property
+    def request_default_tokens(self) -> int:
+        """What a request without ``max_tokens`` may write: ``max_new_tokens``, within the server's limit."""
+        return min(self.max_new_tokens, self.max_tokens)
+
+    def validate(self) -> "ServeConfig":
+        if not self.model:
+            raise ConfigError("No model given: pass --model (a Hub id or a local checkpoint folder).")
+        if self.backend not in ("transformers", "vllm"):
+            raise ConfigError(f"--backend {self.backend!r}: choose transformers or vllm.")
+        if self.max_tokens < 1 or self.max_new_tokens < 1:
+            raise ConfigError("--max-tokens and --max-new-tokens must be at least 1.")
+        if self.num_beams != 1:
+            raise ConfigError("--num-beams: the server samples or decodes greedily per request; beam search is for "
+                              "infer and eval.")
+        self.adapter_paths  # noqa: B018  (NAME=PATH checked before the model loads)
+        return self
+
+
+@dataclass
 class DataCheckConfig(DataConfig):
     """``audiotune data check``: every row decoded and built as training would, before a model is rented."""
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import (ALIASES, AdapterConfig, DataCheckConfig, DataConfig, EvalConfig, GenerationSettings, InferConfig,
-                     plain)
+                     ServeConfig, plain)
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
@@ -86,7 +86,7 @@ def render_markdown() -> str:
     sections = [
         ("Data (`DataConfig`: train, eval, `data check`)", [f for f in dataclasses.fields(DataConfig)]),
         ("Adapter (`AdapterConfig`: train, plan)", list(dataclasses.fields(AdapterConfig))),
-        ("Generation (`GenerationSettings`: infer, eval, the training callback)",
+        ("Generation (`GenerationSettings`: infer, eval, serve's request defaults, the training callback)",
          list(dataclasses.fields(GenerationSettings))),
         ("Training run (`TrainConfig`'s own fields)", [f for f in train_own if f.name not in trainer]),
         ("Trainer options with audiotune's defaults", [f for f in train_own if f.name in trainer]),
@@ -98,6 +98,8 @@ def render_markdown() -> str:
          _own(EvalConfig, DataConfig, GenerationSettings)),
         ("`audiotune infer FILE...` (`InferConfig`: also the generation options above)",
          _own(InferConfig, GenerationSettings)),
+        ("`audiotune serve` (`ServeConfig`: also the generation options above, what a request that sets none gets)",
+         _own(ServeConfig, GenerationSettings)),
         ("`audiotune data check DATASET` (`DataCheckConfig`: also the data options above)",
          _own(DataCheckConfig, DataConfig)),
     ]

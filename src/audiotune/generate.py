@@ -107,8 +107,9 @@ def generate_batch(model, processor, family: Family, examples: Sequence[Example]
     settings = settings or GenerationSettings()
     extra: dict[str, Any] = {}
     if rows is not None and any(r.temperature > 0 for r in rows):
-        settings = GenerationSettings(max_new_tokens=settings.max_new_tokens,
-                                      repetition_penalty=settings.repetition_penalty)
+        settings = GenerationSettings(max_new_tokens=settings.max_new_tokens,  # the rows sample: generate is greedy
+                                      repetition_penalty=settings.repetition_penalty,
+                                      no_repeat_ngram_size=settings.no_repeat_ngram_size)
         from transformers import LogitsProcessorList
 
         extra["logits_processor"] = LogitsProcessorList([PerRowSampler(rows)])

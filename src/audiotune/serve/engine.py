@@ -10,6 +10,7 @@ answer does not depend on its batch, and a shorter limit is a prefix of the long
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ class GenerationRequest:
     example: Example
     model: str  # served model name: the base or an adapter
     max_tokens: int
-    temperature: float | None = None  # None: the model's generation config; 0: greedy
+    temperature: float | None = None  # None: the server's generation settings; 0: greedy
     top_p: float | None = None
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
@@ -50,7 +51,8 @@ class Engine:
     """Loads the base (+ adapters) once and runs batches of requests against it."""
 
     def __init__(self, model_path: str, adapters: dict[str, str] | None = None, served_name: str | None = None,
-                 device: str | None = None, encoder_frames: str = "window") -> None:
+                 device: str | None = None, encoder_frames: str = "window",
+                 generation: GenerationSettings | None = None) -> None:
         from ..models.loading import load_model, load_processor
 
         base, self.family = load_model(model_path, device=device, encoder_frames=encoder_frames)
@@ -68,7 +70,9 @@ class Engine:
             for name in names[1:]:
                 self.model.load_adapter(self.adapters[name], adapter_name=name)
             self.model.eval()
-        self.generation_defaults = getattr(base, "generation_config", None)
+        # What a request that sets no temperature/top-p gets, and the server-wide repetition rules: the same
+        # GenerationSettings as infer and eval (greedy by default), not the checkpoint's generation_config.
+        self.generation = generation or GenerationSettings()
 
     def model_names(self) -> list[str]:
         return [self.base_name, *self.adapters]
@@ -85,19 +89,17 @@ class Engine:
             yield
 
     def _sampling(self, request: GenerationRequest) -> RowSampling:
-        """The request's own sampling; unset values come from the model's generation config, as in ``generate``."""
-        if request.greedy:
+        """The request's own sampling; what it leaves unset comes from the server's generation settings."""
+        if request.greedy or (request.temperature is None and not self.generation.do_sample):
             return RowSampling()
-        defaults = self.generation_defaults
-        if request.temperature is None and not getattr(defaults, "do_sample", False):
-            return RowSampling(seed=request.seed)
-        temperature = request.temperature if request.temperature is not None else getattr(defaults, "temperature", 1.0)
-        top_p = request.top_p if request.top_p is not None else getattr(defaults, "top_p", 1.0)
+        temperature = request.temperature if request.temperature is not None else self.generation.temperature
+        top_p = request.top_p if request.top_p is not None else self.generation.top_p
         return RowSampling(temperature=temperature or 1.0, top_p=top_p or 1.0, seed=request.seed)
 
     def run(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         """Generate for requests that share a :meth:`GenerationRequest.batch_key`."""
-        settings = GenerationSettings(max_new_tokens=max(r.max_tokens for r in requests))
+        settings = dataclasses.replace(self.generation, max_new_tokens=max(r.max_tokens for r in requests),
+                                       do_sample=False)  # each row samples by its own RowSampling
         streamer = (_BatchStreamer(self.processor.tokenizer, requests, stop_token_ids(self.processor, self.family))
                     if any(r.on_text for r in requests) else None)
         with self._selected(requests[0].model):

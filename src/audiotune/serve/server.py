@@ -4,35 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..config import ServeConfig
 from ..errors import ConfigError
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class ServeConfig:
-    model: str
-    adapters: dict[str, str] = field(default_factory=dict)
-    host: str = "127.0.0.1"
-    port: int = 8000
-    api_key: str | None = None  # visible in `ps` when given on the command line: prefer the file or the variable
-    api_key_file: str | None = None  # a file holding the key (trailing newline ignored)
-    served_name: str | None = None
-    backend: str = "transformers"  # or "vllm"
-    max_batch_size: int = 16
-    max_wait_ms: float = 10.0
-    max_request_bytes: int = 25 * 1024 * 1024
-    max_audio_seconds: float | None = None  # None: the family's limit
-    max_tokens: int = 1024
-    allow_remote_audio: bool = False
-    allow_text_only: bool = False
-    device: str | None = None
-    vllm_args: list[str] = field(default_factory=list)
-    encoder_frames: str = "window"  # or valid (see encoder_frames.py)
-    vllm_python: str | None = None  # the interpreter with vLLM (default: ./.venv-vllm, see serve/vllm_backend.py)
 
 
 API_KEY_ENV = "AUDIOTUNE_API_KEY"
@@ -73,13 +50,13 @@ def build_app(cfg: ServeConfig):
     from .engine import Engine
     from .protocol import Limits
 
-    api_key = resolve_api_key(cfg)  # a missing or empty key file fails before the model loads
-    engine = Engine(cfg.model, cfg.adapters, served_name=cfg.served_name, device=cfg.device,
-                    encoder_frames=cfg.encoder_frames)
+    api_key = resolve_api_key(cfg.validate())  # a bad flag, a missing or empty key file: before the model loads
+    engine = Engine(cfg.model, cfg.adapter_paths, served_name=cfg.served_name, device=cfg.device,
+                    encoder_frames=cfg.encoder_frames, generation=cfg.generation())
     family = engine.family
     limits = Limits(max_request_bytes=cfg.max_request_bytes,
                     max_audio_seconds=min(cfg.max_audio_seconds or family.max_audio_seconds, family.max_audio_seconds),
-                    max_tokens=cfg.max_tokens, default_max_tokens=min(256, cfg.max_tokens),
+                    max_tokens=cfg.max_tokens, default_max_tokens=cfg.request_default_tokens,
                     allow_remote_audio=cfg.allow_remote_audio, remote_max_bytes=cfg.max_request_bytes,
                     require_audio=family.requires_audio and not cfg.allow_text_only)
     return create_app(engine, ServerSettings(cfg.max_batch_size, cfg.max_wait_ms, api_key, limits))
@@ -87,11 +64,9 @@ def build_app(cfg: ServeConfig):
 
 def serve(cfg: ServeConfig) -> None:
     """Run until SIGTERM/SIGINT; in-flight requests finish first (30 s grace)."""
-    if cfg.backend == "vllm":
+    if cfg.validate().backend == "vllm":
         serve_vllm(cfg)
         return
-    if cfg.backend != "transformers":
-        raise ConfigError(f"--backend {cfg.backend!r}: choose transformers or vllm.")
     import uvicorn
 
     app = build_app(cfg)

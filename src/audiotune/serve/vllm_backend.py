@@ -163,7 +163,7 @@ def vllm_command(cfg: "ServeConfig", python: str = "python", adapters: dict[str,
     The API key is not on it (every user sees a command line in ``ps``): :func:`vllm_environment` passes it.
     """
     require_vllm_family(cfg.model)
-    adapters = cfg.adapters if adapters is None else adapters
+    adapters = cfg.adapter_paths if adapters is None else adapters
     command = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", cfg.model,
                "--host", cfg.host, "--port", str(cfg.port),
                "--served-model-name", cfg.served_name or Path(cfg.model.rstrip("/")).name,
@@ -175,6 +175,12 @@ def vllm_command(cfg: "ServeConfig", python: str = "python", adapters: dict[str,
                     "--lora-modules", *[f"{name}={path}" for name, path in adapters.items()]]
     if cfg.allow_remote_audio:
         command += ["--allowed-media-domains", "*"]
+    # A request's unset max_tokens/temperature/top_p get our settings, not the checkpoint's generation_config
+    # (vLLM reads max_new_tokens there as the default max_tokens).
+    defaults = vllm_sampling(cfg)
+    defaults.pop("max_tokens")
+    defaults["max_new_tokens"] = cfg.request_default_tokens
+    command += ["--override-generation-config", json.dumps(defaults)]
     if _on_cpu() if on_cpu is None else on_cpu:
         command += cpu_arguments(cfg.vllm_args)
     return command + list(cfg.vllm_args)
@@ -203,7 +209,7 @@ class VllmServer:
         self.process: subprocess.Popen | None = None
         self._folder = Path(tempfile.mkdtemp(prefix="audiotune-vllm-"))
         self.adapters = {name: str(export_adapter(cfg.model, path, self._folder / name))
-                         for name, path in cfg.adapters.items()}
+                         for name, path in cfg.adapter_paths.items()}
         self.command = vllm_command(cfg, self.python, self.adapters)
 
     def start(self, timeout_s: float = 900.0) -> "VllmServer":
@@ -286,6 +292,17 @@ def openai_messages(example: "Example", rate: int) -> list[dict[str, Any]]:
     return messages
 
 
+def vllm_sampling(settings: "GenerationSettings") -> dict[str, Any]:
+    """Our generation settings in vLLM's ``SamplingParams`` names: one mapping for the offline engine (eval, infer)
+    and the server's request defaults, so ``--backend vllm`` answers as ``--backend transformers`` does."""
+    if settings.no_repeat_ngram_size:
+        raise ConfigError("--backend vllm has no no_repeat_ngram_size; use --backend transformers for it.")
+    if settings.num_beams != 1:
+        raise ConfigError("--backend vllm: beam search (--num-beams) is not wired to vLLM; use --backend transformers.")
+    return {"max_tokens": settings.max_new_tokens, "temperature": settings.temperature if settings.do_sample else 0.0,
+            "top_p": settings.top_p if settings.do_sample else 1.0, "repetition_penalty": settings.repetition_penalty}
+
+
 def vllm_generate(model: str, examples: Sequence["Example"], settings: "GenerationSettings",
                   adapter: str | None = None, python: str | None = None, batch_size: int = 64,
                   extra_args: Sequence[str] = (), timings: dict[str, float] | None = None) -> list[str]:
@@ -294,18 +311,14 @@ def vllm_generate(model: str, examples: Sequence["Example"], settings: "Generati
     ``timings`` (if given) receives ``load_seconds`` (engine start) and ``generate_seconds``.
     """
     family = require_vllm_family(model)
-    if settings.no_repeat_ngram_size:
-        raise ConfigError("--backend vllm has no no_repeat_ngram_size; use --backend transformers for it.")
+    sampling = vllm_sampling(settings)
     interpreter = find_vllm_python(python)
     with tempfile.TemporaryDirectory(prefix="audiotune-vllm-") as folder:
         work = Path(folder)
         exported = str(export_adapter(model, adapter, work / "adapter")) if adapter else None
         request = {"model": model, "adapter": exported, "lora_rank": _lora_rank(adapter) if adapter else None,
                    "max_num_seqs": batch_size, "cpu": _on_cpu(), "extra_args": list(extra_args),
-                   "sampling": {"max_tokens": settings.max_new_tokens,
-                                "temperature": settings.temperature if settings.do_sample else 0.0,
-                                "top_p": settings.top_p if settings.do_sample else 1.0,
-                                "repetition_penalty": settings.repetition_penalty},
+                   "sampling": sampling,
                    "conversations": [openai_messages(e, family.sampling_rate) for e in examples]}
         (work / "request.json").write_text(json.dumps(request))
         run = subprocess.run([interpreter, str(WORKER), str(work / "request.json"), str(work / "answers.json")],
