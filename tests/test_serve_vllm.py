@@ -124,12 +124,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _b64(wave) -> str:
+def _b64(wave, rate: int = 16000) -> str:
     import base64
 
     from audiotune.audio import encode_audio
 
-    return base64.b64encode(encode_audio(wave, 16000)).decode()
+    return base64.b64encode(encode_audio(wave, rate)).decode()
 
 
 @pytest.mark.slow
@@ -181,6 +181,13 @@ def test_vllm_serves_base_and_adapter_through_openai_then_stops_on_sigterm(tiny_
             model="tuned", messages=[{"role": "user", "content": [url_part, messages[0]["content"][1]]}],
             temperature=0, max_tokens=16, stream=True) if chunk.choices)
         assert streamed == answers["tuned"]
+        # A clip at 44.1 kHz: vLLM resamples it to the model's 16 kHz (with torchaudio, which make vllm-env keeps).
+        cd_rate = {"type": "input_audio", "input_audio": {"data": _b64(tone(2.0, 220, 44100), 44100), "format": "wav"}}
+        resampled = client.chat.completions.create(model="tuned", temperature=0, max_tokens=16, messages=[
+            {"role": "user", "content": [cd_rate, messages[0]["content"][1]]}])
+        at_16k = client.chat.completions.create(model="tuned", temperature=0, max_tokens=16, messages=messages)
+        assert resampled.choices[0].message.content
+        assert resampled.usage.prompt_tokens == at_16k.usage.prompt_tokens  # 2 s either way: as many audio tokens
         with pytest.raises(APIStatusError) as bad:
             client.chat.completions.create(model="tuned", max_tokens=4, messages=[{"role": "user", "content": [
                 {"type": "input_audio", "input_audio": {"data": "not base64 audio", "format": "wav"}}]}])
