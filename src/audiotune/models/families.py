@@ -540,6 +540,17 @@ PHI4_MULTIMODAL = Family(
     min_audio_samples=400,
 )
 
+QWEN3_OMNI = Family(
+    name="qwen3omni",
+    model_types=("qwen3_omni_moe_thinker", "qwen3_omni_moe"),
+    aliases=("qwen3-omni", "qwen3_omni", "qwen3-omni-moe", "qwen3_omni_moe"),
+    hub_id="Qwen/Qwen3-Omni-30B-A3B-Instruct",
+    model_class="Qwen3OmniMoeThinkerForConditionalGeneration",  # the thinker: audio in, text out
+    requires_audio=False,
+    max_audios=8,
+    requires_packages=("torchvision",),
+)
+
 QWEN3_ASR = Family(
     name="qwen3asr",
     model_types=("qwen3_asr",),
@@ -575,7 +586,7 @@ OMNIASR = Family(
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     AUDIO_FLAMINGO_3, MUSIC_FLAMINGO, QWEN2_AUDIO, VOXTRAL, GRANITE_SPEECH, GEMMA3N, PHI4_MULTIMODAL, GLM_ASR,
     QWEN25_OMNI, QWEN3_ASR, FUN_ASR_NANO, MOSS_TRANSCRIBE_DIARIZE, GRANITE_SPEECH_PLUS,
-    OMNIASR)}
+    OMNIASR, QWEN3_OMNI)}
 
 
 def family_by_name(name: str) -> Family:
