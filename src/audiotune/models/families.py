@@ -318,7 +318,10 @@ def infer_template_facts(family: Family, processor) -> dict[str, Any]:
     facts: dict[str, Any] = {"assistant_header": header.strip() if before.endswith(header.strip()) else header}
     closing = after.strip()
     if closing:
-        special = sorted(getattr(tokenizer, "all_special_tokens", []), key=len, reverse=True)
+        # Added tokens marked special count too: a processor may replace the tokenizer's extra special tokens
+        # (Gemma 4's adds its video token that way) and the turn markers then stay special only there.
+        added = [t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special]
+        special = sorted({*getattr(tokenizer, "all_special_tokens", []), *added}, key=len, reverse=True)
         facts["end_of_turn"] = next((t for t in special if t and closing.startswith(t)), None)
         facts["template_closes_turns"] = True
         if facts["end_of_turn"] is None:
@@ -521,6 +524,16 @@ GEMMA3N = Family(
     tiny_hook=_gemma3n_vocabulary,
 )
 
+GEMMA4 = Family(
+    name="gemma4",
+    model_types=("gemma4",),
+    aliases=("gemma-4", "gemma_4", "gemma-4-e2b-it"),
+    hub_id="google/gemma-4-E2B-it",
+    requires_audio=False,
+    max_audios=8,
+    requires_packages=("torchvision",),
+)
+
 PHI4_MULTIMODAL = Family(
     name="phi4mm",
     model_types=("phi4_multimodal",),
@@ -586,7 +599,7 @@ OMNIASR = Family(
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     AUDIO_FLAMINGO_3, MUSIC_FLAMINGO, QWEN2_AUDIO, VOXTRAL, GRANITE_SPEECH, GEMMA3N, PHI4_MULTIMODAL, GLM_ASR,
     QWEN25_OMNI, QWEN3_ASR, FUN_ASR_NANO, MOSS_TRANSCRIBE_DIARIZE, GRANITE_SPEECH_PLUS,
-    OMNIASR, QWEN3_OMNI)}
+    OMNIASR, QWEN3_OMNI, GEMMA4)}
 
 
 def family_by_name(name: str) -> Family:
