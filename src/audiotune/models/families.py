@@ -186,8 +186,12 @@ class Family:
         weights). ``processor``: None when only module facts are needed (``audiotune plan``).
         """
         facts, inferred = infer_facts(self, config, processor, model)
+        return self.variant(**facts, bound=True, inferred=tuple(inferred), processor=processor)
+
+    def variant(self, **changes) -> Family:
+        """This entry with ``changes`` (a sibling architecture's entry, or a bound copy); no fact is inferred."""
         values = {f.name: object.__getattribute__(self, f.name) for f in dataclasses.fields(self)}
-        values.update(facts, bound=True, inferred=tuple(inferred), processor=processor)
+        values.update(changes)
         return Family(**values)
 
 
@@ -531,8 +535,14 @@ GEMMA4 = Family(
     hub_id="google/gemma-4-E2B-it",
     requires_audio=False,
     max_audios=8,
+    loss_uses_num_items=False,  # accepts_loss_kwargs = False: its loss averages over the batch's own tokens
     requires_packages=("torchvision",),
 )
+
+# The encoder-free Gemma 4: raw 640-sample frames through an RMSNorm + Linear embedder (a projector, no audio tower).
+GEMMA4_UNIFIED = GEMMA4.variant(
+    name="gemma4_unified", model_types=("gemma4_unified",),
+    aliases=("gemma-4-unified", "gemma4-unified", "gemma-4-12b-it"), hub_id="google/gemma-4-12B-it")
 
 PHI4_MULTIMODAL = Family(
     name="phi4mm",
@@ -599,7 +609,7 @@ OMNIASR = Family(
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     AUDIO_FLAMINGO_3, MUSIC_FLAMINGO, QWEN2_AUDIO, VOXTRAL, GRANITE_SPEECH, GEMMA3N, PHI4_MULTIMODAL, GLM_ASR,
     QWEN25_OMNI, QWEN3_ASR, FUN_ASR_NANO, MOSS_TRANSCRIBE_DIARIZE, GRANITE_SPEECH_PLUS,
-    OMNIASR, QWEN3_OMNI, GEMMA4)}
+    OMNIASR, QWEN3_OMNI, GEMMA4, GEMMA4_UNIFIED)}
 
 
 def family_by_name(name: str) -> Family:
