@@ -115,6 +115,8 @@ class Family:
     # then hands it whole conversations, audio as base64 WAV parts.
     processor_tokenizes_chat: bool = False
     processor_kwargs: tuple[tuple[str, Any], ...] = ()  # extra ``AutoProcessor.from_pretrained`` arguments
+    # Constant model inputs every batch carries (the collator adds them to what the processor returns).
+    model_inputs: tuple[tuple[str, Any], ...] = ()
     # Tiny-builder hook for what a config cannot say generically (``models/tiny.py``): ``(config, tokenizer,
     # sizes) -> None``, run after the generic shrink.
     tiny_hook: Callable[..., None] | None = None
@@ -606,10 +608,21 @@ OMNIASR = Family(
     task="asr",
 )
 
+VIBEVOICE_ASR = Family(
+    name="vibevoice_asr",
+    model_types=("vibevoice_asr",),
+    aliases=("vibevoice-asr", "vibevoice"),
+    hub_id="microsoft/VibeVoice-ASR-HF",
+    task="asr",
+    # Its forward adds σ-VAE noise to the acoustic latents unless told not to (sample=True by default): then no two
+    # passes over the same clip agree (batched vs one at a time, merged vs adapter, served vs local).
+    model_inputs=(("sample", False),),
+)
+
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     AUDIO_FLAMINGO_3, MUSIC_FLAMINGO, QWEN2_AUDIO, VOXTRAL, GRANITE_SPEECH, GEMMA3N, PHI4_MULTIMODAL, GLM_ASR,
     QWEN25_OMNI, QWEN3_ASR, FUN_ASR_NANO, MOSS_TRANSCRIBE_DIARIZE, GRANITE_SPEECH_PLUS,
-    OMNIASR, QWEN3_OMNI, GEMMA4, GEMMA4_UNIFIED)}
+    OMNIASR, QWEN3_OMNI, GEMMA4, GEMMA4_UNIFIED, VIBEVOICE_ASR)}
 
 
 def family_by_name(name: str) -> Family:
