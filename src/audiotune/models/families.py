@@ -619,10 +619,31 @@ VIBEVOICE_ASR = Family(
     model_inputs=(("sample", False),),
 )
 
+def _alignment_vocabulary(config: dict, tokenizer, sizes: dict) -> None:
+    """Nemotron 3.5 Transcribe's word-timestamp head classifies alignment-tokenizer pieces plus a CTC blank (the
+    last class): the tiny head is sized to the tiny alignment tokenizer trained beside the main one."""
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    pieces = len(AutoTokenizer.from_pretrained(Path(tokenizer.name_or_path) / "alignment_tokenizer"))
+    config["word_timestamp_config"].update(vocab_size=pieces + 1, blank_token_id=pieces)
+
+
+NEMOTRON_TRANSCRIBE = Family(
+    name="nemotron_transcribe",
+    model_types=("nemo_speechlm",),
+    aliases=("nemotron-3.5-transcribe", "nemotron3_5_transcribe", "nemo_speechlm", "nemotron-transcribe"),
+    hub_id="nvidia/NVIDIA-Nemotron-3.5-Transcribe-30B-A4B",
+    task="asr",
+    tiny_hook=_alignment_vocabulary,
+)
+
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     AUDIO_FLAMINGO_3, MUSIC_FLAMINGO, QWEN2_AUDIO, VOXTRAL, GRANITE_SPEECH, GEMMA3N, PHI4_MULTIMODAL, GLM_ASR,
     QWEN25_OMNI, QWEN3_ASR, FUN_ASR_NANO, MOSS_TRANSCRIBE_DIARIZE, GRANITE_SPEECH_PLUS,
-    OMNIASR, QWEN3_OMNI, GEMMA4, GEMMA4_UNIFIED, VIBEVOICE_ASR)}
+    OMNIASR, QWEN3_OMNI, GEMMA4, GEMMA4_UNIFIED, VIBEVOICE_ASR,
+    NEMOTRON_TRANSCRIBE)}
 
 
 def family_by_name(name: str) -> Family:

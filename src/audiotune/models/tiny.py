@@ -308,7 +308,11 @@ def build_tiny(family: str, out_dir: str | Path, seed: int = 0, preset: str = "d
 
     # Processor files as published; the tokenizer trained here.
     for path in sorted(folder.iterdir()):
-        if path.name not in ("tiny.json", "tekken.json"):
+        if path.is_dir():  # a second tokenizer the processor loads from its subfolder (Nemotron's alignment one)
+            shutil.copytree(path, out / path.name, dirs_exist_ok=True)
+            train_tokenizer(json.loads((path / "tokenizer_config.json").read_text()), sizes["vocab_size"],
+                            out / path.name)
+        elif path.name not in ("tiny.json", "tekken.json"):
             shutil.copyfile(path, out / path.name)
     if (folder / "tekken.json").exists():
         train_tekken(json.loads((folder / "tekken.json").read_text()), sizes["vocab_size"], out)
