@@ -258,17 +258,24 @@ def infer_module_facts(family: Family, model) -> dict[str, Any]:
         decoder = model.get_decoder()
     except Exception:  # noqa: BLE001  (transformers raises a bare error for models it cannot tell)
         decoder = None
+    # The towers sit beside the decoder; a decoder that is itself a whole causal LM (Nemotron Omni's
+    # ``language_model``) is entered once more so that its head is no LoRA target.
+    outer = _module_name(model, decoder) if decoder is not None else None
+    inner = getattr(decoder, "get_decoder", lambda: None)() if outer else None
+    if inner is not None and inner is not decoder:
+        decoder = inner
     lm = object.__getattribute__(family, "lm_prefix") or (_module_name(model, decoder) if decoder is not None
                                                            else None)
     if not lm:
         raise _cannot_infer(family, "lm_prefix", "model.get_decoder() names no language-model submodule")
     facts["lm_prefix"] = lm
-    parent = model.get_submodule(lm.rsplit(".", 1)[0]) if "." in lm else model
-    siblings = {f"{lm.rsplit('.', 1)[0]}.{n}" if "." in lm else n: m for n, m in parent.named_children()}
+    beside = outer if outer and lm.startswith(f"{outer}.") else lm
+    parent = model.get_submodule(beside.rsplit(".", 1)[0]) if "." in beside else model
+    siblings = {f"{beside.rsplit('.', 1)[0]}.{n}" if "." in beside else n: m for n, m in parent.named_children()}
     encoders, projectors, others = [], [], []
     for name, module in siblings.items():
         short = name.rsplit(".", 1)[-1]
-        if name == lm or short in ("lm_head", "embed_tokens") or not list(module.parameters()):
+        if name == beside or short in ("lm_head", "embed_tokens") or not list(module.parameters()):
             continue
         if any(w in short for w in _OTHER_TOWER_WORDS):
             others.append(name)
@@ -639,11 +646,21 @@ NEMOTRON_TRANSCRIBE = Family(
     tiny_hook=_alignment_vocabulary,
 )
 
+NEMOTRON_OMNI = Family(
+    name="nemotron_omni",
+    model_types=("nemotron_h_omni",),
+    aliases=("nemotron-3-nano-omni", "nemotron_h_omni", "nemotron-omni"),
+    hub_id="nvidia/Nemotron-3-Nano-Omni-30B-A3B-Reasoning-BF16",
+    requires_audio=False,
+    max_audios=8,
+    requires_packages=("torchvision",),
+)
+
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     AUDIO_FLAMINGO_3, MUSIC_FLAMINGO, QWEN2_AUDIO, VOXTRAL, GRANITE_SPEECH, GEMMA3N, PHI4_MULTIMODAL, GLM_ASR,
     QWEN25_OMNI, QWEN3_ASR, FUN_ASR_NANO, MOSS_TRANSCRIBE_DIARIZE, GRANITE_SPEECH_PLUS,
     OMNIASR, QWEN3_OMNI, GEMMA4, GEMMA4_UNIFIED, VIBEVOICE_ASR,
-    NEMOTRON_TRANSCRIBE)}
+    NEMOTRON_TRANSCRIBE, NEMOTRON_OMNI)}
 
 
 def family_by_name(name: str) -> Family:
