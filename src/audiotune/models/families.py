@@ -656,11 +656,21 @@ NEMOTRON_OMNI = Family(
     requires_packages=("torchvision",),
 )
 
+MUSE_SPARK = Family(
+    name="muse_spark",
+    model_types=("muse_spark",),
+    aliases=("muse-spark", "musespark"),
+    hub_id="meta-models/Muse-Spark-Open-816B-A42B",
+    requires_audio=False,
+    max_audios=8,
+    requires_packages=("torchvision",),
+)
+
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     AUDIO_FLAMINGO_3, MUSIC_FLAMINGO, QWEN2_AUDIO, VOXTRAL, GRANITE_SPEECH, GEMMA3N, PHI4_MULTIMODAL, GLM_ASR,
     QWEN25_OMNI, QWEN3_ASR, FUN_ASR_NANO, MOSS_TRANSCRIBE_DIARIZE, GRANITE_SPEECH_PLUS,
     OMNIASR, QWEN3_OMNI, GEMMA4, GEMMA4_UNIFIED, VIBEVOICE_ASR,
-    NEMOTRON_TRANSCRIBE, NEMOTRON_OMNI)}
+    NEMOTRON_TRANSCRIBE, NEMOTRON_OMNI, MUSE_SPARK)}
 
 
 def family_by_name(name: str) -> Family:
