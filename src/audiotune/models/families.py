@@ -666,11 +666,30 @@ MUSE_SPARK = Family(
     requires_packages=("torchvision",),
 )
 
+def _code_vocabulary(config: dict, tokenizer, sizes: dict) -> None:
+    """Apertus 1.5 embeds its discrete image codes, then its audio codes, right after the text vocabulary (the
+    offsets the model adds to a codebook index): the tiny vocabulary keeps that layout."""
+    text, image, audio = len(tokenizer), config["vision_config"]["codebook_size"], config["audio_config"]["codebook_size"]
+    config.update(image_token_offset=text, audio_token_offset=text + image)
+    config["text_config"]["vocab_size"] = text + image + audio
+
+
+APERTUS = Family(
+    name="apertus",
+    model_types=("apertus1p5",),
+    aliases=("apertus-1.5", "apertus1p5", "apertus-v1.5"),
+    hub_id="swiss-ai/Apertus-v1.5-8B",
+    requires_audio=False,
+    max_audios=8,
+    requires_packages=("torchvision",),
+    tiny_hook=_code_vocabulary,
+)
+
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     AUDIO_FLAMINGO_3, MUSIC_FLAMINGO, QWEN2_AUDIO, VOXTRAL, GRANITE_SPEECH, GEMMA3N, PHI4_MULTIMODAL, GLM_ASR,
     QWEN25_OMNI, QWEN3_ASR, FUN_ASR_NANO, MOSS_TRANSCRIBE_DIARIZE, GRANITE_SPEECH_PLUS,
     OMNIASR, QWEN3_OMNI, GEMMA4, GEMMA4_UNIFIED, VIBEVOICE_ASR,
-    NEMOTRON_TRANSCRIBE, NEMOTRON_OMNI, MUSE_SPARK)}
+    NEMOTRON_TRANSCRIBE, NEMOTRON_OMNI, MUSE_SPARK, APERTUS)}
 
 
 def family_by_name(name: str) -> Family:
