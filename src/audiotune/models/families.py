@@ -685,11 +685,21 @@ APERTUS = Family(
     tiny_hook=_code_vocabulary,
 )
 
+DOTS3_NOTE = Family(
+    name="dots3_note",
+    model_types=("dots3_note",),
+    aliases=("dots3-note", "dots.3-note", "dots3-note-prev"),
+    hub_id="dots-studio/dots3-note-prev",
+    requires_audio=False,
+    max_audios=8,
+    requires_packages=("torchvision",),
+)
+
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     AUDIO_FLAMINGO_3, MUSIC_FLAMINGO, QWEN2_AUDIO, VOXTRAL, GRANITE_SPEECH, GEMMA3N, PHI4_MULTIMODAL, GLM_ASR,
     QWEN25_OMNI, QWEN3_ASR, FUN_ASR_NANO, MOSS_TRANSCRIBE_DIARIZE, GRANITE_SPEECH_PLUS,
     OMNIASR, QWEN3_OMNI, GEMMA4, GEMMA4_UNIFIED, VIBEVOICE_ASR,
-    NEMOTRON_TRANSCRIBE, NEMOTRON_OMNI, MUSE_SPARK, APERTUS)}
+    NEMOTRON_TRANSCRIBE, NEMOTRON_OMNI, MUSE_SPARK, APERTUS, DOTS3_NOTE)}
 
 
 def family_by_name(name: str) -> Family:
