@@ -537,21 +537,6 @@ GEMMA3N = Family(
     tiny_hook=_gemma3n_vocabulary,
 )
 
-GEMMA4 = Family(
-    name="gemma4",
-    model_types=("gemma4",),
-    aliases=("gemma-4", "gemma_4", "gemma-4-e2b-it"),
-    hub_id="google/gemma-4-E2B-it",
-    requires_audio=False,
-    max_audios=8,
-    loss_uses_num_items=False,  # accepts_loss_kwargs = False: its loss averages over the batch's own tokens
-    requires_packages=("torchvision",),
-)
-
-# The encoder-free Gemma 4: raw 640-sample frames through an RMSNorm + Linear embedder (a projector, no audio tower).
-GEMMA4_UNIFIED = GEMMA4.variant(
-    name="gemma4_unified", model_types=("gemma4_unified",),
-    aliases=("gemma-4-unified", "gemma4-unified", "gemma-4-12b-it"), hub_id="google/gemma-4-12B-it")
 
 PHI4_MULTIMODAL = Family(
     name="phi4mm",
@@ -572,16 +557,6 @@ PHI4_MULTIMODAL = Family(
     min_audio_samples=400,
 )
 
-QWEN3_OMNI = Family(
-    name="qwen3omni",
-    model_types=("qwen3_omni_moe_thinker", "qwen3_omni_moe"),
-    aliases=("qwen3-omni", "qwen3_omni", "qwen3-omni-moe", "qwen3_omni_moe"),
-    hub_id="Qwen/Qwen3-Omni-30B-A3B-Instruct",
-    model_class="Qwen3OmniMoeThinkerForConditionalGeneration",  # the thinker: audio in, text out
-    requires_audio=False,
-    max_audios=8,
-    requires_packages=("torchvision",),
-)
 
 QWEN3_ASR = Family(
     name="qwen3asr",
@@ -615,16 +590,22 @@ OMNIASR = Family(
     task="asr",
 )
 
-VIBEVOICE_ASR = Family(
-    name="vibevoice_asr",
-    model_types=("vibevoice_asr",),
-    aliases=("vibevoice-asr", "vibevoice"),
-    hub_id="microsoft/VibeVoice-ASR-HF",
-    task="asr",
+
+def _entry(name: str, model_types: tuple[str, ...], hub_id: str, aliases: tuple[str, ...], **quirks) -> Family:
+    return Family(name=name, model_types=model_types, aliases=aliases, hub_id=hub_id, **quirks)
+
+
+# A chat model that also sees images: several audios a conversation, text-only turns allowed, and a processor whose
+# image and video parts need torchvision.
+_SEES_IMAGES = {"requires_audio": False, "max_audios": 8, "requires_packages": ("torchvision",)}
+
+
+VIBEVOICE_ASR = _entry(
+    "vibevoice_asr", ("vibevoice_asr",), "microsoft/VibeVoice-ASR-HF", ("vibevoice-asr", "vibevoice"), task="asr",
     # Its forward adds σ-VAE noise to the acoustic latents unless told not to (sample=True by default): then no two
     # passes over the same clip agree (batched vs one at a time, merged vs adapter, served vs local).
-    model_inputs=(("sample", False),),
-)
+    model_inputs=(("sample", False),))
+
 
 def _alignment_vocabulary(config: dict, tokenizer, sizes: dict) -> None:
     """Nemotron 3.5 Transcribe's word-timestamp head classifies alignment-tokenizer pieces plus a CTC blank (the
@@ -637,63 +618,50 @@ def _alignment_vocabulary(config: dict, tokenizer, sizes: dict) -> None:
     config["word_timestamp_config"].update(vocab_size=pieces + 1, blank_token_id=pieces)
 
 
-NEMOTRON_TRANSCRIBE = Family(
-    name="nemotron_transcribe",
-    model_types=("nemo_speechlm",),
-    aliases=("nemotron-3.5-transcribe", "nemotron3_5_transcribe", "nemo_speechlm", "nemotron-transcribe"),
-    hub_id="nvidia/NVIDIA-Nemotron-3.5-Transcribe-30B-A4B",
-    task="asr",
-    tiny_hook=_alignment_vocabulary,
-)
+NEMOTRON_TRANSCRIBE = _entry(
+    "nemotron_transcribe", ("nemo_speechlm",), "nvidia/NVIDIA-Nemotron-3.5-Transcribe-30B-A4B",
+    ("nemotron-3.5-transcribe", "nemotron3_5_transcribe", "nemo_speechlm", "nemotron-transcribe"), task="asr",
+    tiny_hook=_alignment_vocabulary)
 
-NEMOTRON_OMNI = Family(
-    name="nemotron_omni",
-    model_types=("nemotron_h_omni",),
-    aliases=("nemotron-3-nano-omni", "nemotron_h_omni", "nemotron-omni"),
-    hub_id="nvidia/Nemotron-3-Nano-Omni-30B-A3B-Reasoning-BF16",
-    requires_audio=False,
-    max_audios=8,
-    requires_packages=("torchvision",),
-)
+QWEN3_OMNI = _entry(
+    "qwen3omni", ("qwen3_omni_moe_thinker", "qwen3_omni_moe"), "Qwen/Qwen3-Omni-30B-A3B-Instruct",
+    ("qwen3-omni", "qwen3_omni", "qwen3-omni-moe", "qwen3_omni_moe"), **_SEES_IMAGES,
+    model_class="Qwen3OmniMoeThinkerForConditionalGeneration")  # the thinker: audio in, text out
 
-MUSE_SPARK = Family(
-    name="muse_spark",
-    model_types=("muse_spark",),
-    aliases=("muse-spark", "musespark"),
-    hub_id="meta-models/Muse-Spark-Open-816B-A42B",
-    requires_audio=False,
-    max_audios=8,
-    requires_packages=("torchvision",),
-)
+GEMMA4 = _entry(
+    "gemma4", ("gemma4",), "google/gemma-4-E2B-it", ("gemma-4", "gemma_4", "gemma-4-e2b-it"), **_SEES_IMAGES,
+    loss_uses_num_items=False)  # accepts_loss_kwargs = False: its loss averages over the batch's own tokens
+
+# The encoder-free Gemma 4: raw 640-sample frames through an RMSNorm + Linear embedder (a projector, no audio tower).
+GEMMA4_UNIFIED = GEMMA4.variant(
+    name="gemma4_unified", model_types=("gemma4_unified",),
+    aliases=("gemma-4-unified", "gemma4-unified", "gemma-4-12b-it"), hub_id="google/gemma-4-12B-it")
+
+NEMOTRON_OMNI = _entry(
+    "nemotron_omni", ("nemotron_h_omni",), "nvidia/Nemotron-3-Nano-Omni-30B-A3B-Reasoning-BF16",
+    ("nemotron-3-nano-omni", "nemotron_h_omni", "nemotron-omni"), **_SEES_IMAGES)
+
+MUSE_SPARK = _entry(
+    "muse_spark", ("muse_spark",), "meta-models/Muse-Spark-Open-816B-A42B", ("muse-spark", "musespark"),
+    **_SEES_IMAGES)
+
+DOTS3_NOTE = _entry(
+    "dots3_note", ("dots3_note",), "dots-studio/dots3-note-prev", ("dots3-note", "dots.3-note", "dots3-note-prev"),
+    **_SEES_IMAGES)
+
 
 def _code_vocabulary(config: dict, tokenizer, sizes: dict) -> None:
     """Apertus 1.5 embeds its discrete image codes, then its audio codes, right after the text vocabulary (the
     offsets the model adds to a codebook index): the tiny vocabulary keeps that layout."""
-    text, image, audio = len(tokenizer), config["vision_config"]["codebook_size"], config["audio_config"]["codebook_size"]
+    text = len(tokenizer)
+    image, audio = config["vision_config"]["codebook_size"], config["audio_config"]["codebook_size"]
     config.update(image_token_offset=text, audio_token_offset=text + image)
     config["text_config"]["vocab_size"] = text + image + audio
 
 
-APERTUS = Family(
-    name="apertus",
-    model_types=("apertus1p5",),
-    aliases=("apertus-1.5", "apertus1p5", "apertus-v1.5"),
-    hub_id="swiss-ai/Apertus-v1.5-8B",
-    requires_audio=False,
-    max_audios=8,
-    requires_packages=("torchvision",),
-    tiny_hook=_code_vocabulary,
-)
-
-DOTS3_NOTE = Family(
-    name="dots3_note",
-    model_types=("dots3_note",),
-    aliases=("dots3-note", "dots.3-note", "dots3-note-prev"),
-    hub_id="dots-studio/dots3-note-prev",
-    requires_audio=False,
-    max_audios=8,
-    requires_packages=("torchvision",),
-)
+APERTUS = _entry(
+    "apertus", ("apertus1p5",), "swiss-ai/Apertus-v1.5-8B", ("apertus-1.5", "apertus1p5", "apertus-v1.5"),
+    **_SEES_IMAGES, tiny_hook=_code_vocabulary)
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     AUDIO_FLAMINGO_3, MUSIC_FLAMINGO, QWEN2_AUDIO, VOXTRAL, GRANITE_SPEECH, GEMMA3N, PHI4_MULTIMODAL, GLM_ASR,
