@@ -602,6 +602,9 @@ _SEES_IMAGES = {"requires_audio": False, "max_audios": 8, "requires_packages": (
 
 VIBEVOICE_ASR = _entry(
     "vibevoice_asr", ("vibevoice_asr",), "microsoft/VibeVoice-ASR-HF", ("vibevoice-asr", "vibevoice"), task="asr",
+    # Long-form ASR: its tokenizer encoders stream 60 s chunks (acoustic_tokenizer_chunk_size) and the model card
+    # transcribes up to 60 minutes in one pass; the feature extractor states neither.
+    window_seconds=60.0, max_audio_seconds=3600.0,
     # Its forward adds σ-VAE noise to the acoustic latents unless told not to (sample=True by default): then no two
     # passes over the same clip agree (batched vs one at a time, merged vs adapter, served vs local).
     model_inputs=(("sample", False),))
