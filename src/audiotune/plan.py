@@ -211,14 +211,15 @@ def _sub(config, *names: str):
     return None
 
 
-def _kv_width(text, h: int, heads: int) -> int:
+def _kv_width(text, h: int) -> int:
     """Keys plus values per token and layer; averaged over the layers where they differ (Gemma 4's global layers
-    have wider heads: transformers then refuses the config-wide ``head_dim``)."""
+    have wider heads, dots3's sliding ones more): transformers then refuses the config-wide value."""
+    from transformers.integrations.heterogeneity.configuration_utils import AmbiguousGlobalPerLayerAttributeError
+
     def width(layer) -> int:
+        heads = int(layer.num_attention_heads)
         kv_heads = int(getattr(layer, "num_key_value_heads", None) or heads)
         return 2 * kv_heads * int(getattr(layer, "head_dim", None) or h // heads)
-
-    from transformers.integrations.heterogeneity.configuration_utils import AmbiguousGlobalPerLayerAttributeError
 
     try:
         return width(text)
@@ -230,11 +231,10 @@ def _kv_width(text, h: int, heads: int) -> int:
 def _lm_shape(config, family: Family) -> dict[str, int]:
     text = family.lm_config(config)
     h = int(text.hidden_size)
-    heads = int(text.num_attention_heads)
     intermediate = getattr(text, "intermediate_size", None) or 4 * h
     if isinstance(intermediate, (list, tuple)):  # per-layer sizes (Gemma 3n)
         intermediate = max(intermediate)
-    return {"hidden": h, "kv": _kv_width(text, h, heads), "intermediate": int(intermediate),
+    return {"hidden": h, "kv": _kv_width(text, h), "intermediate": int(intermediate),
             "layers": int(text.num_hidden_layers), "vocab": int(text.vocab_size)}
 
 
