@@ -211,16 +211,30 @@ def _sub(config, *names: str):
     return None
 
 
+def _kv_width(text, h: int) -> int:
+    """Keys plus values per token and layer; averaged over the layers where they differ (Gemma 4's global layers
+    have wider heads, dots3's sliding ones more): transformers then refuses the config-wide value."""
+    from transformers.integrations.heterogeneity.configuration_utils import AmbiguousGlobalPerLayerAttributeError
+
+    def width(layer) -> int:
+        heads = int(layer.num_attention_heads)
+        kv_heads = int(getattr(layer, "num_key_value_heads", None) or heads)
+        return 2 * kv_heads * int(getattr(layer, "head_dim", None) or h // heads)
+
+    try:
+        return width(text)
+    except AmbiguousGlobalPerLayerAttributeError:
+        layers = [text.per_layer_config[i] for i in range(int(text.num_hidden_layers))]
+        return round(sum(width(layer) for layer in layers) / len(layers))
+
+
 def _lm_shape(config, family: Family) -> dict[str, int]:
     text = family.lm_config(config)
     h = int(text.hidden_size)
-    heads = int(text.num_attention_heads)
-    kv_heads = int(getattr(text, "num_key_value_heads", None) or heads)
-    head_dim = int(getattr(text, "head_dim", None) or h // heads)
     intermediate = getattr(text, "intermediate_size", None) or 4 * h
     if isinstance(intermediate, (list, tuple)):  # per-layer sizes (Gemma 3n)
         intermediate = max(intermediate)
-    return {"hidden": h, "kv": 2 * kv_heads * head_dim, "intermediate": int(intermediate),
+    return {"hidden": h, "kv": _kv_width(text, h), "intermediate": int(intermediate),
             "layers": int(text.num_hidden_layers), "vocab": int(text.vocab_size)}
 
 

@@ -85,6 +85,7 @@ class ConversationCollator:
                                    text_kwargs={"padding": True, "padding_side": side}, return_tensors="pt")
         # Every tensor the processor returns is a model input (features, their masks, per-family extras).
         batch = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        batch.update(self.family.model_inputs)
         if self.training:
             mask = assistant_label_mask(batch["input_ids"], self.header_ids, self.end_id)
             mask &= batch["attention_mask"].bool()

@@ -42,7 +42,7 @@ def family_info(family: Family) -> dict[str, Any]:
         "vllm": family.vllm_supported,
         "overridden": overridden,
         "inferred": [f for f in FACTS if f not in overridden],
-        "hooks": [h for h in ("tiny_hook",) if getattr(family, h) is not None],
+        "hooks": [h for h in ("tiny_hook", "model_inputs") if getattr(family, h)],
     }
 
 

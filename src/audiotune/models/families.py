@@ -115,6 +115,8 @@ class Family:
     # then hands it whole conversations, audio as base64 WAV parts.
     processor_tokenizes_chat: bool = False
     processor_kwargs: tuple[tuple[str, Any], ...] = ()  # extra ``AutoProcessor.from_pretrained`` arguments
+    # Constant model inputs every batch carries (the collator adds them to what the processor returns).
+    model_inputs: tuple[tuple[str, Any], ...] = ()
     # Tiny-builder hook for what a config cannot say generically (``models/tiny.py``): ``(config, tokenizer,
     # sizes) -> None``, run after the generic shrink.
     tiny_hook: Callable[..., None] | None = None
@@ -186,8 +188,12 @@ class Family:
         weights). ``processor``: None when only module facts are needed (``audiotune plan``).
         """
         facts, inferred = infer_facts(self, config, processor, model)
+        return self.variant(**facts, bound=True, inferred=tuple(inferred), processor=processor)
+
+    def variant(self, **changes) -> Family:
+        """This entry with ``changes`` (a sibling architecture's entry, or a bound copy); no fact is inferred."""
         values = {f.name: object.__getattribute__(self, f.name) for f in dataclasses.fields(self)}
-        values.update(facts, bound=True, inferred=tuple(inferred), processor=processor)
+        values.update(changes)
         return Family(**values)
 
 
@@ -252,17 +258,24 @@ def infer_module_facts(family: Family, model) -> dict[str, Any]:
         decoder = model.get_decoder()
     except Exception:  # noqa: BLE001  (transformers raises a bare error for models it cannot tell)
         decoder = None
+    # The towers sit beside the decoder; a decoder that is itself a whole causal LM (Nemotron Omni's
+    # ``language_model``) is entered once more so that its head is no LoRA target.
+    outer = _module_name(model, decoder) if decoder is not None else None
+    inner = getattr(decoder, "get_decoder", lambda: None)() if outer else None
+    if inner is not None and inner is not decoder:
+        decoder = inner
     lm = object.__getattribute__(family, "lm_prefix") or (_module_name(model, decoder) if decoder is not None
                                                            else None)
     if not lm:
         raise _cannot_infer(family, "lm_prefix", "model.get_decoder() names no language-model submodule")
     facts["lm_prefix"] = lm
-    parent = model.get_submodule(lm.rsplit(".", 1)[0]) if "." in lm else model
-    siblings = {f"{lm.rsplit('.', 1)[0]}.{n}" if "." in lm else n: m for n, m in parent.named_children()}
+    beside = outer if outer and lm.startswith(f"{outer}.") else lm
+    parent = model.get_submodule(beside.rsplit(".", 1)[0]) if "." in beside else model
+    siblings = {f"{beside.rsplit('.', 1)[0]}.{n}" if "." in beside else n: m for n, m in parent.named_children()}
     encoders, projectors, others = [], [], []
     for name, module in siblings.items():
         short = name.rsplit(".", 1)[-1]
-        if name == lm or short in ("lm_head", "embed_tokens") or not list(module.parameters()):
+        if name == beside or short in ("lm_head", "embed_tokens") or not list(module.parameters()):
             continue
         if any(w in short for w in _OTHER_TOWER_WORDS):
             others.append(name)
@@ -318,7 +331,10 @@ def infer_template_facts(family: Family, processor) -> dict[str, Any]:
     facts: dict[str, Any] = {"assistant_header": header.strip() if before.endswith(header.strip()) else header}
     closing = after.strip()
     if closing:
-        special = sorted(getattr(tokenizer, "all_special_tokens", []), key=len, reverse=True)
+        # Added tokens marked special count too: a processor may replace the tokenizer's extra special tokens
+        # (Gemma 4's adds its video token that way) and the turn markers then stay special only there.
+        added = [t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special]
+        special = sorted({*getattr(tokenizer, "all_special_tokens", []), *added}, key=len, reverse=True)
         facts["end_of_turn"] = next((t for t in special if t and closing.startswith(t)), None)
         facts["template_closes_turns"] = True
         if facts["end_of_turn"] is None:
@@ -521,6 +537,7 @@ GEMMA3N = Family(
     tiny_hook=_gemma3n_vocabulary,
 )
 
+
 PHI4_MULTIMODAL = Family(
     name="phi4mm",
     model_types=("phi4_multimodal",),
@@ -539,6 +556,7 @@ PHI4_MULTIMODAL = Family(
     max_audios=8,
     min_audio_samples=400,
 )
+
 
 QWEN3_ASR = Family(
     name="qwen3asr",
@@ -572,10 +590,87 @@ OMNIASR = Family(
     task="asr",
 )
 
+
+def _entry(name: str, model_types: tuple[str, ...], hub_id: str, aliases: tuple[str, ...], **quirks) -> Family:
+    return Family(name=name, model_types=model_types, aliases=aliases, hub_id=hub_id, **quirks)
+
+
+# A chat model that also sees images: several audios a conversation, text-only turns allowed, and a processor whose
+# image and video parts need torchvision.
+_SEES_IMAGES = {"requires_audio": False, "max_audios": 8, "requires_packages": ("torchvision",)}
+
+
+VIBEVOICE_ASR = _entry(
+    "vibevoice_asr", ("vibevoice_asr",), "microsoft/VibeVoice-ASR-HF", ("vibevoice-asr", "vibevoice"), task="asr",
+    # Long-form ASR: its tokenizer encoders stream 60 s chunks (acoustic_tokenizer_chunk_size) and the model card
+    # transcribes up to 60 minutes in one pass; the feature extractor states neither.
+    window_seconds=60.0, max_audio_seconds=3600.0,
+    # Its forward adds σ-VAE noise to the acoustic latents unless told not to (sample=True by default): then no two
+    # passes over the same clip agree (batched vs one at a time, merged vs adapter, served vs local).
+    model_inputs=(("sample", False),))
+
+
+def _alignment_vocabulary(config: dict, tokenizer, sizes: dict) -> None:
+    """Nemotron 3.5 Transcribe's word-timestamp head classifies alignment-tokenizer pieces plus a CTC blank (the
+    last class): the tiny head is sized to the tiny alignment tokenizer trained beside the main one."""
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    pieces = len(AutoTokenizer.from_pretrained(Path(tokenizer.name_or_path) / "alignment_tokenizer"))
+    config["word_timestamp_config"].update(vocab_size=pieces + 1, blank_token_id=pieces)
+
+
+NEMOTRON_TRANSCRIBE = _entry(
+    "nemotron_transcribe", ("nemo_speechlm",), "nvidia/NVIDIA-Nemotron-3.5-Transcribe-30B-A4B",
+    ("nemotron-3.5-transcribe", "nemotron3_5_transcribe", "nemo_speechlm", "nemotron-transcribe"), task="asr",
+    tiny_hook=_alignment_vocabulary)
+
+QWEN3_OMNI = _entry(
+    "qwen3omni", ("qwen3_omni_moe_thinker", "qwen3_omni_moe"), "Qwen/Qwen3-Omni-30B-A3B-Instruct",
+    ("qwen3-omni", "qwen3_omni", "qwen3-omni-moe", "qwen3_omni_moe"), **_SEES_IMAGES,
+    model_class="Qwen3OmniMoeThinkerForConditionalGeneration")  # the thinker: audio in, text out
+
+GEMMA4 = _entry(
+    "gemma4", ("gemma4",), "google/gemma-4-E2B-it", ("gemma-4", "gemma_4", "gemma-4-e2b-it"), **_SEES_IMAGES,
+    loss_uses_num_items=False)  # accepts_loss_kwargs = False: its loss averages over the batch's own tokens
+
+# The encoder-free Gemma 4: raw 640-sample frames through an RMSNorm + Linear embedder (a projector, no audio tower).
+GEMMA4_UNIFIED = GEMMA4.variant(
+    name="gemma4_unified", model_types=("gemma4_unified",),
+    aliases=("gemma-4-unified", "gemma4-unified", "gemma-4-12b-it"), hub_id="google/gemma-4-12B-it")
+
+NEMOTRON_OMNI = _entry(
+    "nemotron_omni", ("nemotron_h_omni",), "nvidia/Nemotron-3-Nano-Omni-30B-A3B-Reasoning-BF16",
+    ("nemotron-3-nano-omni", "nemotron_h_omni", "nemotron-omni"), **_SEES_IMAGES)
+
+MUSE_SPARK = _entry(
+    "muse_spark", ("muse_spark",), "meta-models/Muse-Spark-Open-816B-A42B", ("muse-spark", "musespark"),
+    **_SEES_IMAGES)
+
+DOTS3_NOTE = _entry(
+    "dots3_note", ("dots3_note",), "dots-studio/dots3-note-prev", ("dots3-note", "dots.3-note", "dots3-note-prev"),
+    **_SEES_IMAGES)
+
+
+def _code_vocabulary(config: dict, tokenizer, sizes: dict) -> None:
+    """Apertus 1.5 embeds its discrete image codes, then its audio codes, right after the text vocabulary (the
+    offsets the model adds to a codebook index): the tiny vocabulary keeps that layout."""
+    text = len(tokenizer)
+    image, audio = config["vision_config"]["codebook_size"], config["audio_config"]["codebook_size"]
+    config.update(image_token_offset=text, audio_token_offset=text + image)
+    config["text_config"]["vocab_size"] = text + image + audio
+
+
+APERTUS = _entry(
+    "apertus", ("apertus1p5",), "swiss-ai/Apertus-v1.5-8B", ("apertus-1.5", "apertus1p5", "apertus-v1.5"),
+    **_SEES_IMAGES, tiny_hook=_code_vocabulary)
+
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     AUDIO_FLAMINGO_3, MUSIC_FLAMINGO, QWEN2_AUDIO, VOXTRAL, GRANITE_SPEECH, GEMMA3N, PHI4_MULTIMODAL, GLM_ASR,
     QWEN25_OMNI, QWEN3_ASR, FUN_ASR_NANO, MOSS_TRANSCRIBE_DIARIZE, GRANITE_SPEECH_PLUS,
-    OMNIASR)}
+    OMNIASR, QWEN3_OMNI, GEMMA4, GEMMA4_UNIFIED, VIBEVOICE_ASR,
+    NEMOTRON_TRANSCRIBE, NEMOTRON_OMNI, MUSE_SPARK, APERTUS, DOTS3_NOTE)}
 
 
 def family_by_name(name: str) -> Family:

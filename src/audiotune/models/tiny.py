@@ -12,7 +12,8 @@ How (the same for every family, :func:`build_tiny`):
    tower to its ``encoder`` sizes;
 2. the published processor files (``published/processors/<hub id>/``: feature-extractor settings, special tokens,
    chat template, exactly as the checkpoint ships them) are copied, and the tokenizer the checkpoint names is trained
-   here with those special tokens (:func:`train_tokenizer`; a mistral-common ``tekken.json`` likewise);
+   here with those special tokens (:func:`train_tokenizer`; a mistral-common ``tekken.json`` likewise, and a second
+   tokenizer the processor loads from a subfolder, such as Nemotron 3.5 Transcribe's ``alignment_tokenizer/``);
 3. token ids in the config (``tiny.json``'s ``token_ids``: config key → token) are remapped to the small vocabulary,
    ``tiny.json``'s ``sizes`` apply what a config cannot say generically (data, per preset), a family's
    ``tiny_hook`` (``families.py``) the rare rest, and everything is saved with ``save_pretrained``.
@@ -308,7 +309,11 @@ def build_tiny(family: str, out_dir: str | Path, seed: int = 0, preset: str = "d
 
     # Processor files as published; the tokenizer trained here.
     for path in sorted(folder.iterdir()):
-        if path.name not in ("tiny.json", "tekken.json"):
+        if path.is_dir():  # a second tokenizer the processor loads from its subfolder (Nemotron's alignment one)
+            shutil.copytree(path, out / path.name, dirs_exist_ok=True)
+            train_tokenizer(json.loads((path / "tokenizer_config.json").read_text()), sizes["vocab_size"],
+                            out / path.name)
+        elif path.name not in ("tiny.json", "tekken.json"):
             shutil.copyfile(path, out / path.name)
     if (folder / "tekken.json").exists():
         train_tekken(json.loads((folder / "tekken.json").read_text()), sizes["vocab_size"], out)
