@@ -28,12 +28,17 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
+LOGS: dict[str, Path] = {}  # server URL → its log file, shown when a request fails
+
+
 def _start(model: Path, batch: int) -> tuple[subprocess.Popen, str]:
     port = _port()
+    log = model.parent / f"serve-{port}.log"
     process = subprocess.Popen([sys.executable, "-m", "audiotune", "serve", "--model", str(model), "--port", str(port),
                                 "--max-batch-size", str(batch), "--served-name", "tiny"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               stdout=subprocess.DEVNULL, stderr=log.open("w"))
     url = f"http://127.0.0.1:{port}"
+    LOGS[url] = log
     for _ in range(600):
         try:
             if httpx.get(f"{url}/health", timeout=1).status_code == 200:
@@ -64,7 +69,10 @@ def _load(url: str, bodies: list[dict], concurrency: int) -> dict:
     def one(body):
         start = time.perf_counter()
         response = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=300)
-        response.raise_for_status()
+        if response.status_code != 200:
+            log = LOGS.get(url)
+            tail = log.read_text()[-3000:] if log and log.exists() else "(vLLM: see its log above)"
+            raise RuntimeError(f"{url} answered {response.status_code}: {response.text[:500]}\n{tail}")
         latencies.append(time.perf_counter() - start)
 
     start = time.perf_counter()
