@@ -193,3 +193,18 @@ def test_fsdp_and_deepspeed_on_cpu_say_they_need_gpus(micro_af3, synth_data, tmp
     if importlib.util.find_spec("deepspeed") is None:  # passed through to transformers, which needs the package
         with pytest.raises(ConfigError, match="deepspeed"):
             parse(TrainConfig, ["--deepspeed", "configs/ds_zero2.json"], "audiotune train")
+
+
+def test_serve_adapters_are_name_path_items_checked_before_the_model_loads(cli):
+    from audiotune.config import ServeConfig
+
+    cfg = ServeConfig(model="m", adapters={"captions": "runs/a"})  # the API's dict form
+    assert cfg.adapters == ["captions=runs/a"] and cfg.adapter_paths == {"captions": "runs/a"}
+    assert ServeConfig(model="m", max_new_tokens=500, max_tokens=100).request_default_tokens == 100
+    for given, message in ((["runs/a"], "use NAME=PATH"), (["a=x", "a=y"], "given twice")):
+        with pytest.raises(ConfigError, match=message):
+            ServeConfig(model="m", adapters=given).validate()
+    code, _, err = cli("serve", "--model", "nowhere", "--adapter", "runs/a")
+    assert code == 1 and "use NAME=PATH" in err and "Traceback" not in err
+    code, _, err = cli("serve", "--model", "nowhere", "--num-beams", "4")
+    assert code == 1 and "beam search" in err
