@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from .config import AdapterConfig
+from .config import AdapterConfig, require_given
 from .errors import AudiotuneError
 from .models.families import FAMILIES
 
@@ -130,8 +130,7 @@ def infer(ctx: typer.Context) -> None:
                          lambda parser: parser.add_argument("files", nargs="*", metavar="FILE", help="Audio files."))
     if not options.files:
         raise AudiotuneError("No audio files given: audiotune infer FILE... --model M.")
-    if not cfg.model:
-        raise AudiotuneError("No model given: pass --model (a Hub id or a local checkpoint folder).")
+    require_given(cfg.model)
     prompt, jsonl = cfg.prompt, Path(cfg.jsonl) if cfg.jsonl else None
     errors = Console(stderr=True, soft_wrap=True)
     with console.status("generating"):

@@ -223,8 +223,7 @@ class ServeConfig(GenerationSettings, BackendConfig):
         return min(self.max_new_tokens, self.max_tokens)
 
     def validate(self) -> "ServeConfig":
-        if not self.model:
-            raise ConfigError("No model given: pass --model (a Hub id or a local checkpoint folder).")
+        require_given(self.model)
         if self.backend not in ("transformers", "vllm"):
             raise ConfigError(f"--backend {self.backend!r}: choose transformers or vllm.")
         if self.max_tokens < 1 or self.max_new_tokens < 1:
@@ -265,12 +264,17 @@ class EvalConfig(DataConfig, GenerationSettings, BackendConfig):
                                             "first adapter that is a run folder).")
 
     def validate(self) -> "EvalConfig":
-        if not self.model:
-            raise ConfigError("No model given: pass --model (a Hub id or a local checkpoint folder).")
-        if not self.dataset:
-            raise ConfigError("No dataset given: pass --dataset (a Hub id, a local folder or parquet files).")
+        require_given(self.model, self.dataset, needs_dataset=True)
         self.validate_data()
         return self
+
+
+def require_given(model: str | None, dataset: str | None = None, *, needs_dataset: bool = False) -> None:
+    """The one message for a missing ``--model`` (every command) or ``--dataset`` (train, eval)."""
+    if not model:
+        raise ConfigError("No model given: pass --model (a Hub id or a local checkpoint folder).")
+    if needs_dataset and not dataset:
+        raise ConfigError("No dataset given: pass --dataset (a Hub id, a local folder or parquet files).")
 
 
 def split_commas(value: Any) -> list[str] | None:

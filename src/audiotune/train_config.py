@@ -21,8 +21,8 @@ from typing import Any
 from transformers import TrainingArguments
 from transformers.trainer_utils import IntervalStrategy, SchedulerType
 
-from .config import (AdapterConfig, DataConfig, GenerationSettings, option, plain, read_yaml, resolve_aliases,
-                     split_commas)
+from .config import (AdapterConfig, DataConfig, GenerationSettings, option, plain, read_yaml, require_given,
+                     resolve_aliases, split_commas)
 from .errors import ConfigError
 
 _TRAINER_FIELDS = {f.name: f for f in dataclasses.fields(TrainingArguments)}
@@ -169,10 +169,7 @@ class TrainConfig(DataConfig, AdapterConfig, GenerationSettings, RLConfig, Train
         return plain(self.lr_scheduler_type)
 
     def validate(self) -> "TrainConfig":
-        if not self.model:
-            raise ConfigError("No model given: pass --model (a Hub id or a local checkpoint folder).")
-        if not self.dataset:
-            raise ConfigError("No dataset given: pass --dataset (a Hub id, a local folder or parquet files).")
+        require_given(self.model, self.dataset, needs_dataset=True)
         self.validate_data()
         self.validate_adapter()
         if self.audio_cache not in ("memory", "disk", "off"):
