@@ -133,6 +133,8 @@ def decode_any(item: Any, name: str, default_rate: int | None = None) -> tuple[n
     if isinstance(item, tuple) and len(item) == 2:
         return _as_2d(np.asarray(item[0]), name), int(item[1])
     if isinstance(item, dict):
+        if item.get("offset") is not None or item.get("duration") is not None:
+            return _decode_segment(item, name)
         if item.get("array") is not None:
             return _as_2d(np.asarray(item["array"]), name), int(item["sampling_rate"])
         if item.get("bytes"):
@@ -149,6 +151,68 @@ def decode_any(item: Any, name: str, default_rate: int | None = None) -> tuple[n
         array = item.numpy() if hasattr(item, "numpy") else item
         return _as_2d(np.asarray(array), name), default_rate
     raise AudioDecodeError(f"{name}: unsupported audio value of type {type(item).__name__}.")
+
+
+# How far a segment may end past the file (manifests round durations; NeMo writes 2-3 decimals).
+SEGMENT_TOLERANCE_S = 0.05
+
+
+def _decode_segment(item: dict[str, Any], name: str) -> tuple[np.ndarray, int]:
+    """``{"path" | "bytes", "offset", "duration"}``: the segment only, as NeMo reads it (``offset`` s in, ``duration`` s
+    long; ``duration`` absent: to the end). Seeks with soundfile where it can, so a 2 s segment of an hour-long file
+    decodes 2 s; other containers decode whole and are cut. A segment starting at or past the end of the file, or
+    ending past it, is an error: pairing a transcript with the wrong audio would be silent."""
+    offset = float(item.get("offset") or 0.0)
+    duration = item.get("duration")
+    duration = None if duration is None else float(duration)
+    if offset < 0 or (duration is not None and duration <= 0):
+        raise AudioDecodeError(f"{name}: offset {offset} s / duration {duration} s: the offset must be >= 0 and the "
+                               "duration > 0. Fix the manifest row.")
+    data, path = item.get("bytes"), item.get("path")
+    if not data and not path:
+        raise AudioDecodeError(f"{name}: a segment (offset/duration) needs a file path or bytes.")
+    where = path or "the clip"
+    if not data:
+        seeked = _read_segment(path, offset, duration, name)
+        if seeked is not None:
+            return seeked
+        wave, rate = _decode_path(path, name)  # existence and emptiness checked there
+    else:
+        wave, rate = _decode_bytes(data, name)
+    total = wave.shape[0] / rate
+    _check_segment(offset, duration, total, where, name)
+    start, stop = _segment_frames(offset, duration, rate, wave.shape[0])
+    return wave[start:stop], rate
+
+
+def _segment_frames(offset: float, duration: float | None, rate: int, frames: int) -> tuple[int, int]:
+    start = int(round(offset * rate))
+    return start, frames if duration is None else min(frames, start + int(round(duration * rate)))
+
+
+def _check_segment(offset: float, duration: float | None, total: float, where: str, name: str) -> None:
+    if offset >= total:
+        raise AudioDecodeError(f"{name}: offset {offset:.3f} s is past the end of {where} ({total:.3f} s long). Fix the "
+                               "row's offset or its audio path.")
+    if duration is not None and offset + duration > total + SEGMENT_TOLERANCE_S:
+        raise AudioDecodeError(f"{name}: the segment {offset:.3f}-{offset + duration:.3f} s ends past the end of "
+                               f"{where} ({total:.3f} s long). Fix the row's offset/duration or its audio path.")
+
+
+def _read_segment(path: str, offset: float, duration: float | None, name: str) -> tuple[np.ndarray, int] | None:
+    """The segment read by seeking (soundfile's formats); ``None`` where soundfile cannot open the file."""
+    if not Path(path).is_file() or Path(path).stat().st_size == 0:
+        return None  # _decode_path names the problem
+    try:
+        handle = sf.SoundFile(path)
+    except Exception:
+        return None
+    with handle:
+        rate, frames = int(handle.samplerate), int(handle.frames)
+        _check_segment(offset, duration, frames / rate, path, name)
+        start, stop = _segment_frames(offset, duration, rate, frames)
+        handle.seek(start)
+        return handle.read(stop - start, dtype="float32", always_2d=True), rate
 
 
 def _as_2d(array: np.ndarray, name: str) -> np.ndarray:

@@ -39,6 +39,8 @@ ALIASES = {
 }
 LONG_AUDIO = ("window", "truncate", "skip", "error")  # audio.LongAudioPolicy's values (audio.py imports numpy)
 TASKS = ("caption", "asr", "qa", "classify", "mcq", "chat", "preference")
+# data/shapes.py's SHAPES, named here without importing the data package (this module stays torch-free).
+FORMATS = ("auto", "webdataset", "audio-flamingo", "chat", "nemo", "clotho", "audiobench", "table")
 
 
 def option(default: Any = None, help: str = "", *, factory: Any = None, **metadata: Any) -> Any:
@@ -52,7 +54,12 @@ def option(default: Any = None, help: str = "", *, factory: Any = None, **metada
 class DataConfig:
     """The dataset and how its rows become examples."""
 
-    dataset: str = option("", "Hub id, local folder (parquet, arrow, audiofolder) or parquet/jsonl/csv files.")
+    dataset: str = option("", "Hub id, local folder (parquet, arrow, audiofolder, webdataset .tar shards) or "
+                              "parquet/jsonl/json/csv/tar files.")
+    format: str = option("auto", "auto | table | chat | audio-flamingo | nemo | clotho | audiobench | webdataset: how "
+                                 "a row lays out an example (auto: detected from the columns; docs/data-formats.md).")
+    audio_dir: str | None = option(None, "Folder relative audio paths are resolved against (empty: the manifest's "
+                                         "folder).")
     task: str = option("caption", "caption | asr | qa | classify | mcq | chat | preference: what a row holds and "
                                         "what the model answers (preference: the pairs --method dpo reads).")
     prompt: str | None = option(None, "The user's instruction (empty: the task's default, e.g. 'Describe the audio.').")
@@ -80,6 +87,8 @@ class DataConfig:
             raise ConfigError(f"--long-audio {self.long_audio!r}: choose one of {', '.join(LONG_AUDIO)}.")
         if self.on_bad_sample not in ("skip", "fail"):
             raise ConfigError(f"--on-bad-sample {self.on_bad_sample!r}: choose skip or fail.")
+        if self.format not in FORMATS:
+            raise ConfigError(f"--format {self.format!r}: choose one of {', '.join(FORMATS)}.")
         if self.task not in TASKS:
             raise ConfigError(f"--task {self.task!r}: choose caption, asr, qa, classify, mcq or chat.")
 

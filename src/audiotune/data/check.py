@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from pathlib import Path
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -39,6 +40,7 @@ class CheckReport:
     dataset: str
     split: str
     task: str
+    shape: str = "table"
     rows: int = 0
     usable_rows: int = 0
     seconds: float = 0.0
@@ -73,7 +75,7 @@ class CheckReport:
                     "max": int(array.max())}
 
         return {
-            "dataset": self.dataset, "split": self.split, "task": self.task, "rows": self.rows,
+            "dataset": self.dataset, "split": self.split, "task": self.task, "shape": self.shape, "rows": self.rows,
             "usable_rows": self.usable_rows, "hours": round(self.seconds / 3600, 4),
             "duration_histogram": self.histogram(), "sample_rates": dict(sorted(self.sample_rates.items())),
             "channels": dict(sorted(self.channels.items())), "text_chars": stats(self.text_chars),
@@ -84,7 +86,7 @@ class CheckReport:
 
 def _file_of(item: Any) -> str | None:
     if isinstance(item, str):
-        return item
+        return "a data: URI" if item.startswith("data:") else item
     if isinstance(item, dict):
         return item.get("path")
     return None
@@ -95,11 +97,14 @@ def check_dataset(spec: Any, split: str, family: Family, tokenizer=None,
     """Inspect every row of ``split``; dataset-level problems end up in :attr:`CheckReport.fatal`."""
     report = CheckReport(spec.dataset, split, spec.task)
     try:
-        rows, build = prepare_split(spec, split, family)
+        rows, build = prepare_split(spec, split, family, clip_limit_fatal=False)
     except AudiotuneError as error:
         report.fatal = str(error)
         return report
     report.task = build.task.name
+    report.shape = build.shape.name
+    for problem in (build.shard_problems or {}).values():
+        report.issues.append(RowIssue(-1, Path(problem.shard).name, problem.shard, "fails", problem.message))
     for index, row in enumerate(rows):
         report.rows += 1
         if on_row:
@@ -114,8 +119,13 @@ def check_dataset(spec: Any, split: str, family: Family, tokenizer=None,
 
 def _check_row(report: CheckReport, build, family: Family, row: dict[str, Any], index: int, tokenizer) -> None:
     name = row_id(row, index, build.id_column)
-    cell = row.get(build.audio_column)
-    items = list(cell) if isinstance(cell, (list, tuple)) else [cell]
+    try:
+        row = build.canonical(row, index)
+        name = row_id(row, index, build.id_column)
+        items = build.audio_items(row, name)
+    except DatasetSchemaError as error:
+        report.issues.append(RowIssue(index, name, None, "fails", str(error)))
+        return
     first_file = _file_of(items[0]) if items else None
     try:
         references = build.task.references(row, name)
@@ -131,7 +141,7 @@ def _check_row(report: CheckReport, build, family: Family, row: dict[str, Any], 
             ok = False
             continue
         try:
-            wave, rate = decode_any(build.resolve(item), name, default_rate=family.sampling_rate)
+            wave, rate = decode_any(build.resolve(item, name), name, default_rate=family.sampling_rate)
         except AudiotuneError as error:
             report.issues.append(RowIssue(index, name, file, "fails", str(error)))
             ok = False

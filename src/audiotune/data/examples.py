@@ -19,8 +19,9 @@ from typing import Any
 import torch
 
 from ..audio import AudioLimits, load_audio
-from ..errors import AudiotuneError, DatasetSchemaError
-from .sources import row_id
+from ..errors import AudioDecodeError, AudiotuneError, DatasetSchemaError
+from .shapes import SHAPES, Shape
+from .sources import ShardProblem, row_id
 from .tasks import CaptionTask, Example
 
 logger = logging.getLogger(__name__)
@@ -70,27 +71,56 @@ class BadSampleLog:
 
 @dataclass
 class ExampleBuilder:
-    """Row → Example: the task reads the row; audio cells are decoded here (relative paths resolved
-    against the manifest's folder, family rate, long-audio policy)."""
+    """Row → Example: the shape rewrites the row into canonical columns, the task reads it, and audio items are
+    decoded here (relative paths resolved against the manifest's folder or ``--audio-dir``, ``data:`` and http(s)
+    URLs fetched, segments cut, family rate, long-audio policy)."""
 
     task: CaptionTask
     sampling_rate: int
     limits: AudioLimits
-    audio_column: str = "audio"
+    audio_column: str | None = "audio"
     id_column: str | None = None
     base_dir: Path | None = None
     max_audios: int = 1
     keep_fields: bool = False  # keep the row's other columns in ``meta["row"]`` (GRPO's reward functions read them)
+    shape: Shape = SHAPES["table"]
+    shard_problems: dict[str, ShardProblem] | None = None  # webdataset shards cut short, by resolved path
+
+    def canonical(self, row: dict[str, Any], index: int) -> dict[str, Any]:
+        """The row in canonical columns; a row from a shard that is cut short, or one its shape cannot read, raises
+        naming the row."""
+        name = row_id(row, index, self.id_column)
+        problem = (self.shard_problems or {}).get(str(Path(row["__url__"]).resolve())) if row.get("__url__") else None
+        if problem is not None and row.get("__key__") in problem.broken_keys:
+            raise DatasetSchemaError(f"{name}: a member of key {row['__key__']!r} is incomplete: {problem.message}")
+        return self.shape.normalise(row, name)
 
     def __call__(self, row: dict[str, Any], index: int) -> Example:
+        row = self.canonical(row, index)
         example_id = row_id(row, index, self.id_column)
         example = self.task.make_example(row, example_id, self.audio_column, self.load, self.max_audios)
         if self.keep_fields:
             example.meta["row"] = {k: v for k, v in row.items() if k != self.audio_column}
         return example
 
-    def resolve(self, item: Any) -> Any:
-        """Make a relative path (string or ``{"path"}`` without bytes) absolute against :attr:`base_dir`."""
+    def audio_items(self, row: dict[str, Any], name: str) -> list[Any]:
+        """A canonical row's audio items, undecoded (for ``data check`` and the UI's players)."""
+        return self.task.audio_items(row, self.audio_column, name, self.max_audios)
+
+    def first_clip(self, row: dict[str, Any], index: int) -> Any:
+        """A raw row's first audio item, resolved (what the web UI plays for a row); ``None`` without audio."""
+        row = self.canonical(row, index)
+        name = row_id(row, index, self.id_column)
+        items = self.task.audio_items(row, self.audio_column, name)
+        return self.resolve(items[0], name) if items else None
+
+    def resolve(self, item: Any, name: str = "audio") -> Any:
+        """Make a relative path (string or ``{"path"}`` without bytes) absolute against :attr:`base_dir`; fetch a
+        ``data:`` URI or an http(s) URL into bytes."""
+        if isinstance(item, str) and item.startswith("data:"):
+            return _data_uri(item, name)
+        if isinstance(item, str) and item.startswith(("http://", "https://")):
+            return _fetch(item, name)
         if self.base_dir is None:
             return item
         if isinstance(item, str) and not Path(item).is_absolute() and "://" not in item:
@@ -103,7 +133,36 @@ class ExampleBuilder:
     def load(self, item: Any, name: str):
         if item is None or (isinstance(item, str) and not item.strip()):
             raise DatasetSchemaError(f"{name}: the audio cell ({self.audio_column!r}) is empty.")
-        return load_audio(self.resolve(item), self.sampling_rate, name, self.limits)
+        return load_audio(self.resolve(item, name), self.sampling_rate, name, self.limits)
+
+
+def _data_uri(uri: str, name: str) -> bytes:
+    import base64
+    import binascii
+
+    header, _, payload = uri.partition(",")
+    if ";base64" not in header:
+        raise AudioDecodeError(f"{name}: a data: URI must be base64 encoded (data:audio/wav;base64,...).")
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise AudioDecodeError(f"{name}: the data: URI's payload is not valid base64.") from None
+
+
+REMOTE_TIMEOUT_S = 30.0
+
+
+def _fetch(url: str, name: str) -> bytes:
+    """An http(s) audio URL in the user's own data (the server has its own, stricter fetch for clients' URLs)."""
+    import httpx
+
+    try:
+        response = httpx.get(url, timeout=REMOTE_TIMEOUT_S, follow_redirects=True)
+        response.raise_for_status()
+    except httpx.HTTPError as error:
+        raise AudioDecodeError(f"{name}: cannot fetch {url}: {error}. Check the URL or download the file and use "
+                               "its path.") from None
+    return response.content
 
 
 class _RowsToExamples:

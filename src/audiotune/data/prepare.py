@@ -12,12 +12,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from pathlib import Path
+
 from ..audio import AudioLimits, LongAudioPolicy
-from ..errors import ConfigError
+from ..errors import ConfigError, DatasetSchemaError
 from ..models.families import Family
 from .examples import ExampleBuilder
-from .sources import (CHOICES_COLUMNS, QUESTION_COLUMNS, REFERENCE_COLUMNS, REJECTED_COLUMNS, TEXT_COLUMNS,
-                      audio_column_of, base_dir, first_row, open_split, pick_column)
+from .shapes import Shape, detect_shape
+from .sources import (AUDIO_COLUMNS, CHOICES_COLUMNS, QUESTION_COLUMNS, REFERENCE_COLUMNS, REJECTED_COLUMNS,
+                      TEXT_COLUMNS, base_dir, check_tar_shard, first_row, open_split, pick_column, row_id, tar_shards)
 from .tasks import CaptionTask, make_task
 
 logger = logging.getLogger(__name__)
@@ -33,18 +36,17 @@ def label_set(rows, column: str) -> tuple[str, ...]:
     return tuple(sorted(str(v) for v in rows.unique(column) if v is not None))
 
 
-def resolve_task_name(spec: Any, columns: list[str]) -> str:
-    """The configured task; a ShareGPT/ms-swift manifest (messages + audios) given as caption becomes chat."""
-    if spec.task == "caption" and not spec.text_column and any(c in columns for c in TEXT_COLUMNS["chat"]) \
-            and not any(c in columns for c in TEXT_COLUMNS["caption"]):
-        logger.info("%s has a messages column and no caption: using --task chat.", spec.dataset)
-        return "chat"
+def resolve_task_name(spec: Any, shape: Shape) -> str:
+    """The configured task; left at the default (caption, no --text-column), the shape's own task: a chat manifest
+    (ShareGPT, content lists, Audio Flamingo JSON) is chat, AudioBench's layout is qa."""
+    if spec.task == "caption" and not spec.text_column and shape.task and shape.task != spec.task:
+        logger.info("%s is a %s dataset: using --task %s.", spec.dataset, shape.name, shape.task)
+        return shape.task
     return spec.task
 
 
-def make_task_for(spec: Any, rows, where: str) -> CaptionTask:
-    columns = list(rows.column_names or [])
-    name = resolve_task_name(spec, columns)
+def make_task_for(spec: Any, rows, where: str, shape: Shape, columns: list[str]) -> CaptionTask:
+    name = resolve_task_name(spec, shape)
     text = pick_column(columns, spec.text_column, TEXT_COLUMNS.get(name, ()), "text", "--text-column", where)
     references = pick_column(columns, spec.references_column, REFERENCE_COLUMNS.get(name, ()), "references",
                              "--references-column", where, required=False)
@@ -70,11 +72,19 @@ def make_task_for(spec: Any, rows, where: str) -> CaptionTask:
     return task
 
 
-def prepare_split(spec: Any, split: str, family: Family, check_rows: bool = True):
-    """``(rows, builder)`` for ``split``; schema and emptiness problems raise here."""
+def prepare_split(spec: Any, split: str, family: Family, check_rows: bool = True, clip_limit_fatal: bool = True):
+    """``(rows, builder)`` for ``split``; schema and emptiness problems raise here.
+
+    The dataset's shape (``--format``, else detected) says how a row becomes canonical columns; column detection then
+    runs on those. ``clip_limit_fatal``: conversations holding more clips than the family takes stop here, before a
+    model loads, with one error naming them (``data check`` passes ``False`` and lists them as failing rows).
+    """
     where = f"{spec.dataset} [{split}]"
-    rows = open_split(spec.dataset, split, spec.streaming, spec.audio_column)
-    task = make_task_for(spec, rows, where)
+    rows = open_split(spec.dataset, split, spec.streaming)
+    raw = list(rows.column_names or [])
+    shape = detect_shape(raw, getattr(spec, "format", "auto") or "auto", where)
+    columns = shape.columns(raw, getattr(rows, "features", None))
+    task = make_task_for(spec, rows, where, shape, columns)
     if check_rows:
         first_row(rows, spec.dataset, split)
     try:
@@ -82,7 +92,51 @@ def prepare_split(spec: Any, split: str, family: Family, check_rows: bool = True
     except ValueError:
         raise ConfigError(f"--long-audio {spec.long_audio!r}: choose window, truncate, skip or error.") from None
     limits = AudioLimits(family.window_seconds, family.max_audio_seconds, policy)
-    builder = ExampleBuilder(task, family.sampling_rate, limits, audio_column_of(rows, spec.audio_column),
-                             spec.id_column, base_dir=base_dir(spec.dataset),
-                             max_audios=family.max_audios)
+    audio_column = pick_column(columns, spec.audio_column, AUDIO_COLUMNS, "audio", "--audio-column", where,
+                               required=task.name != "chat")
+    audio_dir = getattr(spec, "audio_dir", None)
+    folder = Path(audio_dir).resolve() if audio_dir else base_dir(spec.dataset)
+    builder = ExampleBuilder(task, family.sampling_rate, limits, audio_column, spec.id_column, base_dir=folder,
+                             max_audios=family.max_audios, shape=shape, shard_problems=_shard_problems(spec, shape))
+    if task.name == "chat":
+        _check_clip_limit(rows, builder, family, spec, split, fatal=clip_limit_fatal)
     return rows, builder
+
+
+def _shard_problems(spec: Any, shape: Shape) -> dict:
+    """Webdataset shards that are cut short, by resolved path; one warning each (their complete keys still train)."""
+    if shape.name != "webdataset":
+        return {}
+    problems = {}
+    for shard in tar_shards(spec.dataset):
+        problem = check_tar_shard(shard)
+        if problem is not None:
+            logger.warning("%s", problem.message)
+            problems[str(Path(shard).resolve())] = problem
+    return problems
+
+
+def _check_clip_limit(rows, builder: ExampleBuilder, family: Family, spec: Any, split: str, fatal: bool) -> None:
+    """Conversations with more clips than ``family`` takes, found before training (the text alone is read).
+
+    A family that takes one clip a conversation (AF3: its processor pairs each text with exactly one audio) cannot
+    learn from a two-clip conversation, and skipping such rows one by one would quietly drop a whole kind of example:
+    one error names them all. A stream is checked on its first row only; its later rows are skipped and listed.
+    """
+    over: list[str] = []
+    sample = rows.take(1) if spec.streaming else rows
+    for index, row in enumerate(sample):
+        try:
+            canonical = builder.canonical(row, index)
+            name = row_id(canonical, index, builder.id_column)
+            clips = builder.task.audio_items(canonical, builder.audio_column, name)
+        except DatasetSchemaError:
+            continue  # the row's own problem: reported (and skipped) when it is built
+        if len(clips) > family.max_audios:
+            over.append(f"{name} ({len(clips)} clips)")
+    if over and fatal:
+        shown = ", ".join(over[:5]) + (f" and {len(over) - 5} more" if len(over) > 5 else "")
+        raise ConfigError(f"{spec.dataset} [{split}]: {len(over)} conversation(s) hold more clips than {family.name} "
+                          f"takes ({family.max_audios} a conversation): {shown}. Split them into conversations of "
+                          f"{family.max_audios} clip(s), drop them, or use a family that takes several clips "
+                          "(`audiotune models` lists each family's limit).")

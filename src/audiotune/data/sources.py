@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,8 @@ from ..errors import DatasetSchemaError
 
 logger = logging.getLogger(__name__)
 
-_FILE_BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv", ".arrow": "arrow"}
+_FILE_BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv", ".arrow": "arrow",
+                  ".tar": "webdataset"}
 _AUDIOFOLDER_METADATA = ("metadata.csv", "metadata.jsonl")
 
 # Common names, tried in order when the configured column is absent (auto-detection).
@@ -66,31 +68,47 @@ def pick_column(columns: list[str], wanted: str | None, candidates: tuple[str, .
     return None
 
 
+def local_files(source: str) -> list[str]:
+    """The files ``source`` names (a file or a glob); empty for a folder or a Hub id."""
+    matches = sorted(glob.glob(source)) if any(c in source for c in "*?[") else []
+    return matches or ([source] if Path(source).is_file() else [])
+
+
+def tar_shards(source: str) -> list[str]:
+    """The webdataset shards ``source`` names: ``.tar`` files, or the ``.tar`` files of a folder."""
+    path = Path(source)
+    files = sorted(str(p) for p in path.glob("*.tar")) if path.is_dir() else local_files(source)
+    return [f for f in files if f.endswith(".tar")]
+
+
 def _load(source: str, split: str, streaming: bool):
     from datasets import load_dataset
 
     path = Path(source)
-    matches = sorted(glob.glob(source)) if any(c in source for c in "*?[") else []
-    if path.is_file() or matches:
-        files = matches or [str(path)]
+    files = local_files(source)
+    if files:
         builder = _FILE_BUILDERS.get(Path(files[0]).suffix)
         if builder is None:
-            raise DatasetSchemaError(f"{source}: unsupported file type; use parquet, jsonl, csv or arrow.")
+            raise DatasetSchemaError(f"{source}: unsupported file type; use parquet, jsonl, json, csv, arrow or tar "
+                                     "(webdataset shards).")
         return load_dataset(builder, data_files={split: files}, split=split, streaming=streaming)
     if path.is_dir():
         if any((path / name).exists() for name in _AUDIOFOLDER_METADATA):
             return load_dataset("audiofolder", data_dir=str(path), split=split, streaming=streaming)
+        shards = tar_shards(source)
+        if shards and not any(path.glob("*.parquet")):
+            return load_dataset("webdataset", data_files={split: shards}, split=split, streaming=streaming)
         return load_dataset(str(path), split=split, streaming=streaming)
     if path.suffix or source.startswith((".", "/")):
         raise DatasetSchemaError(f"{source}: no such file or folder. Check the path, or pass a Hub dataset id.")
     return load_dataset(source, split=split, streaming=streaming)  # a Hub id
 
 
-def open_split(source: str, split: str, streaming: bool = False, audio_column: str | None = "audio"):
-    """Load ``split`` of ``source`` with the audio column left undecoded; raise a clear error on a bad split.
+def open_split(source: str, split: str, streaming: bool = False):
+    """Load ``split`` of ``source`` with every audio column left undecoded; raise a clear error on a bad split.
 
-    ``audio_column=None`` auto-detects it among :data:`AUDIO_COLUMNS`. Audio-typed columns are cast to
-    ``Audio(decode=False)``; path columns stay strings and are resolved by the example builder.
+    Audio-typed columns are cast to ``Audio(decode=False)``; path columns stay strings and are resolved by the
+    example builder. Which column is the audio is the shape's and the task's business (:mod:`.prepare`).
     """
     from datasets import Audio
 
@@ -104,18 +122,11 @@ def open_split(source: str, split: str, streaming: bool = False, audio_column: s
             raise DatasetSchemaError(f"{source}: has no split {split!r} ({error}). Pick one with --train-split/"
                                      "--eval-split.") from error
         raise
-    columns = list(dataset.column_names or [])
-    column = pick_column(columns, audio_column, AUDIO_COLUMNS, "audio", "--audio-column", f"{source} [{split}]")
     features = getattr(dataset, "features", None) or {}
-    if column and isinstance(features.get(column), Audio):
-        dataset = dataset.cast_column(column, Audio(decode=False))
+    for column, feature in features.items():
+        if isinstance(feature, Audio):
+            dataset = dataset.cast_column(column, Audio(decode=False))
     return dataset
-
-
-def audio_column_of(dataset, wanted: str | None) -> str:
-    """The audio column :func:`open_split` settled on."""
-    columns = list(dataset.column_names or [])
-    return pick_column(columns, wanted, AUDIO_COLUMNS, "audio", "--audio-column", "dataset") or wanted or "audio"
 
 
 def first_row(dataset, source: str, split: str) -> dict[str, Any]:
@@ -128,7 +139,50 @@ def first_row(dataset, source: str, split: str) -> dict[str, Any]:
 def row_id(row: dict[str, Any], index: int, id_column: str | None) -> str:
     if id_column and row.get(id_column) is not None:
         return str(row[id_column])
-    for column in ("youtube_id", "id", "clip_id", "audiocap_id"):
+    for column in ("youtube_id", "id", "clip_id", "audiocap_id", "__key__"):
         if row.get(column) is not None:
             return str(row[column])
     return f"row {index}"
+
+
+@dataclass(frozen=True)
+class ShardProblem:
+    """A webdataset shard that is cut short: which keys lost a member, and what the user should do."""
+
+    shard: str
+    message: str
+    broken_keys: frozenset[str]
+
+
+def check_tar_shard(path: str) -> ShardProblem | None:
+    """``None`` for a whole tar archive; else what is wrong with it.
+
+    ``datasets``' webdataset reader stops quietly at the end of a truncated archive and may hand on the last,
+    incomplete member, so the archive is walked here first: every member's data must lie inside the file and the
+    archive must end with its end-of-archive blocks (two zero 512-byte blocks, POSIX ustar).
+    """
+    import tarfile
+
+    size = Path(path).stat().st_size
+    broken: set[str] = set()
+    last_key = None
+    try:
+        with tarfile.open(path, "r:") as archive:
+            for member in archive:
+                key = Path(member.name).name.split(".", 1)[0]
+                if member.isfile() and member.offset_data + member.size > size:
+                    broken.add(key)
+                else:
+                    last_key = key
+    except (tarfile.TarError, OSError) as error:
+        return ShardProblem(path, f"shard {path} is not a readable tar archive ({error}). Re-create or re-download "
+                                  "it.", frozenset(broken))
+    with open(path, "rb") as handle:
+        handle.seek(max(0, size - 1024))
+        ends_cleanly = size >= 1024 and handle.read(1024) == bytes(1024)
+    if broken or not ends_cleanly:
+        after = f"after key {last_key!r}" if last_key else "at its start"
+        return ShardProblem(path, f"shard {path} is cut short {after} (members past that point are missing or "
+                                  "incomplete). Re-create or re-download it; its complete keys are still used.",
+                            frozenset(broken))
+    return None

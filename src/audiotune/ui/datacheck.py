@@ -64,10 +64,7 @@ def rows_audio(request: CheckRequest, root: Root, indices: list[int]) -> tuple[d
     out: dict[int, np.ndarray | str] = {}
     for index in indices:
         try:
-            cell = rows[int(index)].get(build.audio_column)
-            if isinstance(cell, (list, tuple)):
-                cell = cell[0] if cell else None
-            item = root.audio_item(build.resolve(cell), f"row {index}")
+            item = root.audio_item(build.first_clip(rows[int(index)], int(index)), f"row {index}")
             out[index] = load_audio(item, family.sampling_rate, f"row {index}")
         except AudiotuneError as error:
             out[index] = str(error)

@@ -177,11 +177,8 @@ class ClipAudio:
         index = self._index.get(clip_id) if self._index else None
         if index is None or self._build is None:
             return None
-        cell = self._rows[index].get(self._build.audio_column)
-        if isinstance(cell, (list, tuple)):
-            cell = cell[0] if cell else None
         try:
-            item = self.root.audio_item(self._build.resolve(cell), f"clip {clip_id}")
+            item = self.root.audio_item(self._build.first_clip(self._rows[index], index), f"clip {clip_id}")
             return load_audio(item, self.rate, clip_id)
         except AudiotuneError as error:
             self.problem = str(error)
