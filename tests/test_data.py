@@ -205,7 +205,7 @@ def test_chat_examples_keep_turns_and_audio_order(tmp_path):
     untagged = dict(rows[0], messages=[{"from": "human", "value": "What is this?"}, {"from": "gpt", "value": "A."}])
     assert build(untagged, 0).messages[0]["content"][0]["type"] == "audio"  # placed before the first user text
     mismatch = dict(rows[0], audios=[])
-    with pytest.raises(DatasetSchemaError, match="1 <audio> tag"):
+    with pytest.raises(DatasetSchemaError, match="1 audio tag"):
         build(mismatch, 0)
     two = dict(rows[0], audios=[rows[0]["audios"][0]] * 2,
                messages=[{"role": "user", "content": "<audio><audio>Compare."}, {"role": "assistant", "content": "Same."}])

@@ -87,12 +87,8 @@ class ExampleBuilder:
     shard_problems: dict[str, ShardProblem] | None = None  # webdataset shards cut short, by resolved path
 
     def canonical(self, row: dict[str, Any], index: int) -> dict[str, Any]:
-        """The row in canonical columns; a row from a shard that is cut short, or one its shape cannot read, raises
-        naming the row."""
+        """The row in canonical columns; a row its shape cannot read raises naming the row."""
         name = row_id(row, index, self.id_column)
-        problem = (self.shard_problems or {}).get(str(Path(row["__url__"]).resolve())) if row.get("__url__") else None
-        if problem is not None and row.get("__key__") in problem.broken_keys:
-            raise DatasetSchemaError(f"{name}: a member of key {row['__key__']!r} is incomplete: {problem.message}")
         return self.shape.normalise(row, name)
 
     def __call__(self, row: dict[str, Any], index: int) -> Example:
@@ -173,6 +169,12 @@ class _RowsToExamples:
         self.build = build
         self.bad_log = bad_log
         self.on_bad_sample = on_bad_sample
+        for problem in (build.shard_problems or {}).values():  # keys a broken shard lost never reach the rows
+            for item in problem.lost_keys or (Path(problem.shard).name,):
+                error = DatasetSchemaError(f"{item}: {problem.message}")
+                if on_bad_sample == "fail":
+                    raise error
+                bad_log.record(item, error)
 
     def _try_build(self, row: dict[str, Any], index: int) -> Example | None:
         """The row's Example, or ``None`` after recording it as bad (``skip``); ``fail`` re-raises."""

@@ -80,7 +80,13 @@ def prepare_split(spec: Any, split: str, family: Family, check_rows: bool = True
     model loads, with one error naming them (``data check`` passes ``False`` and lists them as failing rows).
     """
     where = f"{spec.dataset} [{split}]"
-    rows = open_split(spec.dataset, split, spec.streaming)
+    shard_problems = _shard_problems(spec.dataset)
+    files = None
+    if shard_problems:  # each broken shard replaced by the copy of its complete keys (or left out: none complete)
+        broken = {p.shard: p.salvaged for p in shard_problems.values()}
+        files = [broken.get(shard, shard) for shard in tar_shards(spec.dataset)]
+        files = [f for f in files if f]
+    rows = open_split(spec.dataset, split, spec.streaming, files=files)
     raw = list(rows.column_names or [])
     shape = detect_shape(raw, getattr(spec, "format", "auto") or "auto", where)
     columns = shape.columns(raw, getattr(rows, "features", None))
@@ -97,22 +103,26 @@ def prepare_split(spec: Any, split: str, family: Family, check_rows: bool = True
     audio_dir = getattr(spec, "audio_dir", None)
     folder = Path(audio_dir).resolve() if audio_dir else base_dir(spec.dataset)
     builder = ExampleBuilder(task, family.sampling_rate, limits, audio_column, spec.id_column, base_dir=folder,
-                             max_audios=family.max_audios, shape=shape, shard_problems=_shard_problems(spec, shape))
+                             max_audios=family.max_audios, shape=shape, shard_problems=shard_problems)
     if task.name == "chat":
         _check_clip_limit(rows, builder, family, spec, split, fatal=clip_limit_fatal)
     return rows, builder
 
 
-def _shard_problems(spec: Any, shape: Shape) -> dict:
-    """Webdataset shards that are cut short, by resolved path; one warning each (their complete keys still train)."""
-    if shape.name != "webdataset":
-        return {}
+def _shard_problems(source: str) -> dict:
+    """Local webdataset shards that are cut short, by the resolved path rows will carry in ``__url__`` (the salvaged
+    copy of their complete keys); one warning each."""
+    import hashlib
+    import tempfile
+
     problems = {}
-    for shard in tar_shards(spec.dataset):
-        problem = check_tar_shard(shard)
+    for shard in tar_shards(source):
+        stat = Path(shard).stat()
+        tag = hashlib.sha256(f"{Path(shard).resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+        problem = check_tar_shard(shard, Path(tempfile.gettempdir()) / "audiotune-salvaged" / tag)
         if problem is not None:
             logger.warning("%s", problem.message)
-            problems[str(Path(shard).resolve())] = problem
+            problems[str(Path(problem.salvaged or shard).resolve())] = problem
     return problems
 
 

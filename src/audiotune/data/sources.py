@@ -81,11 +81,11 @@ def tar_shards(source: str) -> list[str]:
     return [f for f in files if f.endswith(".tar")]
 
 
-def _load(source: str, split: str, streaming: bool):
+def _load(source: str, split: str, streaming: bool, files: list[str] | None = None):
     from datasets import load_dataset
 
     path = Path(source)
-    files = local_files(source)
+    files = files or local_files(source)
     if files:
         builder = _FILE_BUILDERS.get(Path(files[0]).suffix)
         if builder is None:
@@ -104,16 +104,17 @@ def _load(source: str, split: str, streaming: bool):
     return load_dataset(source, split=split, streaming=streaming)  # a Hub id
 
 
-def open_split(source: str, split: str, streaming: bool = False):
+def open_split(source: str, split: str, streaming: bool = False, files: list[str] | None = None):
     """Load ``split`` of ``source`` with every audio column left undecoded; raise a clear error on a bad split.
 
     Audio-typed columns are cast to ``Audio(decode=False)``; path columns stay strings and are resolved by the
-    example builder. Which column is the audio is the shape's and the task's business (:mod:`.prepare`).
+    example builder. Which column is the audio is the shape's and the task's business (:mod:`.prepare`). ``files``
+    replaces the files ``source`` names (webdataset shards with a salvaged copy in place of a broken one).
     """
     from datasets import Audio
 
     try:
-        dataset = _load(source, split, streaming)
+        dataset = _load(source, split, streaming, files)
     except ValueError as error:  # datasets raises ValueError for an unknown or empty split
         if "corresponds to no data" in str(error):
             raise DatasetSchemaError(f"{source} [{split}]: the split is empty. Point --dataset at data with rows.") \
@@ -147,42 +148,71 @@ def row_id(row: dict[str, Any], index: int, id_column: str | None) -> str:
 
 @dataclass(frozen=True)
 class ShardProblem:
-    """A webdataset shard that is cut short: which keys lost a member, and what the user should do."""
+    """A webdataset shard that is cut short or unreadable: the keys it lost, and the copy of its whole keys."""
 
     shard: str
     message: str
-    broken_keys: frozenset[str]
+    lost_keys: tuple[str, ...]
+    salvaged: str | None = None  # a tar of the shard's complete keys (what is loaded in its place)
 
 
-def check_tar_shard(path: str) -> ShardProblem | None:
-    """``None`` for a whole tar archive; else what is wrong with it.
+def _key(name: str) -> str:
+    return Path(name).name.split(".", 1)[0]
 
-    ``datasets``' webdataset reader stops quietly at the end of a truncated archive and may hand on the last,
-    incomplete member, so the archive is walked here first: every member's data must lie inside the file and the
-    archive must end with its end-of-archive blocks (two zero 512-byte blocks, POSIX ustar).
+
+def check_tar_shard(path: str, salvage_dir: str | Path | None = None) -> ShardProblem | None:
+    """``None`` for a whole tar archive; else what is wrong with it, and (``salvage_dir``) a copy of its whole keys.
+
+    ``datasets``' webdataset reader dies on an archive cut inside a member ("unexpected end of data") and stops
+    quietly on one cut between members, so the archive is walked here first: every member's data must lie inside the
+    file and the archive must end with its end-of-archive blocks (two zero 512-byte blocks, POSIX ustar). A key with
+    any incomplete member is lost (named in the message); the complete keys are copied so that they still train.
     """
     import tarfile
 
     size = Path(path).stat().st_size
-    broken: set[str] = set()
-    last_key = None
-    try:
-        with tarfile.open(path, "r:") as archive:
-            for member in archive:
-                key = Path(member.name).name.split(".", 1)[0]
-                if member.isfile() and member.offset_data + member.size > size:
-                    broken.add(key)
-                else:
-                    last_key = key
-    except (tarfile.TarError, OSError) as error:
-        return ShardProblem(path, f"shard {path} is not a readable tar archive ({error}). Re-create or re-download "
-                                  "it.", frozenset(broken))
     with open(path, "rb") as handle:
         handle.seek(max(0, size - 1024))
         ends_cleanly = size >= 1024 and handle.read(1024) == bytes(1024)
-    if broken or not ends_cleanly:
-        after = f"after key {last_key!r}" if last_key else "at its start"
-        return ShardProblem(path, f"shard {path} is cut short {after} (members past that point are missing or "
-                                  "incomplete). Re-create or re-download it; its complete keys are still used.",
-                            frozenset(broken))
-    return None
+    members = _members(path, size, read=False)  # headers only: a whole shard costs no data reads
+    lost = sorted({_key(m.name) for m, complete in members if not complete})
+    if ends_cleanly and not lost and members is not None and not getattr(members, "failed", False):
+        return None
+    whole = [m for m, complete in members if complete and _key(m.name) not in lost]
+    last = _key(whole[-1].name) if whole else None
+    message = (f"shard {path} is cut short" + (f" after key {last!r}" if last else " at its start") +
+               (f"; key(s) {', '.join(lost)} lost a member" if lost else "") +
+               ". Re-create or re-download it; its complete keys are still used.")
+    salvaged = None
+    if salvage_dir is not None and whole:
+        import io
+
+        folder = Path(salvage_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        salvaged = str(folder / Path(path).name)
+        keep = {m.name for m in whole}
+        with tarfile.open(path, "r:") as archive, tarfile.open(salvaged, "w") as out:
+            for member in archive:
+                if member.name in keep:
+                    out.addfile(member, io.BytesIO(archive.extractfile(member).read()))
+                if member is whole[-1] or member.name == whole[-1].name:
+                    break
+    return ShardProblem(path, message, tuple(lost), salvaged)
+
+
+class _Members(list):
+    failed = False
+
+
+def _members(path: str, size: int, read: bool) -> _Members:
+    """``(member, complete)`` for each header tarfile can read; ``failed`` when the walk ended in an error."""
+    import tarfile
+
+    out = _Members()
+    try:
+        with tarfile.open(path, "r:") as archive:
+            for member in archive:
+                out.append((member, member.isfile() and member.offset_data + member.size <= size))
+    except (tarfile.TarError, OSError, EOFError):
+        out.failed = True
+    return out
