@@ -86,6 +86,14 @@ class Chat(Shape):
         # a caption column beside the messages: a caption table that happens to carry them
         return bool({"messages", "conversations"} & columns) and not {"caption", "description"} & columns
 
+    def normalise(self, row: dict[str, Any], name: str) -> dict[str, Any]:
+        if row.get("messages") is None and row.get("conversations") is not None:  # one file may hold both spellings
+            row = {**{k: v for k, v in row.items() if k != "conversations"}, "messages": row["conversations"]}
+        return row
+
+    def columns(self, raw: list[str], features: Any = None) -> list[str]:
+        return [c for c in raw if c != "conversations"] + ([] if "messages" in raw else ["messages"])
+
     def check_columns(self, columns: set[str], where: str) -> None:
         if not {"messages", "conversations"} & columns:
             raise DatasetSchemaError(f"{where}: --format chat needs a 'messages' or 'conversations' column; the "
