@@ -378,7 +378,7 @@ def test_two_clip_conversations_train_and_generate(micro_qwen2audio, tmp_path):
                                out=str(tmp_path / "run"), eval_split=None, eval_take=None, max_steps=2, batch_size=2,
                                gradient_accumulation_steps=1, save_steps=2, eval_generate_take=0))
     assert result.steps == 2 and not result.skipped and np.isfinite(result.train_loss)
-    model = load_model(str(micro_qwen2audio), adapter=str(tmp_path / "run"))
+    model, _ = load_model(str(micro_qwen2audio), adapter=str(tmp_path / "run"))
     answers = generate(model, processor, family, examples[:2], settings=GenerationSettings(max_new_tokens=3))
     assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
 

@@ -252,7 +252,7 @@ def data_check(ctx: typer.Context) -> None:
 
         Console(stderr=True, soft_wrap=True).print(f"[red]fatal:[/red] {escape(report.fatal)}")
         raise typer.Exit(report.exit_code)
-    overview = Table(title=f"{dataset} [{split}] — task {summary['task']}", show_header=False)
+    overview = Table(title=f"{dataset} [{split}] — {summary['shape']} rows, task {summary['task']}", show_header=False)
     overview.add_row("rows (usable)", f"{summary['rows']} ({summary['usable_rows']})")
     overview.add_row("hours", f"{summary['hours']:.3f}")
     overview.add_row("sample rates", ", ".join(f"{k} Hz: {v}" for k, v in summary["sample_rates"].items()) or "—")
