@@ -445,3 +445,49 @@ def test_segment_decoding_refuses_bad_offsets(tmp_path):
     np.testing.assert_array_equal(wave_b, wave)
     with pytest.raises(AudioDecodeError, match="past the end"):
         decode_any({"bytes": data, "offset": 3.5}, "r")
+
+
+def _several_clip_families() -> list:
+    from audiotune.models.families import FAMILIES
+
+    return [pytest.param(name, marks=pytest.mark.slow, id=name) for name, family in FAMILIES.items()
+            if family.max_audios > 1 and not family.known_issue]
+
+
+@pytest.mark.parametrize("name", _several_clip_families())
+def test_families_taking_several_clips_place_each_one(name):
+    """Each family whose registry entry says it takes several clips a conversation: a two-clip prompt gets the audio
+    tokens of each clip (as its processor counts them for that clip alone), trains on the answer only, and
+    generates."""
+    from audiotune.generate import GenerationSettings, generate
+    from audiotune.data.tasks import Example, prompt_messages
+    from audiotune.models.loading import load_model, load_processor, resolve_family, to_model_inputs
+    from audiotune.models.tiny import cached_tiny
+    from tests.conftest import tone
+
+    checkpoint = cached_tiny(name)
+    family = resolve_family(str(checkpoint))
+    processor = load_processor(checkpoint)
+    rate = family.sampling_rate
+    low, high = tone(1.0, 440, rate), tone(2.5, 880, rate)
+    two = Example("two", [{"role": "user", "content": [
+        {"type": "audio", "audio": low}, {"type": "text", "text": "and then"}, {"type": "audio", "audio": high},
+        {"type": "text", "text": "Which is higher?"}]}], ["The second one."])
+    audio_id = processor.tokenizer.convert_tokens_to_ids(family.audio_token)
+    prompts = ConversationCollator(processor, family, training=False)
+
+    def count(example) -> int:
+        return int((prompts([example])["input_ids"] == audio_id).sum())
+
+    alone = [count(Example(str(i), prompt_messages(clip, "Which is higher?"), ["x"])) for i, clip in
+             enumerate((low, high))]
+    assert count(two) == sum(alone) and min(alone) > 0  # (Voxtral and Gemma 3n give every clip the same count)
+    batch = ConversationCollator(processor, family, training=True)([two])
+    kept = batch["labels"][0][batch["labels"][0] != IGNORE_INDEX].tolist()
+    assert processor.tokenizer.decode(kept[:-1]).strip() == "The second one." and audio_id not in kept
+    model, _ = load_model(checkpoint)
+    with torch.no_grad():
+        loss = model(**to_model_inputs(batch, model)).loss
+    assert torch.isfinite(loss)
+    (answer,) = generate(model, processor, family, [two], settings=GenerationSettings(max_new_tokens=3))
+    assert isinstance(answer, str)
