@@ -339,13 +339,12 @@ def micro_qwen2audio(tmp_path_factory) -> Path:
 def _two_clip_manifest(folder: Path) -> Path:
     sf.write(folder / "low.wav", _tone(1.3, 300.0), RATE)
     sf.write(folder / "high.wav", _tone(2.1, 900.0), RATE)
-    rows = [{"id": f"pair{i}", "messages": [
+    rows = [{"id": f"pair{i}", "messages": [  # a clip in each user turn: multi-turn audio
         {"role": "user", "content": [{"type": "text", "text": "First:"}, {"type": "audio", "path": "low.wav"},
-                                     {"type": "text", "text": "Second:"}, {"type": "audio", "path": "high.wav"},
-                                     {"type": "text", "text": "Which is higher?"}]},
-        {"role": "assistant", "content": [{"type": "text", "text": "The second."}]},
-        {"role": "user", "content": [{"type": "text", "text": "And the first?"}]},
-        {"role": "assistant", "content": [{"type": "text", "text": "Lower, a hum."}]}]} for i in range(4)]
+                                     {"type": "text", "text": "What is it?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "A low hum."}]},
+        {"role": "user", "content": [{"type": "audio", "path": "high.wav"}, {"type": "text", "text": "And this?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "Higher, a whistle."}]}]} for i in range(4)]
     (folder / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return folder / "pairs.jsonl"
 
@@ -372,7 +371,9 @@ def test_two_clip_conversations_train_and_generate(micro_qwen2audio, tmp_path):
     # Labels: exactly the two assistant answers, each with its end-of-turn token.
     labelled = batch["labels"][0][batch["labels"][0] != IGNORE_INDEX]
     text = processor.tokenizer.decode(labelled)
-    assert text == f"The second.{family.end_of_turn}Lower, a hum.{family.end_of_turn}", text
+    assert text == f"A low hum.{family.end_of_turn}Higher, a whistle.{family.end_of_turn}", text
+    first, second = [m["content"] for m in examples[0].messages if m["role"] == "user"]
+    assert [p["type"] for p in first] == ["text", "audio", "text"] and [p["type"] for p in second] == ["audio", "text"]
 
     result = train(TrainConfig(model=str(micro_qwen2audio), dataset=str(manifest), id_column="id",
                                out=str(tmp_path / "run"), eval_split=None, eval_take=None, max_steps=2, batch_size=2,
