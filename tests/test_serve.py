@@ -231,7 +231,7 @@ def test_remote_audio_when_allowed_then_sigterm_finishes_in_flight_requests(tiny
     files = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=files.serve_forever, daemon=True).start()
     process, base = _start(tiny_af3, "--max-wait-ms", "200", "--served-name", "tiny-af3", "--allow-remote-audio",
-                           "--max-request-mb", "1")
+                           "--remote-audio-allow-hosts", "127.0.0.1", "--max-request-mb", "1")
     client = OpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0, timeout=120)
     url = f"http://127.0.0.1:{files.server_address[1]}"
     remote = [{"role": "user", "content": [{"type": "audio_url", "audio_url": {"url": f"{url}/clip.wav"}},

@@ -228,3 +228,148 @@ def test_a_request_that_fails_inside_the_model_fails_alone(micro_af3):
     assert isinstance(results[1], Exception)
     assert [r.text for r in (results[0], results[2], results[3])] == alone
     assert largest == 4  # they did share the batch that failed
+
+
+# --- remote audio cannot reach inside (SSRF) -------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def file_server(tmp_path_factory):
+    """A plain HTTP server on 127.0.0.1 with a clip, and ``/hop?to=URL`` answering a 302 to URL."""
+    import http.server
+    from urllib.parse import parse_qs, urlsplit
+
+    folder = tmp_path_factory.mktemp("remote")
+    sf.write(folder / "clip.wav", tone(1.0), 16000)
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(folder), **kwargs)
+
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            parts = urlsplit(self.path)
+            if parts.path == "/hop":
+                self.send_response(302)
+                self.send_header("Location", parse_qs(parts.query)["to"][0])
+                self.end_headers()
+                return
+            super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1]
+    server.shutdown()
+
+
+def _remote_app(micro_af3, allow_hosts: list[str]):
+    from fastapi.testclient import TestClient
+
+    cfg = ServeConfig(model=str(micro_af3), served_name="micro", allow_remote_audio=True,
+                      remote_audio_allow_hosts=allow_hosts, max_tokens=4)
+    return TestClient(build_app(cfg))
+
+
+def _url_body(url: str) -> dict:
+    return {"model": "micro", "temperature": 0, "max_tokens": 3, "messages": [{"role": "user", "content": [
+        {"type": "audio_url", "audio_url": {"url": url}}, {"type": "text", "text": "Describe the audio."}]}]}
+
+
+def test_remote_audio_inside_the_network_is_refused_unless_its_host_is_allowed(micro_af3, file_server):
+    clip = f"http://127.0.0.1:{file_server}/clip.wav"
+    with _remote_app(micro_af3, []) as client:
+        refused = client.post("/v1/chat/completions", json=_url_body(clip))
+        assert refused.status_code == 400
+        error = refused.json()["error"]
+        assert error["code"] == "audio_url_refused" and "a loopback address" in error["message"]
+        assert "--remote-audio-allow-hosts 127.0.0.1" in error["message"]
+        for inside in ("http://169.254.169.254/latest/meta-data/", "http://10.1.2.3/a.wav", "http://[::1]/a.wav"):
+            answer = client.post("/v1/chat/completions", json=_url_body(inside)).json()["error"]
+            assert answer["code"] == "audio_url_refused", (inside, answer)
+        assert "link-local" in client.post("/v1/chat/completions", json=_url_body(
+            "http://169.254.169.254/latest/meta-data/")).json()["error"]["message"]
+    with _remote_app(micro_af3, ["127.0.0.1"]) as client:
+        assert client.post("/v1/chat/completions", json=_url_body(clip)).status_code == 200
+        # An allowed host redirecting to a refused one: every hop is checked (localhost is not on the list).
+        hop = f"http://127.0.0.1:{file_server}/hop?to=http://localhost:{file_server}/clip.wav"
+        redirected = client.post("/v1/chat/completions", json=_url_body(hop))
+        assert redirected.status_code == 400 and redirected.json()["error"]["code"] == "audio_url_refused"
+        assert "http://localhost:" in redirected.json()["error"]["message"]
+        inside_hop = f"http://127.0.0.1:{file_server}/hop?to=http://127.0.0.1:{file_server}/clip.wav"
+        assert client.post("/v1/chat/completions", json=_url_body(inside_hop)).status_code == 200
+
+
+def test_address_rules():
+    from audiotune.serve.remote_audio import refused_rule
+
+    assert [refused_rule(a) for a in ("127.0.0.1", "169.254.169.254", "10.0.0.1", "192.168.1.1", "172.16.0.1",
+                                      "::1", "fe80::1", "::ffff:127.0.0.1", "0.0.0.0", "224.0.0.1", "100.64.0.1",
+                                      "8.8.8.8", "2606:4700:4700::1111")] == [
+        "loopback", "link-local", "private", "private", "private", "loopback", "link-local", "loopback",
+        "private", "multicast", "not globally routable", None, None]
+
+
+def test_vllm_remote_audio_needs_the_hosts_and_fetches_only_from_them(micro_af3):
+    with pytest.raises(ConfigError, match="--remote-audio-allow-hosts"):
+        ServeConfig(model=str(micro_af3), backend="vllm", allow_remote_audio=True).validate()
+    cfg = ServeConfig(model=str(micro_af3), backend="vllm", allow_remote_audio=True,
+                      remote_audio_allow_hosts="files.internal,cdn.example.org").validate()
+    command = vllm_command(cfg, "python", {}, on_cpu=True)
+    at = command.index("--allowed-media-domains")
+    assert command[at + 1:at + 3] == ["files.internal", "cdn.example.org"]
+
+
+# --- a small file must not cost the server gigabytes -----------------------------------------------------------------
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
+
+
+def test_a_long_clip_in_a_small_file_is_refused_from_its_header(live):
+    """10 minutes of 48 kHz stereo silence: 0.1 MB as FLAC, 230 MB as float32 samples. The 400 comes from the header:
+    the server (a thread of this process) never holds the samples."""
+    base, _ = live
+    buffer = io.BytesIO()
+    with sf.SoundFile(buffer, "w", 48000, 2, format="FLAC") as handle:
+        block = np.zeros((48000 * 60, 2), dtype=np.float32)
+        for _ in range(10):
+            handle.write(block)
+    data = base64.b64encode(buffer.getvalue()).decode()
+    assert len(data) < LIMIT  # within the body limit: only the audio limit can refuse it
+    body = {"model": "micro", "messages": [{"role": "user", "content": [
+        {"type": "input_audio", "input_audio": {"data": data, "format": "flac"}}]}]}
+    peak, stop = [_rss_mb()], threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak.append(_rss_mb())
+            time.sleep(0.005)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        response = httpx.post(f"{base}/v1/chat/completions", json=body, headers=AUTH, timeout=60)
+    finally:
+        stop.set()
+        sampler.join()
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "audio_too_long" and "600.0 s" in error["message"] and "at most 2 s" in error["message"]
+    assert max(peak) - peak[0] < 100, f"memory rose by {max(peak) - peak[0]:.0f} MB"
+
+
+def test_a_header_that_states_no_length_is_capped_at_the_limit():
+    """A WAV whose header claims an unknown size (streamed writers) still decodes at most the limit plus a second."""
+    from audiotune.audio import load_audio
+    from audiotune.errors import AudioTooLongError
+
+    buffer = io.BytesIO()
+    sf.write(buffer, tone(5.0), 16000, format="WAV", subtype="PCM_16")
+    data = bytearray(buffer.getvalue())
+    data[4:8] = (0xFFFFFFFF).to_bytes(4, "little")  # RIFF size unknown
+    data[40:44] = (0xFFFFFFFF).to_bytes(4, "little")  # data size unknown
+    with pytest.raises(AudioTooLongError, match="at most 2 s"):
+        load_audio(bytes(data), 16000, "clip", max_seconds=2.0)
+    assert len(load_audio(bytes(data), 16000, "clip", max_seconds=6.0)) == 5 * 16000

@@ -68,7 +68,27 @@ def _wav_shortfall(data: bytes) -> tuple[int, int] | None:
     return (1, 0) if position > len(data) else None
 
 
-def _decode_bytes(data: bytes, name: str) -> tuple[np.ndarray, int]:
+def _too_long(name: str, seconds: float, max_seconds: float) -> AudioTooLongError:
+    return AudioTooLongError(f"{name}: audio is {seconds:.1f} s; at most {max_seconds:g} s are accepted.", seconds)
+
+
+def _read_capped(data: bytes, name: str, max_seconds: float | None) -> tuple[np.ndarray, int]:
+    """soundfile's decode, refused from the header when the clip is longer than ``max_seconds`` and never decoding
+    more than that (plus a second) when the header states no length or a wrong one: a 1 MB FLAC of two hours of
+    silence must not cost the gigabytes its samples would."""
+    with sf.SoundFile(io.BytesIO(data)) as handle:
+        rate = int(handle.samplerate)
+        if max_seconds is None:
+            return handle.read(dtype="float32", always_2d=True), rate
+        if handle.frames > 0 and handle.frames / rate > max_seconds:
+            raise _too_long(name, handle.frames / rate, max_seconds)
+        wave = handle.read(int((max_seconds + 1) * rate), dtype="float32", always_2d=True)
+    if wave.shape[0] / rate > max_seconds:
+        raise _too_long(name, wave.shape[0] / rate, max_seconds)
+    return wave, rate
+
+
+def _decode_bytes(data: bytes, name: str, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
     if not data:
         raise AudioDecodeError(f"{name}: the audio is empty (0 bytes). Remove the row or replace the file.")
     shortfall = _wav_shortfall(data)
@@ -76,11 +96,14 @@ def _decode_bytes(data: bytes, name: str) -> tuple[np.ndarray, int]:
         raise AudioDecodeError(f"{name}: truncated WAV: the header declares {shortfall[0]} bytes of audio but the "
                                f"file holds {shortfall[1]}. Re-export or re-download the file, or drop the row.")
     try:
-        wave, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-        return wave, int(sr)
+        return _read_capped(data, name, max_seconds)
+    except AudioTooLongError:
+        raise
     except Exception as sf_error:  # soundfile cannot read this container: try ffmpeg.
         try:
-            return _decode_with_torchcodec(data)
+            return _decode_with_torchcodec(data, name, max_seconds)
+        except AudioTooLongError:
+            raise
         except Exception as ff_error:
             raise AudioDecodeError(
                 f"{name}: cannot decode audio ({len(data)} bytes; soundfile: {_reason(sf_error)}; "
@@ -95,11 +118,23 @@ def _reason(error: Exception) -> str:
     return text.rsplit(": ", 1)[-1].rsplit(", ", 1)[-1] or type(error).__name__
 
 
-def _decode_with_torchcodec(source: bytes | str) -> tuple[np.ndarray, int]:
+def _decode_with_torchcodec(source: bytes | str, name: str = "audio",
+                            max_seconds: float | None = None) -> tuple[np.ndarray, int]:
+    """ffmpeg's decode; with ``max_seconds``, refused from the container's stated duration and capped like
+    :func:`_read_capped`."""
     from torchcodec.decoders import AudioDecoder
 
-    samples = AudioDecoder(source).get_all_samples()
+    decoder = AudioDecoder(source)
+    if max_seconds is None:
+        samples = decoder.get_all_samples()
+    else:
+        stated = getattr(decoder.metadata, "duration_seconds_from_header", None)
+        if stated is not None and stated > max_seconds:
+            raise _too_long(name, float(stated), max_seconds)
+        samples = decoder.get_samples_played_in_range(0.0, max_seconds + 1.0)
     wave = samples.data.numpy().T.astype(np.float32, copy=False)  # (channels, n) -> (n, channels)
+    if max_seconds is not None and wave.shape[0] / samples.sample_rate > max_seconds:
+        raise _too_long(name, wave.shape[0] / samples.sample_rate, max_seconds)
     return wave, int(samples.sample_rate)
 
 
@@ -236,13 +271,18 @@ def resample(wave: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
     return soxr.resample(wave, rate, target_rate, quality="HQ").astype(np.float32, copy=False)
 
 
-def load_audio(item: Any, target_rate: int, name: str, limits: AudioLimits | None = None) -> np.ndarray:
+def load_audio(item: Any, target_rate: int, name: str, limits: AudioLimits | None = None,
+               max_seconds: float | None = None) -> np.ndarray:
     """Decode, downmix, resample and validate one audio item; return mono float32 at ``target_rate``.
 
     Raises :class:`AudioDecodeError` for empty, corrupt or non-finite audio and
-    :class:`AudioTooLongError` when the long-audio policy says so.
+    :class:`AudioTooLongError` when the long-audio policy says so. ``max_seconds`` (encoded bytes, e.g. a server's
+    request) refuses a longer clip from its header, before its samples are decoded.
     """
-    wave, rate = decode_any(item, name, default_rate=target_rate)
+    if max_seconds is not None and isinstance(item, (bytes, bytearray)):
+        wave, rate = _decode_bytes(bytes(item), name, max_seconds)
+    else:
+        wave, rate = decode_any(item, name, default_rate=target_rate)
     if wave.shape[0] == 0:
         raise AudioDecodeError(f"{name}: the audio has no samples. Drop the row or replace the file.")
     if not np.isfinite(wave).all():

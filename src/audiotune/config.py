@@ -199,13 +199,20 @@ class ServeConfig(GenerationSettings, BackendConfig):
     max_audio_seconds: float | None = option(None, "Longest audio a request may send (empty: the family's window).")
     max_tokens: int = option(1024, "Largest max_tokens a request may ask for (a request without one gets "
                                    "--max-new-tokens, at most this).")
-    allow_remote_audio: bool = option(False, "Fetch audio_url parts from http(s) URLs (data: URLs always work).")
+    allow_remote_audio: bool = option(False, "Fetch audio_url parts from http(s) URLs (data: URLs always work); "
+                                             "addresses inside the network (loopback, private, link-local) are "
+                                             "refused.")
+    remote_audio_allow_hosts: list[str] = option(help="Hosts remote audio may come from even where they resolve "
+                                                      "inside the network (e.g. an internal file server); with "
+                                                      "--backend vllm, the only hosts vLLM fetches from.",
+                                                 factory=list)
     allow_text_only: bool = option(False, "Accept requests without audio (the model's text-only path).")
     device: str | None = option(None, "Device for the model (empty: CUDA when available, else the CPU).")
     vllm_args: list[str] = option(help="--backend vllm: more arguments for vLLM's server, as one string each.",
                                   factory=list)
 
     def __post_init__(self) -> None:
+        self.remote_audio_allow_hosts = split_commas(self.remote_audio_allow_hosts) or []
         if isinstance(self.adapters, dict):  # the API's form: {name: path}
             self.adapters = [f"{name}={path}" for name, path in self.adapters.items()]
 
@@ -240,6 +247,10 @@ class ServeConfig(GenerationSettings, BackendConfig):
         if self.num_beams != 1:
             raise ConfigError("--num-beams: the server samples or decodes greedily per request; beam search is for "
                               "infer and eval.")
+        if self.backend == "vllm" and self.allow_remote_audio and not self.remote_audio_allow_hosts:
+            raise ConfigError("--allow-remote-audio with --backend vllm: vLLM fetches audio URLs itself and cannot "
+                              "refuse addresses inside the network; name the hosts it may fetch from with "
+                              "--remote-audio-allow-hosts HOST[,HOST].")
         self.adapter_paths  # noqa: B018  (NAME=PATH checked before the model loads)
         return self
 

@@ -17,7 +17,12 @@ class AudioDecodeError(AudiotuneError):
 
 
 class AudioTooLongError(AudiotuneError):
-    """An audio item is longer than the model family accepts under the chosen policy."""
+    """An audio item is longer than the model family (or a server's limit) accepts; ``seconds`` is its length where
+    known."""
+
+    def __init__(self, message: str, seconds: float | None = None) -> None:
+        super().__init__(message)
+        self.seconds = seconds
 
 
 class DatasetSchemaError(AudiotuneError):

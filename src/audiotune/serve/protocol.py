@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..audio import load_audio
-from ..errors import AudiotuneError
+from ..errors import AudiotuneError, AudioTooLongError
 from ..data.tasks import Example
 from .engine import GenerationRequest
 
@@ -43,6 +43,7 @@ class Limits:
     max_tokens: int = 1024
     default_max_tokens: int = 256
     allow_remote_audio: bool = False
+    remote_allow_hosts: tuple[str, ...] = ()  # hosts fetched even where they resolve inside (remote_audio.py)
     remote_timeout_s: float = 10.0
     remote_max_bytes: int = 25 * 1024 * 1024
     require_audio: bool = True
@@ -62,20 +63,12 @@ def parse_json(body: bytes, limits: Limits) -> dict[str, Any]:
 
 
 def _fetch_remote(url: str, limits: Limits, param: str) -> bytes:
-    import httpx
+    from .remote_audio import RemoteAudioError, fetch_remote
 
     try:
-        with httpx.stream("GET", url, timeout=limits.remote_timeout_s, follow_redirects=True) as response:
-            response.raise_for_status()
-            chunks, size = [], 0
-            for chunk in response.iter_bytes():
-                size += len(chunk)
-                if size > limits.remote_max_bytes:
-                    raise ApiError(400, f"{param}: remote audio is larger than {limits.remote_max_bytes} bytes.", param)
-                chunks.append(chunk)
-            return b"".join(chunks)
-    except httpx.HTTPError as error:
-        raise ApiError(400, f"{param}: cannot fetch {url}: {error}.", param, code="audio_fetch_failed") from None
+        return fetch_remote(url, param, limits.remote_timeout_s, limits.remote_max_bytes, limits.remote_allow_hosts)
+    except RemoteAudioError as error:
+        raise ApiError(400, str(error), param, code=error.code) from None
 
 
 def _audio_bytes(part: dict[str, Any], limits: Limits, param: str) -> bytes:
@@ -128,12 +121,17 @@ def _content(message: dict[str, Any], index: int, rate: int, limits: Limits) -> 
             parts.append({"type": "text", "text": part["text"]})
         elif kind in ("input_audio", "audio_url"):
             data = _audio_bytes(part, limits, param)
-            try:
-                audio = load_audio(data, rate, param)
+            try:  # a clip longer than the limit is refused from its header, before its samples are decoded
+                audio = load_audio(data, rate, param, max_seconds=limits.max_audio_seconds)
+            except AudioTooLongError as error:
+                seconds = f"{error.seconds:.1f} s" if error.seconds is not None else "too long"
+                raise ApiError(400, f"{param}: audio is {seconds}; this server accepts at most "
+                                    f"{limits.max_audio_seconds:g} s per clip (--max-audio-seconds). Send a "
+                                    "shorter clip or split it.", param, code="audio_too_long") from None
             except AudiotuneError as error:
                 raise ApiError(400, f"{error}", param, code="invalid_audio") from None
             seconds = len(audio) / rate
-            if seconds > limits.max_audio_seconds:
+            if seconds > limits.max_audio_seconds:  # resampling can add a sample or two
                 raise ApiError(400, f"{param}: audio is {seconds:.1f} s; this server accepts at most "
                                     f"{limits.max_audio_seconds:g} s per clip (--max-audio-seconds). Send a "
                                     "shorter clip or split it.", param, code="audio_too_long")

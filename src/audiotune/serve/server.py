@@ -58,6 +58,7 @@ def build_app(cfg: ServeConfig):
                     max_audio_seconds=min(cfg.max_audio_seconds or family.max_audio_seconds, family.max_audio_seconds),
                     max_tokens=cfg.max_tokens, default_max_tokens=cfg.request_default_tokens,
                     allow_remote_audio=cfg.allow_remote_audio, remote_max_bytes=cfg.max_request_bytes,
+                    remote_allow_hosts=tuple(cfg.remote_audio_allow_hosts),
                     require_audio=family.requires_audio and not cfg.allow_text_only)
     return create_app(engine, ServerSettings(cfg.max_batch_size, cfg.max_wait_ms, api_key, limits))
 

@@ -173,8 +173,8 @@ def vllm_command(cfg: "ServeConfig", python: str = "python", adapters: dict[str,
         command += ["--enable-lora", "--max-lora-rank", str(max(_lora_rank(p) for p in adapters.values())),
                     "--max-loras", str(len(adapters)),
                     "--lora-modules", *[f"{name}={path}" for name, path in adapters.items()]]
-    if cfg.allow_remote_audio:
-        command += ["--allowed-media-domains", "*"]
+    if cfg.allow_remote_audio:  # validate() has required the hosts: vLLM cannot refuse inside addresses itself
+        command += ["--allowed-media-domains", *cfg.remote_audio_allow_hosts]
     # A request's unset max_tokens/temperature/top_p get our settings, not the checkpoint's generation_config
     # (vLLM reads max_new_tokens there as the default max_tokens).
     defaults = vllm_sampling(cfg)
