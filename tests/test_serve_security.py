@@ -373,3 +373,72 @@ def test_a_header_that_states_no_length_is_capped_at_the_limit():
     with pytest.raises(AudioTooLongError, match="at most 2 s"):
         load_audio(bytes(data), 16000, "clip", max_seconds=2.0)
     assert len(load_audio(bytes(data), 16000, "clip", max_seconds=6.0)) == 5 * 16000
+
+
+# --- the key, end to end on the real process ---------------------------------------------------------------------
+
+ENV_KEY = "env-secret-7f3a9c"
+
+
+def test_a_key_from_the_environment_guards_every_route_and_never_leaks(micro_af3):
+    """``audiotune serve`` as users start it, the key in $AUDIOTUNE_API_KEY: every route but /health answers 401
+    without it (the API, FastAPI's docs and schema, unknown paths); nothing the server says or logs holds it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    port = _free_port()
+    env = {**os.environ, "AUDIOTUNE_API_KEY": ENV_KEY}
+    process = subprocess.Popen([sys.executable, "-m", "audiotune", "serve", "--model", str(micro_af3), "--port",
+                                str(port), "--served-name", "micro", "--max-tokens", "4"], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base, bodies = f"http://127.0.0.1:{port}", []
+    try:
+        deadline = time.time() + 120
+        while True:
+            assert process.poll() is None and time.time() < deadline, "the server did not start"
+            try:
+                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        good = {"Authorization": f"Bearer {ENV_KEY}"}
+        routes = [("GET", "/v1/models"), ("POST", "/v1/chat/completions"), ("GET", "/docs"), ("GET", "/redoc"),
+                  ("GET", "/openapi.json"), ("GET", "/no/such/route")]
+        for method, path in routes:
+            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": ENV_KEY}):
+                response = httpx.request(method, f"{base}{path}", headers=headers, json={}, timeout=30)
+                assert response.status_code == 401, (method, path, headers)
+                bodies.append(response.text)
+        assert httpx.get(f"{base}/v1/models", headers=good).status_code == 200
+        assert httpx.get(f"{base}/openapi.json", headers=good).status_code == 200
+        for body in ({}, {"model": "micro", "messages": "nope"}, _body(_b64(tone(0.5)), max_tokens=2)):
+            response = httpx.post(f"{base}/v1/chat/completions", json=body, headers=good, timeout=60)
+            bodies.append(response.text)
+        assert [b for b in bodies[-3:-1] if '"error"' in b] and '"choices"' in bodies[-1]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        log = process.communicate(timeout=60)[0]
+    assert not [b for b in bodies if ENV_KEY in b]
+    assert log.strip() and ENV_KEY not in log
+
+
+def test_a_key_file_open_to_others_gets_the_warning(tmp_path):
+    """Checked before the model loads: the real command warns, then stops on the (missing) model."""
+    import subprocess
+    import sys
+
+    key_file = tmp_path / "api_key"
+    key_file.write_text("file-secret-55\n")
+    key_file.chmod(0o644)
+    done = subprocess.run([sys.executable, "-m", "audiotune", "serve", "--model", str(tmp_path / "no-model"),
+                           "--api-key-file", str(key_file)], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    flat = "".join(done.stderr.split())  # the log is wrapped to the terminal's width
+    assert "".join(f"{key_file} is open to other users (mode 644): chmod 600 it.".split()) in flat
+    assert "file-secret-55" not in done.stderr + done.stdout
+    key_file.chmod(0o600)
+    private = subprocess.run([sys.executable, "-m", "audiotune", "serve", "--model", str(tmp_path / "no-model"),
+                              "--api-key-file", str(key_file)], capture_output=True, text=True, timeout=120)
+    assert private.returncode != 0 and "open to other users" not in private.stderr

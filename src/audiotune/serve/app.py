@@ -71,6 +71,17 @@ def create_app(engine: Engine, settings: ServerSettings | None = None) -> FastAP
             raise ApiError(401, "Missing or wrong API key: send 'Authorization: Bearer KEY'.",
                            type_="authentication_error", code="invalid_api_key")
 
+    @app.middleware("http")
+    async def require_key(request: Request, call_next):
+        """Every route but ``/health`` (what load balancers probe) needs the key: the API, and FastAPI's own
+        ``/docs``, ``/redoc`` and ``/openapi.json``, and paths that do not exist (no hint of what does)."""
+        if request.url.path != "/health":
+            try:
+                authorise(request)
+            except ApiError as error:
+                return JSONResponse(error.body(), status_code=error.status)
+        return await call_next(request)
+
     @app.get("/health")
     async def health():
         if state["draining"]:
