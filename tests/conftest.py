@@ -6,7 +6,8 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# Unbound registry entries read their facts from tiny checkpoints built into this cache (models/families.py).
+# Unbound registry entries read their facts from tiny checkpoints built into this cache (models/families.py); each
+# build is keyed by its inputs (models/tiny.py builder_digest), so code of another commit never reuses a stale one.
 os.environ.setdefault("AUDIOTUNE_CACHE", os.path.join(__import__("tempfile").gettempdir(), "audiotune-test-cache"))
 
 from pathlib import Path  # noqa: E402

@@ -73,3 +73,23 @@ def test_default_preset_keeps_af3_encoder_lm_proportion(tmp_path):
                                              + 3 * txt.hidden_size * txt.intermediate_size)
     ratio = (enc_linear + enc_attention) / (per_token * 310)
     assert 0.3 < ratio < 1.2, ratio
+
+
+def test_the_tiny_cache_is_keyed_by_the_builders_inputs(tmp_path, monkeypatch):
+    """A cached tiny checkpoint is reused only while everything it was built from is unchanged: an edit to the
+    builder or a published file gives a new build, never the stale one."""
+    from audiotune.models import tiny
+    from audiotune.models.families import AUDIO_FLAMINGO_3
+
+    inputs = {p.name for p in tiny.builder_files(AUDIO_FLAMINGO_3)}
+    assert {"tiny.py", "families.py", "nvidia--audio-flamingo-3-hf.json", "tokenizer_config.json"} <= inputs
+    monkeypatch.setenv("AUDIOTUNE_CACHE", str(tmp_path / "cache"))
+    edited = tmp_path / "an-input.py"
+    edited.write_text("v1")
+    real = tiny.builder_files
+    monkeypatch.setattr(tiny, "builder_files", lambda family: real(family) + [edited])
+    first = tiny.cached_tiny("af3")
+    assert (first / "config.json").exists() and tiny.cached_tiny("af3") == first
+    edited.write_text("v2")
+    second = tiny.cached_tiny("af3")
+    assert second != first and (second / "config.json").exists()

@@ -357,15 +357,34 @@ def builder_for(family: str):
     return lambda out_dir, seed=0, preset="default": build_tiny(name, out_dir, seed=seed, preset=preset)
 
 
+def builder_files(family: Family) -> list[Path]:
+    """Every file a tiny checkpoint of ``family`` is built from: the package's model code (the builder, the registry
+    and its hooks) and the family's published architecture and processor files."""
+    models = Path(__file__).parent
+    stem = family.hub_id.replace("/", "--")
+    published = [PUBLISHED_DIR / f"{stem}.json", *sorted((PROCESSORS_DIR / stem).rglob("*"))]
+    return sorted(models.glob("*.py")) + [f for f in published if f.is_file()]
+
+
+def builder_digest(family: Family) -> str:
+    """A short hash of :func:`builder_files` (names and contents): a cached build is reused only while it holds."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in builder_files(family):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
 def cached_tiny(family: str) -> Path:
     """The family's micro checkpoint in the user's cache (built on first use): the facts of an unbound registry
-    entry are read from it."""
+    entry are read from it. The cache is keyed by the builder's inputs, not the package version: a checkpoint built
+    by older code or from other published files is never picked up."""
     import os
 
-    from .. import __version__
-
+    entry = family_by_name(family)
     root = Path(os.environ.get("AUDIOTUNE_CACHE", Path.home() / ".cache" / "audiotune")) / "tiny-facts"
-    out = root / f"{family_by_name(family).name}-{__version__}"
+    out = root / f"{entry.name}-{builder_digest(entry)}"
     if not (out / "config.json").exists():
         tmp = out.with_name(out.name + f".tmp{os.getpid()}")
         build_tiny(family, tmp, seed=0, preset="micro")
