@@ -131,3 +131,11 @@ def test_eval_on_a_manifest_scores_the_good_clips_and_lists_the_bad(micro_af3, c
     skipped = {entry["id"]: entry["message"] for entry in report.skipped}
     assert set(skipped) == {"truncated", "missing"} and "truncated WAV" in skipped["truncated"]
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["rows"] == 2
+    # The good rows get exactly what a run without the bad ones gives them (predictions and metrics).
+    clean = tmp_path / "clean.jsonl"
+    clean.write_text("".join(line for line in manifest.read_text().splitlines(keepends=True) if '"ok' in line))
+    reference = run_evaluation(EvalConfig(model=str(micro_af3), dataset=str(clean), split="train", task="asr",
+                                          out=str(tmp_path / "eval-clean"), max_new_tokens=4, with_meteor=False))
+    assert [(r["id"], r["prediction"]) for r in report.models[0].predictions] == [
+        (r["id"], r["prediction"]) for r in reference.models[0].predictions]
+    assert report.models[0].metrics == reference.models[0].metrics
