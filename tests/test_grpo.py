@@ -133,3 +133,33 @@ def test_dpo_trains_on_pairs_against_the_base(micro_af3, beeps, tmp_path):
     assert logged[-1]["loss"] < logged[0]["loss"]
     config = json.loads((tmp_path / "dpo" / "adapter_config.json").read_text())
     assert config["peft_type"] == "LORA"
+
+
+@pytest.fixture(scope="module")
+def beeps_with_a_bad_row(beeps, tmp_path_factory) -> Path:
+    """The beep-count train split with its second row's audio cut in half (a truncated WAV), as parquet."""
+    from datasets import Audio, load_dataset
+
+    rows = load_dataset("parquet", data_files=str(beeps / "data" / "train-*.parquet"), split="train")
+    rows = rows.cast_column("audio", Audio(decode=False))
+    broken = [dict(row) for row in rows.select(range(6))]
+    data = broken[1]["audio"]["bytes"]
+    broken[1] = {**broken[1], "id": "cut-short", "audio": {"bytes": data[: len(data) // 2], "path": None}}
+    out = tmp_path_factory.mktemp("beeps-bad")
+    type(rows).from_list(broken, features=rows.features).to_parquet(str(out / "train.parquet"))
+    return out / "train.parquet"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["grpo", "dpo"])
+def test_a_bad_row_is_skipped_and_listed_and_training_continues(micro_af3, beeps_with_a_bad_row, tmp_path, method):
+    from audiotune.train import train
+
+    extra = ({"task": "mcq", "num_generations": 2, "max_completion_length": 2} if method == "grpo" else {})
+    result = train(TrainConfig(model=str(micro_af3), dataset=str(beeps_with_a_bad_row), out=str(tmp_path / "run"),
+                               method=method, id_column="id", batch_size=2, gradient_accumulation_steps=1,
+                               max_steps=3, save_steps=100, eval_split=None, eval_take=None, seed=0, **extra))
+    assert result.steps == 3 and math.isfinite(result.train_loss)
+    assert [s["id"] for s in result.skipped] == ["cut-short"] and "truncated WAV" in result.skipped[0]["message"]
+    listed = [json.loads(line) for line in (tmp_path / "run" / "skipped.jsonl").read_text().splitlines()]
+    assert {entry["id"] for entry in listed} == {"cut-short"}
