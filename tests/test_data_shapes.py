@@ -492,3 +492,21 @@ def test_families_taking_several_clips_place_each_one(name):
     assert torch.isfinite(loss)
     (answer,) = generate(model, processor, family, [two], settings=GenerationSettings(max_new_tokens=3))
     assert isinstance(answer, str)
+
+
+def test_length_estimates_read_each_shapes_clips(shapes):
+    """Length grouping estimates a NeMo row from its segment (not the whole file) and a conversation from its
+    clips, without decoding."""
+    from audiotune.train import estimated_lengths
+
+    dataset, _, extra = _data(shapes, "nemo")
+    rows, build = prepare_split(TrainConfig(dataset=dataset, **extra), "train", AUDIO_FLAMINGO_3)
+    lengths = estimated_lengths(ExampleDataset(rows, build, BadSampleLog(None)), AUDIO_FLAMINGO_3)
+    texts = ["good morning everyone", "let us begin", "first the budget", "excuse me"]
+    audio = [AUDIO_FLAMINGO_3.audio_tokens(s) for s in (2.0, 2.0, 2.0, 1.2)]
+    assert lengths == [a + len(t) // 4 + 32 for a, t in zip(audio, texts)]
+    dataset, _, _ = _data(shapes, "audio-flamingo")
+    rows, build = prepare_split(TrainConfig(dataset=dataset), "train", AUDIO_FLAMINGO_3)
+    lengths = estimated_lengths(ExampleDataset(rows, build, BadSampleLog(None)), AUDIO_FLAMINGO_3)
+    conversation = "<sound>\nWhat is making this sound? A dog barking."  # both turns' text, as written
+    assert lengths[0] == AUDIO_FLAMINGO_3.audio_tokens(1.4) + len(conversation) // 4 + 32

@@ -29,7 +29,7 @@ from .data.examples import BadSampleLog, ExampleDataset, ExampleStream, streamin
 from .data.prepare import prepare_split
 from .data.sources import first_row
 from .distributed import rank_and_world_size
-from .errors import ConfigError
+from .errors import AudiotuneError, ConfigError
 from .models.families import Family
 from .models.loading import (AdaptationPlan, count_parameters, load_base_model, load_processor,
                              prepare_for_training, resolve_family)
@@ -94,30 +94,56 @@ def build_datasets(cfg: TrainConfig, family: Family, run_dir: Path):
 
 
 def estimated_lengths(dataset: ExampleDataset, family: Family) -> list[int]:
-    """Approximate token length of every row (audio tokens from the header's duration, plus text), cheap:
-    no decoding, so the length-grouped sampler does not cost a pass over the audio."""
+    """Approximate token length of every row (audio tokens from each clip's header duration, or a segment's stated
+    duration, plus text), cheap: no decoding, so the length-grouped sampler does not cost a pass over the audio."""
+    build = dataset.build
+    lengths = []
+    for i in range(len(dataset.rows)):
+        try:
+            row = build.canonical(dataset.rows[i], i)
+            items = build.task.audio_items(row, build.audio_column, f"row {i}")
+        except AudiotuneError:  # a bad row: built (and skipped) later; any length will do here
+            row, items = {}, [None]
+        seconds = [_header_seconds(build, item) for item in items] or [0.0]
+        text = _text_of(row.get(build.task.text_column))
+        lengths.append(sum(family.audio_tokens(s) for s in seconds) + len(text) // 4 + 32)
+    return lengths
+
+
+def _text_of(value) -> str:
+    """The text of a cell: a string, or every text of a conversation (its turns' contents and text parts)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        return " ".join(_text_of(value.get(k)) for k in ("content", "value", "text") if value.get(k) is not None)
+    if isinstance(value, (list, tuple)):
+        return " ".join(_text_of(v) for v in value)
+    return "" if value is None else str(value)
+
+
+def _header_seconds(build, item) -> float:
+    """A clip's duration from its header (a segment's from the manifest); 10 s where none can be read."""
     import io
 
     import soundfile as sf
 
-    lengths = []
-    for i in range(len(dataset.rows)):
-        row = dataset.rows[i]
-        item = dataset.build.resolve(row.get(dataset.build.audio_column))
-        seconds = 10.0
-        try:
-            if isinstance(item, dict) and item.get("bytes"):
-                info = sf.info(io.BytesIO(item["bytes"]))
-            elif isinstance(item, dict) and item.get("path"):
-                info = sf.info(item["path"])
-            else:
-                info = sf.info(item)
-            seconds = info.frames / info.samplerate
-        except Exception:  # noqa: BLE001 - unknown containers count as 10 s; the sampler only groups
-            pass
-        text = str(row.get(dataset.build.task.text_column) or "")
-        lengths.append(family.audio_tokens(seconds) + len(text) // 4 + 32)
-    return lengths
+    if isinstance(item, dict) and item.get("duration") is not None:
+        return float(item["duration"])
+    if isinstance(item, str) and item.startswith(("http://", "https://", "data:")):
+        return 10.0  # not fetched just to sort
+    item = build.resolve(item)
+    try:
+        if isinstance(item, dict) and item.get("bytes"):
+            info = sf.info(io.BytesIO(item["bytes"]))
+        elif isinstance(item, dict) and item.get("path"):
+            info = sf.info(item["path"])
+        elif isinstance(item, (bytes, bytearray)):
+            info = sf.info(io.BytesIO(item))
+        else:
+            info = sf.info(item)
+        return info.frames / info.samplerate
+    except Exception:  # noqa: BLE001 - unknown containers count as 10 s; the sampler only groups
+        return 10.0
 
 
 class AudiotuneTrainer(AtomicCheckpointMixin, Trainer):
