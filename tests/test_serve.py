@@ -118,9 +118,19 @@ def test_stop_strings_and_seeded_sampling(client):
     word = text[len(text) // 2:len(text) // 2 + 2]  # a piece from the middle: whatever words the adapter writes
     cut = client.chat.completions.create(model="base", messages=messages, temperature=0, max_tokens=24, stop=[word])
     assert cut.choices[0].message.content == text[: text.index(word)] and cut.choices[0].finish_reason == "stop"
-    sampled = [client.chat.completions.create(model="base", messages=messages, temperature=1.0, top_p=0.9, seed=7,
-                                              max_tokens=12).choices[0].message.content for _ in range(2)]
+    def sample(seed: int, clip=messages) -> str:
+        return client.chat.completions.create(model="base", messages=clip, temperature=1.0, top_p=0.9, seed=seed,
+                                              max_tokens=12).choices[0].message.content
+
+    sampled = [sample(7), sample(7)]
     assert sampled[0] == sampled[1]  # the same seed gives the same sample
+    others = {sample(seed) for seed in (8, 9, 10)}
+    assert sampled[0] not in others and len(others) > 1 and text not in others  # seeds matter: it samples
+    # In a batch of other requests (other seeds, other clips) the seeded request still gets its own sample.
+    with ThreadPoolExecutor(4) as pool:
+        batch = list(pool.map(lambda job: sample(*job), [(7, messages), (8, _messages(tone(1.0, 660))),
+                                                         (11, _messages(tone(1.5, 330))), (12, messages)]))
+    assert batch[0] == sampled[0]
 
 
 def test_adapter_chosen_by_name(client):
