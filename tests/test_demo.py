@@ -46,7 +46,29 @@ def test_short_demo_writes_every_artefact(tmp_path):
     assert {"BLEU-4", "METEOR", "CIDEr-D"} <= set(result.base) and {"BLEU-4", "CIDEr-D"} <= set(result.tuned)
     report = (tmp_path / "report.md").read_text()
     assert "| CIDEr-D |" in report and "| base | tuned |" in report and "pipeline output" in report
-    assert len(result.samples) == 4 and isinstance(result.pipeline_output, str)
+    assert len(result.samples) == 4
+    # The pipeline's answer on the first shown clip is plain transformers' on the merged model (the guide's
+    # apply_chat_template and a greedy generate with the demo's settings).
+    from transformers import AutoProcessor
+
+    from audiotune.models.loading import load_base_model
+
+    merged, _ = load_base_model(tmp_path / "merged")
+    processor = AutoProcessor.from_pretrained(tmp_path / "merged")
+    first = next(e for e in result.evaluation.models[0].predictions if e["id"] == result.samples[0]["id"])
+    assert first  # the clip the demo showed is one the evaluation scored
+    clip = _first_test_clip(tmp_path, result.samples[0]["id"])
+    inputs = processor.apply_chat_template([{"role": "user", "content": [
+        {"type": "audio", "audio": clip}, {"type": "text", "text": "Describe the audio."}]}], tokenize=True,
+        add_generation_prompt=True, return_dict=True, return_tensors="pt")
+    defaults = DemoSettings()
+    output = merged.generate(**inputs, max_new_tokens=8, do_sample=False,
+                             no_repeat_ngram_size=defaults.no_repeat_ngram_size)
+    written = output[0, inputs["input_ids"].shape[1]:]
+    assert result.pipeline_output == processor.tokenizer.decode(written, skip_special_tokens=True).strip()
+    # An empty answer (6 steps teach little) must be the model stopping at once, not an answer lost on the way.
+    stops = {processor.tokenizer.convert_tokens_to_ids("<|im_end|>"), processor.tokenizer.eos_token_id}
+    assert result.pipeline_output or int(written[0]) in stops
     rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 8 and {r["model"] for r in rows} == {"base", "tuned"}
 
@@ -59,7 +81,8 @@ def test_short_demo_writes_every_artefact(tmp_path):
     assert g.own_predictions == {k: r["prediction"] for k, r in tuned.items()}
     assert set(g.other_predictions) == set(tuned) and set(g.pairs) == set(tuned)
     assert sorted(g.pairs.values()) == sorted(tuned) and all(k != v for k, v in g.pairs.items())
-    assert g.other >= 0.0
+    assert g.other == pytest.approx(_cider_d(g.other_predictions, g.references), abs=1e-9)  # pycocoevalcap's own
+    assert g.other < g.own or g.own == 0.0  # another clip's audio does not score better than the clip's own
     saved = json.loads((tmp_path / "grounding.json").read_text())
     assert saved["other"] == g.other and saved["pairs"] == g.pairs and saved["references"] == g.references
     assert result.max_repeats == max(max_ngram_repeats(r["prediction"]) for r in tuned.values())
@@ -67,3 +90,25 @@ def test_short_demo_writes_every_artefact(tmp_path):
     for text in (report, page):
         assert f"{g.own:.3f} with each clip's own audio vs {g.other:.3f} with another clip's audio" in text
         assert f"at most {result.max_repeats} occurrence(s) of one 3-gram" in text
+
+
+def _cider_d(predictions: dict[str, str], references: dict[str, list[str]]) -> float:
+    """CIDEr-D as pycocoevalcap computes it (its PTB tokenizer, then Cider): no audiotune code."""
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    tokenizer = PTBTokenizer()
+    gts = tokenizer.tokenize({k: [{"caption": c} for c in v] for k, v in references.items()})
+    res = tokenizer.tokenize({k: [{"caption": v}] for k, v in predictions.items()})
+    return Cider().compute_score(gts, res)[0]
+
+
+def _first_test_clip(out, clip_id: str):
+    """The demo's clip ``clip_id`` from the synthetic test split it wrote, decoded as the demo decodes it."""
+    from datasets import Audio, load_dataset
+
+    from audiotune.audio import load_audio
+
+    rows = load_dataset("parquet", data_files=str(out / "data" / "data" / "test-*.parquet"), split="train")
+    row = next(r for r in rows.cast_column("audio", Audio(decode=False)) if r["youtube_id"] == clip_id)
+    return load_audio(row["audio"], 16000, clip_id)
