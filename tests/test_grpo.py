@@ -71,10 +71,23 @@ def test_reference_is_the_base_and_the_encoder_runs_once_per_clip(micro_af3, bee
     rollout = trainer.rollout(examples)
     policy = trainer.per_token_logps(model, rollout).detach()
     base, _ = load_base_model(micro_af3)
-    reference = trainer.per_token_logps(base.eval(), rollout).detach()
     mask = rollout["completion_mask"].bool()
-    assert torch.allclose(rollout["ref_logps"][mask], reference[mask], atol=1e-5)
-    assert not torch.allclose(policy[mask], reference[mask], atol=1e-3)  # the adapter is on for the policy
+    # By hand: one forward over prompt + completion (positions numbered as generate() numbers left-padded rows),
+    # the logits before each completion token over the temperature, log_softmax, the token's entry.
+    completion = rollout["completion_ids"]
+
+    def by_hand(net) -> torch.Tensor:
+        attention = rollout["attention_mask"]
+        positions = (attention.long().cumsum(-1) - 1).masked_fill(attention == 0, 1)
+        with torch.no_grad():
+            logits = net(input_ids=rollout["input_ids"], attention_mask=attention, position_ids=positions,
+                         **rollout["features"], use_cache=False).logits
+        logits = logits[:, -completion.shape[1] - 1:-1, :].float() / trainer.args.temperature
+        return torch.log_softmax(logits, dim=-1).gather(-1, completion.unsqueeze(-1)).squeeze(-1)
+
+    assert torch.allclose(rollout["ref_logps"][mask], by_hand(base.eval())[mask], atol=1e-5)
+    assert torch.allclose(policy[mask], by_hand(model)[mask], atol=1e-5)
+    assert not torch.allclose(policy[mask], rollout["ref_logps"][mask], atol=1e-3)  # the adapter is on for the policy
     assert rollout["completion_ids"].shape[0] == 8 and set(rollout["stats"]) >= {
         "reward", "reward_std", "completion_length", "rewards/accuracy"}
 
