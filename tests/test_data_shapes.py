@@ -107,7 +107,7 @@ def shapes(tmp_path_factory) -> dict[str, tuple[str, dict]]:
         "chat-content-lists": (str(root / "messages.jsonl"), {}),
         "chat-sharegpt": (str(root / "sharegpt.jsonl"), {}),
         "audio-flamingo": (str(root / "af3.json"), {}),
-        "nemo": (str(root / "nemo.jsonl"), {"task": "asr"}),
+        "nemo": (str(root / "nemo.jsonl"), {}),  # asr by itself: a NeMo manifest's text is a transcript
         "clotho": (str(root / "clotho_captions_development.csv"), {"audio_dir": str(root / "development")}),
         "audiobench": (str(root / "audiobench"), {"split": "test"}),
         "webdataset": (str(root / "shards" / "train-*.tar"), {"task": "asr"}),

@@ -122,7 +122,8 @@ class AudioFlamingo(Shape):
 
 class Nemo(Shape):
     """NeMo ASR manifests: ``audio_filepath``, ``text``, ``duration`` and an optional ``offset``; each row is the
-    segment ``[offset, offset + duration)`` of its file (NeMo reads it so), not the whole file."""
+    segment ``[offset, offset + duration)`` of its file (NeMo reads it so), not the whole file. ``text`` is a
+    transcript (the ASR world's manifest): the task is asr unless ``--task`` says otherwise."""
 
     def matches(self, columns: set[str]) -> bool:
         return {"audio_filepath", "duration"} <= columns
@@ -241,7 +242,7 @@ SHAPES: dict[str, Shape] = {shape.name: shape for shape in (
     WebDataset("webdataset", "tar shards: KEY.flac/.wav + KEY.json/.txt"),
     AudioFlamingo("audio-flamingo", "Audio Flamingo JSON: sound + conversations (<sound>, <sound-1>…)", task="chat"),
     Chat("chat", "messages/conversations (ShareGPT strings with <audio> tags, or content lists)", task="chat"),
-    Nemo("nemo", "NeMo manifest: audio_filepath, text, duration, offset (segments)"),
+    Nemo("nemo", "NeMo manifest: audio_filepath, text, duration, offset (segments)", task="asr"),
     Clotho("clotho", "Clotho captions: file_name, caption_1..caption_5", task="caption"),
     AudioBench("audiobench", "AudioBench: context (audio), instruction, answer", task="qa"),
     Table("table", "one example a row, one column a field (parquet, csv, jsonl, audio folder, Hub)"),
