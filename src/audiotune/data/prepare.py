@@ -40,7 +40,7 @@ def resolve_task_name(spec: Any, shape: Shape) -> str:
     """The configured task; left at the default (caption, no --text-column), the shape's own task: a chat manifest
     (ShareGPT, content lists, Audio Flamingo JSON) is chat, AudioBench's layout is qa."""
     if spec.task == "caption" and not spec.text_column and shape.task and shape.task != spec.task:
-        logger.info("%s is a %s dataset: using --task %s.", spec.dataset, shape.name, shape.task)
+        logger.info("%s holds %s rows: using --task %s.", spec.dataset, shape.name, shape.task)
         return shape.task
     return spec.task
 
