@@ -106,12 +106,22 @@ def _dataset_with_bad_rows(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("streaming", [False, True])
-def test_bad_rows_are_skipped_and_listed(micro_af3, tmp_path, streaming):
+def test_bad_rows_are_skipped_and_listed(micro_af3, tmp_path, streaming, monkeypatch):
     data = _dataset_with_bad_rows(tmp_path)
     out = tmp_path / f"run-{streaming}"
-    result = train(_config(micro_af3, data, out, eval_split=None, eval_take=None, max_steps=4, save_steps=4,
-                           streaming=streaming, id_column="id"))
-    assert result.steps == 4
+    consumed: list[str] = []  # every example the trainer's batches held, in order
+    collate = ConversationCollator.__call__
+    monkeypatch.setattr(ConversationCollator, "__call__",
+                        lambda self, examples: consumed.extend(e.id for e in examples) or collate(self, examples))
+    # one epoch: 13 rows (10 good) map-style; a stream needs a step count (3 steps of 4 read past its 10 rows)
+    steps = {"max_steps": 3} if streaming else {"max_steps": -1, "num_train_epochs": 1}
+    result = train(_config(micro_af3, data, out, eval_split=None, eval_take=None, save_steps=4, streaming=streaming,
+                           id_column="id", **steps))
+    good = [f"good{i}" for i in range(10)]
+    if streaming:  # the first epoch of the stream is every good row once, and nothing else
+        assert result.steps == 3 and sorted(consumed[:10]) == good
+    else:  # each bad row's place is taken by the next good one: every good row is trained on, no bad one
+        assert result.steps == 4 and len(consumed) == 13 and sorted(set(consumed)) == good
     skipped = {entry["id"]: entry for entry in result.skipped}
     assert set(skipped) == {"corrupt", "empty-caption", "empty-audio"}
     assert "cannot decode" in skipped["corrupt"]["message"]
