@@ -156,9 +156,11 @@ def test_latest_checkpoint_skips_truncated_unmarked_and_altered_ones(tmp_path, c
         (folder / "adapter_model.safetensors").write_bytes(b"w" * 64)
         (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
         (folder / "optimizer.pt").write_bytes(b"o" * 4096)
+        (folder / "scheduler.pt").write_bytes(b"s" * 64)
+        (folder / "rng_state.pth").write_bytes(b"r" * 64)
         write_marker(folder)
     (tmp_path / "checkpoint-10").mkdir()  # every file but no marker: cut off before the marker, or not ours
-    for name in ("adapter_model.safetensors", "trainer_state.json", "optimizer.pt"):
+    for name in ("adapter_model.safetensors", "trainer_state.json", "optimizer.pt", "scheduler.pt", "rng_state.pth"):
         (tmp_path / "checkpoint-10" / name).write_bytes((tmp_path / "checkpoint-8" / name).read_bytes())
     assert all(checkpoint_is_complete(tmp_path / f"checkpoint-{s}") for s in (2, 4, 6, 8))
     assert latest_checkpoint(tmp_path).name == "checkpoint-8"
@@ -180,3 +182,22 @@ def test_latest_checkpoint_skips_truncated_unmarked_and_altered_ones(tmp_path, c
         "checkpoint-4": "trainer_state.json does not match the checksum recorded when it was written"}
     (tmp_path / "checkpoint-2" / "optimizer.pt").unlink()
     assert latest_checkpoint(tmp_path) is None
+
+    # Marked whole but without the schedule's position or a random state: not resumable either.
+    from audiotune.checkpoints import checkpoint_problem
+
+    for missing, reason in (("scheduler.pt", "it has no scheduler.pt"), ("rng_state.pth", "it has no rng_state.pth")):
+        folder = tmp_path / f"without-{missing}"
+        folder.mkdir()
+        for name in ("adapter_model.safetensors", "trainer_state.json", "optimizer.pt", "scheduler.pt",
+                     "rng_state.pth"):
+            if name != missing:
+                (folder / name).write_bytes(b"x" * 64)
+        write_marker(folder)
+        assert checkpoint_problem(folder) == reason
+    (tmp_path / "two-ranks").mkdir()
+    for name in ("adapter_model.safetensors", "trainer_state.json", "optimizer.pt", "scheduler.pt",
+                 "rng_state_0.pth", "rng_state_1.pth"):
+        (tmp_path / "two-ranks" / name).write_bytes(b"x" * 64)
+    write_marker(tmp_path / "two-ranks")
+    assert checkpoint_problem(tmp_path / "two-ranks") is None

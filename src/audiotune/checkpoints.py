@@ -44,7 +44,13 @@ STAGING = ".staging"
 MARKER = "checkpoint_complete.json"
 CHECKSUM_LIMIT = 1 << 20  # files up to 1 MiB (state, configs, RNG, scheduler) also get a SHA-256
 WEIGHTS = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json")
-REQUIRED = ("trainer_state.json", "optimizer.pt")  # what --resume needs besides the weights
+# What --resume needs besides the weights: the step and log, the optimizer's moments, the learning-rate schedule's
+# position and the random state of every process (rng_state.pth, or rng_state_<rank>.pth with several).
+REQUIRED = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
+RNG_STATE = re.compile(r"rng_state(_\d+)?\.pth")
+# Test-only: ``AUDIOTUNE_TEST_KILL=<point>@<step>`` SIGKILLs the process at that point of that step's save, so the
+# tests can place a kill exactly where a real one would do harm (see :meth:`AtomicCheckpointMixin._save_checkpoint`).
+KILL_ENV = "AUDIOTUNE_TEST_KILL"
 
 
 def _fsync_dir(path: Path) -> None:
@@ -110,7 +116,17 @@ def checkpoint_problem(path: Path) -> str | None:
     if not any(name in files for name in WEIGHTS):
         return "it holds no weights"
     missing = [name for name in REQUIRED if name not in files]
+    if not any(RNG_STATE.fullmatch(name) for name in files):
+        missing.append("rng_state.pth")
     return f"it has no {', '.join(missing)}" if missing else None
+
+
+def _fault_point(point: str, step: int) -> None:
+    """The test-only kill (:data:`KILL_ENV`): nothing unless the variable names this point and step."""
+    if os.environ.get(KILL_ENV) == f"{point}@{step}":
+        logger.warning("%s: killing this process at %s of checkpoint-%d (a test's fault injection).", KILL_ENV,
+                       point, step)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def checkpoint_is_complete(path: Path) -> bool:
@@ -146,6 +162,7 @@ class AtomicCheckpointMixin:
         finally:
             self._staging_now = False
             self.args.save_total_limit = limit
+        _fault_point("files-written", self.state.global_step)  # every file in staging, no marker yet
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             name = f"checkpoint-{self.state.global_step}"
@@ -157,10 +174,12 @@ class AtomicCheckpointMixin:
                 state["best_model_checkpoint"] = str(final)
                 state_file.write_text(json.dumps(state, indent=2))
             write_marker(staged)  # every rank has written its files (barrier above): the marker goes last
+            _fault_point("marked", self.state.global_step)  # whole and marked, still in staging
             if final.exists():  # the same step saved again (e.g. a stop signal right after a save)
                 os.replace(final, out / STAGING / f"replaced-{name}")
             os.replace(staged, final)
             _fsync_dir(out)
+            _fault_point("renamed", self.state.global_step)  # in place, the older ones not rotated out yet
             self._rotate(out)
             shutil.rmtree(out / STAGING, ignore_errors=True)  # what was replaced or rotated out
         self.accelerator.wait_for_everyone()
