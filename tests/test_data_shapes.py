@@ -108,6 +108,7 @@ def shapes(tmp_path_factory) -> dict[str, tuple[str, dict]]:
         "chat-sharegpt": (str(root / "sharegpt.jsonl"), {}),
         "audio-flamingo": (str(root / "af3.json"), {}),
         "nemo": (str(root / "nemo.jsonl"), {}),  # asr by itself: a NeMo manifest's text is a transcript
+        "lhotse": (str(root / "cuts.jsonl"), {}),
         "clotho": (str(root / "clotho_captions_development.csv"), {"audio_dir": str(root / "development")}),
         "audiobench": (str(root / "audiobench"), {"split": "test"}),
         "webdataset": (str(root / "shards" / "train-*.tar"), {"task": "asr"}),
@@ -118,6 +119,7 @@ def shapes(tmp_path_factory) -> dict[str, tuple[str, dict]]:
 EXPECTED = {  # shape → (detected shape, task, headline metric)
     "chat-content-lists": ("chat", "chat", "CIDEr-D"), "chat-sharegpt": ("chat", "chat", "CIDEr-D"),
     "audio-flamingo": ("audio-flamingo", "chat", "CIDEr-D"), "nemo": ("nemo", "asr", "WER"),
+    "lhotse": ("lhotse", "asr", "WER"),
     "clotho": ("clotho", "caption", "CIDEr-D"), "audiobench": ("audiobench", "qa", "accuracy"),
     "webdataset": ("webdataset", "asr", "WER"), "webdataset-streaming": ("webdataset", "asr", "WER"),
 }
@@ -182,6 +184,23 @@ def test_nemo_rows_are_their_segments_cut_exactly(shapes):
             ["good morning everyone", "let us begin", "first the budget"][i]]
     (whole,) = examples[3].audios()  # no offset: from the start, `duration` long (the whole 1.2 s clip)
     assert len(whole) == int(1.2 * RATE)
+
+
+def test_lhotse_cuts_are_their_segments(shapes):
+    dataset, _, _ = _data(shapes, "lhotse")
+    examples, skipped, build = _examples(dataset)
+    assert build.shape.name == "lhotse" and build.task.name == "asr" and not skipped
+    meeting, _ = sf.read(Path(dataset).parent / "clips" / "meeting.wav", dtype="float32")
+    for i, example in enumerate(examples):
+        np.testing.assert_array_equal(example.audios()[0], meeting[2 * i * RATE:(2 * i + 2) * RATE])
+        assert example.id == f"meeting-{i}"
+    assert [e.references for e in examples] == [["good morning everyone"], ["let us begin"]]
+    import gzip  # as CutSet.to_file writes cuts.jsonl.gz
+
+    packed = Path(dataset).with_name("cuts.jsonl.gz")
+    packed.write_bytes(gzip.compress(Path(dataset).read_bytes()))
+    again, _, _ = _examples(str(packed))
+    assert [(e.id, e.references) for e in again] == [(e.id, e.references) for e in examples]
 
 
 def test_segment_problems_name_the_row_and_the_good_rows_still_train(micro_af3, tmp_path):

@@ -40,7 +40,7 @@ ALIASES = {
 LONG_AUDIO = ("window", "truncate", "skip", "error")  # audio.LongAudioPolicy's values (audio.py imports numpy)
 TASKS = ("caption", "asr", "qa", "classify", "mcq", "chat", "preference")
 # data/shapes.py's SHAPES, named here without importing the data package (this module stays torch-free).
-FORMATS = ("auto", "webdataset", "audio-flamingo", "chat", "nemo", "clotho", "audiobench", "table")
+FORMATS = ("auto", "webdataset", "audio-flamingo", "chat", "nemo", "lhotse", "clotho", "audiobench", "table")
 
 
 def option(default: Any = None, help: str = "", *, factory: Any = None, **metadata: Any) -> Any:
@@ -56,8 +56,9 @@ class DataConfig:
 
     dataset: str = option("", "Hub id, local folder (parquet, arrow, audiofolder, webdataset .tar shards) or "
                               "parquet/jsonl/json/csv/tar files.")
-    format: str = option("auto", "auto | table | chat | audio-flamingo | nemo | clotho | audiobench | webdataset: how "
-                                 "a row lays out an example (auto: detected from the columns; docs/data-formats.md).")
+    format: str = option("auto", "auto | table | chat | audio-flamingo | nemo | lhotse | clotho | audiobench | "
+                                 "webdataset: how a row lays out an example (auto: detected from the columns; "
+                                 "docs/data-formats.md).")
     audio_dir: str | None = option(None, "Folder relative audio paths are resolved against (empty: the manifest's "
                                          "folder).")
     task: str = option("caption", "caption | asr | qa | classify | mcq | chat | preference: what a row holds and "

@@ -15,6 +15,9 @@ Sources for each layout (read, not copied):
 - NeMo: NVIDIA/NeMo ``nemo/collections/common/parts/preprocessing/manifest.py`` (``audio_filepath``, ``duration``
   required, ``offset`` optional, ``text``) and ``nemo/collections/asr/data/audio_to_text.py`` (the reader gets
   ``offset=offset, duration=sample.duration``: a row is that segment of the file).
+- Lhotse: lhotse-speech/lhotse ``docs/corpus.rst`` and ``lhotse/cut.py`` (a ``MonoCut`` holds ``start``,
+  ``duration``, its ``recording`` with ``sources`` of ``{"type": "file", "source": path}``, and ``supervisions``
+  with their ``text``).
 - Clotho v2: audio-captioning/clotho-dataset ``settings/dataset_creation.yaml`` (``file_name``, ``caption_{1..5}``).
 - AudioBench: AudioLLMs/AudioBench ``src/dataset_src/*.py`` (``context`` is the audio, ``instruction``, ``answer``,
   ``other_attributes``; some sets wrap values as ``{"audio": …}`` / ``{"text": …}``).
@@ -153,6 +156,39 @@ class Nemo(Shape):
         return out + (["text"] if "normalized_text" in raw and "text" not in raw else [])
 
 
+class Lhotse(Shape):
+    """Lhotse cut manifests (``cuts.jsonl``, one ``MonoCut`` a line): ``start`` and ``duration`` in its
+    ``recording`` (whose ``sources`` name the file), and ``supervisions`` with the ``text``; each row is that segment,
+    transcribed by its supervisions' texts in order."""
+
+    def matches(self, columns: set[str]) -> bool:
+        return {"recording", "supervisions", "start", "duration"} <= columns
+
+    def required(self) -> tuple[str, ...]:
+        return ("recording", "supervisions", "start", "duration")
+
+    def normalise(self, row: dict[str, Any], name: str) -> dict[str, Any]:
+        recording = row.get("recording")
+        sources = recording.get("sources") if isinstance(recording, dict) else None
+        if not sources:
+            raise DatasetSchemaError(f"{name}: the cut has no recording with sources. Fix the manifest row.")
+        if len(sources) > 1:
+            raise DatasetSchemaError(f"{name}: the recording has {len(sources)} sources (one file per channel); "
+                                     "audiotune reads one file a recording. Merge the channels into one file.")
+        source = sources[0]
+        if source.get("type") not in ("file", "url"):
+            raise DatasetSchemaError(f"{name}: audio source type {source.get('type')!r}; audiotune reads 'file' "
+                                     "and 'url' sources.")
+        texts = [s.get("text") for s in row.get("supervisions") or [] if s.get("text")]
+        out = {k: v for k, v in row.items() if k not in ("recording", "supervisions", "start", "duration")}
+        out["audio"] = {"path": source["source"], "offset": float(row["start"]), "duration": float(row["duration"])}
+        out["text"] = " ".join(t.strip() for t in texts) if texts else None
+        return out
+
+    def columns(self, raw: list[str], features: Any = None) -> list[str]:
+        return [c for c in raw if c not in ("recording", "supervisions", "start", "duration")] + ["audio", "text"]
+
+
 class Clotho(Shape):
     """Clotho-style captions: ``file_name`` plus ``caption_1`` … ``caption_5``; every caption is a reference and the
     first is the training target."""
@@ -243,6 +279,7 @@ SHAPES: dict[str, Shape] = {shape.name: shape for shape in (
     AudioFlamingo("audio-flamingo", "Audio Flamingo JSON: sound + conversations (<sound>, <sound-1>…)", task="chat"),
     Chat("chat", "messages/conversations (ShareGPT strings with <audio> tags, or content lists)", task="chat"),
     Nemo("nemo", "NeMo manifest: audio_filepath, text, duration, offset (segments)", task="asr"),
+    Lhotse("lhotse", "Lhotse cuts: recording.sources, start, duration, supervisions[].text", task="asr"),
     Clotho("clotho", "Clotho captions: file_name, caption_1..caption_5", task="caption"),
     AudioBench("audiobench", "AudioBench: context (audio), instruction, answer", task="qa"),
     Table("table", "one example a row, one column a field (parquet, csv, jsonl, audio folder, Hub)"),

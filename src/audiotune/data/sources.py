@@ -87,7 +87,9 @@ def _load(source: str, split: str, streaming: bool, files: list[str] | None = No
     path = Path(source)
     files = files or local_files(source)
     if files:
-        builder = _FILE_BUILDERS.get(Path(files[0]).suffix)
+        first = Path(files[0])
+        suffix = first.suffix if first.suffix != ".gz" else Path(first.stem).suffix  # cuts.jsonl.gz: json, gzipped
+        builder = _FILE_BUILDERS.get(suffix)
         if builder is None:
             raise DatasetSchemaError(f"{source}: unsupported file type; use parquet, jsonl, json, csv, arrow or tar "
                                      "(webdataset shards).")
