@@ -236,3 +236,29 @@ def test_what_cannot_be_inferred_is_one_clear_error(micro_af3):
         Family(name="mystery", model_types=("audioflamingo3",)).bind(processor=processor)
     message = str(error.value)
     assert "'audio_token'" in message and "families.py" in message and "audio_token=..." in message
+
+
+def test_every_family_names_the_optional_packages_its_processor_needs():
+    """Without the vision-audio extra a family must stop with "needs X (pip install …)", not transformers' raw
+    ImportError: every optional package that transformers' own processor classes for the family declare
+    (``@requires(backends=...)``, read from the classes, not instantiated) is in the entry's ``requires_packages``."""
+    import transformers
+    from transformers.models.auto import (feature_extraction_auto, image_processing_auto, processing_auto,
+                                          video_processing_auto)
+
+    optional = {"torchaudio", "torchvision", "timm"}  # the vision-audio extra; the rest are base dependencies
+    mappings = (feature_extraction_auto.FEATURE_EXTRACTOR_MAPPING_NAMES, processing_auto.PROCESSOR_MAPPING_NAMES,
+                image_processing_auto.IMAGE_PROCESSOR_MAPPING_NAMES, video_processing_auto.VIDEO_PROCESSOR_MAPPING_NAMES)
+    declared_somewhere = set()
+    for family in FAMILIES.values():
+        needs = set()
+        for model_type in family.model_types:
+            for mapping in mappings:
+                names = mapping.get(model_type)
+                names = list(names.values()) if isinstance(names, dict) else names
+                for name in names if isinstance(names, (list, tuple)) else [names]:
+                    cls = getattr(transformers, name, None) if isinstance(name, str) else None
+                    needs |= {str(b) for b in getattr(cls, "__backends", ())} & optional
+        declared_somewhere |= needs
+        assert needs <= set(family.requires_packages), (family.name, needs, family.requires_packages)
+    assert {"torchaudio", "torchvision"} <= declared_somewhere  # the check reads real declarations

@@ -533,7 +533,7 @@ GEMMA3N = Family(
     max_audios=8,
     min_audio_samples=513,
     loss_uses_num_items=False,
-    requires_packages=("timm",),
+    requires_packages=("timm", "torchvision"),  # its vision tower (timm) and image processor (torchvision)
     tiny_hook=_gemma3n_vocabulary,
 )
 
@@ -555,6 +555,9 @@ PHI4_MULTIMODAL = Family(
     requires_audio=False,
     max_audios=8,
     min_audio_samples=400,
+    # Its processor loads an image processor built on torchvision (transformers 5.24
+    # phi4_multimodal/image_processing_phi4_multimodal.py imports torchvision.transforms.v2; a TorchvisionBackend).
+    requires_packages=("torchvision",),
 )
 
 
@@ -572,6 +575,9 @@ FUN_ASR_NANO = Family(
     aliases=("fun-asr-nano", "funasr"),
     hub_id="FunAudioLLM/Fun-ASR-Nano-2512",
     task="asr",
+    # Its feature extractor computes Kaldi fbanks with torchaudio (transformers 5.24
+    # fun_asr_nano/feature_extraction_fun_asr_nano.py: @requires(backends=("torch", "torchaudio"))).
+    requires_packages=("torchaudio",),
 )
 
 MOSS_TRANSCRIBE_DIARIZE = Family(
