@@ -409,6 +409,12 @@ def test_a_family_taking_one_clip_stops_before_training_and_check_lists_the_rows
         train(TrainConfig(model=str(micro_af3), dataset=str(manifest), id_column="id", out=str(tmp_path / "run"),
                           eval_split=None, eval_take=None, max_steps=1))
     assert not (tmp_path / "run" / "adapter_model.safetensors").exists()
+    from typer.testing import CliRunner
+
+    from audiotune.cli import app
+
+    listed = json.loads(CliRunner().invoke(app, ["models", "--json"]).output)  # where the error points
+    assert {f["name"]: f["max_audios"] for f in listed}["af3"] == 1
     report = check_dataset(TrainConfig(dataset=str(manifest), id_column="id"), "train", AUDIO_FLAMINGO_3)
     assert report.fatal == f"{manifest} [train]: no row is usable; see the issues."
     assert [(i.id, "this model takes at most 1" in i.problem) for i in report.issues] == [

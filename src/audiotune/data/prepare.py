@@ -10,9 +10,8 @@ has the same names).
 from __future__ import annotations
 
 import logging
-from typing import Any
-
 from pathlib import Path
+from typing import Any
 
 from ..audio import AudioLimits, LongAudioPolicy
 from ..errors import ConfigError, DatasetSchemaError
@@ -104,8 +103,8 @@ def prepare_split(spec: Any, split: str, family: Family, check_rows: bool = True
     folder = Path(audio_dir).resolve() if audio_dir else base_dir(spec.dataset)
     builder = ExampleBuilder(task, family.sampling_rate, limits, audio_column, spec.id_column, base_dir=folder,
                              max_audios=family.max_audios, shape=shape, shard_problems=shard_problems)
-    if task.name == "chat":
-        _check_clip_limit(rows, builder, family, spec, split, fatal=clip_limit_fatal)
+    if task.name == "chat" and clip_limit_fatal:  # (data check lists such rows one by one instead)
+        _check_clip_limit(rows, builder, family, spec, split)
     return rows, builder
 
 
@@ -126,7 +125,7 @@ def _shard_problems(source: str) -> dict:
     return problems
 
 
-def _check_clip_limit(rows, builder: ExampleBuilder, family: Family, spec: Any, split: str, fatal: bool) -> None:
+def _check_clip_limit(rows, builder: ExampleBuilder, family: Family, spec: Any, split: str) -> None:
     """Conversations with more clips than ``family`` takes, found before training (the text alone is read).
 
     A family that takes one clip a conversation (AF3: its processor pairs each text with exactly one audio) cannot
@@ -144,9 +143,9 @@ def _check_clip_limit(rows, builder: ExampleBuilder, family: Family, spec: Any, 
             continue  # the row's own problem: reported (and skipped) when it is built
         if len(clips) > family.max_audios:
             over.append(f"{name} ({len(clips)} clips)")
-    if over and fatal:
+    if over:
         shown = ", ".join(over[:5]) + (f" and {len(over) - 5} more" if len(over) > 5 else "")
         raise ConfigError(f"{spec.dataset} [{split}]: {len(over)} conversation(s) hold more clips than {family.name} "
                           f"takes ({family.max_audios} a conversation): {shown}. Split them into conversations of "
                           f"{family.max_audios} clip(s), drop them, or use a family that takes several clips "
-                          "(`audiotune models` lists each family's limit).")
+                          "(`audiotune models --json` shows each family's max_audios).")

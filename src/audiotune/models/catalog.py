@@ -39,6 +39,7 @@ def family_info(family: Family) -> dict[str, Any]:
         "reason": family.known_issue,
         "main_checkpoint": family.hub_id,
         "task": family.task,
+        "max_audios": family.max_audios,  # clips a conversation may hold
         "vllm": family.vllm_supported,
         "overridden": overridden,
         "inferred": [f for f in FACTS if f not in overridden],
