@@ -324,6 +324,25 @@ def apply_length_policy(wave: np.ndarray, rate: int, name: str, limits: AudioLim
     return wave[: int(kept * rate)]
 
 
+def base64_bytes(text: Any, name: str) -> bytes:
+    """The bytes of base64 audio (a data file's part, a request's ``input_audio``), or a clear error naming it."""
+    import base64
+    import binascii
+
+    try:
+        return base64.b64decode(str(text), validate=True)
+    except (binascii.Error, ValueError):
+        raise AudioDecodeError(f"{name} is not valid base64.") from None
+
+
+def data_uri_bytes(uri: str, name: str) -> bytes:
+    """The bytes of a ``data:audio/...;base64,...`` URI."""
+    header, _, payload = uri.partition(",")
+    if ";base64" not in header:
+        raise AudioDecodeError(f"{name}: data URIs must be base64 encoded (data:audio/wav;base64,...).")
+    return base64_bytes(payload, name)
+
+
 def encode_audio(wave: np.ndarray, rate: int, fmt: str = "WAV", subtype: str = "PCM_16") -> bytes:
     """The clip as a file in memory (``subtype="FLOAT"`` keeps a float32 waveform exactly)."""
     buffer = io.BytesIO()

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..audio import AudioLimits, load_audio
+from ..audio import AudioLimits, data_uri_bytes, load_audio
 from ..errors import AudioDecodeError, AudiotuneError, DatasetSchemaError
 from .shapes import SHAPES, Shape
 from .sources import ShardProblem, row_id
@@ -114,7 +114,7 @@ class ExampleBuilder:
         """Make a relative path (string or ``{"path"}`` without bytes) absolute against :attr:`base_dir`; fetch a
         ``data:`` URI or an http(s) URL into bytes."""
         if isinstance(item, str) and item.startswith("data:"):
-            return _data_uri(item, name)
+            return data_uri_bytes(item, name)
         if isinstance(item, str) and item.startswith(("http://", "https://")):
             return _fetch(item, name)
         if self.base_dir is None:
@@ -130,19 +130,6 @@ class ExampleBuilder:
         if item is None or (isinstance(item, str) and not item.strip()):
             raise DatasetSchemaError(f"{name}: the audio cell ({self.audio_column!r}) is empty.")
         return load_audio(self.resolve(item, name), self.sampling_rate, name, self.limits)
-
-
-def _data_uri(uri: str, name: str) -> bytes:
-    import base64
-    import binascii
-
-    header, _, payload = uri.partition(",")
-    if ";base64" not in header:
-        raise AudioDecodeError(f"{name}: a data: URI must be base64 encoded (data:audio/wav;base64,...).")
-    try:
-        return base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError):
-        raise AudioDecodeError(f"{name}: the data: URI's payload is not valid base64.") from None
 
 
 REMOTE_TIMEOUT_S = 30.0

@@ -179,6 +179,16 @@ _PART_KEYS = {"text": {"type", "text"}, "audio": {"type", "path", "url", "audio"
               "input_audio": {"type", "input_audio"}, "audio_url": {"type", "audio_url"}}
 
 
+def _b64(text: Any, where: str) -> bytes:
+    from ..audio import base64_bytes
+    from ..errors import AudioDecodeError
+
+    try:
+        return base64_bytes(text, f"{where}: the audio part's base64 data")
+    except AudioDecodeError as error:  # the row's text is wrong, not its audio: a schema error
+        raise DatasetSchemaError(str(error)) from None
+
+
 def _inline_audio(part: dict[str, Any], where: str) -> Any:
     """The loadable item of an audio content part: a path or URL string, bytes, or a decoded/undecoded dict."""
     kind = part["type"]
@@ -201,16 +211,6 @@ def _inline_audio(part: dict[str, Any], where: str) -> Any:
     if given[0] == "base64":
         return _b64(value, where)
     return value
-
-
-def _b64(text: Any, where: str) -> bytes:
-    import base64
-    import binascii
-
-    try:
-        return base64.b64decode(str(text), validate=True)
-    except (binascii.Error, ValueError):
-        raise DatasetSchemaError(f"{where}: the audio part's base64 data is not valid base64.") from None
 
 
 @dataclass(frozen=True)

@@ -8,16 +8,14 @@ Every problem becomes an :class:`ApiError` naming the offending field.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ..audio import load_audio
-from ..errors import AudiotuneError, AudioTooLongError
+from ..audio import base64_bytes, data_uri_bytes, load_audio
+from ..errors import AudioDecodeError, AudiotuneError, AudioTooLongError
 from ..data.tasks import Example
 from .engine import GenerationRequest
 
@@ -85,10 +83,10 @@ def _audio_bytes(part: dict[str, Any], limits: Limits, param: str) -> bytes:
     if not isinstance(url, str):
         raise ApiError(400, f"{param}.audio_url must be {{'url': ...}}.", param)
     if url.startswith("data:"):
-        header, _, payload = url.partition(",")
-        if ";base64" not in header:
-            raise ApiError(400, f"{param}: data URIs must be base64 encoded.", param)
-        return _b64(payload, f"{param}.audio_url.url")
+        try:
+            return data_uri_bytes(url, f"{param}.audio_url.url")
+        except AudioDecodeError as error:
+            raise ApiError(400, str(error), param, code="invalid_base64") from None
     if url.startswith(("http://", "https://")):
         if not limits.allow_remote_audio:
             raise ApiError(400, f"{param}: remote audio URLs are disabled on this server; send the audio as "
@@ -100,9 +98,9 @@ def _audio_bytes(part: dict[str, Any], limits: Limits, param: str) -> bytes:
 
 def _b64(text: str, param: str) -> bytes:
     try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise ApiError(400, f"{param} is not valid base64.", param, code="invalid_base64") from None
+        return base64_bytes(text, param)
+    except AudioDecodeError as error:
+        raise ApiError(400, str(error), param, code="invalid_base64") from None
 
 
 def _content(message: dict[str, Any], index: int, rate: int, limits: Limits) -> tuple[list[dict[str, Any]], int]:
