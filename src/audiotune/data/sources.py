@@ -170,51 +170,55 @@ def check_tar_shard(path: str, salvage_dir: str | Path | None = None) -> ShardPr
     file and the archive must end with its end-of-archive blocks (two zero 512-byte blocks, POSIX ustar). A key with
     any incomplete member is lost (named in the message); the complete keys are copied so that they still train.
     """
-    import tarfile
-
     size = Path(path).stat().st_size
     with open(path, "rb") as handle:
         handle.seek(max(0, size - 1024))
         ends_cleanly = size >= 1024 and handle.read(1024) == bytes(1024)
-    members = _members(path, size, read=False)  # headers only: a whole shard costs no data reads
+    members, walk_failed = _walk(path, size)  # headers only: a whole shard costs no data reads
     lost = sorted({_key(m.name) for m, complete in members if not complete})
-    if ends_cleanly and not lost and members is not None and not getattr(members, "failed", False):
+    if ends_cleanly and not lost and not walk_failed:
         return None
     whole = [m for m, complete in members if complete and _key(m.name) not in lost]
     last = _key(whole[-1].name) if whole else None
     message = (f"shard {path} is cut short" + (f" after key {last!r}" if last else " at its start") +
                (f"; key(s) {', '.join(lost)} lost a member" if lost else "") +
                ". Re-create or re-download it; its complete keys are still used.")
-    salvaged = None
-    if salvage_dir is not None and whole:
-        import io
-
-        folder = Path(salvage_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        salvaged = str(folder / Path(path).name)
-        keep = {m.name for m in whole}
-        with tarfile.open(path, "r:") as archive, tarfile.open(salvaged, "w") as out:
-            for member in archive:
-                if member.name in keep:
-                    out.addfile(member, io.BytesIO(archive.extractfile(member).read()))
-                if member is whole[-1] or member.name == whole[-1].name:
-                    break
+    salvaged = _salvage(path, whole, Path(salvage_dir)) if salvage_dir is not None and whole else None
     return ShardProblem(path, message, tuple(lost), salvaged)
 
 
-class _Members(list):
-    failed = False
-
-
-def _members(path: str, size: int, read: bool) -> _Members:
-    """``(member, complete)`` for each header tarfile can read; ``failed`` when the walk ended in an error."""
+def _walk(path: str, size: int) -> tuple[list, bool]:
+    """``([(member, its data lies inside the file)], the walk ended in an error)`` from the headers alone."""
     import tarfile
 
-    out = _Members()
+    members = []
     try:
         with tarfile.open(path, "r:") as archive:
             for member in archive:
-                out.append((member, member.isfile() and member.offset_data + member.size <= size))
+                members.append((member, member.isfile() and member.offset_data + member.size <= size))
     except (tarfile.TarError, OSError, EOFError):
-        out.failed = True
-    return out
+        return members, True
+    return members, False
+
+
+def _salvage(path: str, whole: list, folder: Path) -> str:
+    """A tar of ``whole`` (the complete members, in order) under ``folder``, written once: the folder is keyed by the
+    shard's path, size and time, and a stream of an earlier preparation may be reading the copy while it is reused."""
+    import io
+    import os
+    import tarfile
+
+    salvaged = folder / Path(path).name
+    if salvaged.exists():
+        return str(salvaged)
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = salvaged.with_name(f"{salvaged.name}.tmp{os.getpid()}")
+    keep, final = {m.name for m in whole}, whole[-1].name
+    with tarfile.open(path, "r:") as archive, tarfile.open(partial, "w") as out:
+        for member in archive:
+            if member.name in keep:
+                out.addfile(member, io.BytesIO(archive.extractfile(member).read()))
+            if member.name == final:
+                break
+    os.replace(partial, salvaged)
+    return str(salvaged)
