@@ -93,3 +93,20 @@ def test_the_tiny_cache_is_keyed_by_the_builders_inputs(tmp_path, monkeypatch):
     edited.write_text("v2")
     second = tiny.cached_tiny("af3")
     assert second != first and (second / "config.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["gemma4", "gemma4_unified"])
+def test_families_with_per_layer_overrides_build_at_the_default_preset(name, tmp_path):
+    """Gemma 4's published config widens its full-attention layers per layer; with 8 tiny layers (and the last one
+    forced to full attention) those overrides made one layer type differ from itself and the default build failed.
+    A tiny model keeps one shape per layer type."""
+    import json
+
+    from audiotune.models.tiny import build_tiny
+
+    out = build_tiny(name, tmp_path / name)  # the default preset, as `audiotune tiny --family NAME` builds it
+    text = json.loads((out / "config.json").read_text())["text_config"]
+    assert text["num_hidden_layers"] == 8 and text["layer_types"][-1] == "full_attention"
+    assert "full_attention" in text["layer_types"][:-1]  # two full-attention layers of one shape
+    assert (out / "model.safetensors").exists()

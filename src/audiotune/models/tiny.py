@@ -154,8 +154,14 @@ def _shrink_node(node: dict, sizes: dict[str, int], old_text_hidden: int | None,
         if isinstance(value, list) and layers_before and len(value) == layers_before and sizes.get("layers"):
             node[key] = value[: sizes["layers"]]  # per-layer lists (layer_types, sparsity patterns)
         elif (isinstance(value, dict) and value and layers_before and "model_type" not in value
+              and all(str(k).isdigit() for k in value) and not all(isinstance(v, dict) for v in value.values())):
+            node[key] = {k: v for k, v in value.items() if int(k) < sizes["layers"]}  # per-layer values
+        elif (isinstance(value, dict) and value and layers_before and "model_type" not in value
               and all(str(k).isdigit() for k in value)):
-            node[key] = {k: v for k, v in value.items() if int(k) < sizes["layers"]}  # per-layer overrides
+            # Per-layer overrides (Gemma 4's wider full-attention heads, dots3's MLA layers) hold the real model's
+            # sizes, which the shrink above does not reach, and with fewer layers (and a last layer forced to a
+            # type) they would make one layer type differ from itself. A tiny model keeps one shape per layer type.
+            node[key] = {}
         elif (old_text_hidden and isinstance(value, int) and value == old_text_hidden and key not in
               ("vocab_size",) and not any(key in k for k in SIZE_KEYS.values())):
             node[key] = new_text_hidden  # a tower's output width that feeds the language model
