@@ -9,7 +9,10 @@ has the same names).
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -110,19 +113,24 @@ def prepare_split(spec: Any, split: str, family: Family, check_rows: bool = True
 
 def _shard_problems(source: str) -> dict:
     """Local webdataset shards that are cut short, by the resolved path rows will carry in ``__url__`` (the salvaged
-    copy of their complete keys); one warning each."""
-    import hashlib
-    import tempfile
-
+    copy of their complete keys); one warning each. A run prepares its train and eval splits (and ``data check``
+    the same files) from one set of shards: each is walked once per version of the file."""
     problems = {}
     for shard in tar_shards(source):
         stat = Path(shard).stat()
-        tag = hashlib.sha256(f"{Path(shard).resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-        problem = check_tar_shard(shard, Path(tempfile.gettempdir()) / "audiotune-salvaged" / tag)
+        problem = _walked(str(Path(shard).resolve()), stat.st_size, stat.st_mtime_ns)
         if problem is not None:
             logger.warning("%s", problem.message)
-            problems[str(Path(problem.salvaged or shard).resolve())] = problem
+            problems[str(Path(problem.salvaged or problem.shard).resolve())] = problem
     return problems
+
+
+@functools.lru_cache(maxsize=4096)
+def _walked(shard: str, size: int, mtime_ns: int):
+    """:func:`check_tar_shard` of one version of a shard (``size`` and ``mtime_ns`` are the cache key), salvaging into
+    a folder of the temporary directory named by that version."""
+    tag = hashlib.sha256(f"{shard}:{size}:{mtime_ns}".encode()).hexdigest()[:16]
+    return check_tar_shard(shard, Path(tempfile.gettempdir()) / "audiotune-salvaged" / tag)
 
 
 def _check_clip_limit(rows, builder: ExampleBuilder, family: Family, spec: Any, split: str) -> None:

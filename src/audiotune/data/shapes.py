@@ -193,8 +193,6 @@ class Clotho(Shape):
     """Clotho-style captions: ``file_name`` plus ``caption_1`` … ``caption_5``; every caption is a reference and the
     first is the training target."""
 
-    task = "caption"
-
     def matches(self, columns: set[str]) -> bool:
         return "caption_1" in columns
 
