@@ -394,10 +394,22 @@ def test_evaluate_tab_launches_an_evaluation(page, ui_root):
 
 
 @pytest.mark.slow
-def test_other_tabs_answer_while_a_model_generates(page, ui_root, ui_url):
+def test_other_tabs_answer_while_a_model_generates(page, ui_root, ui_url, monkeypatch):
+    import threading
+
     from playwright.sync_api import expect
 
     ctx = ui_url[1]
+    # The generation is held (inside the backend's lock) until the Evaluate tab has answered: a tiny model can finish
+    # its answers before the other tab opens, which made this test a race on an idle machine.
+    release, engine = threading.Event(), ctx.backend.engine
+    run = engine.run
+
+    def held_run(requests):
+        assert release.wait(120), "the test never released the generation"
+        return run(requests)
+
+    monkeypatch.setattr(engine, "run", held_run)
     page.set_input_files("#pg-audio input[type=file]", str(ui_root / "clip.wav"))
     page.wait_for_selector("#pg-audio audio[src]", state="attached")
     page.click("#pg-settings > button.label-wrap")
@@ -418,6 +430,7 @@ def test_other_tabs_answer_while_a_model_generates(page, ui_root, ui_url):
     # The Evaluate tab answered while the answers were still being generated: send stays off until both are whole
     # (the backend's lock alone is released for an instant between the two models' answers).
     assert page.locator("#pg-send").is_disabled()
+    release.set()
     expect(page.locator("#pg-send")).to_be_enabled(timeout=120_000)  # let it finish: no generation outlives the test
 
 
