@@ -17,7 +17,7 @@ from transformers import pipeline
 import audiotune  # noqa: F401  (registers the pipeline task)
 from audiotune.config import TrainConfig
 from audiotune.data.collator import IGNORE_INDEX, ConversationCollator
-from audiotune.data.tasks import Example, prompt_messages
+from audiotune.data.tasks import TASKS, Example, prompt_messages
 from audiotune.errors import ModelFamilyError
 from audiotune.generate import GenerationSettings, examples_from_audio, generate
 from audiotune.merge import merge_adapter
@@ -36,6 +36,24 @@ def _family_params():
             marks.append(pytest.mark.xfail(reason=family.known_issue, strict=True, raises=ModelFamilyError))
         params.append(pytest.param(name, marks=marks, id=name))
     return params
+
+
+def _fixed_batch_manifest(folder, family):
+    """The two clips of :func:`_examples` with their answers as a JSONL manifest, listed twice: the first two rows
+    train (one fixed batch every step), the same two evaluate."""
+    import json
+
+    import soundfile as sf
+
+    folder.mkdir(parents=True)
+    rows = []
+    for name, (seconds, freq), text in (("a", (1.0, 440), "A steady tone rings."),
+                                       ("b", (3.5, 880), "Two short beeps, then silence.")):
+        sf.write(folder / f"{name}.wav", tone(seconds, freq, family.sampling_rate), family.sampling_rate)
+        rows.append({"audio_path": f"{name}.wav", "text": text})
+    manifest = folder / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows * 2))
+    return manifest
 
 
 def _examples(family) -> list[Example]:
@@ -85,15 +103,21 @@ def _end_to_end(entry, synth_data, tmp_path, record_property) -> None:
         prompt = prompt_collator(examples_from_audio([clip], "Describe the audio."))
         assert int((prompt["input_ids"] == audio_id).sum()) == family.audio_tokens(len(clip) / family.sampling_rate)
 
-    # A few LoRA steps on the synthetic AudioCaps parquet: finite loss, no LoRA in the encoder or projector.
+    # LoRA steps on one fixed batch (the two clips above, their answers): the loss must fall by a clear margin,
+    # which a training loop that updates nothing, or an adapter that stays zero, cannot do.
     out = tmp_path / "run"
-    # ASR-style models train on transcripts (the synthetic captions stand in for them)
-    task = {"task": family.task, "text_column": "caption"} if family.task else {}
-    result = train(TrainConfig(model=str(checkpoint), dataset=str(synth_data), out=str(out), batch_size=2, **task,
-                               gradient_accumulation_steps=1, learning_rate=1e-3, max_steps=3, logging_steps=1,
-                               eval_steps=3, save_steps=3, eval_take=2, eval_generate_take=0, seed=0))
-    assert result.train_loss is not None and math.isfinite(result.train_loss)
-    assert result.eval_loss is not None and math.isfinite(result.eval_loss)
+    task = TASKS[family.task or "caption"]
+    manifest = _fixed_batch_manifest(tmp_path / "fixed", family)
+    result = train(TrainConfig(model=str(checkpoint), dataset=str(manifest), out=str(out), batch_size=2,
+                               task=task.name, train_take=2, eval_split="none", eval_take=2,
+                               gradient_accumulation_steps=1, learning_rate=1e-2, lora_dropout=0.0, max_steps=10,
+                               logging_steps=1, eval_steps=10, save_steps=10, eval_generate_take=0, seed=0))
+    losses = [entry["loss"] for entry in result.log_history if "loss" in entry]
+    assert len(losses) == 10 and all(math.isfinite(v) for v in losses)
+    # A random tiny LM with its output layer frozen can only move its logits a little: 0.15 nats over ten steps is
+    # a clear margin (with no update the loss on this batch stays exactly the same: no dropout, one batch).
+    assert losses[-1] < losses[0] - 0.15, f"the loss on one fixed batch did not fall: {losses}"
+    assert result.eval_loss is not None and result.eval_loss < losses[0] - 0.1  # the same two examples
     peft_model, loaded_family = load_model(checkpoint, adapter=out)
     assert loaded_family is family
     adapted = lora_modules(peft_model)
@@ -101,29 +125,37 @@ def _end_to_end(entry, synth_data, tmp_path, record_property) -> None:
     assert not [n for n in adapted if family.is_encoder_module(n) or family.is_projector_module(n)
                 or any(f".{p}." in f".{n}." for p in family.other_tower_prefixes)]
 
-    # Generation, and the adapter round trip: merged logits equal adapter logits.
-    prompts = examples_from_audio([tone(1.0, 440, family.sampling_rate), tone(2.0, 660, family.sampling_rate)],
-                                  "Describe the audio.")
+    # The adapter changes what the model computes and answers: its logits and its greedy answer differ from the
+    # base model's, and that answer is not empty (the checks below would pass trivially on an empty one).
+    prompts = examples_from_audio([tone(1.0, 440, family.sampling_rate), tone(3.5, 880, family.sampling_rate)],
+                                  task.prompt)
     settings = GenerationSettings(max_new_tokens=6)
-    batched = generate(peft_model, processor, family, prompts, batch_size=2, settings=settings)
-    single = [generate(peft_model, processor, family, [p], batch_size=1, settings=settings)[0] for p in prompts]
-    assert batched == single  # left padding and masks are right for this family's processor
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     with torch.no_grad():
         adapter_logits = peft_model(**to_model_inputs(inputs, peft_model)).logits
+        with peft_model.disable_adapter():
+            base_logits = peft_model(**to_model_inputs(inputs, peft_model)).logits
+            base_answers = generate(peft_model, processor, family, prompts, batch_size=1, settings=settings)
+    mask = inputs["attention_mask"].bool()
+    assert (adapter_logits[mask] - base_logits[mask]).abs().max() > 0.1
+    batched = generate(peft_model, processor, family, prompts, batch_size=2, settings=settings)
+    single = [generate(peft_model, processor, family, [p], batch_size=1, settings=settings)[0] for p in prompts]
+    assert all(answer.strip() for answer in single), f"the adapter answers nothing: {single}"
+    assert single != base_answers, f"the adapter answers what the base model answers: {single}"
+    assert batched == single  # left padding and masks are right for this family's processor
+
+    # The adapter round trip: merged logits equal adapter logits.
     merged_dir = merge_adapter(str(checkpoint), str(out), tmp_path / "merged")
     merged, _ = load_model(merged_dir)
     with torch.no_grad():
         merged_logits = merged(**to_model_inputs(inputs, merged)).logits
-    mask = inputs["attention_mask"].bool()
     torch.testing.assert_close(merged_logits[mask], adapter_logits[mask], atol=1e-4, rtol=1e-4)
 
-    # The guide's pipeline call on the merged model.
-    # The guide's pipeline call on the merged model answers what generate() answers for the same clip and prompt.
+    # The guide's pipeline call on the merged model answers what the adapter answers for the same clip and prompt.
     merged_processor = load_processor(merged_dir)
     pipe = pipeline("audio-text-to-text", model=merged, processor=merged_processor)
-    output = pipe(tone(1.0, 440, family.sampling_rate), generate_kwargs={"max_new_tokens": 6})  # prompts[0]
-    assert output == [{"generated_text": generate(merged, merged_processor, family, prompts[:1], settings=settings)[0]}]
+    output = pipe(tone(1.0, 440, family.sampling_rate), prompt=task.prompt, generate_kwargs={"max_new_tokens": 6})
+    assert output == [{"generated_text": single[0]}]
 
 
 def test_unknown_model_type_lists_the_supported_families():
