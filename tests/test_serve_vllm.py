@@ -220,3 +220,16 @@ def test_eval_with_vllm_scores_the_same_rows_as_the_native_backend(tiny_af3, tra
     # Both decode greedily from the same float32 weights; they may part where two logits tie within float error
     # (different kernels and summation order), after which the continuations differ.
     assert agree >= len(rows["vllm"]) // 2
+
+
+def test_the_models_page_claims_vllm_only_for_families_a_vllm_test_starts():
+    """docs/models.md says "vLLM" (tested) only where a test in this module starts vLLM on the family's tiny
+    checkpoint (the tests above run AF3); another family vLLM has model code for says "vLLM (untested)"."""
+    from audiotune.models.catalog import family_row
+    from audiotune.models.families import FAMILIES
+
+    started_here = {"af3"}  # tiny_af3 in the engine, eval and infer tests above
+    assert {f.name for f in FAMILIES.values() if f.vllm_tested} == started_here
+    for family in FAMILIES.values():
+        serve = family_row(family, None)["serve"]
+        assert ("vLLM (untested)" in serve) == (family.vllm_supported and family.name not in started_here)

@@ -125,7 +125,7 @@ def generate_batch(model, processor, family: Family, examples: Sequence[Example]
     for tokens, prompt_length in zip(new_tokens, prompt_lengths):
         stop_at = next((i for i, t in enumerate(tokens) if t in stop_ids), None)
         kept = tokens if stop_at is None else tokens[:stop_at]
-        text = processor.tokenizer.decode(kept, skip_special_tokens=True).strip()
+        text = family.parse_answer(processor.tokenizer.decode(kept, skip_special_tokens=True).strip())
         results.append(Generation(text, int(prompt_length), len(kept) + (stop_at is not None),
                                   "stop" if stop_at is not None else "length", kept))
     return results

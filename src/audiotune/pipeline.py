@@ -148,7 +148,7 @@ class AudioTextToTextPipeline(Pipeline):
         if _ERROR in model_outputs:
             return [{"generated_text": None, **model_outputs[_ERROR]}]
         texts = self.processor.tokenizer.batch_decode(model_outputs["new_tokens"], skip_special_tokens=True)
-        return [{"generated_text": text.strip()} for text in texts]
+        return [{"generated_text": self.family.parse_answer(text.strip())} for text in texts]
 
 
 def _is_stream(inputs: Any) -> bool:

@@ -30,9 +30,11 @@ class Example:
     def target(self) -> str:
         return self.references[0]
 
-    def conversation(self) -> list[dict[str, Any]]:
-        """The full training conversation: the prompt then the assistant's answer."""
-        return self.messages + [{"role": "assistant", "content": [{"type": "text", "text": self.target}]}]
+    def conversation(self, target: str | None = None) -> list[dict[str, Any]]:
+        """The full training conversation: the prompt then the assistant's answer (``target``: as the model
+        writes it, when that differs from the reference)."""
+        text = self.target if target is None else target
+        return self.messages + [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
 
     def audios(self) -> list[np.ndarray]:
         return [part["audio"] for m in self.messages if isinstance(m["content"], list)

@@ -41,6 +41,8 @@ def family_info(family: Family) -> dict[str, Any]:
         "task": family.task,
         "max_audios": family.max_audios,  # clips a conversation may hold
         "vllm": family.vllm_supported,
+        "vllm_tested": family.vllm_tested,
+        "public_record": family.public_record,  # the shipped files against the real checkpoint's public record
         "overridden": overridden,
         "inferred": [f for f in FACTS if f not in overridden],
         "hooks": [h for h in ("tiny_hook", "model_inputs") if getattr(family, h)],
@@ -65,7 +67,7 @@ def render_table(width: int = 80) -> str:
             types = types[: type_w - 1] + "…"
         lines.append(f"{family.name:<{name_w}}  {types:<{type_w}}  {'blocked' if family.known_issue else 'works'}")
         overrides = ", ".join([*info["overridden"], *info["hooks"]]) or "none"
-        lines += textwrap.wrap(f"{family.hub_id} · overrides: {overrides}", width, initial_indent="  ",
+        lines += textwrap.wrap(f"{family.hub_id} · files {family.public_record} · overrides: {overrides}", width, initial_indent="  ",
                                subsequent_indent="    ", break_long_words=False, break_on_hyphens=False)
     for family in FAMILIES.values():
         if family.known_issue:
@@ -77,7 +79,8 @@ def render_table(width: int = 80) -> str:
 
 def family_row(family: Family, result) -> dict[str, str]:
     works = family.known_issue is None
-    serve = " + ".join([*(["transformers"] if works else []), *(["vLLM"] if family.vllm_supported else [])]) or "no"
+    vllm = ["vLLM"] if family.vllm_tested else ["vLLM (untested)"] if family.vllm_supported else []
+    serve = " + ".join([*(["transformers"] if works else []), *vllm]) or "no"
     outcome = _outcome(result)
     return {
         "family": family.name,
@@ -87,6 +90,7 @@ def family_row(family: Family, result) -> dict[str, str]:
         "LoRA (LM only)": "yes" if works else "no",
         "merge + pipeline": "yes" if works else "no",
         "serve": serve,
+        "public record": family.public_record,
         "tested": _OUTCOME_TEXT.get(outcome, outcome or "not run"),
     }
 
@@ -105,11 +109,19 @@ def render_markdown(results: dict[str, Any]) -> str:
         "",
         "Every family below is one entry in `audiotune/models/families.py` holding only what cannot be inferred from",
         "the checkpoint; its tiny checkpoint comes from the one generic builder (`models/tiny.py`). Its end-to-end",
-        "test builds the tiny checkpoint, trains LoRA steps on synthetic data (labels on the assistant span only, no",
-        "LoRA in the audio encoder or another tower), generates (batched = one at a time), reloads the adapter,",
-        "merges, runs the `audio-text-to-text` pipeline and serves one request (`pytest -k families`).",
+        "test builds the tiny checkpoint, trains ten LoRA steps on one fixed batch and requires its loss to fall",
+        "(labels on the assistant span only, no LoRA in the audio encoder or another tower), requires the adapter's",
+        "logits and non-empty greedy answers to differ from the base model's, generates (batched = one at a time),",
+        "reloads the adapter, merges, runs the `audio-text-to-text` pipeline and serves one request",
+        "(`pytest -k families`); `audiotune tiny --family NAME` builds at both presets.",
         "`audiotune plan --model <main checkpoint>` works offline for each (the published architecture ships with",
         "audiotune). A checkpoint of an architecture not listed works with no entry when its facts can be inferred.",
+        "",
+        "*public record*: how the shipped config, tokenizer and chat template compare with what is public about the",
+        "real checkpoint (transformers' conversion scripts and tests, vLLM's examples, vendors' repositories, each",
+        "cited in the files' `_comment`). \"not verified\": no public copy was found, the files are reconstructed;",
+        "\"partly verified\": the `tiny.json` comment names what is not. *vLLM (untested)*: vLLM has model code for",
+        "the family and `serve --backend vllm` accepts it, but no test here starts vLLM on it.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),

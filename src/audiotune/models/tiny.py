@@ -14,7 +14,7 @@ How (the same for every family, :func:`build_tiny`):
    chat template, exactly as the checkpoint ships them) are copied, and the tokenizer the checkpoint names is trained
    here with those special tokens (:func:`train_tokenizer`; a mistral-common ``tekken.json`` likewise, and a second
    tokenizer the processor loads from a subfolder, such as Nemotron 3.5 Transcribe's ``alignment_tokenizer/``);
-3. token ids in the config (``tiny.json``'s ``token_ids``: config key → token) are remapped to the small vocabulary,
+3. ``tiny.json``'s ``added_tokens`` (added, not special) join the vocabulary; token ids in the config (``tiny.json``'s ``token_ids``: config key → token) are remapped to the small vocabulary,
    ``tiny.json``'s ``sizes`` apply what a config cannot say generically (data, per preset), a family's
    ``tiny_hook`` (``families.py``) the rare rest, and everything is saved with ``save_pretrained``.
 
@@ -328,6 +328,8 @@ def build_tiny(family: str, out_dir: str | Path, seed: int = 0, preset: str = "d
     kwargs = dict(entry.processor_kwargs)
     processor = AutoProcessor.from_pretrained(str(out), **kwargs)
     tokenizer = processor.tokenizer
+    if spec.get("added_tokens"):  # added tokens that are not special (decoded with the text: Qwen3-ASR's <asr_text>)
+        tokenizer.add_tokens(spec["added_tokens"])
 
     def token_id(token: str) -> int:
         return tokenizer.convert_tokens_to_ids(token)

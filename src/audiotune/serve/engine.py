@@ -112,7 +112,7 @@ class Engine:
         text, reason, completion = result.text, result.finish_reason, result.completion_tokens
         if completion > request.max_tokens:  # what generating with its own limit would have returned
             tokens = result.tokens[: request.max_tokens]
-            text = self.processor.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+            text = self.family.parse_answer(self.processor.tokenizer.decode(tokens, skip_special_tokens=True).strip())
             reason, completion = "length", request.max_tokens
         for stop in request.stop:
             cut = text.find(stop)
