@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from audiotune.cli import app
-from audiotune.errors import ConfigError
+from audiotune.errors import ConfigError, ModelFamilyError
 from audiotune.models.families import FAMILIES, GUIDE_LORA_TARGETS
 from audiotune.models.loading import load_model
 from audiotune.plan import make_plan, published_ids
@@ -75,6 +75,10 @@ def test_memory_estimate_moves_the_right_way():
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_every_shipped_architecture_plans_offline(name):
     family = FAMILIES[name]
+    if family.known_issue:  # a blocked family (OmniASR) says why instead of planning a prompt it would refuse
+        with pytest.raises(ModelFamilyError, match="not supported yet"):
+            make_plan(family.hub_id)
+        return
     plan = make_plan(family.hub_id)
     assert plan.family == name
     parts = plan.parameters
