@@ -133,7 +133,8 @@ def test_granite_speech_renders_vllms_prompt():
               "IBM. You are a helpful AI assistant")
     question = "What is recited in the audio?"
     messages = [{"role": "system", "content": system},
-                {"role": "user", "content": [{"type": "audio", "path": "clip.wav"}, {"type": "text", "text": question}]}]
+                {"role": "user", "content": [{"type": "audio", "path": "clip.wav"},
+                                             {"type": "text", "text": question}]}]
     assert _prompt(_processor("granite_speech"), messages) == (
         f"<|start_of_role|>system<|end_of_role|>{system}<|end_of_text|>\n<|start_of_role|>user<|end_of_role|>"
         f"<|audio|>{question}<|end_of_text|>\n<|start_of_role|>assistant<|end_of_role|>")
@@ -143,7 +144,8 @@ def test_granite_speech_plus_is_the_2b_checkpoint_with_its_documented_prompt():
     # huggingface/transformers docs/source/en/model_doc/granite_speech_plus.md (SYSTEM_PROMPT, ASR_PROMPT) and the
     # integration test's decoded output, which starts "systemKnowledge Cutoff Date: April 2024.\nToday's Date:
     # December 19, 2024.\nYou are Granite, developed by IBM. You are a helpful AI assistant\nuser can you transcribe
-    # the speech into a written format?\nassistant" (tests/models/granite_speech_plus/test_modeling_granite_speech_plus.py)
+    # the speech into a written format?\nassistant"
+    # (tests/models/granite_speech_plus/test_modeling_granite_speech_plus.py)
     processor = _processor("granite_speech_plus")
     system = ("Knowledge Cutoff Date: April 2024.\nToday's Date: December 19, 2024.\nYou are Granite, developed by "
               "IBM. You are a helpful AI assistant")
@@ -162,7 +164,8 @@ def test_granite_speech_plus_is_the_2b_checkpoint_with_its_documented_prompt():
             text["num_key_value_heads"]) == (100353, 2048, 40, 16, 4)
     assert config["audio_token_index"] == 100352
     assert (encoder["num_layers"], encoder["cat_hidden_layers"], encoder["output_dim"]) == (16, [3], 348)
-    assert (projector["num_hidden_layers"], projector["hidden_size"], projector["encoder_hidden_size"]) == (2, 1024, 2048)
+    assert (projector["num_hidden_layers"], projector["hidden_size"],
+            projector["encoder_hidden_size"]) == (2, 1024, 2048)
 
 
 def test_granite_speech_plus_plan_counts_about_two_billion_parameters(cli):

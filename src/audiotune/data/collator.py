@@ -65,9 +65,12 @@ class ConversationCollator:
         self.header_ids = token_ids_of(tokenizer, self.family.assistant_header)
         self.end_id = tokenizer.convert_tokens_to_ids(self.family.end_of_turn)
 
+    def _chat(self, example: Example) -> list[dict[str, Any]]:
+        """The prompt, and when training the answer as the real model writes it (``Family.format_answer``)."""
+        return example.conversation(self.family.format_answer(example.target)) if self.training else example.messages
+
     def render(self, examples: list[Example]) -> list[str]:
-        conversations = [e.conversation(self.family.format_answer(e.target)) if self.training else e.messages
-                         for e in examples]
+        conversations = [self._chat(e) for e in examples]
         texts = self.processor.apply_chat_template(conversations, tokenize=False,
                                                    add_generation_prompt=not self.training)
         if self.training and not self.family.template_closes_turns:
@@ -97,10 +100,8 @@ class ConversationCollator:
         """Families whose processor only tokenises inside ``apply_chat_template`` (Voxtral's mistral-common
         backend): audio goes in as base64 WAV parts, text-only content as plain strings, and a system prompt is
         folded into the first user turn (Voxtral's tokenizer refuses a system turn next to audio)."""
-        answers = [self.family.format_answer(e.target) for e in examples]
-        conversations = [_as_encoded_chat(e.conversation(a) if self.training else e.messages,
-                                          self.family.sampling_rate, self.family.prepare_audio)
-                         for e, a in zip(examples, answers)]
+        conversations = [_as_encoded_chat(self._chat(e), self.family.sampling_rate, self.family.prepare_audio)
+                         for e in examples]
         return self.processor.apply_chat_template(conversations, tokenize=True, return_dict=True,
                                                   return_tensors="pt")
 

@@ -67,7 +67,8 @@ def render_table(width: int = 80) -> str:
             types = types[: type_w - 1] + "…"
         lines.append(f"{family.name:<{name_w}}  {types:<{type_w}}  {'blocked' if family.known_issue else 'works'}")
         overrides = ", ".join([*info["overridden"], *info["hooks"]]) or "none"
-        lines += textwrap.wrap(f"{family.hub_id} · files {family.public_record} · overrides: {overrides}", width, initial_indent="  ",
+        lines += textwrap.wrap(f"{family.hub_id} · files {family.public_record} · overrides: {overrides}", width,
+                               initial_indent="  ",
                                subsequent_indent="    ", break_long_words=False, break_on_hyphens=False)
     for family in FAMILIES.values():
         if family.known_issue:

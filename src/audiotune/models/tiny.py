@@ -14,7 +14,8 @@ How (the same for every family, :func:`build_tiny`):
    chat template, exactly as the checkpoint ships them) are copied, and the tokenizer the checkpoint names is trained
    here with those special tokens (:func:`train_tokenizer`; a mistral-common ``tekken.json`` likewise, and a second
    tokenizer the processor loads from a subfolder, such as Nemotron 3.5 Transcribe's ``alignment_tokenizer/``);
-3. ``tiny.json``'s ``added_tokens`` (added, not special) join the vocabulary; token ids in the config (``tiny.json``'s ``token_ids``: config key → token) are remapped to the small vocabulary,
+3. ``tiny.json``'s ``added_tokens`` (added, not special) join the vocabulary; token ids in the config
+   (``tiny.json``'s ``token_ids``: config key → token) are remapped to the small vocabulary,
    ``tiny.json``'s ``sizes`` apply what a config cannot say generically (data, per preset), a family's
    ``tiny_hook`` (``families.py``) the rare rest, and everything is saved with ``save_pretrained``.
 
