@@ -60,7 +60,9 @@ def test_models_json_lists_status_reason_and_facts():
     result = CliRunner().invoke(app, ["models", "--json"])
     assert result.exit_code == 0, result.output
     rows = {row["name"]: row for row in json.loads(result.output)}
-    assert set(rows) == set(FAMILIES)
+    assert set(rows) == set(FAMILIES) | {"voxtral_realtime", "kyutai_speech_to_text", "cosmos3_omni"}
+    for name in ("voxtral_realtime", "kyutai_speech_to_text", "cosmos3_omni"):
+        assert rows.pop(name)["status"] == "unsupported"
     for name, row in rows.items():
         assert {"name", "model_types", "status", "reason"} <= set(row)
         assert row["status"] == ("blocked" if FAMILIES[name].known_issue else "works")
@@ -111,3 +113,32 @@ def test_the_known_issue_mechanism_with_a_family_given_one(monkeypatch):
     with pytest.raises(AssertionError):  # the registry's own check above fails for a page made with the issue
         for name, family in families.FAMILIES.items():
             assert (catalog.outcome_of(catalog.results_in(page)[name]) == "xfailed") == (family.known_issue is not None)
+
+
+def test_architectures_without_an_audio_chat_path_are_refused_with_the_upstream_reason(tmp_path):
+    """voxtral_realtime, kyutai_speech_to_text (streaming ASR, audio-only processors, time-aligned text) and
+    cosmos3_omni (no audio path in transformers) stop at load with the reason that `audiotune models` and
+    docs/models.md show; before they had entries they fell through to fact inference."""
+    import pytest
+    from transformers import AutoConfig
+    from typer.testing import CliRunner
+
+    from audiotune.cli import app
+    from audiotune.errors import ModelFamilyError
+    from audiotune.models.families import family_by_name
+    from audiotune.models.loading import load_model
+
+    listed = CliRunner().invoke(app, ["models"], env={"COLUMNS": "200"}).output
+    page = DOC.read_text()
+    # Each upstream fact as read in transformers 5.24 (models/<type>/processing_*.py, modeling_*.py).
+    for model_type, fact in (("voxtral_realtime", "num_delay_tokens delay tokens"),
+                             ("kyutai_speech_to_text", "through its Mimi codec"),
+                             ("cosmos3_omni", "drops the checkpoint's sound towers on load")):
+        folder = tmp_path / model_type
+        AutoConfig.for_model(model_type).save_pretrained(folder)
+        with pytest.raises(ModelFamilyError, match=f"The {model_type} architecture is not supported: .*{fact}"):
+            load_model(folder)
+        with pytest.raises(ModelFamilyError, match=fact):
+            family_by_name(model_type)
+        assert f"{model_type} (" in listed and fact in " ".join(listed.split())
+        assert f"- **{model_type}** (`{model_type}`" in page and fact in page

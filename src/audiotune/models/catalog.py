@@ -16,6 +16,7 @@ import textwrap
 from typing import Any
 
 from .families import FACTS, FAMILIES, Family
+from .unsupported import UNSUPPORTED, Unsupported
 
 RESULTS_MARKER = "family-test-results:"
 _OUTCOME_TEXT = {"passed": "passes", "xfailed": "strict xfail", "failed": "FAILS", None: "not run"}
@@ -49,8 +50,17 @@ def family_info(family: Family) -> dict[str, Any]:
     }
 
 
+def unsupported_info(refused: Unsupported) -> dict[str, Any]:
+    """A refused architecture in ``--json``: the same keys as a family's, status "unsupported"."""
+    return {"name": refused.name, "model_types": list(refused.model_types), "status": "unsupported",
+            "reason": refused.reason, "main_checkpoint": refused.hub_id, "task": None, "max_audios": None,
+            "vllm": False, "vllm_tested": False, "public_record": None, "overridden": [], "inferred": [],
+            "hooks": []}
+
+
 def families_json() -> str:
-    return json.dumps([family_info(f) for f in FAMILIES.values()], indent=2)
+    return json.dumps([*(family_info(f) for f in FAMILIES.values()),
+                       *(unsupported_info(u) for u in UNSUPPORTED.values())], indent=2)
 
 
 def render_table(width: int = 80) -> str:
@@ -73,6 +83,9 @@ def render_table(width: int = 80) -> str:
     for family in FAMILIES.values():
         if family.known_issue:
             lines += textwrap.wrap(f"{family.name}: {family.known_issue}", width, subsequent_indent="  ")
+    for refused in UNSUPPORTED.values():
+        lines += textwrap.wrap(f"{refused.name} ({refused.hub_id}): unsupported, {refused.reason}", width,
+                               subsequent_indent="  ", break_on_hyphens=False)
     lines += textwrap.wrap("A checkpoint of an architecture not listed works when its facts can be inferred "
                            "(pass --model); `audiotune models --json` lists inferred and overridden facts.", width)
     return "\n".join(lines)
@@ -132,6 +145,9 @@ def render_markdown(results: dict[str, Any]) -> str:
     if notes:
         lines += ["", "## Known issues with the pinned dependencies", ""]
         lines += [f"- **{name}**: {issue}" for name, issue in notes]
+    lines += ["", "## Architectures not supported", "",
+              "transformers ships these with an audio side; loading one stops with the reason below.", ""]
+    lines += [f"- **{u.name}** (`{'`, `'.join(u.model_types)}`, {u.hub_id}): {u.reason}." for u in UNSUPPORTED.values()]
     lines += ["", "## Inferred and overridden facts", "",
               "Inferred facts are read from the checkpoint (processor, feature extractor, chat template, module tree);",
               "the values below are what the family test inferred from the tiny checkpoint, which carries the",

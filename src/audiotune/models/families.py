@@ -722,11 +722,23 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     NEMOTRON_TRANSCRIBE, NEMOTRON_OMNI, MUSE_SPARK, APERTUS, DOTS3_NOTE)}
 
 
+def _refuse_unsupported(name: str | None) -> None:
+    """Stop on an architecture audiotune refuses (``unsupported.py``), with the upstream reason."""
+    from .unsupported import UNSUPPORTED, unsupported_for
+
+    refused = UNSUPPORTED.get(name) if name else None
+    refused = refused or unsupported_for(name)
+    if refused is not None:
+        raise ModelFamilyError(f"The {refused.name} architecture is not supported: {refused.reason}. "
+                               "docs/models.md lists what is.")
+
+
 def family_by_name(name: str) -> Family:
     """The registry entry called ``name`` (or one of its aliases, or a model_type it covers)."""
     for family in FAMILIES.values():
         if name == family.name or name in family.aliases or name in family.model_types:
             return family
+    _refuse_unsupported(name)
     raise ModelFamilyError(
         f"Unknown model family {name!r}. Supported: {', '.join(sorted(FAMILIES))}. A checkpoint of another "
         "architecture works without an entry when its facts can be inferred (pass --model); to add one, add a "
@@ -741,6 +753,7 @@ def family_for_config(config) -> Family:
     for family in FAMILIES.values():
         if model_type in family.model_types:
             return family
+    _refuse_unsupported(model_type)
     if model_type and model_class_for(model_type):
         return Family(name=model_type, model_types=(model_type,))
     supported = ", ".join(f"{f.name} ({'/'.join(f.model_types)})" for f in FAMILIES.values())
