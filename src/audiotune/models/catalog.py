@@ -43,6 +43,8 @@ def family_info(family: Family) -> dict[str, Any]:
         "max_audios": family.max_audios,  # clips a conversation may hold
         "vllm": family.vllm_supported,
         "vllm_tested": family.vllm_tested,
+        "vllm_note": family.vllm_note,
+        "modality_adapter": family.modality_adapter,  # the LoRA the checkpoint ships for audio (folded on load)
         "public_record": family.public_record,  # the shipped files against the real checkpoint's public record
         "overridden": overridden,
         "inferred": [f for f in FACTS if f not in overridden],
@@ -54,7 +56,8 @@ def unsupported_info(refused: Unsupported) -> dict[str, Any]:
     """A refused architecture in ``--json``: the same keys as a family's, status "unsupported"."""
     return {"name": refused.name, "model_types": list(refused.model_types), "status": "unsupported",
             "reason": refused.reason, "main_checkpoint": refused.hub_id, "task": None, "max_audios": None,
-            "vllm": False, "vllm_tested": False, "public_record": None, "overridden": [], "inferred": [],
+            "vllm": False, "vllm_tested": False, "vllm_note": None, "modality_adapter": None,
+            "public_record": None, "overridden": [], "inferred": [],
             "hooks": []}
 
 
@@ -145,6 +148,25 @@ def render_markdown(results: dict[str, Any]) -> str:
     if notes:
         lines += ["", "## Known issues with the pinned dependencies", ""]
         lines += [f"- **{name}**: {issue}" for name, issue in notes]
+    shipped = [f for f in FAMILIES.values() if f.modality_adapter is not None]
+    lines += ["", "## Adapters the checkpoints ship", "",
+              "Some real checkpoints carry a LoRA that their audio path expects: "
+              + "; ".join(f"**{f.name}** in `{f.modality_adapter or '.'}/`" for f in shipped) + " (when present:",
+              "Granite Speech 4.1 plus ships none). audiotune **folds** it into the base weights when it loads the",
+              "checkpoint (`models/loading.py`, `fold_modality_adapter`), then adds your LoRA on top: training,",
+              "evaluation, `merge` (the merged folder holds both and no adapter files), the pipeline and the native",
+              "server all run the model as the real one runs on audio, with no nested adapters. What differs from",
+              "upstream: a text-only turn also runs through the audio LoRA (Granite's `generate` and Phi-4's docs",
+              "apply it only with audio), and Phi-4's `vision-lora/` is not applied. With peft 0.21, transformers",
+              "5.24's `set_adapter`/`enable_adapters`/`disable_adapters` need peft >= 0.22, so the upstream toggle",
+              "itself raises here; folding needs none of them. `serve`/`infer --backend vllm` pass the checkpoint's",
+              "LoRA as vLLM's `--default-mm-loras` (applied to each request with audio) and refuse to stack an",
+              "audiotune adapter on it (one LoRA per request): merge first and serve the merged folder.",
+              "The tiny checkpoints carry such an adapter in the real layout (random, rank 8)."]
+    lines += ["", "## vLLM", "",
+              "Where vLLM has model code for a family but does not serve it here, or no test starts it:", ""]
+    lines += [f"- **{f.name}** ({'vLLM (untested)' if f.vllm_supported else 'not served by vLLM'}): {f.vllm_note}."
+              for f in FAMILIES.values() if f.vllm_note]
     lines += ["", "## Architectures not supported", "",
               "transformers ships these with an audio side; loading one stops with the reason below.", ""]
     lines += [f"- **{u.name}** (`{'`, `'.join(u.model_types)}`, {u.hub_id}): {u.reason}." for u in UNSUPPORTED.values()]

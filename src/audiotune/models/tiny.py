@@ -356,7 +356,53 @@ def build_tiny(family: str, out_dir: str | Path, seed: int = 0, preset: str = "d
     model.save_pretrained(out)
     if not (folder / "tekken.json").exists():
         processor.save_pretrained(out)
+    for adapter in spec.get("modality_adapters", []):
+        write_modality_adapter(model, adapter, out, seed)
     return out
+
+
+def write_modality_adapter(model, spec: dict, out: Path, seed: int) -> None:
+    """Write a LoRA the real checkpoint ships beside its weights (``spec``: tiny.json's ``modality_adapters`` entry:
+    subfolder, LoraConfig fields, and whether the keys drop PEFT's ``base_model.model.`` prefix as transformers'
+    Phi-4 converter writes them). Its B matrices are random, not PEFT's zeros: folding it must change the model."""
+    import copy
+
+    import torch
+    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    fields = {k: v for k, v in spec.items() if k not in ("subfolder", "strip_prefix") and not k.startswith("_")}
+    config = LoraConfig(**fields)
+    peft = get_peft_model(copy.deepcopy(model), config)
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, parameter in peft.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
+    folder = out / spec["subfolder"] if spec["subfolder"] else out
+    config.base_model_name_or_path = None
+    config.save_pretrained(str(folder))
+    state = get_peft_model_state_dict(peft)
+    if spec.get("strip_prefix"):
+        state = {k.removeprefix("base_model.model."): v for k, v in state.items()}
+    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "adapter_model.safetensors"))
+    if folder == out and (out / "model.safetensors").exists():
+        _index_weights(out)
+
+
+def _index_weights(out: Path) -> None:
+    """Name the model's weight file in ``model.safetensors.index.json``, as a real (sharded) checkpoint does.
+
+    Why: with an adapter_model.safetensors beside the weights, a loader that globs ``*.safetensors`` (vLLM's,
+    without an index) reads the adapter as model weights; the real multi-GB checkpoints are sharded and indexed.
+    """
+    from safetensors import safe_open
+
+    with safe_open(str(out / "model.safetensors"), "pt") as handle:
+        keys = sorted(handle.keys())
+    index = {"metadata": {"total_size": (out / "model.safetensors").stat().st_size},
+             "weight_map": {key: "model.safetensors" for key in keys}}
+    (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
 def builder_for(family: str):

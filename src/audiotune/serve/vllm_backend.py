@@ -68,11 +68,29 @@ def require_vllm_family(model: str) -> "Family":
 
     family = resolve_family(model)
     if not family.vllm_supported:
-        raise ConfigError(f"vLLM does not serve the {family.name} family; use --backend transformers.")
+        why = f" ({family.vllm_note})" if family.vllm_note else ""
+        raise ConfigError(f"vLLM does not serve the {family.name} family{why}; use --backend transformers.")
     return family
 
 
 # --- adapters -------------------------------------------------------------------------------------------------
+
+def modality_lora(model: str, family: "Family", adapters: Sequence[str] = ()) -> tuple[str, int] | None:
+    """The checkpoint's own audio LoRA (Granite Speech 3.3's) as vLLM applies it: per request, to every request
+    with audio (``--default-mm-loras``, vLLM docs/features/lora.md), never folded into the weights. vLLM applies
+    one LoRA per request, so an audiotune adapter (trained over the folded one) cannot go on top: merge it first."""
+    from ..models.loading import modality_adapter_path
+
+    path = modality_adapter_path(model, family)
+    if path is None:
+        return None
+    if adapters:
+        raise ConfigError(
+            f"{model} ships its own audio LoRA ({path}) and vLLM applies one LoRA per request, so it cannot stack "
+            f"{', '.join(map(str, adapters))} on it. Merge first (audiotune merge --model {model} --adapter "
+            "ADAPTER --out MERGED) and serve the merged folder, which holds both.")
+    return path, _lora_rank(path)
+
 
 def export_adapter(model: str, adapter: str | Path, out: str | Path) -> Path:
     """A copy of ``adapter`` that vLLM applies: checkpoint module names, explicit ``target_modules``."""
@@ -162,8 +180,9 @@ def vllm_command(cfg: "ServeConfig", python: str = "python", adapters: dict[str,
 
     The API key is not on it (every user sees a command line in ``ps``): :func:`vllm_environment` passes it.
     """
-    require_vllm_family(cfg.model)
+    family = require_vllm_family(cfg.model)
     adapters = cfg.adapter_paths if adapters is None else adapters
+    audio_lora = modality_lora(cfg.model, family, list(adapters.values()))
     command = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", cfg.model,
                "--host", cfg.host, "--port", str(cfg.port),
                "--served-model-name", cfg.served_name or Path(cfg.model.rstrip("/")).name,
@@ -173,6 +192,9 @@ def vllm_command(cfg: "ServeConfig", python: str = "python", adapters: dict[str,
         command += ["--enable-lora", "--max-lora-rank", str(max(_lora_rank(p) for p in adapters.values())),
                     "--max-loras", str(len(adapters)),
                     "--lora-modules", *[f"{name}={path}" for name, path in adapters.items()]]
+    if audio_lora:
+        command += ["--enable-lora", "--max-lora-rank", str(audio_lora[1]),
+                    "--default-mm-loras", json.dumps({"audio": audio_lora[0]})]
     if cfg.allow_remote_audio:  # validate() has required the hosts: vLLM cannot refuse inside addresses itself
         command += ["--allowed-media-domains", *cfg.remote_audio_allow_hosts]
     # A request's unset max_tokens/temperature/top_p get our settings, not the checkpoint's generation_config
@@ -311,12 +333,15 @@ def vllm_generate(model: str, examples: Sequence["Example"], settings: "Generati
     ``timings`` (if given) receives ``load_seconds`` (engine start) and ``generate_seconds``.
     """
     family = require_vllm_family(model)
+    audio_lora = modality_lora(model, family, [adapter] if adapter else [])
     sampling = vllm_sampling(settings)
     interpreter = find_vllm_python(python)
     with tempfile.TemporaryDirectory(prefix="audiotune-vllm-") as folder:
         work = Path(folder)
         exported = str(export_adapter(model, adapter, work / "adapter")) if adapter else None
-        request = {"model": model, "adapter": exported, "lora_rank": _lora_rank(adapter) if adapter else None,
+        request = {"model": model, "adapter": exported,
+                   "lora_rank": _lora_rank(adapter) if adapter else audio_lora[1] if audio_lora else None,
+                   "default_mm_loras": {"audio": audio_lora[0]} if audio_lora else None,
                    "max_num_seqs": batch_size, "cpu": _on_cpu(), "extra_args": list(extra_args),
                    "sampling": sampling,
                    "conversations": [openai_messages(e, family.sampling_rate) for e in examples]}

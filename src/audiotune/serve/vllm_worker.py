@@ -25,6 +25,9 @@ def main(request_path: str, answers_path: str) -> None:
     if request["adapter"]:
         engine.update(enable_lora=True, max_lora_rank=request["lora_rank"], max_loras=1)
         lora = LoRARequest("adapter", 1, request["adapter"])
+    if request.get("default_mm_loras"):  # the checkpoint's own audio LoRA, applied to every request with audio
+        engine.update(enable_lora=True, max_lora_rank=request["lora_rank"], max_loras=1,
+                      default_mm_loras=request["default_mm_loras"])
     for flag in request["extra_args"]:  # "key=value" engine arguments
         key, _, value = flag.partition("=")
         engine[key.lstrip("-").replace("-", "_")] = json.loads(value) if value[:1] in "[{0123456789tfn" else value
