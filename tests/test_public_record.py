@@ -186,6 +186,41 @@ def test_dots3_note_wraps_audio_in_its_compression_markers():
     assert "<|audio_comp_start|><|audio_comp_pad|><|audio_comp_end|>Describe the audio." in _prompt(processor, messages)
 
 
+def test_vibevoice_asr_renders_the_converters_prompt_and_trains_on_the_header_the_model_writes():
+    # huggingface/transformers src/transformers/models/vibevoice_asr/convert_vibevoice_asr_to_hf.py create_processor:
+    # the JSON-transcript system turn, the user's text as "extra info" context, no assistant turn even with
+    # add_generation_prompt (the same text: a third-party vLLM plugin request reads "This is a 351.73 seconds audio,
+    # with extra info: Tea Brew,Aiden Host,Rent Byte\n\nPlease transcribe it with these keys: ...").
+    from audiotune.data.collator import ConversationCollator
+    from audiotune.data.tasks import Example
+    from audiotune.models.loading import resolve_family
+
+    processor = _processor("vibevoice_asr")
+    messages = [{"role": "user", "content": [{"type": "audio", "audio": np.zeros(24000, np.float32)},
+                                             {"type": "text", "text": "Tea Brew"}]}]
+    prompt = ("<|im_start|>system\nYou are a helpful assistant that transcribes audio input into text output in JSON "
+              "format.<|im_end|>\n<|im_start|>user\n<|object_ref_start|><|box_start|><|object_ref_end|>\nThis is a "
+              "<|AUDIO_DURATION|> seconds audio, with extra info: Tea Brew\n\nPlease transcribe it with these keys: "
+              "Start time, End time, Speaker ID, Content<|im_end|>\n")
+    assert _prompt(processor, messages) == prompt
+    # The converter: generation_config eos = Qwen2.5-7B's tokenizer eos (<|endoftext|>), pad = <|image_pad|>.
+    generation = json.loads((cached_tiny("vibevoice_asr") / "generation_config.json").read_text())
+    ids = processor.tokenizer.convert_tokens_to_ids
+    assert (generation["eos_token_id"], generation["pad_token_id"]) == (ids("<|endoftext|>"), ids("<|image_pad|>"))
+    # microsoft/VibeVoice finetuning-asr/lora_finetune.py: labels = the tokenizer's ChatML assistant turn
+    # ("<|im_start|>assistant\n" + target + "<|im_end|>") after the prompt, which is not labelled.
+    family = resolve_family(str(cached_tiny("vibevoice_asr")))
+    batch = ConversationCollator(processor, family, training=True)(
+        [Example("x", messages, ['[{"Start":0,"End":1.0,"Content":"hi"}]'])])
+    labels = batch["labels"][0][batch["labels"][0] != -100]
+    assert processor.tokenizer.decode(labels) == (
+        '<|im_start|>assistant\n[{"Start":0,"End":1.0,"Content":"hi"}]<|im_end|>')
+    # tests/models/vibevoice_asr/test_processing_vibevoice_asr.py test_decode_output_formats: the model's decoded
+    # output, special tokens skipped, begins with the header's text; answers lose it.
+    raw = 'assistant\n[{"Start":0,"End":7.56,"Speaker":0,"Content":"Revevoices is a novel framework."}]\n'
+    assert family.parse_answer(raw) == raw.removeprefix("assistant\n").strip()
+
+
 @pytest.mark.parametrize("name", ["qwen3asr", "fun_asr_nano"])
 def test_qwen3_based_language_models_use_rope_theta_1e6(name):
     # Qwen3-0.6B's published config (the LM Fun-ASR-Nano's conversion script bundles) and Qwen3-ASR's config copies.

@@ -29,8 +29,10 @@ def _find_subsequence(sequence: list[int], pattern: list[int], start: int) -> in
     return -1
 
 
-def assistant_label_mask(input_ids: torch.Tensor, header_ids: list[int], end_id: int) -> torch.Tensor:
-    """Boolean mask of the tokens of every assistant turn (header excluded, end-of-turn included)."""
+def assistant_label_mask(input_ids: torch.Tensor, header_ids: list[int], end_id: int,
+                         with_header: bool = False) -> torch.Tensor:
+    """Boolean mask of the tokens of every assistant turn (end-of-turn included; the header too when the model
+    writes it itself, ``with_header``)."""
     mask = torch.zeros_like(input_ids, dtype=torch.bool)
     for row, ids in enumerate(input_ids.tolist()):
         position = 0
@@ -43,7 +45,7 @@ def assistant_label_mask(input_ids: torch.Tensor, header_ids: list[int], end_id:
                 end = ids.index(end_id, body)
             except ValueError:
                 end = len(ids) - 1
-            mask[row, body : end + 1] = True
+            mask[row, start if with_header else body : end + 1] = True
             position = end + 1
     return mask
 
@@ -70,6 +72,10 @@ class ConversationCollator:
         return example.conversation(self.family.format_answer(example.target)) if self.training else example.messages
 
     def render(self, examples: list[Example]) -> list[str]:
+        if self.training and self.family.model_writes_header:  # the template renders no answer: append it
+            prompts = self.processor.apply_chat_template([e.messages for e in examples], tokenize=False)
+            return [prompt + self.family.assistant_header + self.family.format_answer(e.target)
+                    + self.family.end_of_turn for prompt, e in zip(prompts, examples)]
         conversations = [self._chat(e) for e in examples]
         texts = self.processor.apply_chat_template(conversations, tokenize=False,
                                                    add_generation_prompt=not self.training)
@@ -91,7 +97,8 @@ class ConversationCollator:
         batch = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
         batch.update(self.family.model_inputs)
         if self.training:
-            mask = assistant_label_mask(batch["input_ids"], self.header_ids, self.end_id)
+            mask = assistant_label_mask(batch["input_ids"], self.header_ids, self.end_id,
+                                        with_header=self.family.model_writes_header)
             mask &= batch["attention_mask"].bool()
             batch["labels"] = torch.where(mask, batch["input_ids"], torch.full_like(batch["input_ids"], IGNORE_INDEX))
         return batch

@@ -130,6 +130,10 @@ class Family:
     # carry ``answer_prefix`` and generated text loses whatever matches ``answer_prefix_pattern``.
     answer_prefix: str = ""
     answer_prefix_pattern: str | None = None
+    # The model writes the assistant header itself (VibeVoice-ASR: its template renders no assistant turn and the
+    # model begins each answer with <|im_start|>assistant): training appends header + answer + end of turn to the
+    # rendered prompt and keeps the header in the labels, as upstream fine-tuning does.
+    model_writes_header: bool = False
     # Constant model inputs every batch carries (the collator adds them to what the processor returns).
     model_inputs: tuple[tuple[str, Any], ...] = ()
     # Tiny-builder hook for what a config cannot say generically (``models/tiny.py``): ``(config, tokenizer,
@@ -679,6 +683,11 @@ _SEES_IMAGES = {"requires_audio": False, "max_audios": 8, "requires_packages": (
 
 VIBEVOICE_ASR = _entry(
     "vibevoice_asr", ("vibevoice_asr",), "microsoft/VibeVoice-ASR-HF", ("vibevoice-asr", "vibevoice"), task="asr",
+    # Its template (transformers convert_vibevoice_asr_to_hf.py) ends the prompt after the user turn and drops
+    # assistant turns; the model writes "<|im_start|>assistant\n" itself (processing_vibevoice_asr.py decode:
+    # answers read 'assistant\n[...]'), and microsoft/VibeVoice finetuning-asr/lora_finetune.py trains on it.
+    assistant_header="<|im_start|>assistant\n", end_of_turn="<|im_end|>", template_closes_turns=False,
+    model_writes_header=True, answer_prefix_pattern=r"^assistant\s*",
     # Long-form ASR: its tokenizer encoders stream 60 s chunks (acoustic_tokenizer_chunk_size) and the model card
     # transcribes up to 60 minutes in one pass; the feature extractor states neither.
     window_seconds=60.0, max_audio_seconds=3600.0,
