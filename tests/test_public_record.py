@@ -221,6 +221,62 @@ def test_vibevoice_asr_renders_the_converters_prompt_and_trains_on_the_header_th
     assert family.parse_answer(raw) == raw.removeprefix("assistant\n").strip()
 
 
+def _published_processor(name: str, tmp_path):
+    """The family's processor with the published processor_config.json (the real image sizes) instead of the tiny
+    checkpoint's shrunk one: what a user's checkpoint would load."""
+    import shutil
+
+    folder = tmp_path / name
+    shutil.copytree(cached_tiny(name), folder)
+    published = PUBLISHED_DIR / "processors" / family_by_name(name).hub_id.replace("/", "--")
+    shutil.copyfile(published / "processor_config.json", folder / "processor_config.json")
+    return load_processor(folder)
+
+
+def _image_tokens(processor, width: int, height: int) -> int:
+    from PIL import Image
+
+    messages = [{"role": "user", "content": [{"type": "image", "image": Image.new("RGB", (width, height))},
+                                             {"type": "text", "text": "What is this?"}]}]
+    inputs = processor.apply_chat_template(messages, tokenize=True, return_dict=True, add_generation_prompt=True)
+    image_id = processor.tokenizer.convert_tokens_to_ids(processor.tokenizer.image_token)
+    return sum(1 for i in inputs["input_ids"][0] if int(i) == image_id)
+
+
+def test_gemma3n_sees_an_image_as_256_tokens_at_768_pixels(tmp_path):
+    # huggingface/transformers src/transformers/models/gemma3n/convert_gemma3n_weights.py:
+    # SiglipImageProcessorFast(image_seq_length=256, size={"height": 768, "width": 768}, ...); the published config's
+    # vision_soft_tokens_per_image is 256 too.
+    processor = _published_processor("gemma3n", tmp_path)
+    assert processor.image_processor.size == {"height": 768, "width": 768}
+    assert _image_tokens(processor, 1024, 512) == 256 == _published("gemma3n")["vision_soft_tokens_per_image"]
+
+
+def test_gemma4_e2b_gives_an_image_at_most_280_soft_tokens(tmp_path):
+    # huggingface/transformers src/transformers/models/gemma4/convert_gemma4_weights.py: the on-device vision config
+    # (E2B/E4B) has default_output_length=280 and pooling_kernel_size=3, and the processor's image_seq_length and the
+    # image processor's max_soft_tokens are set to it. A 960x672 image is 60x42 patches of 16 = 280 after pooling.
+    processor = _published_processor("gemma4", tmp_path)
+    assert (processor.image_seq_length, processor.image_processor.max_soft_tokens) == (280, 280)
+    assert _image_tokens(processor, 672, 960) == 280
+
+
+def test_apertus_uses_the_released_image_markers_and_eos():
+    # huggingface/transformers processing_apertus1p5.py (commit 5781b0a5) falls back to these names; ollama's
+    # mlxrunner Apertus port and a canonical tokenizer recipe use the same; eos </s> (id 2 in the text config) with
+    # the turn stop <|assistant_end|> kept in generation_config.
+    tokenizer = _processor("apertus").tokenizer
+    assert (tokenizer.image_token, tokenizer.boi_token, tokenizer.eoi_token, tokenizer.image_wrapper_token,
+            tokenizer.eol_token) == ("<|image|>", "<|img_start|>", "<|img_end|>", "<|img_token_start|>",
+                                     "<|img_end_of_row|>")
+    assert (tokenizer.audio_token, tokenizer.boa_token, tokenizer.eoa_token) == (
+        "<|audio|>", "<|audio_start|>", "<|audio_end|>")
+    assert tokenizer.eos_token == "</s>"
+    generation = json.loads((cached_tiny("apertus") / "generation_config.json").read_text())
+    stops = {tokenizer.convert_tokens_to_ids(t) for t in ("</s>", "<|assistant_end|>")}
+    assert set(generation["eos_token_id"]) == stops
+
+
 @pytest.mark.parametrize("name", ["qwen3asr", "fun_asr_nano"])
 def test_qwen3_based_language_models_use_rope_theta_1e6(name):
     # Qwen3-0.6B's published config (the LM Fun-ASR-Nano's conversion script bundles) and Qwen3-ASR's config copies.

@@ -322,6 +322,10 @@ def build_tiny(family: str, out_dir: str | Path, seed: int = 0, preset: str = "d
                             out / path.name)
         elif path.name not in ("tiny.json", "tekken.json"):
             shutil.copyfile(path, out / path.name)
+    if spec.get("processor", {}).get(preset):  # the real processor's image sizes, shrunk for a tiny vision tower
+        processor_config = json.loads((out / "processor_config.json").read_text())
+        _merge(processor_config, spec["processor"][preset])
+        (out / "processor_config.json").write_text(json.dumps(processor_config, indent=2) + "\n")
     if (folder / "tekken.json").exists():
         train_tekken(json.loads((folder / "tekken.json").read_text()), sizes["vocab_size"], out)
     else:
