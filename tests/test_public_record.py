@@ -82,6 +82,36 @@ def test_qwen3_asr_renders_an_empty_system_turn_and_answers_with_its_language_pr
     assert _published("qwen3asr")["text_config"]["rope_parameters"]["rope_theta"] == 1_000_000
 
 
+def test_qwen3_asr_reads_its_own_fine_tuning_data_and_a_language_column(tmp_path):
+    # QwenLM/Qwen3-ASR finetuning/README.md: rows {"audio": ..., "text": "language English<asr_text>This is a test
+    # sentence."}; "If you have language info, use: language English<asr_text>..., If you do not have language info,
+    # use: language None<asr_text>...". The preamble is written once, with the row's language; metrics compare the
+    # transcript alone.
+    import soundfile as sf
+
+    from audiotune.config import TrainConfig
+    from audiotune.data.collator import ConversationCollator
+    from audiotune.data.examples import BadSampleLog, ExampleDataset
+    from audiotune.data.prepare import prepare_split
+    from audiotune.models.loading import resolve_family
+
+    sf.write(tmp_path / "utt.wav", np.zeros(16000, np.float32), 16000)
+    rows = [{"audio": "utt.wav", "text": "language English<asr_text>This is a test sentence."},
+            {"audio": "utt.wav", "text": "Ein Satz.", "language": "German"},
+            {"audio": "utt.wav", "text": "No language here."}]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    family = resolve_family(str(cached_tiny("qwen3asr")))
+    rows_, build = prepare_split(TrainConfig(dataset=str(tmp_path / "train.jsonl"), task="asr"), "train", family)
+    examples = ExampleDataset(rows_, build, BadSampleLog(None)).usable()
+    assert [e.references for e in examples] == [["This is a test sentence."], ["Ein Satz."], ["No language here."]]
+    processor = _processor("qwen3asr")
+    batch = ConversationCollator(processor, family, training=True)(examples)
+    targets = [processor.tokenizer.decode(row[row != -100]) for row in batch["labels"]]
+    assert targets == ["language English<asr_text>This is a test sentence.<|im_end|>",
+                       "language German<asr_text>Ein Satz.<|im_end|>",
+                       "language None<asr_text>No language here.<|im_end|>"]
+
+
 def test_qwen3_omni_renders_what_the_real_processor_gives():
     # huggingface/transformers tests/models/qwen3_omni_moe/test_modeling_qwen3_omni_moe.py (integration test on
     # Qwen/Qwen3-Omni-30B-A3B-Instruct): input_ids start [151644, 872, 198, 151669, 151675, ...] = <|im_start|> user

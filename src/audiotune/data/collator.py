@@ -69,12 +69,14 @@ class ConversationCollator:
 
     def _chat(self, example: Example) -> list[dict[str, Any]]:
         """The prompt, and when training the answer as the real model writes it (``Family.format_answer``)."""
-        return example.conversation(self.family.format_answer(example.target)) if self.training else example.messages
+        if not self.training:
+            return example.messages
+        return example.conversation(self.family.format_answer(example.target, example.meta.get("language")))
 
     def render(self, examples: list[Example]) -> list[str]:
         if self.training and self.family.model_writes_header:  # the template renders no answer: append it
             prompts = self.processor.apply_chat_template([e.messages for e in examples], tokenize=False)
-            return [prompt + self.family.assistant_header + self.family.format_answer(e.target)
+            return [prompt + self.family.assistant_header + self.family.format_answer(e.target, e.meta.get("language"))
                     + self.family.end_of_turn for prompt, e in zip(prompts, examples)]
         conversations = [self._chat(e) for e in examples]
         texts = self.processor.apply_chat_template(conversations, tokenize=False,

@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -23,6 +23,9 @@ from ..errors import AudioDecodeError, AudiotuneError, DatasetSchemaError
 from .shapes import SHAPES, Shape
 from .sources import ShardProblem, row_id
 from .tasks import CaptionTask, Example
+
+if TYPE_CHECKING:
+    from ..models.families import Family
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +88,7 @@ class ExampleBuilder:
     keep_fields: bool = False  # keep the row's other columns in ``meta["row"]`` (GRPO's reward functions read them)
     shape: Shape = SHAPES["table"]
     shard_problems: dict[str, ShardProblem] | None = None  # webdataset shards cut short, by resolved path
+    family: Family | None = None  # the model's family: its own answer format in the references (Qwen3-ASR's)
 
     def canonical(self, row: dict[str, Any], index: int) -> dict[str, Any]:
         """The row in canonical columns; a row its shape cannot read raises naming the row."""
@@ -95,9 +99,22 @@ class ExampleBuilder:
         row = self.canonical(row, index)
         example_id = row_id(row, index, self.id_column)
         example = self.task.make_example(row, example_id, self.audio_column, self.load, self.max_audios)
+        if self.family is not None and self.family.answer_prefix:
+            self._read_answer_format(example, row)
         if self.keep_fields:
             example.meta["row"] = {k: v for k, v in row.items() if k != self.audio_column}
         return example
+
+    def _read_answer_format(self, example: Example, row: dict[str, Any]) -> None:
+        """Qwen3-ASR's own fine-tuning data writes each transcript as ``language English<asr_text>…``: the text
+        alone becomes the reference (what metrics compare) and the language goes to ``meta["language"]``, with a
+        ``language`` column as the other source, so training writes the preamble once, with that language."""
+        split = [self.family.split_reference(r) for r in example.references]
+        example.references = [text for text, _ in split]
+        column = row.get("language")
+        language = column.strip() if isinstance(column, str) and column.strip() else split[0][1]
+        if language and language != "None":
+            example.meta["language"] = language
 
     def audio_items(self, row: dict[str, Any], name: str) -> list[Any]:
         """A canonical row's audio items, undecoded (for ``data check`` and the UI's players)."""

@@ -105,7 +105,8 @@ def prepare_split(spec: Any, split: str, family: Family, check_rows: bool = True
     audio_dir = getattr(spec, "audio_dir", None)
     folder = Path(audio_dir).resolve() if audio_dir else base_dir(spec.dataset)
     builder = ExampleBuilder(task, family.sampling_rate, limits, audio_column, spec.id_column, base_dir=folder,
-                             max_audios=family.max_audios, shape=shape, shard_problems=shard_problems)
+                             max_audios=family.max_audios, shape=shape, shard_problems=shard_problems,
+                             family=family)
     if task.name == "chat" and clip_limit_fatal:  # (data check lists such rows one by one instead)
         _check_clip_limit(rows, builder, family, spec, split)
     return rows, builder

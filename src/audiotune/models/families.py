@@ -127,7 +127,8 @@ class Family:
     processor_tokenizes_chat: bool = False
     processor_kwargs: tuple[tuple[str, Any], ...] = ()  # extra ``AutoProcessor.from_pretrained`` arguments
     # Text the real model writes before every answer (Qwen3-ASR: ``language English<asr_text>``): training targets
-    # carry ``answer_prefix`` and generated text loses whatever matches ``answer_prefix_pattern``.
+    # carry ``answer_prefix`` (``{language}``: the example's language) and generated text loses whatever matches
+    # ``answer_prefix_pattern`` (a ``language`` group captures it from references already written that way).
     answer_prefix: str = ""
     answer_prefix_pattern: str | None = None
     # The model writes the assistant header itself (VibeVoice-ASR: its template renders no assistant turn and the
@@ -182,9 +183,19 @@ class Family:
                 return wave[: len(wave) - tail]
         return wave
 
-    def format_answer(self, text: str) -> str:
-        """A training target as the real model writes its answers."""
-        return self.answer_prefix + text
+    def format_answer(self, text: str, language: str | None = None) -> str:
+        """A training target as the real model writes its answers (Qwen3-ASR's preamble names the row's language,
+        or "None" when it has none: QwenLM/Qwen3-ASR finetuning/README.md)."""
+        return self.answer_prefix.format(language=language or "None") + text
+
+    def split_reference(self, text: str) -> tuple[str, str | None]:
+        """A reference written as the family's own fine-tuning data writes it (Qwen3-ASR's
+        ``language English<asr_text>…``) → (the text alone, its language); any other text is returned as it is."""
+        if self.answer_prefix and self.answer_prefix_pattern:
+            match = re.match(self.answer_prefix_pattern, text)
+            if match:
+                return text[match.end():].strip(), match.groupdict().get("language")
+        return text, None
 
     def parse_answer(self, text: str) -> str:
         """A generated answer without the family's fixed preamble (the answer alone, as metrics compare it)."""
@@ -632,8 +643,8 @@ QWEN3_ASR = Family(
     # The model answers "language English<asr_text>transcript"; fine-tuning data without a language says None
     # (QwenLM/Qwen3-ASR finetuning/README.md; transformers tests/models/qwen3_asr/test_processing_qwen3_asr.py
     # test_decode_formats decodes "language English<asr_text>Mr. Quilter ...").
-    answer_prefix="language None<asr_text>",
-    answer_prefix_pattern=r"^language [^<\n]*<asr_text>",
+    answer_prefix="language {language}<asr_text>",
+    answer_prefix_pattern=r"^language (?P<language>[^<\n]*)<asr_text>",
 )
 
 FUN_ASR_NANO = Family(
