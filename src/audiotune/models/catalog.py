@@ -44,6 +44,7 @@ def family_info(family: Family) -> dict[str, Any]:
         "vllm": family.vllm_supported,
         "vllm_tested": family.vllm_tested,
         "vllm_note": family.vllm_note,
+        "vllm_lora": family.vllm_lora,  # vLLM applies audiotune's LoRA adapters (else: merge first)
         "modality_adapter": family.modality_adapter,  # the LoRA the checkpoint ships for audio (folded on load)
         "public_record": family.public_record,  # the shipped files against the real checkpoint's public record
         "overridden": overridden,
@@ -56,7 +57,8 @@ def unsupported_info(refused: Unsupported) -> dict[str, Any]:
     """A refused architecture in ``--json``: the same keys as a family's, status "unsupported"."""
     return {"name": refused.name, "model_types": list(refused.model_types), "status": "unsupported",
             "reason": refused.reason, "main_checkpoint": refused.hub_id, "task": None, "max_audios": None,
-            "vllm": False, "vllm_tested": False, "vllm_note": None, "modality_adapter": None,
+            "vllm": False, "vllm_tested": False, "vllm_note": None, "vllm_lora": False,
+            "modality_adapter": None,
             "public_record": None, "overridden": [], "inferred": [],
             "hooks": []}
 
@@ -92,6 +94,10 @@ def render_table(width: int = 80) -> str:
     lines += textwrap.wrap("A checkpoint of an architecture not listed works when its facts can be inferred "
                            "(pass --model); `audiotune models --json` lists inferred and overridden facts.", width)
     return "\n".join(lines)
+
+
+def _vllm_status(family: Family) -> str:
+    return "vLLM, tested" if family.vllm_tested else "vLLM (untested)" if family.vllm_supported else "not served by vLLM"
 
 
 def family_row(family: Family, result) -> dict[str, str]:
@@ -164,9 +170,8 @@ def render_markdown(results: dict[str, Any]) -> str:
               "audiotune adapter on it (one LoRA per request): merge first and serve the merged folder.",
               "The tiny checkpoints carry such an adapter in the real layout (random, rank 8)."]
     lines += ["", "## vLLM", "",
-              "Where vLLM has model code for a family but does not serve it here, or no test starts it:", ""]
-    lines += [f"- **{f.name}** ({'vLLM (untested)' if f.vllm_supported else 'not served by vLLM'}): {f.vllm_note}."
-              for f in FAMILIES.values() if f.vllm_note]
+              "What vLLM does not do for a family it has model code for, with the upstream reason:", ""]
+    lines += [f"- **{f.name}** ({_vllm_status(f)}): {f.vllm_note}." for f in FAMILIES.values() if f.vllm_note]
     lines += ["", "## Architectures not supported", "",
               "transformers ships these with an audio side; loading one stops with the reason below.", ""]
     lines += [f"- **{u.name}** (`{'`, `'.join(u.model_types)}`, {u.hub_id}): {u.reason}." for u in UNSUPPORTED.values()]

@@ -92,6 +92,7 @@ class Family:
     max_audios: int = 1  # audios per conversation (AF3's processor pairs each text with exactly one audio)
     vllm_supported: bool = False  # vLLM's model code runs this family (``serve --backend vllm`` accepts it)
     vllm_tested: bool = False  # a test starts vLLM on this family's tiny checkpoint (tests/test_serve_vllm.py)
+    vllm_lora: bool = True  # vLLM's model code takes LoRA adapters (implements SupportsLoRA); False: merge first
     # Why vLLM does not serve the family, or is not tested on it, when vLLM has model code for it (the upstream fact).
     vllm_note: str | None = None
     # How the shipped published files (published/<hub id>.json, processors/<hub id>/) compare with the public record
@@ -505,6 +506,9 @@ QWEN2_AUDIO = Family(
     max_audios=8,
     vllm_supported=True,
     vllm_tested=True,
+    vllm_lora=False,
+    vllm_note=("vLLM applies no LoRA adapter to it (vllm/model_executor/models/qwen2_audio.py: no SupportsLoRA): "
+               "merge an adapter first and serve the merged folder"),
     min_audio_samples=1600,
     loss_uses_num_items=False,
 )

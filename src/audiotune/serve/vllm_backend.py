@@ -78,9 +78,15 @@ def require_vllm_family(model: str) -> "Family":
 def modality_lora(model: str, family: "Family", adapters: Sequence[str] = ()) -> tuple[str, int] | None:
     """The checkpoint's own audio LoRA (Granite Speech 3.3's) as vLLM applies it: per request, to every request
     with audio (``--default-mm-loras``, vLLM docs/features/lora.md), never folded into the weights. vLLM applies
-    one LoRA per request, so an audiotune adapter (trained over the folded one) cannot go on top: merge it first."""
+    one LoRA per request, so an audiotune adapter (trained over the folded one) cannot go on top: merge it first.
+    A family whose vLLM code takes no LoRA at all refuses ``adapters`` the same way, before an engine starts."""
     from ..models.loading import modality_adapter_path
 
+    if adapters and not family.vllm_lora:
+        raise ConfigError(
+            f"vLLM cannot apply a LoRA adapter to the {family.name} family (its vLLM model code does not implement "
+            f"SupportsLoRA). Merge first (audiotune merge --model {model} --adapter ADAPTER --out MERGED) and "
+            "serve the merged folder.")
     path = modality_adapter_path(model, family)
     if path is None:
         return None
