@@ -97,7 +97,9 @@ def render_table(width: int = 80) -> str:
 
 
 def _vllm_status(family: Family) -> str:
-    return "vLLM, tested" if family.vllm_tested else "vLLM (untested)" if family.vllm_supported else "not served by vLLM"
+    if family.vllm_tested:
+        return "vLLM, tested"
+    return "vLLM (untested)" if family.vllm_supported else "not served by vLLM"
 
 
 def family_row(family: Family, result) -> dict[str, str]:
