@@ -87,6 +87,9 @@ def test_classify_and_asr_metrics(micro_af3, tmp_path, task, expected):
         assert references[0] == ["high"] and references[1] == ["low"]
     else:
         assert prompt == "Transcribe the input speech."
+        saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
+        assert saved["config"]["asr_normalizer"] == "whisper"
+        assert any("Whisper's English normaliser" in n and "--asr-normalizer whisper" in n for n in saved["notices"])
 
 
 @pytest.mark.slow

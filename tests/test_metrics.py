@@ -59,11 +59,41 @@ def test_wer_cer_after_normalisation():
     from audiotune.metrics import asr_metrics, normalize_transcript
 
     assert normalize_transcript("  Hello, World!  It's ME. ") == "hello world it s me"
-    metrics, per_clip = asr_metrics({"a": "Hello world!", "b": "the cat sat"},
-                                    {"a": ["hello, world"], "b": ["the cat sat down"]})
-    assert metrics["WER"] == pytest.approx(1 / 6)  # one deletion over six reference words
-    assert per_clip["a"]["WER"] == 0.0 and per_clip["b"]["WER"] == pytest.approx(0.25)
-    assert metrics["CER"] == pytest.approx(5 / (11 + 16))  # " down" missing: 5 of 27 characters
+    for normalizer in ("simple", "whisper", "whisper-basic"):  # no number, spelling or contraction here
+        metrics, per_clip = asr_metrics({"a": "Hello world!", "b": "the cat sat"},
+                                        {"a": ["hello, world"], "b": ["the cat sat down"]}, normalizer)
+        assert metrics["WER"] == pytest.approx(1 / 6)  # one deletion over six reference words
+        assert per_clip["a"]["WER"] == 0.0 and per_clip["b"]["WER"] == pytest.approx(0.25)
+        assert metrics["CER"] == pytest.approx(5 / (11 + 16))  # " down" missing: 5 of 27 characters
+
+
+def test_wer_uses_whispers_english_normaliser_by_default():
+    """The field's known cases, each written out by hand from what Whisper's English normaliser is documented to
+    do (openai/whisper whisper/normalizers/english.py: numbers to digits, english.json's British→American map,
+    contractions and titles spelled out, fillers dropped): a hypothesis that differs only so scores WER 0 by
+    default and does not under the simple rule."""
+    from audiotune.errors import ConfigError
+    from audiotune.metrics import asr_metrics, transcript_normalizer
+
+    english = transcript_normalizer()
+    assert english("Twenty five dollars.") == "$25"
+    assert english("The colour is grey.") == "the color is gray"
+    assert english("Um, I won't go, uh, Mr. Smith.") == "i will not go mister smith"
+    cases = {"numbers": ("It costs twenty five dollars.", "it costs $25"),
+             "spelling": ("The colour of the theatre.", "the color of the theater"),
+             "contraction": ("I can't say.", "i can not say"),
+             "fillers": ("Well, um, yes.", "well yes")}
+    predictions = {k: hyp for k, (_, hyp) in cases.items()}
+    references = {k: [ref] for k, (ref, _) in cases.items()}
+    assert asr_metrics(predictions, references)[0]["WER"] == 0.0
+    assert asr_metrics(predictions, references, "simple")[0]["WER"] > 0.3
+    assert transcript_normalizer("whisper-basic")("Ein Satz, bitte!") == "ein satz bitte"
+    with pytest.raises(ConfigError, match="--asr-normalizer 'nope'"):
+        transcript_normalizer("nope")
+    from audiotune.config import EvalConfig
+
+    with pytest.raises(ConfigError, match="--asr-normalizer 'nope': choose one of whisper, whisper-basic, simple"):
+        EvalConfig(model="m", dataset="d", asr_normalizer="nope").validate()  # before any model loads
 
 
 def test_accuracy_and_macro_f1():

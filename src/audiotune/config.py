@@ -280,6 +280,9 @@ class EvalConfig(DataConfig, GenerationSettings, BackendConfig):
     batch_size: int = option(16, "Clips per generation batch.")
     spice_models: str | None = option(None, "Folder with SPICE's Stanford CoreNLP 3.6.0 jars.")
     with_meteor: bool = option(True, "Also compute METEOR (needs Java).")
+    asr_normalizer: str = option("whisper", "asr: the text normalisation WER compares after: whisper (Whisper's "
+                                            "English normaliser, as lmms-eval), whisper-basic (other languages) or "
+                                            "simple (lower case, no punctuation).")
     audio_players: int = option(5, "Clips with audio players in the HTML report.")
     training_run: str | None = option(None, "A training run folder whose curves go into the report (default: the "
                                             "first adapter that is a run folder).")
@@ -287,6 +290,11 @@ class EvalConfig(DataConfig, GenerationSettings, BackendConfig):
     def validate(self) -> "EvalConfig":
         require_given(self.model, self.dataset, needs_dataset=True)
         self.validate_data()
+        from .metrics import ASR_NORMALIZERS
+
+        if self.asr_normalizer not in ASR_NORMALIZERS:
+            raise ConfigError(f"--asr-normalizer {self.asr_normalizer!r}: choose one of "
+                              f"{', '.join(ASR_NORMALIZERS)}.")
         return self
 
 

@@ -104,20 +104,22 @@ def _variants(cfg: EvalConfig) -> list[tuple[str, str, str | None]]:
 def score_model(model, processor, family: Family, examples: Sequence[Example], task: str,
                 settings: GenerationSettings, batch_size: int = 16, with_meteor: bool = True,
                 spice_models: str | None = None, notices: list[str] | None = None,
-                on_batch: Callable[[int], None] | None = None) -> tuple[dict[str, float], list[dict[str, Any]]]:
+                on_batch: Callable[[int], None] | None = None,
+                asr_normalizer: str = "whisper") -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Generate for ``examples`` and score them: (corpus metrics, per-clip prediction rows)."""
     answers = generate(model, processor, family, examples, batch_size=batch_size, settings=settings,
                        on_batch=on_batch)
-    return score_answers(examples, answers, task, settings, with_meteor, spice_models, notices)
+    return score_answers(examples, answers, task, settings, with_meteor, spice_models, notices, asr_normalizer)
 
 
 def score_answers(examples: Sequence[Example], answers: Sequence[str], task: str, settings: GenerationSettings,
-                  with_meteor: bool = True, spice_models: str | None = None,
-                  notices: list[str] | None = None) -> tuple[dict[str, float], list[dict[str, Any]]]:
+                  with_meteor: bool = True, spice_models: str | None = None, notices: list[str] | None = None,
+                  asr_normalizer: str = "whisper") -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Score answers already generated (by any backend): (corpus metrics, per-clip prediction rows)."""
     predictions = {e.id: a for e, a in zip(examples, answers)}
     metrics, per_clip = score(task, predictions, {e.id: e.references for e in examples}, with_meteor,
-                              spice_models, notices, choices={e.id: e.meta.get("choices") for e in examples})
+                              spice_models, notices, choices={e.id: e.meta.get("choices") for e in examples},
+                              asr_normalizer=asr_normalizer)
     rows = [{"id": e.id, "prompt": _prompt_text(e), "references": e.references, "prediction": a,
              "scores": per_clip.get(e.id, {}), "generation": settings.as_kwargs()} for e, a in zip(examples, answers)]
     return metrics, rows
@@ -167,6 +169,11 @@ def run_evaluation(cfg: EvalConfig, on_model: Callable[[str, int], None] | None 
         raise DatasetSchemaError(f"{cfg.dataset} [{cfg.split}]: no usable rows to evaluate (see {out / 'skipped.jsonl'}).")
     settings = cfg.generation()
     notices: list[str] = []
+    if task == "asr":
+        from .metrics import ASR_NORMALIZERS
+
+        notices.append(f"WER and CER compare transcripts after {ASR_NORMALIZERS[cfg.asr_normalizer]} "
+                       f"(--asr-normalizer {cfg.asr_normalizer}).")
     scored: list[ModelScores] = []
     audio_cache = AudioEmbeddingCache()  # models with the same frozen encoder share the clips' embeddings
     if cfg.backend not in ("transformers", "vllm"):
@@ -182,13 +189,14 @@ def run_evaluation(cfg: EvalConfig, on_model: Callable[[str, int], None] | None 
             if on_batch:
                 on_batch(len(examples))
             scored.append(ModelScores(name, *score_answers(examples, answers, task, settings, cfg.with_meteor,
-                                                           cfg.spice_models, notices)))
+                                                           cfg.spice_models, notices, cfg.asr_normalizer)))
             continue
         model, _ = load_model(model_path, adapter=adapter, encoder_frames=cfg.encoder_frames)
         install_audio_cache(model, family, audio_cache)
         processor_source = processor_folder(model_path, adapter)
         metrics, rows = score_model(model, load_processor(processor_source), family, examples, task, settings,
-                                    cfg.batch_size, cfg.with_meteor, cfg.spice_models, notices, on_batch)
+                                    cfg.batch_size, cfg.with_meteor, cfg.spice_models, notices, on_batch,
+                                    cfg.asr_normalizer)
         scored.append(ModelScores(name, metrics, rows))
         del model
         gc.collect()

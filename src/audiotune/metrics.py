@@ -3,7 +3,8 @@
 - caption: ``pycocoevalcap`` (the reference implementation behind published AudioCaps/Clotho numbers):
   PTB tokenisation (Stanford CoreNLP, Java), BLEU-1..4, METEOR, ROUGE-L, CIDEr-D over all references
   of each clip; SPICE and SPIDEr (mean of CIDEr-D and SPICE) when SPICE's CoreNLP models are present.
-- asr: WER and CER with ``jiwer`` after :func:`normalize_transcript`.
+- asr: WER and CER with ``jiwer`` after :func:`transcript_normalizer` (Whisper's English normaliser by default, as
+  lmms-eval's LibriSpeech task applies it, so the numbers compare with published ones).
 - classify: accuracy and macro-F1 on :func:`normalize_answer`-ed answers; qa: those plus the caption metrics.
 - mcq: accuracy of the choice each answer picks (:func:`~audiotune.data.tasks.extract_choice`: a letter, the
   choice's text, ``<answer>`` tags).
@@ -16,7 +17,7 @@ import re
 import shutil
 import string
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .errors import ConfigError
@@ -165,24 +166,54 @@ _PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}]")
 
 
 def normalize_transcript(text: str) -> str:
-    """ASR normalisation before WER/CER: NFKC, lower case, punctuation removed, whitespace collapsed.
-
-    Deliberately simple and documented, so numbers are comparable across runs; it does not spell out
-    numbers or unify British/American spelling (Whisper's English normaliser does).
-    """
+    """NFKC, lower case, punctuation removed, whitespace collapsed: ``--asr-normalizer simple`` (WER's rule before
+    Whisper's), and the first step of the classify/qa answer normalisation."""
     text = unicodedata.normalize("NFKC", text).lower()
     text = _PUNCTUATION.sub(" ", text)
     return " ".join(text.split())
 
 
-def asr_metrics(predictions: dict[str, str], references: dict[str, list[str]]
+ASR_NORMALIZERS = {
+    "whisper": "Whisper's English normaliser: numbers as digits, British spellings made American, contractions and "
+               "titles spelled out, fillers (uh, um) dropped, punctuation removed, lower case",
+    "whisper-basic": "Whisper's language-independent normaliser: lower case, symbols and punctuation removed "
+                     "(for languages other than English)",
+    "simple": "NFKC, lower case, punctuation removed (audiotune's rule before the Whisper normaliser)",
+}
+
+
+def transcript_normalizer(name: str = "whisper") -> Callable[[str], str]:
+    """The text normalisation WER and CER compare after (``ASR_NORMALIZERS``).
+
+    Why Whisper's by default: lmms-eval's LibriSpeech task (``lmms_eval/tasks/librispeech/utils.py``
+    ``compute_wer``) scores English with Whisper's ``EnglishTextNormalizer``, and so do the Whisper-era ASR
+    leaderboards; a WER computed after plain lower-casing is not comparable with any of them. The normalisers come
+    from the maintained ``whisper-normalizer`` package (OpenAI Whisper's code with its spelling map), not a copy.
+    """
+    if name == "simple":
+        return normalize_transcript
+    if name == "whisper":
+        from whisper_normalizer.english import EnglishTextNormalizer
+
+        english = EnglishTextNormalizer()
+        return lambda text: " ".join(english(text).split())
+    if name == "whisper-basic":
+        from whisper_normalizer.basic import BasicTextNormalizer
+
+        basic = BasicTextNormalizer()
+        return lambda text: " ".join(basic(text).split())
+    raise ConfigError(f"--asr-normalizer {name!r}: choose one of {', '.join(ASR_NORMALIZERS)}.")
+
+
+def asr_metrics(predictions: dict[str, str], references: dict[str, list[str]], normalizer: str = "whisper"
                 ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
-    """Corpus WER and CER (jiwer) against the first reference, and per-clip WER."""
+    """Corpus WER and CER (jiwer) against the first reference after ``normalizer``, and per-clip WER."""
     import jiwer
 
+    normalize = transcript_normalizer(normalizer)
     keys = sorted(predictions)
-    hyps = [normalize_transcript(predictions[k]) for k in keys]
-    refs = [normalize_transcript(references[k][0]) for k in keys]
+    hyps = [normalize(predictions[k]) for k in keys]
+    refs = [normalize(references[k][0]) for k in keys]
     scored = [(k, h, r) for k, h, r in zip(keys, hyps, refs) if r]
     if not scored:
         raise ConfigError("Every reference transcript is empty after normalisation: nothing to score.")
@@ -242,15 +273,16 @@ def mcq_metrics(predictions: dict[str, str], references: dict[str, list[str]],
 
 def score(task: str, predictions: dict[str, str], references: dict[str, list[str]], with_meteor: bool = True,
           spice_models: str | Path | None = None, notices: list[str] | None = None,
-          choices: dict[str, list[str]] | None = None
+          choices: dict[str, list[str]] | None = None, asr_normalizer: str = "whisper"
           ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
-    """Corpus and per-clip metrics for ``task`` (``choices``: each clip's choices, for mcq)."""
+    """Corpus and per-clip metrics for ``task`` (``choices``: each clip's choices, for mcq; ``asr_normalizer``: the
+    transcript normalisation WER compares after)."""
     if task == "mcq":
         return mcq_metrics(predictions, references, choices)
     if task in ("caption", "chat"):
         return caption_metrics(predictions, references, with_meteor, spice_models, notices)
     if task == "asr":
-        return asr_metrics(predictions, references)
+        return asr_metrics(predictions, references, asr_normalizer)
     if task == "classify":
         return classification_metrics(predictions, references)
     if task == "qa":

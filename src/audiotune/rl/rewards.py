@@ -27,7 +27,7 @@ from typing import Any
 
 from ..data.tasks import LETTERS, answer_span, extract_choice
 from ..errors import ConfigError, RewardError
-from ..metrics import normalize_answer, normalize_transcript
+from ..metrics import normalize_answer, transcript_normalizer
 
 logger = logging.getLogger(__name__)
 
@@ -66,13 +66,15 @@ def format_reward(prompts: Sequence[str], completions: Sequence[str], **_: Any) 
 
 def wer_reward(prompts: Sequence[str], completions: Sequence[str], references: Sequence[list[str]],
                **_: Any) -> list[float]:
-    """``max(0, 1 - WER)`` against the first reference after the ASR normalisation of the metrics."""
+    """``max(0, 1 - WER)`` against the first reference after the default ASR normalisation of the metrics
+    (Whisper's English normaliser), so the reward rises exactly when ``audiotune eval``'s WER falls."""
     import jiwer
 
+    normalize = transcript_normalizer()
     out = []
     for completion, refs in zip(completions, references):
-        ref = normalize_transcript(refs[0]) if refs else ""
-        hyp = normalize_transcript(answer_span(_text(completion)))
+        ref = normalize(refs[0]) if refs else ""
+        hyp = normalize(answer_span(_text(completion)))
         out.append(max(0.0, 1.0 - float(jiwer.wer(ref, hyp))) if ref and hyp else 0.0)
     return out
 
