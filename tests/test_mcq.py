@@ -76,3 +76,35 @@ def test_preference_columns(tmp_path, family):
     example = build(data[0], 0)
     assert (example.target, example.meta["rejected"]) == ("yes", "no")
     assert example.messages[-1]["content"][-1]["text"] == "Is it a beep?"  # no prompt column: --prompt
+
+
+def test_lmms_lab_mmau_and_mmar_layouts(tmp_path, family):
+    """lmms-lab's MMAU copy keeps ``choices`` as a JSON-encoded string and ``answer`` as the choice's text
+    (EvolvingLMMs-Lab/lmms-eval ``lmms_eval/tasks/mmau/utils.py``: ``json.loads(doc["choices"])``, the answer compared
+    with the choice text); MMAR's choices carry their own letters ("A. Owl"). Both read as plain choices, through the
+    real parquet path with an embedded Audio feature, as the Hub stores them."""
+    import io
+
+    from datasets import Audio, Dataset
+
+    buffer = io.BytesIO()
+    sf.write(buffer, tone(0.5), 16000, format="WAV")
+    clip = {"bytes": buffer.getvalue(), "path": "a.wav"}
+    rows = {"id": ["m1", "m2"], "audio": [clip, clip], "question": ["What do you hear?", "Which animal?"],
+            "choices": [json.dumps(CHOICES), json.dumps(["A. Owl", "B. Crow", "C. Dog", "D. Cat"])],
+            "answer": ["Rain", "C. Dog"], "task": ["sound", "sound"], "category": ["x", "y"],
+            "sub-category": ["x1", "y1"], "difficulty": ["easy", "hard"]}
+    folder = tmp_path / "mmau" / "data"
+    folder.mkdir(parents=True)
+    Dataset.from_dict(rows).cast_column("audio", Audio()).to_parquet(str(folder / "test-00000-of-00001.parquet"))
+    data, build = prepare_split(TrainConfig(model="m", dataset=str(tmp_path / "mmau"), task="mcq"), "test", family)
+    mmau, mmar = build(data[0], 0), build(data[1], 1)
+    assert mmau.meta["choices"] == CHOICES and mmau.references == ["C", "Rain"]
+    assert mmar.meta["choices"] == ["Owl", "Crow", "Dog", "Cat"] and mmar.references == ["C", "Dog"]
+    prompt = mmar.messages[-1]["content"][-1]["text"]
+    assert "(A) Owl\n(B) Crow" in prompt and "A. Owl" not in prompt
+    broken = McqTask()
+    with pytest.raises(DatasetSchemaError, match="starts like a JSON list but does not parse"):
+        broken.choices({"choices": '["Owl", "Crow"'}, "row 7")
+    # A choice that merely begins with a capital and a period keeps it when the letters are not A, B, C… in order.
+    assert broken.choices({"choices": ["B. Owl", "A. Crow"]}, "r") == ["B. Owl", "A. Crow"]

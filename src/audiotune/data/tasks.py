@@ -7,6 +7,7 @@ with audio as mono float32 at the family's rate.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -405,12 +406,15 @@ def extract_choice(text: str, choices: list[str] | tuple[str, ...]) -> int | Non
     return contained[0] if len(contained) == 1 else None
 
 
+_OWN_LETTER = re.compile(r"^\(?(?P<letter>[A-Z])[.):]\s+(?P<text>\S.*)$", re.DOTALL)
+
+
 @dataclass(frozen=True)
 class McqTask(CaptionTask):
-    """Multiple choice (MMAU-style rows): a question, its ``choices`` (a list, or a string with one per line) and the
-    ``answer``: the correct choice's text, its letter (``B``/``(B)``) or its 0-based index. The prompt lists the
-    choices as ``(A) …``; the training target is the letter. ``meta["choices"]`` keeps the choices so evaluation
-    and rewards can read answers given as text."""
+    """Multiple choice (MMAU-style rows): a question, its ``choices`` (a list, a JSON-encoded list, or a string with
+    one per line) and the ``answer``: the correct choice's text, its letter (``B``/``(B)``) or its 0-based index.
+    The prompt lists the choices as ``(A) …``; the training target is the letter. ``meta["choices"]`` keeps the
+    choices so evaluation and rewards can read answers given as text."""
 
     prompt: str = "{question}\nChoices:\n{choices}\nAnswer with the letter of the correct choice."
     text_column: str = "answer"
@@ -423,8 +427,17 @@ class McqTask(CaptionTask):
         return [self.question_column, self.choices_column, self.text_column]
 
     def choices(self, row: dict[str, Any], name: str) -> list[str]:
+        """The row's choices without letters: a list, a JSON-encoded list (lmms-lab's MMAU copy: lmms-eval's
+        ``tasks/mmau/utils.py`` reads ``json.loads(doc["choices"])``) or one choice a line. Choices that carry
+        their own position's letter (MMAR's ``A. Owl``) lose it, or the prompt would read ``(A) A. Owl``."""
         value = row.get(self.choices_column)
-        if isinstance(value, str):
+        if isinstance(value, str) and value.strip().startswith("["):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as error:
+                raise DatasetSchemaError(f"{name}: {self.choices_column!r} starts like a JSON list but does not "
+                                         f"parse ({error.msg}): {value[:80]!r}. Fix the row or drop it.") from None
+        elif isinstance(value, str):
             value = [line.strip() for line in value.splitlines() if line.strip()]
         if not isinstance(value, (list, tuple)) or len(value) < 2 or not all(isinstance(c, str) and c.strip()
                                                                              for c in value):
@@ -432,7 +445,11 @@ class McqTask(CaptionTask):
                                      f"got {value!r}. Map the right column with --choices-column.")
         if len(value) > len(LETTERS):
             raise DatasetSchemaError(f"{name}: {len(value)} choices; at most {len(LETTERS)} are supported.")
-        return [c.strip() for c in value]
+        choices = [c.strip() for c in value]
+        lettered = [_OWN_LETTER.match(c) for c in choices]
+        if all(m and m.group("letter") == LETTERS[i] for i, m in enumerate(lettered)):
+            choices = [m.group("text").strip() for m in lettered]
+        return choices
 
     def answer_index(self, row: dict[str, Any], name: str) -> int:
         choices = self.choices(row, name)
