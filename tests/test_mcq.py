@@ -52,8 +52,34 @@ def test_mcq_accuracy():
     refs = {"a": ["C", "Rain"], "b": ["B", "Car horn"], "c": ["A", "Dog barking"], "d": ["D", "Hot dog vendor"]}
     predictions = {"a": "<answer>C</answer>", "b": "car horn", "c": "B", "d": "no idea"}
     corpus, per_clip = score("mcq", predictions, refs, choices={k: CHOICES for k in refs})
-    assert corpus == {"accuracy": 0.5, "answered": 0.75}
+    assert (corpus["accuracy"], corpus["answered"]) == (0.5, 0.75)
     assert per_clip["a"]["accuracy"] == 1.0 and per_clip["c"]["accuracy"] == 0.0
+
+
+def test_the_lmms_eval_mmau_number_beside_the_strict_one():
+    """lmms-eval's MMAU scorer (EvolvingLMMs-Lab/lmms-eval lmms_eval/tasks/mmau/utils.py,
+    parse_multi_choice_response) reads "(X)" first, then a lone " X ", then "X.", and of several the lone one
+    written last; where it reads nothing it guesses. Each expected letter below follows those rules by hand."""
+    from audiotune.metrics import lmms_eval_letter
+
+    assert lmms_eval_letter("(C)", 4) == "C"
+    assert lmms_eval_letter("The answer is B.", 4) == "B"  # the period is stripped, " B " stands alone
+    assert lmms_eval_letter("B. Car horn", 4) == "B"  # no "(B)", no lone " B ": "B." decides
+    assert lmms_eval_letter("A or D, I think D", 4) == "D"  # two lone letters: the last one
+    assert lmms_eval_letter("<answer>C</answer>", 4) is None  # a guess in lmms-eval
+    assert lmms_eval_letter("car horn", 4) is None
+    refs = {"a": ["C", "Rain"], "b": ["B", "Car horn"], "c": ["A", "Dog barking"], "d": ["D", "Hot dog vendor"]}
+    predictions = {"a": "(C)", "b": "The answer is B.", "c": "B. Car horn", "d": "A or D, I think D"}
+    corpus, per_clip = score("mcq", predictions, refs, choices={k: CHOICES for k in refs})
+    assert corpus["accuracy_lmms_eval"] == 0.75  # a, b, d right; c reads B
+    # Strict: extract_choice reads d's leading "A" (wrong), so the two numbers differ on the same answers.
+    assert corpus["accuracy"] == 0.5 and per_clip["d"] == {"accuracy": 0.0, "accuracy_lmms_eval": 1.0}
+    # Where lmms-eval would guess, the per-clip verdict is absent and the corpus number is seeded: the same twice.
+    guessed = {**predictions, "d": "no idea"}
+    first = score("mcq", guessed, refs, choices={k: CHOICES for k in refs})
+    assert "accuracy_lmms_eval" not in first[1]["d"] and first == score("mcq", guessed, refs,
+                                                                         choices={k: CHOICES for k in refs})
+    assert first[0]["accuracy_lmms_eval"] in (0.5, 0.75)  # a and b right, c wrong, d a guess
 
 
 def test_preference_columns(tmp_path, family):

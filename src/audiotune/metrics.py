@@ -7,7 +7,7 @@
   lmms-eval's LibriSpeech task applies it, so the numbers compare with published ones).
 - classify: accuracy and macro-F1 on :func:`normalize_answer`-ed answers; qa: those plus the caption metrics.
 - mcq: accuracy of the choice each answer picks (:func:`~audiotune.data.tasks.extract_choice`: a letter, the
-  choice's text, ``<answer>`` tags).
+  choice's text, ``<answer>`` tags), strict, beside the number lmms-eval's MMAU scorer prints.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ logger = logging.getLogger(__name__)
 CAPTION_METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D", "SPICE", "SPIDEr")
 ASR_METRICS = ("WER", "CER")
 CLASSIFY_METRICS = ("accuracy", "macro-F1")
-MCQ_METRICS = ("accuracy", "answered")
+HARNESS_ACCURACY = "accuracy_lmms_eval"  # the number lmms-eval's MMAU task prints (a seeded guess where none parses)
+MCQ_METRICS = ("accuracy", "answered", HARNESS_ACCURACY)
 SPICE_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
 LOWER_IS_BETTER = {"WER", "CER", "loss", "eval_loss"}
 
@@ -251,12 +252,18 @@ def mcq_metrics(predictions: dict[str, str], references: dict[str, list[str]],
                 choices: dict[str, list[str]] | None = None
                 ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """Accuracy of multiple-choice answers; ``references[k]`` is ``[letter, choice text]`` (the mcq task's) and
-    ``choices[k]`` the clip's choices. ``answered``: the share of answers that pick any choice at all."""
+    ``choices[k]`` the clip's choices. ``accuracy`` is strict (an answer that picks no choice is wrong);
+    ``answered``: the share of answers that pick any choice at all; ``accuracy_lmms_eval``: what lmms-eval's MMAU
+    scorer would print (:func:`lmms_eval_letter`, a seeded random letter where it reads none; per clip only where
+    it reads one)."""
     from .data.tasks import LETTERS, extract_choice
+
+    import random
 
     keys = sorted(predictions)
     per_clip: dict[str, dict[str, float]] = {}
-    answered = 0
+    answered = harness_correct = 0
+    guesses = random.Random(0)
     for k in keys:
         options = (choices or {}).get(k) or []
         gold = LETTERS.find(references[k][0].strip().strip("()").upper()) if references[k] else -1
@@ -267,8 +274,38 @@ def mcq_metrics(predictions: dict[str, str], references: dict[str, list[str]],
         picked = extract_choice(predictions[k], options)
         answered += picked is not None
         per_clip[k] = {"accuracy": float(picked is not None and picked == gold)}
+        harness = lmms_eval_letter(predictions[k], len(options))
+        if harness is None:  # lmms-eval guesses a letter at random here: seeded, and only in the corpus number
+            harness = guesses.choice(LETTERS[: len(options)])
+        else:
+            per_clip[k][HARNESS_ACCURACY] = float(LETTERS.index(harness) == gold)
+        harness_correct += LETTERS.index(harness) == gold
     n = max(len(keys), 1)
-    return ({"accuracy": sum(v["accuracy"] for v in per_clip.values()) / n, "answered": answered / n}, per_clip)
+    return ({"accuracy": sum(v["accuracy"] for v in per_clip.values()) / n, "answered": answered / n,
+             HARNESS_ACCURACY: harness_correct / n}, per_clip)
+
+
+def lmms_eval_letter(text: str, n_choices: int) -> str | None:
+    """The letter lmms-eval's MMAU scorer reads from an answer, or None where it would pick one at random.
+
+    The rules of ``parse_multi_choice_response`` in EvolvingLMMs-Lab/lmms-eval ``lmms_eval/tasks/mmau/utils.py``,
+    restated: strip , . ! ? ; : ' from the ends (one character kind after another); take the letters written
+    ``(X)``; failing that, those standing alone (`` X ``); failing that, those followed by a period (``X.``);
+    of several, the one standing alone last. Why mirror it: a published MMAU number is this harness's number, and
+    our strict accuracy (an unreadable answer is wrong) is not comparable with it.
+    """
+    from .data.tasks import LETTERS
+
+    for mark in ",.!?;:'":
+        text = text.strip(mark)
+    padded = f" {text} "
+    letters = LETTERS[:n_choices]
+    found = ([x for x in letters if f"({x})" in padded] or [x for x in letters if f" {x} " in padded]
+             or [x for x in letters if f"{x}." in padded])
+    if len(found) > 1:
+        last = [padded.rfind(f" {x} ") for x in found]
+        return found[last.index(max(last))]
+    return found[0] if found else None
 
 
 def score(task: str, predictions: dict[str, str], references: dict[str, list[str]], with_meteor: bool = True,
