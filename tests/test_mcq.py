@@ -9,7 +9,8 @@ import soundfile as sf
 
 from audiotune.config import TrainConfig
 from audiotune.data.prepare import prepare_split
-from audiotune.data.tasks import McqTask, extract_choice
+from audiotune.answers import extract_choice
+from audiotune.data.tasks import McqTask
 from audiotune.errors import DatasetSchemaError
 from audiotune.metrics import score
 from tests.conftest import tone
@@ -60,7 +61,7 @@ def test_the_lmms_eval_mmau_number_beside_the_strict_one():
     """lmms-eval's MMAU scorer (EvolvingLMMs-Lab/lmms-eval lmms_eval/tasks/mmau/utils.py,
     parse_multi_choice_response) reads "(X)" first, then a lone " X ", then "X.", and of several the lone one
     written last; where it reads nothing it guesses. Each expected letter below follows those rules by hand."""
-    from audiotune.metrics import lmms_eval_letter
+    from audiotune.answers import lmms_eval_letter
 
     assert lmms_eval_letter("(C)", 4) == "C"
     assert lmms_eval_letter("The answer is B.", 4) == "B"  # the period is stripped, " B " stands alone

@@ -56,7 +56,8 @@ def test_ptb_tokenisation_lowercases_and_drops_punctuation():
 
 
 def test_wer_cer_after_normalisation():
-    from audiotune.metrics import asr_metrics, normalize_transcript
+    from audiotune.answers import normalize_transcript
+    from audiotune.metrics import asr_metrics
 
     assert normalize_transcript("  Hello, World!  It's ME. ") == "hello world it s me"
     for normalizer in ("simple", "whisper", "whisper-basic"):  # no number, spelling or contraction here
@@ -73,7 +74,8 @@ def test_wer_uses_whispers_english_normaliser_by_default():
     contractions and titles spelled out, fillers dropped): a hypothesis that differs only so scores WER 0 by
     default and does not under the simple rule."""
     from audiotune.errors import ConfigError
-    from audiotune.metrics import asr_metrics, transcript_normalizer
+    from audiotune.answers import transcript_normalizer
+    from audiotune.metrics import asr_metrics
 
     english = transcript_normalizer()
     assert english("Twenty five dollars.") == "$25"

@@ -290,7 +290,7 @@ class EvalConfig(DataConfig, GenerationSettings, BackendConfig):
     def validate(self) -> "EvalConfig":
         require_given(self.model, self.dataset, needs_dataset=True)
         self.validate_data()
-        from .metrics import ASR_NORMALIZERS
+        from .answers import ASR_NORMALIZERS
 
         if self.asr_normalizer not in ASR_NORMALIZERS:
             raise ConfigError(f"--asr-normalizer {self.asr_normalizer!r}: choose one of "

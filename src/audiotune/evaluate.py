@@ -170,7 +170,7 @@ def run_evaluation(cfg: EvalConfig, on_model: Callable[[str, int], None] | None 
     settings = cfg.generation()
     notices: list[str] = []
     if task == "asr":
-        from .metrics import ASR_NORMALIZERS
+        from .answers import ASR_NORMALIZERS
 
         notices.append(f"WER and CER compare transcripts after {ASR_NORMALIZERS[cfg.asr_normalizer]} "
                        f"(--asr-normalizer {cfg.asr_normalizer}).")

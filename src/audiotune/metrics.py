@@ -15,11 +15,10 @@ from __future__ import annotations
 import logging
 import re
 import shutil
-import string
-import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
+from .answers import LETTERS, extract_choice, lmms_eval_letter, normalize_answer, transcript_normalizer
 from .errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -163,49 +162,6 @@ def max_ngram_repeats(text: str, n: int = 3) -> int:
     return max(counts.values(), default=0)
 
 
-_PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}]")
-
-
-def normalize_transcript(text: str) -> str:
-    """NFKC, lower case, punctuation removed, whitespace collapsed: ``--asr-normalizer simple`` (WER's rule before
-    Whisper's), and the first step of the classify/qa answer normalisation."""
-    text = unicodedata.normalize("NFKC", text).lower()
-    text = _PUNCTUATION.sub(" ", text)
-    return " ".join(text.split())
-
-
-ASR_NORMALIZERS = {
-    "whisper": "Whisper's English normaliser: numbers as digits, British spellings made American, contractions and "
-               "titles spelled out, fillers (uh, um) dropped, punctuation removed, lower case",
-    "whisper-basic": "Whisper's language-independent normaliser: lower case, symbols and punctuation removed "
-                     "(for languages other than English)",
-    "simple": "NFKC, lower case, punctuation removed (audiotune's rule before the Whisper normaliser)",
-}
-
-
-def transcript_normalizer(name: str = "whisper") -> Callable[[str], str]:
-    """The text normalisation WER and CER compare after (``ASR_NORMALIZERS``).
-
-    Why Whisper's by default: lmms-eval's LibriSpeech task (``lmms_eval/tasks/librispeech/utils.py``
-    ``compute_wer``) scores English with Whisper's ``EnglishTextNormalizer``, and so do the Whisper-era ASR
-    leaderboards; a WER computed after plain lower-casing is not comparable with any of them. The normalisers come
-    from the maintained ``whisper-normalizer`` package (OpenAI Whisper's code with its spelling map), not a copy.
-    """
-    if name == "simple":
-        return normalize_transcript
-    if name == "whisper":
-        from whisper_normalizer.english import EnglishTextNormalizer
-
-        english = EnglishTextNormalizer()
-        return lambda text: " ".join(english(text).split())
-    if name == "whisper-basic":
-        from whisper_normalizer.basic import BasicTextNormalizer
-
-        basic = BasicTextNormalizer()
-        return lambda text: " ".join(basic(text).split())
-    raise ConfigError(f"--asr-normalizer {name!r}: choose one of {', '.join(ASR_NORMALIZERS)}.")
-
-
 def asr_metrics(predictions: dict[str, str], references: dict[str, list[str]], normalizer: str = "whisper"
                 ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """Corpus WER and CER (jiwer) against the first reference after ``normalizer``, and per-clip WER."""
@@ -222,12 +178,6 @@ def asr_metrics(predictions: dict[str, str], references: dict[str, list[str]], n
     corpus = {"WER": float(jiwer.wer(refs, hyps)), "CER": float(jiwer.cer(refs, hyps))}
     per_clip = {k: {"WER": float(jiwer.wer(r, h))} for k, h, r in zip(keys, hyps, refs)}
     return corpus, per_clip
-
-
-def normalize_answer(text: str) -> str:
-    """Answer normalisation for classify/qa: lower case, no punctuation or articles, single spaces."""
-    text = normalize_transcript(text)
-    return " ".join(w for w in text.split() if w not in ("a", "an", "the"))
 
 
 def classification_metrics(predictions: dict[str, str], references: dict[str, list[str]]
@@ -256,8 +206,6 @@ def mcq_metrics(predictions: dict[str, str], references: dict[str, list[str]],
     ``answered``: the share of answers that pick any choice at all; ``accuracy_lmms_eval``: what lmms-eval's MMAU
     scorer would print (:func:`lmms_eval_letter`, a seeded random letter where it reads none; per clip only where
     it reads one)."""
-    from .data.tasks import LETTERS, extract_choice
-
     import random
 
     keys = sorted(predictions)
@@ -283,29 +231,6 @@ def mcq_metrics(predictions: dict[str, str], references: dict[str, list[str]],
     n = max(len(keys), 1)
     return ({"accuracy": sum(v["accuracy"] for v in per_clip.values()) / n, "answered": answered / n,
              HARNESS_ACCURACY: harness_correct / n}, per_clip)
-
-
-def lmms_eval_letter(text: str, n_choices: int) -> str | None:
-    """The letter lmms-eval's MMAU scorer reads from an answer, or None where it would pick one at random.
-
-    The rules of ``parse_multi_choice_response`` in EvolvingLMMs-Lab/lmms-eval ``lmms_eval/tasks/mmau/utils.py``,
-    restated: strip , . ! ? ; : ' from the ends (one character kind after another); take the letters written
-    ``(X)``; failing that, those standing alone (`` X ``); failing that, those followed by a period (``X.``);
-    of several, the one standing alone last. Why mirror it: a published MMAU number is this harness's number, and
-    our strict accuracy (an unreadable answer is wrong) is not comparable with it.
-    """
-    from .data.tasks import LETTERS
-
-    for mark in ",.!?;:'":
-        text = text.strip(mark)
-    padded = f" {text} "
-    letters = LETTERS[:n_choices]
-    found = ([x for x in letters if f"({x})" in padded] or [x for x in letters if f" {x} " in padded]
-             or [x for x in letters if f"{x}." in padded])
-    if len(found) > 1:
-        last = [padded.rfind(f" {x} ") for x in found]
-        return found[last.index(max(last))]
-    return found[0] if found else None
 
 
 def score(task: str, predictions: dict[str, str], references: dict[str, list[str]], with_meteor: bool = True,

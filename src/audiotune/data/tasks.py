@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ..answers import LETTERS, extract_choice
 from ..errors import DatasetSchemaError
 
 
@@ -362,48 +363,6 @@ def _match_clips(turns: list, name: str, audio_column: str | None, listed: list,
         if first_user is None:
             raise DatasetSchemaError(f"{name}: clips are listed but the conversation has no user turn.")
         turns[first_user] = ("user", [("audio", k) for k in range(len(listed))] + turns[first_user][1])
-
-
-LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.IGNORECASE | re.DOTALL)
-# "(B)", "B", "B." or "B: dog" at the start; a bare "A dog" is the article, not a letter.
-_LEADING_LETTER = re.compile(r"^(?:\(([A-Za-z])\)|([A-Za-z])(?:[.:)\]]|$))")
-_STATED_LETTER = re.compile(r"(?i:answer|option|choice)\s*(?:is|:)?\s*\(?([A-Z])\)?(?![A-Za-z])")
-
-
-def answer_span(text: str) -> str:
-    """The part of a completion that holds the answer: the last ``<answer>…</answer>`` if any, else all of it."""
-    tags = _ANSWER_TAG.findall(text or "")
-    return (tags[-1] if tags else (text or "")).strip()
-
-
-def extract_choice(text: str, choices: list[str] | tuple[str, ...]) -> int | None:
-    """Which of ``choices`` a free-text answer picks (0-based), or ``None`` when it picks none or is ambiguous.
-
-    Robust to the ways models answer: a letter (``B``, ``(B)``, ``B.``, ``B) dog``), a sentence stating it
-    (``The answer is B``), the choice's text (normalised), all of which may sit inside ``<answer>`` tags.
-    """
-    from ..metrics import normalize_answer
-
-    span = answer_span(text)
-    if not span or not choices:
-        return None
-    n = len(choices)
-    letter = _LEADING_LETTER.match(span)
-    if letter and 0 <= LETTERS.find((letter.group(1) or letter.group(2)).upper()) < n:
-        return LETTERS.index((letter.group(1) or letter.group(2)).upper())
-    stated = _STATED_LETTER.search(span)
-    if stated and 0 <= LETTERS.find(stated.group(1)) < n:
-        return LETTERS.index(stated.group(1).upper())
-    said = normalize_answer(span)
-    normalised = [normalize_answer(c) for c in choices]
-    exact = [i for i, c in enumerate(normalised) if c and c == said]
-    if len(exact) == 1:
-        return exact[0]
-    contained = [i for i, c in enumerate(normalised) if c and f" {c} " in f" {said} "]
-    # "a dog barking" names choice "dog barking"; a sentence naming two choices picks neither
-    contained = [i for i in contained if not any(j != i and normalised[i] in normalised[j] for j in contained)]
-    return contained[0] if len(contained) == 1 else None
 
 
 _OWN_LETTER = re.compile(r"^\(?(?P<letter>[A-Z])[.):]\s+(?P<text>\S.*)$", re.DOTALL)

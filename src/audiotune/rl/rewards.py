@@ -25,9 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..data.tasks import LETTERS, answer_span, extract_choice
+from ..answers import LETTERS, answer_span, extract_choice, normalize_answer, transcript_normalizer
 from ..errors import ConfigError, RewardError
-from ..metrics import normalize_answer, transcript_normalizer
 
 logger = logging.getLogger(__name__)
 
