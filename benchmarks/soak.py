@@ -20,7 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 def main() -> int:
     from audiotune.models.tiny import build_tiny
-    from audiotune.serve.soak import SoakSettings, run_soak
+    from soak_harness import SoakSettings, run_soak  # beside this file
 
     defaults = SoakSettings()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

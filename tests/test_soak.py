@@ -1,6 +1,6 @@
 """A bounded soak of the real server on loopback: every good request answered, every bad one a 4xx, memory flat.
 
-The same logic as ``make soak`` (``audiotune.serve.soak``): the server runs as ``audiotune serve`` in its own
+The same logic as ``make soak`` (``benchmarks/soak_harness.py``): the server runs as ``audiotune serve`` in its own
 process (key from a file), 32 concurrent clients send mixed requests, one in five malformed in one of twelve ways.
 RSS: the server's median RSS while the last third of the requests finish may exceed the middle third's (after
 the first third's warm-up) by at most max(50 MB, 10 %). Bounded: 240 requests (``make soak`` sends 300) and a 240 s limit.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from audiotune.serve.soak import SoakSettings, run_soak
+from benchmarks.soak_harness import SoakSettings, run_soak
 
 pytestmark = pytest.mark.slow
 

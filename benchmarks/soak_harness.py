@@ -6,7 +6,8 @@ many ways (bad base64, missing audio, audio over the limit, wrong types, garbage
 an unknown model, a wrong key, oversized bodies declared and chunked), and records each status,
 the good requests' latencies and the server's resident memory. Bounded in count and in time: it
 stops by itself. Used by ``tests/test_soak.py`` (slow) and ``make soak`` (``benchmarks/soak.py``),
-which prints the figures; nothing here prints.
+which prints the figures; nothing here prints. It lives beside the benchmarks, not in the package: users of
+audiotune never import a load tester.
 """
 
 from __future__ import annotations
