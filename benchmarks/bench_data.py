@@ -17,7 +17,7 @@ from pathlib import Path
 def run(clips: int = 96, batch_size: int = 8, repeats: int = 3) -> dict:
     from datasets import Audio, load_dataset
 
-    from audiotune.config import TrainConfig
+    from audiotune.train_config import TrainConfig
     from audiotune.data.collator import ConversationCollator
     from audiotune.data.examples import BadSampleLog, ExampleStream
     from audiotune.data.prepare import prepare_split

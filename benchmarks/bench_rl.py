@@ -55,7 +55,7 @@ def main() -> None:
     from transformers.utils import logging as hf_logging
 
     import datasets
-    from audiotune.config import TrainConfig
+    from audiotune.train_config import TrainConfig
     from audiotune.data.synthetic_rl import write_beep_count_dataset
     from audiotune.models.tiny import build_tiny
     from audiotune.train import train

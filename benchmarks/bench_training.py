@@ -83,7 +83,7 @@ def run_guide(data: str, model_path: str, out: str) -> dict:
 
 
 def run_audiotune(data: str, model_path: str, out: str, checkpointing: bool = False) -> dict:
-    from audiotune.config import TrainConfig
+    from audiotune.train_config import TrainConfig
     from audiotune.models.loading import load_processor
     from audiotune.train import train
 
@@ -114,7 +114,7 @@ def common_eval_loss(model, processor, data: str) -> float:
     """Mean loss over the assistant tokens of the eval rows (the guide's skip/take), the same for both."""
     import torch
 
-    from audiotune.config import TrainConfig
+    from audiotune.train_config import TrainConfig
     from audiotune.data.collator import ConversationCollator
     from audiotune.data.prepare import prepare_split
     from audiotune.models.families import AUDIO_FLAMINGO_3
@@ -141,7 +141,7 @@ def model_flops_per_sample(model_path: str, data: str) -> dict:
     activation backward (LoRA's own weight gradients are negligible) over the sample's tokens."""
     from transformers import AudioFlamingo3Config
 
-    from audiotune.config import TrainConfig
+    from audiotune.train_config import TrainConfig
     from audiotune.data.collator import ConversationCollator
     from audiotune.data.prepare import prepare_split
     from audiotune.models.families import AUDIO_FLAMINGO_3

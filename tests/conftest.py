@@ -61,7 +61,7 @@ def micro_processor(micro_af3):
 @pytest.fixture(scope="session")
 def trained_adapter(tmp_path_factory, tiny_af3, synth_data) -> Path:
     """A LoRA adapter trained for 40 steps on the tiny model (~15 s; used by merge/pipeline/infer tests)."""
-    from audiotune.config import TrainConfig
+    from audiotune.train_config import TrainConfig
     from audiotune.train import train
 
     out = tmp_path_factory.mktemp("adapter")

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from audiotune.audio_cache import AudioEmbeddingCache, cache_is_safe, install_audio_cache
-from audiotune.config import TrainConfig
+from audiotune.train_config import TrainConfig
 from audiotune.data.collator import ConversationCollator
 from audiotune.data.tasks import Example, prompt_messages
 from audiotune.models.loading import AdaptationPlan, load_model, load_base_model, prepare_for_training
@@ -86,7 +86,8 @@ def test_training_with_the_cache_gives_the_same_adapter(micro_af3, synth_data, t
 
 def test_length_grouping_cuts_padding_and_keeps_every_sample(micro_af3, synth_data, tmp_path):
     from audiotune.models.families import AUDIO_FLAMINGO_3
-    from audiotune.train import AudiotuneTrainer, build_datasets, estimated_lengths
+    from audiotune.train import build_datasets, estimated_lengths
+    from audiotune.trainer import AudiotuneTrainer
 
     cfg = TrainConfig(model=str(micro_af3), dataset=str(synth_data), out=str(tmp_path), batch_size=4,
                       gradient_accumulation_steps=1)

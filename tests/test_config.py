@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from audiotune.config import TrainConfig
+from audiotune.train_config import TrainConfig
 from audiotune.errors import ConfigError
 from audiotune.models.families import AUDIO_FLAMINGO_3
 from audiotune.train import build_datasets

@@ -13,7 +13,7 @@ import soundfile as sf
 import torch
 from datasets import Audio, ClassLabel, Dataset, Features, Value
 
-from audiotune.config import TrainConfig
+from audiotune.train_config import TrainConfig
 from audiotune.data.check import check_dataset
 from audiotune.data.examples import BadSampleLog, ExampleStream, streaming_workers
 from audiotune.data.prepare import prepare_split

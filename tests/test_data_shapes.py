@@ -22,7 +22,9 @@ import soundfile as sf
 import torch
 from datasets import Audio, Dataset, Features, Value
 
-from audiotune.config import EvalConfig, TrainConfig
+from audiotune.config import EvalConfig
+
+from audiotune.train_config import TrainConfig
 from audiotune.data.check import check_dataset
 from audiotune.data.collator import IGNORE_INDEX, ConversationCollator
 from audiotune.data.examples import BadSampleLog, ExampleDataset

@@ -15,7 +15,7 @@ import pytest
 from safetensors.torch import load_file
 
 from audiotune.checkpoints import checkpoint_is_complete, checkpoint_problem, checkpoint_steps
-from audiotune.config import TrainConfig
+from audiotune.train_config import TrainConfig
 from audiotune.models.families import AUDIO_FLAMINGO_3
 from audiotune.train import build_datasets
 

@@ -10,7 +10,7 @@ import soundfile as sf
 import torch
 from datasets import Audio, ClassLabel, Dataset, Features, Value
 
-from audiotune.config import TrainConfig
+from audiotune.train_config import TrainConfig
 from audiotune.errors import ConfigError
 from audiotune.evaluate import EvalConfig, evaluate, run_evaluation
 from audiotune.merge import merge_adapter

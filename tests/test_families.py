@@ -15,7 +15,7 @@ import torch
 from transformers import pipeline
 
 import audiotune  # noqa: F401  (registers the pipeline task)
-from audiotune.config import TrainConfig
+from audiotune.train_config import TrainConfig
 from audiotune.data.collator import IGNORE_INDEX, ConversationCollator
 from audiotune.data.tasks import TASKS, Example, prompt_messages
 from audiotune.errors import ModelFamilyError

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from audiotune.config import TrainConfig
+from audiotune.train_config import TrainConfig
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import json
 import pytest
 import soundfile as sf
 
-from audiotune.config import TrainConfig
+from audiotune.train_config import TrainConfig
 from audiotune.data.prepare import prepare_split
 from audiotune.answers import extract_choice
 from audiotune.data.tasks import McqTask

@@ -89,7 +89,7 @@ def test_qwen3_asr_reads_its_own_fine_tuning_data_and_a_language_column(tmp_path
     # transcript alone.
     import soundfile as sf
 
-    from audiotune.config import TrainConfig
+    from audiotune.train_config import TrainConfig
     from audiotune.data.collator import ConversationCollator
     from audiotune.data.examples import BadSampleLog, ExampleDataset
     from audiotune.data.prepare import prepare_split

@@ -11,7 +11,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from audiotune.evaluate import EvalReport, ModelScores
+from audiotune.report import EvalReport, ModelScores
 from audiotune.generate import examples_from_audio
 from audiotune.report import write_report
 from tests.conftest import tone

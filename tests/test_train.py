@@ -11,7 +11,7 @@ import soundfile as sf
 import torch
 from datasets import Audio, Dataset, Features, Value
 
-from audiotune.config import TrainConfig
+from audiotune.train_config import TrainConfig
 from audiotune.data.collator import ConversationCollator
 from audiotune.data.tasks import Example, prompt_messages
 from audiotune.errors import AudioDecodeError, DatasetSchemaError

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audiotune.config import TrainConfig
+from audiotune.train_config import TrainConfig
 from audiotune.errors import ConfigError, PathOutsideRootError
 from audiotune.ui.paths import Root
 from tests.conftest import tone

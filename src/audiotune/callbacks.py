@@ -20,12 +20,11 @@ from transformers import TrainerCallback
 
 from .data.tasks import Example
 from .generate import GenerationSettings, generate
-from .metrics import score
+from .metrics import GENERATION_PREFIX, score
 from .models.families import Family
 
 logger = logging.getLogger(__name__)
 
-PREFIX = "eval_gen_"
 
 
 class GenerationMetricsCallback(TrainerCallback):
@@ -58,7 +57,7 @@ class GenerationMetricsCallback(TrainerCallback):
             return
         with torch.inference_mode(False):
             self.last = self.score_now(model)
-        prefixed = {f"{PREFIX}{k}": v for k, v in self.last.items()}
+        prefixed = {f"{GENERATION_PREFIX}{k}": v for k, v in self.last.items()}
         metrics.update(prefixed)  # the same dict the Trainer then uses to pick the best checkpoint
         if state.log_history and "eval_loss" in state.log_history[-1]:
             state.log_history[-1].update(prefixed)

@@ -10,9 +10,9 @@
   default and help.
 
 This module is light on purpose (no torch, no transformers): ``audiotune --help`` imports it. ``TrainConfig``
-lives in ``train_config.py`` (it needs transformers) and is reachable here lazily, so
-``from audiotune.config import TrainConfig`` keeps working. Each field's help is its ``metadata["help"]``: the CLI,
-the web UI's form and ``docs/configuration.md`` read it from there. Older names (``batch_size``, ``out``,
+lives in ``train_config.py`` (it needs transformers), which builds on this module and is never imported by it.
+Each field's help is its ``metadata["help"]``: the CLI, the web UI's form and ``docs/configuration.md`` read it
+from there. Older names (``batch_size``, ``out``,
 ``lr_scheduler``, ...) are :data:`ALIASES`, accepted as flags, YAML keys and keyword arguments.
 
 Defaults reproduce the reference guide's hyper-parameters, except for its two mistakes: LoRA targets the language
@@ -371,10 +371,3 @@ def read_yaml(path: str | Path, cls: type) -> dict[str, Any]:
         raise ConfigError(f"{path}: unknown keys {unknown}. Known keys: {', '.join(sorted(known))}.")
     return data
 
-
-def __getattr__(name: str):
-    if name == "TrainConfig":  # needs transformers: loaded on first use (see the module docstring)
-        from .train_config import TrainConfig
-
-        return TrainConfig
-    raise AttributeError(f"module 'audiotune.config' has no attribute {name!r}")

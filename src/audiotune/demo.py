@@ -27,10 +27,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import TrainConfig
+from .train_config import TrainConfig
 
 if TYPE_CHECKING:
-    from .evaluate import EvalReport
+    from .report import EvalReport
     from .grounding import GroundingCheck
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -22,37 +22,11 @@ from .data.tasks import Example
 from .config import EvalConfig
 from .errors import CheckpointError, ConfigError, DatasetSchemaError
 from .generate import GenerationSettings, generate
-from .metrics import metric_names, score
+from .metrics import score
 from .models.families import Family
+from .report import EvalReport, ModelScores
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class ModelScores:
-    name: str
-    metrics: dict[str, float]
-    predictions: list[dict[str, Any]]
-
-
-@dataclass
-class EvalReport:
-    out_dir: Path
-    task: str
-    models: list[ModelScores]
-    notices: list[str]
-    skipped: list[dict[str, str]]
-    report_md: Path | None = None
-    report_html: Path | None = None
-    audio_examples: list[Example] = field(default_factory=list, repr=False)  # the clips the report can play
-    sampling_rate: int = 16000
-    config: dict[str, Any] = field(default_factory=dict)
-
-    def table(self) -> dict[str, dict[str, float]]:
-        return {m.name: m.metrics for m in self.models}
-
-    def metric_order(self) -> list[str]:
-        return metric_names(self.task, list(self.models[0].metrics)) if self.models else []
 
 
 def load_examples(cfg: EvalConfig, family: Family, bad_log: BadSampleLog) -> tuple[list[Example], str]:

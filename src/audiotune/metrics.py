@@ -29,6 +29,7 @@ CLASSIFY_METRICS = ("accuracy", "macro-F1")
 HARNESS_ACCURACY = "accuracy_lmms_eval"  # the number lmms-eval's MMAU task prints (a seeded guess where none parses)
 MCQ_METRICS = ("accuracy", "answered", HARNESS_ACCURACY)
 SPICE_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
+GENERATION_PREFIX = "eval_gen_"  # generation metrics in the Trainer's logs (eval_gen_CIDEr-D, eval_gen_WER)
 LOWER_IS_BETTER = {"WER", "CER", "loss", "eval_loss"}
 
 

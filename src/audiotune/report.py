@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,13 +19,44 @@ import numpy as np
 import yaml
 
 from .audio import encode_audio
-from .metrics import LOWER_IS_BETTER, best_value, headline_metric
+from .metrics import LOWER_IS_BETTER, best_value, headline_metric, metric_names
 
 if TYPE_CHECKING:
     from .data.tasks import Example
-    from .evaluate import EvalReport
 
 MAX_SAMPLE_ROWS = 50
+
+
+@dataclass
+class ModelScores:
+    """One model's corpus metrics and per-clip prediction rows."""
+
+    name: str
+    metrics: dict[str, float]
+    predictions: list[dict[str, Any]]
+
+
+@dataclass
+class EvalReport:
+    """What an evaluation produced (every model on the same rows), the input of the report written here; it lives
+    beside its renderer so that ``evaluate`` (which makes one) and the report import in one direction only."""
+
+    out_dir: Path
+    task: str
+    models: list[ModelScores]
+    notices: list[str]
+    skipped: list[dict[str, str]]
+    report_md: Path | None = None
+    report_html: Path | None = None
+    audio_examples: list[Example] = field(default_factory=list, repr=False)  # the clips the report can play
+    sampling_rate: int = 16000
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def table(self) -> dict[str, dict[str, float]]:
+        return {m.name: m.metrics for m in self.models}
+
+    def metric_order(self) -> list[str]:
+        return metric_names(self.task, list(self.models[0].metrics)) if self.models else []
 
 
 def metrics_table(columns: dict[str, dict[str, float]], metrics: list[str] | tuple[str, ...]) -> str:

@@ -17,19 +17,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer
 
 from .audio_cache import AudioEmbeddingCache, cache_is_safe, install_audio_cache
-from .checkpoints import (AtomicCheckpointMixin, GracefulStopCallback, checkpoint_is_complete,  # noqa: F401
+from .checkpoints import (GracefulStopCallback, checkpoint_is_complete,  # noqa: F401
                           clean_staging, latest_checkpoint, save_atomically)
-from .callbacks import PREFIX, GenerationMetricsCallback, LiveLogCallback
+from .callbacks import GenerationMetricsCallback, LiveLogCallback
 from .train_config import TrainConfig, gpu_only_message
+from .trainer import AudiotuneTrainer
 from .data.collator import ConversationCollator
 from .data.examples import BadSampleLog, ExampleDataset, ExampleStream, streaming_workers
 from .data.prepare import prepare_split
 from .data.sources import first_row
 from .distributed import rank_and_world_size
 from .errors import AudiotuneError, ConfigError
+from .metrics import GENERATION_PREFIX
 from .models.families import Family
 from .models.loading import (AdaptationPlan, count_parameters, load_base_model, load_processor,
                              prepare_for_training, resolve_family)
@@ -144,32 +145,6 @@ def _header_seconds(build, item) -> float:
         return info.frames / info.samplerate
     except Exception:  # noqa: BLE001 - unknown containers count as 10 s; the sampler only groups
         return 10.0
-
-
-class AudiotuneTrainer(AtomicCheckpointMixin, Trainer):
-    """The Trainer, with atomic checkpoints (see checkpoints.py) and length-grouped batches built from
-    :func:`estimated_lengths` when asked for."""
-
-    lengths: list[int] | None = None
-    rank_split_stream = False  # the train stream is already split by rank (split_dataset_by_node)
-
-    def get_train_dataloader(self):
-        if not self.rank_split_stream:
-            return super().get_train_dataloader()
-        # accelerate would split it again (or make rank 0 read everything and dispatch); this stream is
-        # this rank's own already, so it gets a plain DataLoader. The Trainer moves batches to the device.
-        return torch.utils.data.DataLoader(self.train_dataset, batch_size=self._train_batch_size,
-                                           collate_fn=self.data_collator,
-                                           num_workers=self.args.dataloader_num_workers)
-
-    def _get_train_sampler(self, *args, **kwargs):
-        if self.lengths is None:
-            return super()._get_train_sampler(*args, **kwargs)
-        from transformers.trainer_pt_utils import LengthGroupedSampler
-
-        generator = torch.Generator().manual_seed(self.args.data_seed or self.args.seed)
-        return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                                    lengths=self.lengths, generator=generator)
 
 
 def dataloader_workers(cfg: TrainConfig, train_ds) -> int:
@@ -303,7 +278,8 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> TrainResult:
     elif eval_ds is not None:
         final = trainer.evaluate()
         eval_loss = float(final["eval_loss"])
-        final_metrics = {k.removeprefix(PREFIX): float(v) for k, v in final.items() if k.startswith(PREFIX)}
+        final_metrics = {k.removeprefix(GENERATION_PREFIX): float(v) for k, v in final.items()
+                         if k.startswith(GENERATION_PREFIX)}
 
     save_atomically(trainer, processor, out_dir)
     result = TrainResult(

@@ -206,7 +206,7 @@ class TrainConfig(DataConfig, AdapterConfig, GenerationSettings, RLConfig, Train
         """The copy of this config the Trainer gets: the values derived at run time, set here only."""
         import torch
 
-        from .callbacks import PREFIX
+        from .metrics import GENERATION_PREFIX
         from .metrics import LOWER_IS_BETTER
 
         derived: dict[str, Any] = dict(use_cpu=self.use_cpu or not torch.cuda.is_available(),
@@ -218,7 +218,7 @@ class TrainConfig(DataConfig, AdapterConfig, GenerationSettings, RLConfig, Train
             derived["activation_checkpointing_kwargs"] = {"use_reentrant": False}
         if self.best_metric and has_eval:
             name = self.best_metric.removeprefix("eval_")
-            derived.update(metric_for_best_model="eval_loss" if name == "loss" else f"{PREFIX}{name}",
+            derived.update(metric_for_best_model="eval_loss" if name == "loss" else f"{GENERATION_PREFIX}{name}",
                            greater_is_better=name not in LOWER_IS_BETTER, load_best_model_at_end=True)
         derived.update(changes)
         values = {**self.user_values(), **derived}

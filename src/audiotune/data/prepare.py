@@ -3,7 +3,7 @@
 Training, evaluation and ``data check`` all go through :func:`prepare_split`, so a column name is
 resolved (flag, else auto-detected), a fatal problem (no such split, missing column, empty split)
 is raised, and relative paths are resolved, the same way everywhere, before any model loads.
-``spec`` is any object with the data fields of :class:`~audiotune.config.TrainConfig` (``EvalConfig``
+``spec`` is any object with the data fields of :class:`~audiotune.train_config.TrainConfig` (``EvalConfig``
 has the same names).
 """
 

@@ -1,6 +1,6 @@
 """RL settings → checks and TRL's configs.
 
-The settings live as fields of :class:`~audiotune.config.TrainConfig` (one source for each default, every one a CLI
+The settings live as fields of :class:`~audiotune.train_config.TrainConfig` (one source for each default, every one a CLI
 flag); here they are checked, and mapped onto TRL's ``GRPOConfig``/``DPOConfig`` (``TrainingArguments``
 subclasses), which the trainers in this package take as their arguments, so TRL's own validation (a group needs
 at least two completions, the batch must hold whole groups) applies and its names mean what they mean in TRL.

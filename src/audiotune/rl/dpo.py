@@ -17,7 +17,7 @@ import torch
 
 from ..data.collator import IGNORE_INDEX, ConversationCollator
 from ..data.tasks import Example
-from ..train import AudiotuneTrainer
+from ..trainer import AudiotuneTrainer
 from .common import MetricsLogMixin, reference_context, token_logps
 from .losses import dpo_loss
 

@@ -28,7 +28,7 @@ from ..data.tasks import Example
 from ..generate import stop_token_ids
 from ..models.families import Family
 from ..models.loading import to_model_inputs
-from ..train import AudiotuneTrainer
+from ..trainer import AudiotuneTrainer
 from .common import MetricsLogMixin, no_grad_eval, reference_context, token_logps
 from .losses import group_advantages, grpo_loss
 from .rewards import Reward

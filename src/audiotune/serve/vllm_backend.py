@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from ..data.tasks import Example
     from ..generate import GenerationSettings
     from ..models.families import Family
-    from .server import ServeConfig
+    from ..config import ServeConfig
 
 logger = logging.getLogger(__name__)
 

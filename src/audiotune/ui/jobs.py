@@ -22,7 +22,7 @@ from typing import Any
 
 from ..callbacks import LIVE_LOG
 from ..checkpoints import checkpoint_steps
-from ..config import TrainConfig
+from ..train_config import TrainConfig
 from ..errors import ConfigError
 
 UI_CONFIG = "ui_config.yaml"
