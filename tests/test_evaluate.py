@@ -85,6 +85,15 @@ def test_classify_and_asr_metrics(micro_af3, tmp_path, task, expected):
         references = [json.loads(line)["references"] for line in (tmp_path / "out" / "predictions.jsonl")
                       .read_text().splitlines()]
         assert references[0] == ["high"] and references[1] == ["low"]
+        # metrics.json gives the standard error of the accuracy (a mean of per-clip 0/1 values): sqrt(p(1-p)/(n-1))
+        # written out from the per-clip values; none for macro-F1, which is not a mean over clips.
+        saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
+        correct = [json.loads(line)["scores"]["accuracy"] for line in (tmp_path / "out" / "predictions.jsonl")
+                   .read_text().splitlines()]
+        n, p = len(correct), sum(correct) / len(correct)
+        errors = saved["standard_errors"][report.models[0].name]
+        assert set(errors) == {"accuracy"} and n == saved["rows"] >= 2
+        assert errors["accuracy"] == pytest.approx((p * (1 - p) / (n - 1)) ** 0.5)
     else:
         assert prompt == "Transcribe the input speech."
         saved = json.loads((tmp_path / "out" / "metrics.json").read_text())

@@ -116,3 +116,15 @@ def test_spice_is_skipped_with_one_clear_notice(tmp_path):
                                  spice_models=tmp_path)
     assert "SPICE" not in metrics and "SPIDEr" not in metrics
     assert len(notices) == 1 and "stanford-corenlp-3.6.0.jar" in notices[0]
+
+
+def test_standard_errors_only_for_metrics_that_are_means_over_clips():
+    from audiotune.metrics import standard_errors
+
+    rows = [{"scores": {"accuracy": a, "macro-F1": 0.3}} for a in (1.0, 0.0, 1.0, 1.0)]
+    # mean 0.75; squared deviations 1/16, 9/16, 1/16, 1/16 sum to 3/4; /(n-1) = 1/4; stdev 1/2; / sqrt(4) = 1/4
+    assert standard_errors(rows) == {"accuracy": pytest.approx(0.25)}
+    cider = [{"scores": {"CIDEr-D": 0.5}}, {"scores": {"CIDEr-D": 1.5}}]  # stdev sqrt(1/2), / sqrt(2) = 1/2
+    assert standard_errors(cider) == {"CIDEr-D": pytest.approx(0.5)}
+    assert standard_errors([{"scores": {"WER": 0.2}}, {"scores": {"WER": 0.4}}]) == {}  # a corpus ratio: none
+    assert standard_errors(rows[:1]) == {}  # one clip: no spread to speak of

@@ -22,7 +22,7 @@ from .data.tasks import Example
 from .config import EvalConfig
 from .errors import CheckpointError, ConfigError, DatasetSchemaError
 from .generate import GenerationSettings, generate
-from .metrics import score
+from .metrics import score, standard_errors
 from .models.families import Family
 from .report import EvalReport, ModelScores
 
@@ -184,5 +184,7 @@ def run_evaluation(cfg: EvalConfig, on_model: Callable[[str, int], None] | None 
     (out / "metrics.json").write_text(json.dumps({
         "task": task, "dataset": cfg.dataset, "split": cfg.split, "rows": len(examples),
         "models": report.table(), "notices": notices, "skipped": len(report.skipped),
+        # per model, the standard error of each metric that is a mean over clips: is a difference noise?
+        "standard_errors": {m.name: standard_errors(m.predictions) for m in scored},
         "config": asdict(cfg)}, indent=2))
     return report

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import re
 import shutil
 from collections.abc import Sequence
@@ -232,6 +233,24 @@ def mcq_metrics(predictions: dict[str, str], references: dict[str, list[str]],
     n = max(len(keys), 1)
     return ({"accuracy": sum(v["accuracy"] for v in per_clip.values()) / n, "answered": answered / n,
              HARNESS_ACCURACY: harness_correct / n}, per_clip)
+
+
+# Corpus metrics that are the mean of their per-clip values, so the standard error of that mean says how far a
+# difference between two models is from noise (pycocoevalcap's CIDEr-D averages its per-clip scores). WER is a
+# corpus ratio and BLEU/METEOR corpus-level statistics: no per-clip mean stands for them.
+MEAN_OVER_CLIPS = ("accuracy", "CIDEr-D")
+
+
+def standard_errors(rows: Sequence[dict]) -> dict[str, float]:
+    """The standard error of each ``MEAN_OVER_CLIPS`` metric over the per-clip ``scores`` of ``rows`` (two or more)."""
+    import statistics
+
+    errors = {}
+    for metric in MEAN_OVER_CLIPS:
+        values = [row["scores"][metric] for row in rows if metric in row.get("scores", {})]
+        if len(values) >= 2 and len(values) == len(rows):
+            errors[metric] = statistics.stdev(values) / math.sqrt(len(values))
+    return errors
 
 
 def score(task: str, predictions: dict[str, str], references: dict[str, list[str]], with_meteor: bool = True,
