@@ -13,6 +13,7 @@ from transformers import pipeline
 import audiotune  # noqa: F401  (registers the pipeline task)
 from audiotune.errors import AudioDecodeError
 from audiotune.generate import GenerationSettings, examples_from_audio, generate
+from audiotune.engines.native import NativeEngine
 from audiotune.infer import answer_files, infer
 from audiotune.models.loading import load_model, load_processor
 from tests.conftest import tone
@@ -47,7 +48,7 @@ def _alone(micro, path, max_new_tokens=6) -> str:
 
 def test_api_answers_the_good_files_and_names_the_bad(micro, clips):
     files = [clips / "truncated.wav", clips / "ok.wav", clips / "missing.wav", clips / "ok2.wav"]
-    results = answer_files(*micro, files, max_new_tokens=6, batch_size=4)
+    results = answer_files(NativeEngine.wrap(*micro, batch_size=4), files, max_new_tokens=6)
     assert [r.file for r in results] == [str(f) for f in files]
     assert [r.ok for r in results] == [False, True, False, True]
     assert results[1].answer == _alone(micro, clips / "ok.wav") and results[1].answer
@@ -59,7 +60,7 @@ def test_api_answers_the_good_files_and_names_the_bad(micro, clips):
     assert truncated.record("p") == {"file": str(files[0]), "prompt": "p", "error": truncated.error,
                                      "error_type": "AudioDecodeError"}
     with pytest.raises(AudioDecodeError, match="truncated.wav: truncated WAV"):
-        answer_files(*micro, files, on_bad_file="fail")
+        answer_files(NativeEngine.wrap(*micro), files, on_bad_file="fail")
 
 
 def test_infer_never_loads_the_model_when_no_file_is_usable(micro_af3, clips, tmp_path):

@@ -15,15 +15,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .audio_cache import AudioEmbeddingCache, install_audio_cache
+from .audio_cache import AudioEmbeddingCache
 from .data.examples import BadSampleLog, ExampleDataset, ExampleStream
 from .data.prepare import prepare_split
 from .data.tasks import Example
 from .config import EvalConfig
-from .errors import CheckpointError, ConfigError, DatasetSchemaError
-from .generate import GenerationSettings, generate
+from .errors import CheckpointError, DatasetSchemaError
+from .generate import GenerationSettings
 from .metrics import score, standard_errors
-from .models.families import Family
+from .models.family import Family
 from .report import EvalReport, ModelScores
 
 logger = logging.getLogger(__name__)
@@ -75,17 +75,6 @@ def _variants(cfg: EvalConfig) -> list[tuple[str, str, str | None]]:
     return [(f"{n} ({i})" if names.count(n) > 1 else n, m, a) for i, (n, m, a) in enumerate(variants)]
 
 
-def score_model(model, processor, family: Family, examples: Sequence[Example], task: str,
-                settings: GenerationSettings, batch_size: int = 16, with_meteor: bool = True,
-                spice_models: str | None = None, notices: list[str] | None = None,
-                on_batch: Callable[[int], None] | None = None,
-                asr_normalizer: str = "whisper") -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Generate for ``examples`` and score them: (corpus metrics, per-clip prediction rows)."""
-    answers = generate(model, processor, family, examples, batch_size=batch_size, settings=settings,
-                       on_batch=on_batch)
-    return score_answers(examples, answers, task, settings, with_meteor, spice_models, notices, asr_normalizer)
-
-
 def score_answers(examples: Sequence[Example], answers: Sequence[str], task: str, settings: GenerationSettings,
                   with_meteor: bool = True, spice_models: str | None = None, notices: list[str] | None = None,
                   asr_normalizer: str = "whisper") -> tuple[dict[str, float], list[dict[str, Any]]]:
@@ -129,10 +118,10 @@ def run_evaluation(cfg: EvalConfig, on_model: Callable[[str, int], None] | None 
     ``on_model(name, n_examples)`` is called before each model, ``on_batch(n)`` after each batch
     (the CLI's progress bar).
     """
-    import gc
+    from .engines import engine_class
+    from .models.loading import resolve_family
 
-    from .checkpoints import processor_folder
-    from .models.loading import load_model, load_processor, resolve_family
+    opener = engine_class(cfg.backend)  # an unknown backend: before any work
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     family = resolve_family(cfg.model)
@@ -150,30 +139,19 @@ def run_evaluation(cfg: EvalConfig, on_model: Callable[[str, int], None] | None 
                        f"(--asr-normalizer {cfg.asr_normalizer}).")
     scored: list[ModelScores] = []
     audio_cache = AudioEmbeddingCache()  # models with the same frozen encoder share the clips' embeddings
-    if cfg.backend not in ("transformers", "vllm"):
-        raise ConfigError(f"--backend {cfg.backend!r}: choose transformers or vllm.")
     for name, model_path, adapter in variants:
         if on_model:
             on_model(name, len(examples))
-        if cfg.backend == "vllm":
-            from .serve.vllm_backend import vllm_generate
-
-            answers = vllm_generate(model_path, examples, settings, adapter=adapter, python=cfg.vllm_python,
-                                    batch_size=cfg.batch_size)
-            if on_batch:
-                on_batch(len(examples))
-            scored.append(ModelScores(name, *score_answers(examples, answers, task, settings, cfg.with_meteor,
-                                                           cfg.spice_models, notices, cfg.asr_normalizer)))
-            continue
-        model, _ = load_model(model_path, adapter=adapter, encoder_frames=cfg.encoder_frames)
-        install_audio_cache(model, family, audio_cache)
-        processor_source = processor_folder(model_path, adapter)
-        metrics, rows = score_model(model, load_processor(processor_source), family, examples, task, settings,
-                                    cfg.batch_size, cfg.with_meteor, cfg.spice_models, notices, on_batch,
-                                    cfg.asr_normalizer)
-        scored.append(ModelScores(name, metrics, rows))
-        del model
-        gc.collect()
+        # A merged checkpoint is another checkpoint (its own family facts); the base and its adapters share one.
+        engine = opener(model_path, {"adapter": adapter} if adapter else None,
+                        family=family if model_path == cfg.model else None, batch_size=cfg.batch_size,
+                        vllm_python=cfg.vllm_python, encoder_frames=cfg.encoder_frames, audio_cache=audio_cache)
+        try:
+            answers = engine.generate(examples, settings, model="adapter" if adapter else None, on_batch=on_batch)
+        finally:
+            engine.close()
+        scored.append(ModelScores(name, *score_answers(examples, answers, task, settings, cfg.with_meteor,
+                                                        cfg.spice_models, notices, cfg.asr_normalizer)))
 
     with (out / "predictions.jsonl").open("w") as handle:
         for model_scores in scored:

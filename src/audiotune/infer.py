@@ -65,14 +65,15 @@ def decode_files(files: Sequence[str | Path], sampling_rate: int, limits: AudioL
     return audios, results
 
 
-def answer_files(model, processor, family, files: Sequence[str | Path], prompt: str = "Describe the audio.",
-                 system_prompt: str | None = None, batch_size: int = 16, max_new_tokens: int | None = None,
-                 on_bad_file: str = "skip", on_batch: Callable[[int], None] | None = None,
-                 generation: GenerationSettings | None = None) -> list[InferResult]:
-    """:func:`infer` with a model already loaded (a notebook, a test, a long-lived process)."""
-    audios, results = decode_files(files, family.sampling_rate, _limits(family), on_bad_file)
-    return _answer(model, processor, family, audios, results, prompt, system_prompt, batch_size,
-                   _settings(generation, max_new_tokens), on_batch)
+def answer_files(engine, files: Sequence[str | Path], prompt: str = "Describe the audio.",
+                 system_prompt: str | None = None, max_new_tokens: int | None = None, on_bad_file: str = "skip",
+                 on_batch: Callable[[int], None] | None = None, generation: GenerationSettings | None = None,
+                 model: str | None = None) -> list[InferResult]:
+    """:func:`infer` with an engine already open (a notebook, a test, a long-lived process): ``model`` names its
+    base (None) or one of its adapters."""
+    audios, results = decode_files(files, engine.family.sampling_rate, _limits(engine.family), on_bad_file)
+    return _fill(engine, audios, results, prompt, system_prompt, _settings(generation, max_new_tokens), model,
+                 on_batch)
 
 
 def _settings(generation: GenerationSettings | None, max_new_tokens: int | None) -> GenerationSettings:
@@ -90,32 +91,31 @@ def infer(files: Sequence[str | Path], model: str, adapter: str | None = None, p
           generation: GenerationSettings | None = None) -> list[InferResult]:
     """Answer ``prompt`` for each file; one :class:`InferResult` per file, in the order given.
 
-    ``backend="vllm"`` generates with vLLM's offline engine in its own environment (see
-    :mod:`audiotune.serve.vllm_backend`); the default runs the model in this process.
+    ``backend`` names the engine (:mod:`audiotune.engines`): ``transformers`` runs the model in this process,
+    ``vllm`` vLLM's offline engine in its own environment. The family is resolved once, here, and handed to it.
 
     ``on_bad_file="skip"`` (default): a bad file gets an error result and the others are answered;
     ``"fail"``: the first bad file raises its :class:`~audiotune.errors.AudiotuneError` before the
     model loads. The model is not loaded at all when no file is usable.
     """
-    from .models.loading import load_model, load_processor, resolve_family
+    from .engines import engine_class
+    from .models.loading import resolve_family
 
+    opener = engine_class(backend)  # an unknown backend: before any work
     family = resolve_family(model)
     audios, results = decode_files(files, family.sampling_rate, _limits(family), on_bad_file)  # before loading
     if not any(r.ok for r in results):
         return results
-    settings = _settings(generation, max_new_tokens)
-    if backend == "vllm":
-        from .serve.vllm_backend import vllm_generate
+    engine = opener(model, {ADAPTER: str(adapter)} if adapter else None, family=family, batch_size=batch_size,
+                    vllm_python=vllm_python, encoder_frames=encoder_frames)
+    try:
+        return _fill(engine, audios, results, prompt, system_prompt, _settings(generation, max_new_tokens),
+                     ADAPTER if adapter else None, on_batch)
+    finally:
+        engine.close()
 
-        return _fill(audios, results, prompt, system_prompt, lambda examples: vllm_generate(
-            model, examples, settings, adapter=adapter, python=vllm_python, batch_size=batch_size))
-    if backend != "transformers":
-        raise ConfigError(f"--backend {backend!r}: choose transformers or vllm.")
-    net, family = load_model(model, adapter=adapter, encoder_frames=encoder_frames)
-    from .checkpoints import processor_folder
 
-    processor = load_processor(processor_folder(model, adapter))
-    return _answer(net, processor, family, audios, results, prompt, system_prompt, batch_size, settings, on_batch)
+ADAPTER = "adapter"  # the name infer gives its one adapter inside the engine
 
 
 def _limits(family) -> AudioLimits:
@@ -123,25 +123,16 @@ def _limits(family) -> AudioLimits:
     return AudioLimits(family.window_seconds, family.max_audio_seconds, LongAudioPolicy.WINDOW)
 
 
-def _answer(model, processor, family, audios: list[Any], results: list[InferResult], prompt: str,
-            system_prompt: str | None, batch_size: int, settings: GenerationSettings,
-            on_batch: Callable[[int], None] | None) -> list[InferResult]:
-    """Fill in the answers of the decoded files with the model in this process."""
-    from .generate import generate
-
-    return _fill(audios, results, prompt, system_prompt, lambda examples: generate(
-        model, processor, family, examples, batch_size=batch_size, settings=settings, on_batch=on_batch))
-
-
-def _fill(audios: list[Any], results: list[InferResult], prompt: str, system_prompt: str | None,
-          answer: Callable[[list], list[str]]) -> list[InferResult]:
-    """Answer the decoded files (``None`` in ``audios`` marks a bad one) with ``answer(examples)``."""
+def _fill(engine, audios: list[Any], results: list[InferResult], prompt: str, system_prompt: str | None,
+          settings: GenerationSettings, model: str | None,
+          on_batch: Callable[[int], None] | None) -> list[InferResult]:
+    """Answer the decoded files (``None`` in ``audios`` marks a bad one) with the engine's ``model``."""
     from .generate import examples_from_audio
 
     good = [i for i, audio in enumerate(audios) if audio is not None]
     if good:
         examples = examples_from_audio([audios[i] for i in good], prompt, system_prompt,
                                        ids=[results[i].file for i in good])
-        for i, text in zip(good, answer(examples)):
+        for i, text in zip(good, engine.generate(examples, settings, model=model, on_batch=on_batch)):
             results[i].answer = text
     return results

@@ -20,7 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from .batcher import DynamicBatcher
-from .engine import Engine
+from ..engines import Engine
 from .protocol import ApiError, Limits, parse_chat_request, parse_json
 
 logger = logging.getLogger(__name__)

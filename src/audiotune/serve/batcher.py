@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from ..generate import Generation
-from .engine import Engine, GenerationRequest
+from ..engines import Engine, GenerationRequest
 
 logger = logging.getLogger(__name__)
 

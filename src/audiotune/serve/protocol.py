@@ -17,7 +17,7 @@ import numpy as np
 from ..audio import base64_bytes, data_uri_bytes, load_audio
 from ..errors import AudioDecodeError, AudiotuneError, AudioTooLongError
 from ..data.tasks import Example
-from .engine import GenerationRequest
+from ..engines import GenerationRequest
 
 AUDIO_FORMATS = {"wav", "mp3", "flac", "ogg"}
 

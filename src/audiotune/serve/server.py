@@ -1,4 +1,4 @@
-"""Start a server: audiotune's own (transformers + dynamic batching) or vLLM (its own environment, see vllm_backend.py)."""
+"""Start a server: audiotune's own (the transformers engine + dynamic batching) or vLLM's (``vllm_server.py``)."""
 
 from __future__ import annotations
 
@@ -47,12 +47,12 @@ def resolve_api_key(cfg: ServeConfig, environ: dict[str, str] | None = None) -> 
 def build_app(cfg: ServeConfig):
     """The FastAPI app with its engine loaded (used by :func:`serve` and by tests/benchmarks)."""
     from .app import ServerSettings, create_app
-    from .engine import Engine
+    from ..engines import open_engine
     from .protocol import Limits
 
     api_key = resolve_api_key(cfg.validate())  # a bad flag, a missing or empty key file: before the model loads
-    engine = Engine(cfg.model, cfg.adapter_paths, served_name=cfg.served_name, device=cfg.device,
-                    encoder_frames=cfg.encoder_frames, generation=cfg.generation())
+    engine = open_engine("transformers", cfg.model, cfg.adapter_paths, served_name=cfg.served_name, device=cfg.device,
+                         encoder_frames=cfg.encoder_frames, generation=cfg.generation())
     family = engine.family
     limits = Limits(max_request_bytes=cfg.max_request_bytes,
                     max_audio_seconds=min(cfg.max_audio_seconds or family.max_audio_seconds, family.max_audio_seconds),
@@ -77,7 +77,7 @@ def serve(cfg: ServeConfig) -> None:
 
 def serve_vllm(cfg: ServeConfig, startup_timeout_s: float = 900.0) -> None:
     """Start vLLM's OpenAI server (adapters exported for it), wait until it answers, stay attached until SIGTERM."""
-    from .vllm_backend import VllmServer
+    from .vllm_server import VllmServer
 
     server = VllmServer(cfg, api_key=resolve_api_key(cfg))
     server.start(startup_timeout_s)

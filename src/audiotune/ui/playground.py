@@ -3,7 +3,7 @@
 A chat is one clip plus turns of text. :func:`conversation` turns a chat history (the Chatbot's
 ``{"role", "content"}`` messages) into audiotune's one conversation format, the clip in the first
 user turn. A backend streams an answer for one model: :class:`LocalBackend` runs the same
-:class:`~audiotune.serve.engine.Engine` as ``audiotune serve`` (base + named adapters), one
+:class:`~audiotune.engines.native.NativeEngine` as ``audiotune serve`` (base + named adapters), one
 generation at a time behind a lock; :class:`RemoteBackend` sends OpenAI chat-completions requests
 with ``input_audio`` parts to a running ``audiotune serve`` or vLLM server and reads its SSE stream.
 """
@@ -113,9 +113,9 @@ class LocalBackend:
 
     @classmethod
     def load(cls, model: str, adapters: dict[str, str] | None = None, device: str | None = None) -> "LocalBackend":
-        from ..serve.engine import Engine
+        from ..engines import open_engine
 
-        return cls(Engine(model, adapters=adapters, device=device))
+        return cls(open_engine("transformers", model, adapters, device=device))
 
     @property
     def sampling_rate(self) -> int:
@@ -129,10 +129,9 @@ class LocalBackend:
 
     def stream(self, model: str, messages: list[dict[str, Any]], settings: ChatSettings) -> Iterator[str]:
         """Yield the answer so far as it grows; the last value is the finished answer."""
-        from ..serve.engine import GenerationRequest
+        from ..engines import GenerationRequest
 
-        if model not in self.models():
-            raise ConfigError(f"model {model!r} is not loaded; loaded: {self.models()}.")
+        self.engine.check_model(model)
         pieces: queue.Queue = queue.Queue()
         request = GenerationRequest(example=Example(id="playground", messages=messages, references=[""]),
                                     model=model, max_tokens=settings.max_tokens,

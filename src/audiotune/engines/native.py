@@ -1,4 +1,4 @@
-"""The model behind the server: base plus named LoRA adapters, one batch at a time.
+"""The transformers engine: the model in this process, base plus named LoRA adapters, one batch at a time.
 
 Several adapters share one base (PEFT adapter switching): a batch holds requests for one adapter
 (or the base, run with adapters disabled), so requests for different adapters are batched apart.
@@ -13,51 +13,55 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from ..data.tasks import Example
+from ..checkpoints import processor_folder
 from ..errors import CheckpointError
-from ..generate import Generation, GenerationSettings, RowSampling, generate_batch, stop_token_ids
+from ..generate import Generation, GenerationSettings, RowSampling, generate, generate_batch, stop_token_ids
+from ..models.families import Family
+from .base import Engine, GenerationRequest
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class GenerationRequest:
-    """A parsed chat request: the conversation and its sampling settings."""
+class NativeEngine(Engine):
+    """The base (+ adapters) loaded once with transformers; batches run in this process."""
 
-    example: Example
-    model: str  # served model name: the base or an adapter
-    max_tokens: int
-    temperature: float | None = None  # None: the server's generation settings; 0: greedy
-    top_p: float | None = None
-    seed: int | None = None
-    stop: list[str] = field(default_factory=list)
-    on_text: Callable[[str], None] | None = None  # streaming: called with each new piece of text
+    backend = "transformers"
 
-    @property
-    def greedy(self) -> bool:
-        return self.temperature is not None and self.temperature == 0
+    def __init__(self, model: str, adapters: dict[str, str] | None = None, *, family: Family | None = None,
+                 served_name: str | None = None, device: str | None = None, encoder_frames: str = "window",
+                 batch_size: int = 16, generation: GenerationSettings | None = None, audio_cache=None,
+                 **_vllm_only: Any) -> None:
+        from ..models.loading import check_adapter_folder, load_model, load_processor
 
-    def batch_key(self) -> tuple:
-        """Requests with equal keys can share one ``generate`` call: those for the same model (base or adapter)."""
-        return (self.model,)
+        for path in (adapters or {}).values():
+            check_adapter_folder(path)
+        base, family = load_model(model, device=device, encoder_frames=encoder_frames, family=family)
+        # One adapter (infer, eval): its own processor when training saved one (a changed template or tokenizer).
+        only = next(iter(adapters.values())) if adapters and len(adapters) == 1 else None
+        self._setup(base, load_processor(processor_folder(model, only)), family, adapters,
+                    served_name or Path(model.rstrip("/")).name or model, batch_size, generation)
+        if audio_cache is not None:  # eval: models with the same frozen encoder share the clips' embeddings
+            from ..audio_cache import install_audio_cache
 
+            install_audio_cache(self.model, self.family, audio_cache)
 
-class Engine:
-    """Loads the base (+ adapters) once and runs batches of requests against it."""
+    @classmethod
+    def wrap(cls, model, processor, family: Family, name: str = "model", batch_size: int = 16,
+             generation: GenerationSettings | None = None) -> "NativeEngine":
+        """An engine over a model already loaded (a notebook, a test, a long-lived process); adapters on it, if
+        any, stay as they are."""
+        engine = cls.__new__(cls)
+        engine._setup(model, processor, family, None, name, batch_size, generation)
+        return engine
 
-    def __init__(self, model_path: str, adapters: dict[str, str] | None = None, served_name: str | None = None,
-                 device: str | None = None, encoder_frames: str = "window",
-                 generation: GenerationSettings | None = None) -> None:
-        from ..models.loading import load_model, load_processor
-
-        base, self.family = load_model(model_path, device=device, encoder_frames=encoder_frames)
-        self.processor = load_processor(model_path)
-        self.base_name = served_name or Path(model_path.rstrip("/")).name or model_path
+    def _setup(self, base, processor, family: Family, adapters: dict[str, str] | None, name: str, batch_size: int,
+               generation: GenerationSettings | None) -> None:
+        self.family, self.processor, self.base_name, self.batch_size = family, processor, name, batch_size
         self.adapters = dict(adapters or {})
         if self.base_name in self.adapters:
             raise CheckpointError(f"adapter name {self.base_name!r} is also the base model's served name; rename it.")
@@ -67,15 +71,23 @@ class Engine:
 
             names = list(self.adapters)
             self.model = PeftModel.from_pretrained(base, self.adapters[names[0]], adapter_name=names[0])
-            for name in names[1:]:
-                self.model.load_adapter(self.adapters[name], adapter_name=name)
+            for adapter in names[1:]:
+                self.model.load_adapter(self.adapters[adapter], adapter_name=adapter)
             self.model.eval()
         # What a request that sets no temperature/top-p gets, and the server-wide repetition rules: the same
         # GenerationSettings as infer and eval (greedy by default), not the checkpoint's generation_config.
         self.generation = generation or GenerationSettings()
 
-    def model_names(self) -> list[str]:
-        return [self.base_name, *self.adapters]
+    def generate(self, examples, settings, *, model=None, on_batch=None) -> list[str]:
+        with self._selected(self.check_model(model)):
+            return generate(self.model, self.processor, self.family, examples, batch_size=self.batch_size,
+                            settings=settings, on_batch=on_batch)
+
+    def close(self) -> None:
+        del self.model
+        import gc
+
+        gc.collect()
 
     @contextlib.contextmanager
     def _selected(self, name: str):

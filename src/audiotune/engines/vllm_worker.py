@@ -1,4 +1,4 @@
-"""Offline batched generation with vLLM's engine; run by :func:`audiotune.serve.vllm_backend.vllm_generate`.
+"""Offline batched generation with vLLM's engine; run by :class:`audiotune.engines.vllm.VllmEngine`.
 
 A standalone script for vLLM's own interpreter (its own torch and transformers, no audiotune installed):
 ``python vllm_worker.py request.json answers.json``. The request holds the model, an optional exported

@@ -1,0 +1,83 @@
+"""The one interface every generation backend implements, and the request a served chat becomes.
+
+Why an interface: ``infer``, ``eval``, ``serve`` and the web UI's playground all need the same thing (answers for a
+batch of conversations, from a base model or one of its adapters, with given generation settings) and used to
+switch on a backend string each in its own way. Each now holds an :class:`Engine`; which one is chosen in one place
+(:func:`audiotune.engines.open_engine`), and adding a backend is one module that subclasses this one.
+
+An engine is built for one checkpoint and its family, resolved once by the caller (:func:`load_family`) and handed
+in, so a command reads the checkpoint's config, processor and chat template once however many parts need them.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from ..config import GenerationSettings
+from ..data.tasks import Example
+from ..errors import ConfigError
+from ..generate import Generation
+from ..models.families import Family
+
+
+@dataclass
+class GenerationRequest:
+    """One conversation with its own sampling settings (a served chat request, a playground turn)."""
+
+    example: Example
+    model: str  # the engine's model name: the base or an adapter
+    max_tokens: int
+    temperature: float | None = None  # None: the engine's generation settings; 0: greedy
+    top_p: float | None = None
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    on_text: Callable[[str], None] | None = None  # streaming: called with each new piece of text
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature is not None and self.temperature == 0
+
+    def batch_key(self) -> tuple:
+        """Requests with equal keys can share one ``generate`` call: those for the same model (base or adapter)."""
+        return (self.model,)
+
+
+class Engine(ABC):
+    """Answers conversations for one checkpoint: its base model and the adapters it was opened with, by name.
+
+    ``backend`` is the name ``--backend`` takes. ``family`` is the checkpoint's bound family. ``base_name`` is the
+    name that selects the base model (adapters disabled); every other name in :meth:`model_names` is an adapter.
+    """
+
+    backend: ClassVar[str]
+    family: Family
+    base_name: str
+    adapters: dict[str, str]
+
+    def model_names(self) -> list[str]:
+        return [self.base_name, *self.adapters]
+
+    def check_model(self, name: str | None) -> str:
+        """``name`` (None: the base) if this engine has it, else one error listing what it has."""
+        name = self.base_name if name is None else name
+        if name not in self.model_names():
+            raise ConfigError(f"model {name!r} is not loaded; loaded: {', '.join(self.model_names())}.")
+        return name
+
+    @abstractmethod
+    def generate(self, examples: Sequence[Example], settings: GenerationSettings, *, model: str | None = None,
+                 on_batch: Callable[[int], None] | None = None) -> list[str]:
+        """Answers for ``examples`` in their order, from ``model`` (None: the base); ``on_batch(n)`` after each
+        batch of ``n`` (a progress bar)."""
+
+    def run(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        """Answers for requests that each carry their own sampling and may stream (``on_text``): what a server's
+        dynamic batcher and the playground need. Requests share one :meth:`GenerationRequest.batch_key`."""
+        raise ConfigError(f"the {self.backend} engine answers whole batches only (no per-request sampling or "
+                          "streaming here); use --backend transformers, or serve with vLLM's own server.")
+
+    def close(self) -> None:
+        """Release what the engine holds (a model's memory, a child process)."""

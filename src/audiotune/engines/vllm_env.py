@@ -1,0 +1,181 @@
+"""What any vLLM process of audiotune's needs: its interpreter, its environment, and adapters under its names.
+
+vLLM pins its own torch and transformers, so it lives in a separate environment (``make vllm-env`` builds
+``.venv-vllm``; on a GPU machine ``pip install vllm`` there) and audiotune talks to it only through a child
+process: the offline engine's worker (:mod:`.vllm`) or vLLM's OpenAI server (:mod:`audiotune.serve.vllm_server`).
+
+Adapters need one conversion. PEFT saves LoRA weights under transformers' *in-memory* module names
+(``model.language_model.layers.0...``), while vLLM names modules as the checkpoint on disk does
+(``language_model.model.layers.0...``) and silently ignores LoRA weights it cannot place. :func:`export_adapter`
+rewrites the names with transformers' own reverse conversion (the one ``save_pretrained`` applies to the base
+weights), lists ``target_modules`` by name (vLLM takes no regex), and checks every module against the base
+checkpoint's weights when they are on disk.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import CheckpointError, ConfigError
+
+if TYPE_CHECKING:
+    from ..models.families import Family
+
+VLLM_ENV_DIR = ".venv-vllm"  # what `make vllm-env` builds
+VLLM_PYTHON_ENV = "AUDIOTUNE_VLLM_PYTHON"
+VLLM_API_KEY_ENV = "VLLM_API_KEY"  # what vLLM's server reads when it gets no --api-key
+MISSING = ("--backend vllm needs vLLM in its own environment: run `make vllm-env` (this repository, CPU) or "
+           "`pip install vllm` in a GPU environment, then pass its interpreter with --vllm-python or ${env}.")
+
+
+def find_vllm_python(explicit: str | None = None) -> str:
+    """The interpreter that runs vLLM: ``explicit``, ``$AUDIOTUNE_VLLM_PYTHON``, ``./.venv-vllm``, or this one."""
+    for candidate, source in ((explicit, "--vllm-python"), (os.environ.get(VLLM_PYTHON_ENV), f"${VLLM_PYTHON_ENV}")):
+        if candidate:
+            if not Path(candidate).exists() and shutil.which(candidate) is None:
+                raise ConfigError(f"{source} {candidate}: no such interpreter. " + MISSING.format(env=VLLM_PYTHON_ENV))
+            return candidate
+    local = Path(VLLM_ENV_DIR) / "bin" / "python"
+    if local.exists():
+        return str(local.absolute())
+    if importlib.util.find_spec("vllm") is not None:
+        return sys.executable
+    raise ConfigError(MISSING.format(env=VLLM_PYTHON_ENV))
+
+
+def require_vllm_family(model: str, family: "Family | None" = None) -> "Family":
+    """The model's family (``family`` when the caller resolved it), or a clear error before anything starts if vLLM
+    cannot run it."""
+    if family is None:
+        from ..models.loading import resolve_family
+
+        family = resolve_family(model)
+    if not family.vllm_supported:
+        why = f" ({family.vllm_note})" if family.vllm_note else ""
+        raise ConfigError(f"vLLM does not serve the {family.name} family{why}; use --backend transformers.")
+    return family
+
+
+# --- adapters -------------------------------------------------------------------------------------------------
+
+def modality_lora(model: str, family: "Family", adapters: Sequence[str] = ()) -> tuple[str, int] | None:
+    """The checkpoint's own audio LoRA (Granite Speech 3.3's) as vLLM applies it: per request, to every request
+    with audio (``--default-mm-loras``, vLLM docs/features/lora.md), never folded into the weights. vLLM applies
+    one LoRA per request, so an audiotune adapter (trained over the folded one) cannot go on top: merge it first.
+    A family whose vLLM code takes no LoRA at all refuses ``adapters`` the same way, before an engine starts."""
+    from ..models.loading import modality_adapter_path
+
+    if adapters and not family.vllm_lora:
+        raise ConfigError(
+            f"vLLM cannot apply a LoRA adapter to the {family.name} family (its vLLM model code does not implement "
+            f"SupportsLoRA). Merge first (audiotune merge --model {model} --adapter ADAPTER --out MERGED) and "
+            "serve the merged folder.")
+    path = modality_adapter_path(model, family)
+    if path is None:
+        return None
+    if adapters:
+        raise ConfigError(
+            f"{model} ships its own audio LoRA ({path}) and vLLM applies one LoRA per request, so it cannot stack "
+            f"{', '.join(map(str, adapters))} on it. Merge first (audiotune merge --model {model} --adapter "
+            "ADAPTER --out MERGED) and serve the merged folder, which holds both.")
+    return path, lora_rank(path)
+
+
+def export_adapter(model: str, adapter: str | Path, out: str | Path, family: "Family | None" = None) -> Path:
+    """A copy of ``adapter`` that vLLM applies: checkpoint module names, explicit ``target_modules``."""
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers.core_model_loading import revert_weight_conversion
+
+    from ..plan import instantiate_on_meta, load_architecture
+
+    adapter, out = Path(adapter), Path(out)
+    weights_file = adapter / "adapter_model.safetensors"
+    if not weights_file.exists():
+        raise CheckpointError(f"{adapter}: no adapter_model.safetensors; pass a LoRA folder saved by audiotune train.")
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    if config.get("modules_to_save"):
+        raise ConfigError(f"{adapter}: vLLM's LoRA cannot load modules_to_save ({config['modules_to_save']}), e.g. a "
+                          "trained projector; merge it (`audiotune merge`) and serve the merged folder.")
+    family = require_vllm_family(model, family)
+    architecture, _ = load_architecture(model)
+    meta_model, _ = instantiate_on_meta(architecture, family)
+    prefix = "base_model.model."
+    weights = load_file(weights_file)
+    inner = {k.removeprefix(prefix): v for k, v in weights.items()}
+    renamed = revert_weight_conversion(meta_model, inner)
+    if len(renamed) != len(inner):
+        raise CheckpointError(f"{adapter}: {len(inner)} LoRA tensors became {len(renamed)} under the checkpoint's "
+                              "names (a fused layer?); merge the adapter and serve the merged model instead.")
+    modules = {key.split(".lora_", 1)[0] for key in renamed}
+    base_keys = _checkpoint_keys(Path(model))
+    if base_keys is not None:
+        unknown = sorted(m for m in modules if f"{m}.weight" not in base_keys)
+        if unknown:
+            raise CheckpointError(f"{adapter}: {len(unknown)} LoRA modules have no weight in {model} "
+                                  f"(first: {unknown[0]}); was it trained on another base?")
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({prefix + k: v.to(torch.float32).contiguous() for k, v in renamed.items()},
+              out / "adapter_model.safetensors")
+    config["target_modules"] = sorted({m.rsplit(".", 1)[-1] for m in modules})
+    (out / "adapter_config.json").write_text(json.dumps(config, indent=2))
+    return out
+
+
+def _checkpoint_keys(folder: Path) -> set[str] | None:
+    """Weight names of a local safetensors checkpoint (``None`` for a Hub id: nothing to check against)."""
+    from safetensors import safe_open
+
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        return set(json.loads(index.read_text())["weight_map"])
+    single = folder / "model.safetensors"
+    if not single.exists():
+        return None
+    with safe_open(str(single), "pt") as handle:
+        return set(handle.keys())
+
+
+def lora_rank(adapter: str | Path) -> int:
+    try:
+        return int(json.loads((Path(adapter) / "adapter_config.json").read_text()).get("r", 16))
+    except (OSError, ValueError):
+        raise ConfigError(f"{adapter}: cannot read adapter_config.json to size vLLM's --max-lora-rank.") from None
+
+
+def on_cpu_only() -> bool:
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+def cpu_arguments(given: Sequence[str]) -> list[str]:
+    """vLLM's CPU backend here: float32 (no bf16 kernels assumed), eager (compilation takes minutes)."""
+    args = []
+    if "--dtype" not in given:
+        args += ["--dtype", "float32"]
+    if "--enforce-eager" not in given:
+        args.append("--enforce-eager")
+    if "--max-model-len" not in given:
+        args += ["--max-model-len", "4096"]
+    return args
+
+
+def vllm_environment(api_key: str | None, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The child's environment: ours, the key as ``VLLM_API_KEY``, vLLM's internal sockets on loopback.
+
+    A child's environment is readable only by its user (``/proc/PID/environ``), unlike its command line.
+    """
+    env = dict(os.environ if environ is None else environ)
+    if api_key is not None:
+        env[VLLM_API_KEY_ENV] = api_key
+    env.setdefault("VLLM_HOST_IP", "127.0.0.1")
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB; only read by the CPU backend
+    return env
