@@ -27,7 +27,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -248,8 +248,6 @@ def _free_port() -> int:
 def start_server(model: str | Path, settings: SoakSettings, key_file: Path, log_path: Path,
                  startup_timeout_s: float = 180.0) -> tuple[subprocess.Popen, str]:
     """``audiotune serve`` on a free loopback port with the soak's limits; returns (process, base URL)."""
-    import httpx
-
     port = _free_port()
     command = [sys.executable, "-m", "audiotune", "serve", "--model", str(model), "--host", "127.0.0.1",
                "--port", str(port), "--api-key-file", str(key_file), "--served-name", SERVED_NAME,
@@ -259,17 +257,26 @@ def start_server(model: str | Path, settings: SoakSettings, key_file: Path, log_
     with log_path.open("w") as log:  # the child keeps its own descriptor
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + startup_timeout_s
+    wait_until_healthy(process, base, startup_timeout_s, lambda: log_path.read_text()[-3000:])
+    return process, base
+
+
+def wait_until_healthy(process: subprocess.Popen, base: str, timeout_s: float, output: Callable[[], str]) -> None:
+    """Return once ``base``/health answers 200; the child's ``output()`` in the error if it exits or stays silent
+    (then it is stopped). Shared with tests/test_serve.py, which starts its servers the same way."""
+    import httpx
+
+    deadline = time.time() + timeout_s
     while time.time() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"the server exited with {process.returncode}: {log_path.read_text()[-3000:]}")
+            raise RuntimeError(f"the server exited with {process.returncode}: {output()}")
         try:
             if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                return process, base
+                return
         except httpx.HTTPError:
             time.sleep(0.2)
     stop_server(process)
-    raise RuntimeError(f"the server did not answer within {startup_timeout_s:.0f} s: {log_path.read_text()[-3000:]}")
+    raise RuntimeError(f"the server did not answer within {timeout_s:.0f} s: {output()}")
 
 
 def stop_server(process: subprocess.Popen) -> None:

@@ -18,6 +18,7 @@ import pytest
 import soundfile as sf
 from openai import APIStatusError, OpenAI
 
+from benchmarks.soak_harness import wait_until_healthy
 from audiotune.generate import GenerationSettings, examples_from_audio, generate
 from audiotune.models.loading import load_model, load_processor
 from tests.conftest import tone
@@ -37,17 +38,8 @@ def _start(model, *extra) -> tuple[subprocess.Popen, str]:
     process = subprocess.Popen([sys.executable, "-m", "audiotune", "serve", "--model", str(model), "--port", str(port),
                                 *map(str, extra)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited: {process.stderr.read()[-3000:]}")
-        try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                return process, base
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    process.kill()
-    raise RuntimeError("server did not start")
+    wait_until_healthy(process, base, 120, lambda: process.stderr.read()[-3000:])
+    return process, base
 
 
 @pytest.fixture(scope="module")

@@ -15,13 +15,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from .answer_log import AnswerLog
 from .audio_cache import AudioEmbeddingCache
 from .data.examples import BadSampleLog, ExampleDataset, ExampleStream
 from .data.prepare import prepare_split
 from .data.tasks import Example
 from .config import EvalConfig
 from .errors import CheckpointError, DatasetSchemaError
-from .generate import GenerationSettings
+from .generate import GenerationSettings, audio_length
 from .metrics import score, standard_errors
 from .models.family import Family
 from .report import EvalReport, ModelScores
@@ -137,19 +138,32 @@ def run_evaluation(cfg: EvalConfig, on_model: Callable[[str, int], None] | None 
 
         notices.append(f"WER and CER compare transcripts after {ASR_NORMALIZERS[cfg.asr_normalizer]} "
                        f"(--asr-normalizer {cfg.asr_normalizer}).")
+    log = AnswerLog(out, _run_key(cfg, variants, examples, settings), cfg.resume)
     scored: list[ModelScores] = []
     audio_cache = AudioEmbeddingCache()  # models with the same frozen encoder share the clips' embeddings
     for name, model_path, adapter in variants:
         if on_model:
             on_model(name, len(examples))
-        # A merged checkpoint is another checkpoint (its own family facts); the base and its adapters share one.
-        engine = opener(model_path, {"adapter": adapter} if adapter else None,
-                        family=family if model_path == cfg.model else None, batch_size=cfg.batch_size,
-                        vllm_python=cfg.vllm_python, encoder_frames=cfg.encoder_frames, audio_cache=audio_cache)
-        try:
-            answers = engine.generate(examples, settings, model="adapter" if adapter else None, on_batch=on_batch)
-        finally:
-            engine.close()
+        prompts = {e.id: _prompt_text(e) for e in examples}
+        todo = [e for e in examples if log.answer(name, e.id, prompts[e.id]) is None]
+        if on_batch and len(todo) < len(examples):
+            on_batch(len(examples) - len(todo))  # answered before the interruption
+        if todo:
+            # A merged checkpoint is another checkpoint (its own family facts); the base and its adapters share one.
+            engine = opener(model_path, {"adapter": adapter} if adapter else None,
+                            family=family if model_path == cfg.model else None, batch_size=cfg.batch_size,
+                            vllm_python=cfg.vllm_python, encoder_frames=cfg.encoder_frames, audio_cache=audio_cache)
+            try:
+                # Longest first in slices of whole batches: the batches an uninterrupted run makes, each saved.
+                todo.sort(key=audio_length, reverse=True)
+                for start in range(0, len(todo), engine.rows_per_call):
+                    chunk = todo[start: start + engine.rows_per_call]
+                    answers = engine.generate(chunk, settings, model="adapter" if adapter else None,
+                                              on_batch=on_batch)
+                    log.append(name, [(e.id, prompts[e.id], a) for e, a in zip(chunk, answers)])
+            finally:
+                engine.close()
+        answers = [log.answer(name, e.id, prompts[e.id]) for e in examples]
         scored.append(ModelScores(name, *score_answers(examples, answers, task, settings, cfg.with_meteor,
                                                         cfg.spice_models, notices, cfg.asr_normalizer)))
 
@@ -165,4 +179,12 @@ def run_evaluation(cfg: EvalConfig, on_model: Callable[[str, int], None] | None 
         # per model, the standard error of each metric that is a mean over clips: is a difference noise?
         "standard_errors": {m.name: standard_errors(m.predictions) for m in scored},
         "config": asdict(cfg)}, indent=2))
+    log.finish()
     return report
+
+
+def _run_key(cfg: EvalConfig, variants: list[tuple[str, str, str | None]], examples: Sequence[Example],
+             settings: GenerationSettings) -> dict[str, Any]:
+    """What the saved answers depend on: resuming with anything else different is refused (``answer_log.py``)."""
+    return {"models": [list(v) for v in variants], "dataset": cfg.dataset, "split": cfg.split,
+            "rows": [e.id for e in examples], "generation": settings.as_kwargs(), "backend": cfg.backend}

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ..models.families import Family
+from ..models.family import Family
 from .tasks import Example
 
 IGNORE_INDEX = -100
@@ -67,17 +67,19 @@ class ConversationCollator:
         self.header_ids = token_ids_of(tokenizer, self.family.assistant_header)
         self.end_id = tokenizer.convert_tokens_to_ids(self.family.end_of_turn)
 
+    def _answer(self, example: Example) -> str:
+        """The training target as the real model writes it (``Family.format_answer``)."""
+        return self.family.format_answer(example.target, example.meta.get("language"))
+
     def _chat(self, example: Example) -> list[dict[str, Any]]:
-        """The prompt, and when training the answer as the real model writes it (``Family.format_answer``)."""
-        if not self.training:
-            return example.messages
-        return example.conversation(self.family.format_answer(example.target, example.meta.get("language")))
+        """The prompt, and when training the answer."""
+        return example.conversation(self._answer(example)) if self.training else example.messages
 
     def render(self, examples: list[Example]) -> list[str]:
         if self.training and self.family.model_writes_header:  # the template renders no answer: append it
             prompts = self.processor.apply_chat_template([e.messages for e in examples], tokenize=False)
-            return [prompt + self.family.assistant_header + self.family.format_answer(e.target, e.meta.get("language"))
-                    + self.family.end_of_turn for prompt, e in zip(prompts, examples)]
+            return [prompt + self.family.assistant_header + self._answer(e) + self.family.end_of_turn
+                    for prompt, e in zip(prompts, examples)]
         conversations = [self._chat(e) for e in examples]
         texts = self.processor.apply_chat_template(conversations, tokenize=False,
                                                    add_generation_prompt=not self.training)

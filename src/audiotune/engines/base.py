@@ -56,6 +56,9 @@ class Engine(ABC):
     family: Family
     base_name: str
     adapters: dict[str, str]
+    # How many rows one generate() call should get when a caller saves answers as it goes (eval): small enough
+    # that an interruption loses little, large enough that a call's fixed cost (starting vLLM) stays small.
+    rows_per_call: int
 
     def model_names(self) -> list[str]:
         return [self.base_name, *self.adapters]

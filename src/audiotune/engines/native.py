@@ -62,6 +62,7 @@ class NativeEngine(Engine):
     def _setup(self, base, processor, family: Family, adapters: dict[str, str] | None, name: str, batch_size: int,
                generation: GenerationSettings | None) -> None:
         self.family, self.processor, self.base_name, self.batch_size = family, processor, name, batch_size
+        self.rows_per_call = batch_size  # each batch is saved as soon as it is answered
         self.adapters = dict(adapters or {})
         if self.base_name in self.adapters:
             raise CheckpointError(f"adapter name {self.base_name!r} is also the base model's served name; rename it.")

@@ -27,6 +27,8 @@ from .vllm_env import (export_adapter, find_vllm_python, lora_rank, modality_lor
 logger = logging.getLogger(__name__)
 
 WORKER = Path(__file__).with_name("vllm_worker.py")
+# Rows per worker when answers are saved as they go (eval): each call loads the model again (seconds to minutes).
+ROWS_PER_CALL = 2048
 
 
 def openai_messages(example: Example, rate: int) -> list[dict[str, Any]]:
@@ -80,6 +82,7 @@ class VllmEngine(Engine):
         self.base_name = served_name or Path(model.rstrip("/")).name or model
         self.python = find_vllm_python(vllm_python)  # a missing environment fails here, before any work
         self.batch_size, self.extra_args = batch_size, list(extra_args)
+        self.rows_per_call = max(batch_size, ROWS_PER_CALL)
         self.timings: dict[str, float] = {}  # the last call's load_seconds (engine start) and generate_seconds
         self._folder = tempfile.TemporaryDirectory(prefix="audiotune-vllm-")
         self.exported = {name: str(export_adapter(model, path, Path(self._folder.name) / name, self.family))
