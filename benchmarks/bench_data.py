@@ -23,8 +23,10 @@ def run(clips: int = 96, batch_size: int = 8, repeats: int = 3) -> dict:
     from audiotune.data.prepare import prepare_split
     from audiotune.data.synthetic import write_synthetic_audiocaps
     from audiotune.models.families import AUDIO_FLAMINGO_3
-    from audiotune.models.loading import load_processor
+    from audiotune.models.loading import load_processor, offline_facts
     from audiotune.models.tiny import build_tiny
+
+    af3 = offline_facts(AUDIO_FLAMINGO_3)  # the data code reads its rate, window and audio tokens
 
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
@@ -36,7 +38,7 @@ def run(clips: int = 96, batch_size: int = 8, repeats: int = 3) -> dict:
             return [row["audio"]["array"] for row in rows.take(clips)]
 
         def ours_decode():
-            rows, build = prepare_split(TrainConfig(dataset=str(data), streaming=True), "train", AUDIO_FLAMINGO_3)
+            rows, build = prepare_split(TrainConfig(dataset=str(data), streaming=True), "train", af3)
             return [e.audios()[0] for e in ExampleStream(rows.take(clips), build, BadSampleLog(None))]
 
         def guide_full():
@@ -52,8 +54,8 @@ def run(clips: int = 96, batch_size: int = 8, repeats: int = 3) -> dict:
                     batch = []
 
         def ours_full():
-            rows, build = prepare_split(TrainConfig(dataset=str(data), streaming=True), "train", AUDIO_FLAMINGO_3)
-            collate = ConversationCollator(processor, AUDIO_FLAMINGO_3, training=True)
+            rows, build = prepare_split(TrainConfig(dataset=str(data), streaming=True), "train", af3)
+            collate = ConversationCollator(processor, af3, training=True)
             batch = []
             for example in ExampleStream(rows.take(clips), build, BadSampleLog(None)):
                 batch.append(example)

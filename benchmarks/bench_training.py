@@ -118,10 +118,12 @@ def common_eval_loss(model, processor, data: str) -> float:
     from audiotune.data.collator import ConversationCollator
     from audiotune.data.prepare import prepare_split
     from audiotune.models.families import AUDIO_FLAMINGO_3
+    from audiotune.models.loading import offline_facts
 
-    rows, build = prepare_split(TrainConfig(dataset=data), "train", AUDIO_FLAMINGO_3)
+    af3 = offline_facts(AUDIO_FLAMINGO_3)  # the data code reads its rate, window and audio tokens
+    rows, build = prepare_split(TrainConfig(dataset=data), "train", af3)
     examples = [build(rows[i], i) for i in range(TRAIN_CLIPS, TRAIN_CLIPS + EVAL_CLIPS)]
-    collate = ConversationCollator(processor, AUDIO_FLAMINGO_3, training=True)
+    collate = ConversationCollator(processor, af3, training=True)
     model.eval()
     total, count = 0.0, 0
     with torch.no_grad():
@@ -145,8 +147,9 @@ def model_flops_per_sample(model_path: str, data: str) -> dict:
     from audiotune.data.collator import ConversationCollator
     from audiotune.data.prepare import prepare_split
     from audiotune.models.families import AUDIO_FLAMINGO_3
-    from audiotune.models.loading import load_processor
+    from audiotune.models.loading import load_processor, offline_facts
 
+    af3 = offline_facts(AUDIO_FLAMINGO_3)
     config = AudioFlamingo3Config.from_pretrained(model_path)
     enc, txt = config.audio_config, config.text_config
     positions = 1500
@@ -156,9 +159,8 @@ def model_flops_per_sample(model_path: str, data: str) -> dict:
     per_token = 2 * (txt.num_hidden_layers * (2 * txt.hidden_size**2 + 2 * txt.hidden_size * kv
                                               + 3 * txt.hidden_size * txt.intermediate_size)
                      + txt.hidden_size * txt.vocab_size)
-    rows, build = prepare_split(TrainConfig(dataset=data), "train", AUDIO_FLAMINGO_3)
-    batch = ConversationCollator(load_processor(model_path), AUDIO_FLAMINGO_3)([build(rows[i], i)
-                                                                                for i in range(TRAIN_CLIPS)])
+    rows, build = prepare_split(TrainConfig(dataset=data), "train", af3)
+    batch = ConversationCollator(load_processor(model_path), af3)([build(rows[i], i) for i in range(TRAIN_CLIPS)])
     tokens = float(batch["attention_mask"].sum()) / TRAIN_CLIPS
     windows = batch["input_features"].shape[0] / TRAIN_CLIPS
     return {"encoder": encoder * windows, "lm": 2 * per_token * tokens, "tokens": tokens}

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# Unbound registry entries read their facts from tiny checkpoints built into this cache (models/families.py); each
-# build is keyed by its inputs (models/tiny.py builder_digest), so code of another commit never reuses a stale one.
+# A registry entry's facts without a checkpoint come from its tiny checkpoint, built into this cache
+# (models/loading.py offline_facts); each build is keyed by its inputs (models/tiny.py builder_digest), so code of
+# another commit never reuses a stale one.
 os.environ.setdefault("AUDIOTUNE_CACHE", os.path.join(__import__("tempfile").gettempdir(), "audiotune-test-cache"))
 
 from pathlib import Path  # noqa: E402
@@ -70,6 +72,16 @@ def trained_adapter(tmp_path_factory, tiny_af3, synth_data) -> Path:
                       logging_steps=5, eval_steps=20, save_steps=40, eval_take=4, seed=0)
     train(cfg)
     return out
+
+
+@functools.cache
+def offline_entry(name: str):
+    """The registry entry ``name`` with its facts read from its tiny checkpoint (``loading.offline_facts``): what a
+    test hands data code that reads a family's facts (rate, audio tokens, template) without a checkpoint."""
+    from audiotune.models.families import family_by_name
+    from audiotune.models.loading import offline_facts
+
+    return offline_facts(family_by_name(name))
 
 
 def tone(seconds: float = 1.0, freq: float = 440.0, rate: int = 16000):

@@ -85,9 +85,11 @@ def test_training_with_the_cache_gives_the_same_adapter(micro_af3, synth_data, t
 
 
 def test_length_grouping_cuts_padding_and_keeps_every_sample(micro_af3, synth_data, tmp_path):
-    from audiotune.models.families import AUDIO_FLAMINGO_3
     from audiotune.train import build_datasets, estimated_lengths
     from audiotune.trainer import AudiotuneTrainer
+    from tests.conftest import offline_entry
+
+    AUDIO_FLAMINGO_3 = offline_entry("af3")  # data code reads its facts: the tiny checkpoint's
 
     cfg = TrainConfig(model=str(micro_af3), dataset=str(synth_data), out=str(tmp_path), batch_size=4,
                       gradient_accumulation_steps=1)

@@ -55,7 +55,8 @@ def test_models_json_lists_status_reason_and_facts():
     from typer.testing import CliRunner
 
     from audiotune.cli import app
-    from audiotune.models.families import FACTS, GEMMA3N, PHI4_MULTIMODAL
+    from audiotune.models.families import GEMMA3N, PHI4_MULTIMODAL
+    from audiotune.models.family import FACTS
 
     result = CliRunner().invoke(app, ["models", "--json"])
     assert result.exit_code == 0, result.output

@@ -6,8 +6,8 @@ import pytest
 
 from audiotune.train_config import TrainConfig
 from audiotune.errors import ConfigError
-from audiotune.models.families import AUDIO_FLAMINGO_3
 from audiotune.train import build_datasets
+from tests.conftest import offline_entry
 
 
 def test_yaml_round_trip_and_overrides(tmp_path):
@@ -34,7 +34,7 @@ def test_unknown_keys_and_bad_values_are_named(tmp_path):
 def test_eval_rows_carved_from_train_like_the_guide(synth_data, tmp_path, streaming):
     cfg = TrainConfig(model="m", dataset=str(synth_data), out=str(tmp_path), eval_split=None, train_take=10,
                       eval_take=4, streaming=streaming)
-    train_ds, eval_ds, _ = build_datasets(cfg, AUDIO_FLAMINGO_3, tmp_path)
+    train_ds, eval_ds, _ = build_datasets(cfg, offline_entry("af3"), tmp_path)
     train_ids = [e.id for e in (train_ds if streaming else (train_ds[i] for i in range(len(train_ds))))]
     eval_ids = [e.id for e in (eval_ds if streaming else (eval_ds[i] for i in range(len(eval_ds))))]
     assert len(train_ids) == 10 and len(eval_ids) == 4 and not set(train_ids) & set(eval_ids)

@@ -19,9 +19,8 @@ from audiotune.data.examples import BadSampleLog, ExampleStream, streaming_worke
 from audiotune.data.prepare import prepare_split
 from audiotune.errors import DatasetSchemaError
 from audiotune.evaluate import EvalConfig, group_references, run_evaluation
-from audiotune.models.families import AUDIO_FLAMINGO_3
 from audiotune.train import train
-from tests.conftest import tone
+from tests.conftest import offline_entry, tone
 
 
 def _wav(path, seconds=1.0, freq=440, rate=16000, channels=1, subtype="PCM_16"):
@@ -74,7 +73,7 @@ EXPECTED = {
 
 def test_data_check_reports_the_bad_input_corpus(bad_corpus):
     spec = TrainConfig(dataset=str(bad_corpus / "manifest.jsonl"), id_column="id")
-    report = check_dataset(spec, "train", AUDIO_FLAMINGO_3)
+    report = check_dataset(spec, "train", offline_entry("af3"))
     assert report.rows == 12 and report.exit_code == 1 and report.fatal is None
     found = {}
     for issue in report.issues:
@@ -107,12 +106,12 @@ def test_data_check_cli_json_and_exit_codes(bad_corpus, tmp_path, cli):
 def test_wrong_type_and_empty_dataset(tmp_path):
     _wav(tmp_path / "a.wav")
     Dataset.from_dict({"audio": [str(tmp_path / "a.wav")] * 2, "caption": [3, 4]}).to_parquet(str(tmp_path / "w.parquet"))
-    report = check_dataset(TrainConfig(dataset=str(tmp_path / "w.parquet")), "train", AUDIO_FLAMINGO_3)
+    report = check_dataset(TrainConfig(dataset=str(tmp_path / "w.parquet")), "train", offline_entry("af3"))
     assert report.exit_code == 2 and all("must hold text" in i.problem for i in report.issues)
     Dataset.from_dict({"audio": [], "caption": []}, features=Features({"audio": Value("string"),
                                                                        "caption": Value("string")})).to_parquet(
         str(tmp_path / "e.parquet"))
-    empty = check_dataset(TrainConfig(dataset=str(tmp_path / "e.parquet")), "train", AUDIO_FLAMINGO_3)
+    empty = check_dataset(TrainConfig(dataset=str(tmp_path / "e.parquet")), "train", offline_entry("af3"))
     assert empty.exit_code == 2 and "empty" in empty.fatal
 
 
@@ -194,7 +193,7 @@ def test_every_shape_trains_and_evaluates(micro_af3, tmp_path, shape):
 
 def test_chat_examples_keep_turns_and_audio_order(tmp_path):
     dataset, _ = _shape(tmp_path, "sharegpt-chat")
-    rows, build = prepare_split(TrainConfig(dataset=dataset), "train", AUDIO_FLAMINGO_3)
+    rows, build = prepare_split(TrainConfig(dataset=dataset), "train", offline_entry("af3"))
     assert build.task.name == "chat"
     example = build(rows[0], 0)
     roles = [m["role"] for m in example.messages]
@@ -220,7 +219,7 @@ def test_rows_sharing_a_clip_id_become_one_clip_with_all_references(tmp_path):
     rows += [{"id": "b", "audio": "b.wav", "caption": c} for c in ("four", "five")]
     (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     rows_ds, build = prepare_split(TrainConfig(dataset=str(tmp_path / "m.jsonl"), id_column="id"), "train",
-                                   AUDIO_FLAMINGO_3)
+                                   offline_entry("af3"))
     grouped = group_references([build(rows_ds[i], i) for i in range(len(rows_ds))])
     assert [(e.id, e.references) for e in grouped] == [("a", ["one", "two", "three"]), ("b", ["four", "five"])]
 
@@ -235,7 +234,7 @@ def test_streaming_workers_see_every_row_once(tmp_path, files):
                 "caption": ["A tone."] * (12 // files)}
         Dataset.from_dict(rows).to_parquet(str(tmp_path / f"part-{f}.parquet"))
     spec = TrainConfig(dataset=str(tmp_path / "part-*.parquet"), streaming=True, id_column="id")
-    rows, build = prepare_split(spec, "train", AUDIO_FLAMINGO_3)
+    rows, build = prepare_split(spec, "train", offline_entry("af3"))
     stream = ExampleStream(rows, build, BadSampleLog(None))
     workers = streaming_workers(rows, 2)
     assert workers == min(2, files)

@@ -31,8 +31,8 @@ from audiotune.data.examples import BadSampleLog, ExampleDataset
 from audiotune.data.prepare import prepare_split
 from audiotune.errors import AudioDecodeError, ConfigError, DatasetSchemaError
 from audiotune.evaluate import run_evaluation
-from audiotune.models.families import AUDIO_FLAMINGO_3
 from audiotune.train import train
+from tests.conftest import offline_entry
 
 RATE = 16000
 DOC = Path(__file__).resolve().parents[1] / "docs" / "data-formats.md"
@@ -136,7 +136,7 @@ def _data(shapes, shape) -> tuple[str, str, dict]:
 @pytest.mark.parametrize("shape", list(EXPECTED))
 def test_every_shape_is_detected_and_passes_data_check(shapes, shape, cli):
     dataset, split, extra = _data(shapes, shape)
-    report = check_dataset(TrainConfig(dataset=dataset, **extra), split, AUDIO_FLAMINGO_3)
+    report = check_dataset(TrainConfig(dataset=dataset, **extra), split, offline_entry("af3"))
     assert report.fatal is None and not report.issues, report.issues
     assert (report.shape, report.task) == EXPECTED[shape][:2]
     assert report.usable_rows == report.rows >= 2
@@ -163,8 +163,8 @@ def test_every_shape_trains_and_evaluates(micro_af3, shapes, shape, tmp_path):
 
 # ---------------------------------------------------------------- each shape read right
 
-def _examples(dataset: str, family=AUDIO_FLAMINGO_3, split: str = "train", **extra):
-    rows, build = prepare_split(TrainConfig(dataset=dataset, **extra), split, family)
+def _examples(dataset: str, family=None, split: str = "train", **extra):
+    rows, build = prepare_split(TrainConfig(dataset=dataset, **extra), split, family or offline_entry("af3"))
     log = BadSampleLog(None)
     return ExampleDataset(rows, build, log).usable(), log.entries(), build
 
@@ -213,7 +213,7 @@ def test_segment_problems_name_the_row_and_the_good_rows_still_train(micro_af3, 
              {"audio_filepath": "talk.wav", "offset": 7.0, "duration": 3.0, "text": "long", "id": "runs-over"}]
     (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     spec = TrainConfig(dataset=str(tmp_path / "m.jsonl"), id_column="id")
-    issues = {i.id: i for i in check_dataset(spec, "train", AUDIO_FLAMINGO_3).issues}
+    issues = {i.id: i for i in check_dataset(spec, "train", offline_entry("af3")).issues}
     assert set(issues) == {"past-end", "runs-over"}
     assert "offset 9.500 s is past the end" in issues["past-end"].problem and "8.000 s long" in issues["past-end"].problem
     assert "ends past the end" in issues["runs-over"].problem
@@ -224,8 +224,6 @@ def test_segment_problems_name_the_row_and_the_good_rows_still_train(micro_af3, 
 
 
 def test_audio_flamingo_numbered_tags_place_each_clip(shapes, tmp_path):
-    from audiotune.models.families import QWEN2_AUDIO
-
     root = Path(shapes["audio-flamingo"][0]).parent
     records = [{"id": "two", "sound": ["clips/dog.wav", "clips/cough.wav"], "conversations": [
         {"from": "human", "value": "Is <sound-2> louder than <sound-1>?"}, {"from": "gpt", "value": "No."}]},
@@ -234,7 +232,7 @@ def test_audio_flamingo_numbered_tags_place_each_clip(shapes, tmp_path):
         {"id": "unused", "sound": ["clips/dog.wav", "clips/cough.wav"], "conversations": [
             {"from": "human", "value": "<sound-1>?"}, {"from": "gpt", "value": "No."}]}]
     (root / "two.json").write_text(json.dumps(records))
-    examples, skipped, _ = _examples(str(root / "two.json"), QWEN2_AUDIO)
+    examples, skipped, _ = _examples(str(root / "two.json"), offline_entry("qwen2audio"))
     (two,) = examples
     kinds = [(p["type"], p.get("text") or round(_dominant(p["audio"]))) for p in two.messages[0]["content"]]
     assert kinds == [("text", "Is"), ("audio", 700), ("text", "louder than"), ("audio", 300), ("text", "?")]
@@ -291,7 +289,7 @@ def test_content_parts_by_path_url_data_uri_base64_and_input_audio_decode_alike(
 def test_named_format_checks_its_columns(shapes):
     dataset, _, _ = _data(shapes, "chat-content-lists")
     with pytest.raises(DatasetSchemaError, match="--format nemo needs the column"):
-        prepare_split(TrainConfig(dataset=dataset, format="nemo"), "train", AUDIO_FLAMINGO_3)
+        prepare_split(TrainConfig(dataset=dataset, format="nemo"), "train", offline_entry("af3"))
     with pytest.raises(ConfigError, match="--format 'sharegpt'"):
         TrainConfig(dataset=dataset, format="sharegpt").validate_data()
 
@@ -324,7 +322,7 @@ def test_broken_shards_cost_only_their_own_keys(micro_af3, tmp_path, streaming):
     data = (tmp_path / "s-2.tar").read_bytes()
     (tmp_path / "s-2.tar").write_bytes(data[:cut.offset_data + cut.size // 2])  # a download that stopped in c3.flac
     dataset = str(tmp_path / "s-*.tar")
-    report = check_dataset(TrainConfig(dataset=dataset, task="asr", streaming=streaming), "train", AUDIO_FLAMINGO_3)
+    report = check_dataset(TrainConfig(dataset=dataset, task="asr", streaming=streaming), "train", offline_entry("af3"))
     issues = {i.id: i.problem for i in report.issues}
     assert set(issues) == {"s-2.tar", "a6"}
     assert "key(s) c3 lost a member" in issues["s-2.tar"] and "after key 'c2'" in issues["s-2.tar"]
@@ -417,7 +415,7 @@ def test_a_family_taking_one_clip_stops_before_training_and_check_lists_the_rows
 
     listed = json.loads(CliRunner().invoke(app, ["models", "--json"]).output)  # where the error points
     assert {f["name"]: f["max_audios"] for f in listed}["af3"] == 1
-    report = check_dataset(TrainConfig(dataset=str(manifest), id_column="id"), "train", AUDIO_FLAMINGO_3)
+    report = check_dataset(TrainConfig(dataset=str(manifest), id_column="id"), "train", offline_entry("af3"))
     assert report.fatal == f"{manifest} [train]: no row is usable; see the issues."
     assert [(i.id, "this model takes at most 1" in i.problem) for i in report.issues] == [
         (f"pair{i}", True) for i in range(4)]
@@ -432,7 +430,7 @@ def test_tag_count_mismatch_names_the_row_and_the_rest_train(micro_af3, tmp_path
                                                 {"role": "assistant", "content": "A tone."}], "audios": ["a.wav"]})
     (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     issues = check_dataset(TrainConfig(dataset=str(tmp_path / "m.jsonl"), id_column="id"), "train",
-                           AUDIO_FLAMINGO_3).issues
+                           offline_entry("af3")).issues
     assert [(i.id, i.severity) for i in issues] == [("two-tags", "fails")]
     assert "2 audio tag(s) but 1 file(s) in 'audios'" in issues[0].problem
     result = train(TrainConfig(model=str(micro_af3), dataset=str(tmp_path / "m.jsonl"), id_column="id",
@@ -527,13 +525,13 @@ def test_length_estimates_read_each_shapes_clips(shapes):
     from audiotune.train import estimated_lengths
 
     dataset, _, extra = _data(shapes, "nemo")
-    rows, build = prepare_split(TrainConfig(dataset=dataset, **extra), "train", AUDIO_FLAMINGO_3)
-    lengths = estimated_lengths(ExampleDataset(rows, build, BadSampleLog(None)), AUDIO_FLAMINGO_3)
+    rows, build = prepare_split(TrainConfig(dataset=dataset, **extra), "train", offline_entry("af3"))
+    lengths = estimated_lengths(ExampleDataset(rows, build, BadSampleLog(None)), offline_entry("af3"))
     texts = ["good morning everyone", "let us begin", "first the budget", "excuse me"]
-    audio = [AUDIO_FLAMINGO_3.audio_tokens(s) for s in (2.0, 2.0, 2.0, 1.2)]
+    audio = [offline_entry("af3").audio_tokens(s) for s in (2.0, 2.0, 2.0, 1.2)]
     assert lengths == [a + len(t) // 4 + 32 for a, t in zip(audio, texts)]
     dataset, _, _ = _data(shapes, "audio-flamingo")
-    rows, build = prepare_split(TrainConfig(dataset=dataset), "train", AUDIO_FLAMINGO_3)
-    lengths = estimated_lengths(ExampleDataset(rows, build, BadSampleLog(None)), AUDIO_FLAMINGO_3)
+    rows, build = prepare_split(TrainConfig(dataset=dataset), "train", offline_entry("af3"))
+    lengths = estimated_lengths(ExampleDataset(rows, build, BadSampleLog(None)), offline_entry("af3"))
     conversation = "<sound>\nWhat is making this sound? A dog barking."  # both turns' text, as written
-    assert lengths[0] == AUDIO_FLAMINGO_3.audio_tokens(1.4) + len(conversation) // 4 + 32
+    assert lengths[0] == offline_entry("af3").audio_tokens(1.4) + len(conversation) // 4 + 32

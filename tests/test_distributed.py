@@ -16,8 +16,8 @@ from safetensors.torch import load_file
 
 from audiotune.checkpoints import checkpoint_is_complete, checkpoint_problem, checkpoint_steps
 from audiotune.train_config import TrainConfig
-from audiotune.models.families import AUDIO_FLAMINGO_3
 from audiotune.train import build_datasets
+from tests.conftest import offline_entry
 
 TOLERANCE = 1e-5  # float32 sums in a different order (gradient all-reduce) — documented in docs/scaling.md
 
@@ -68,7 +68,7 @@ def test_streaming_is_split_by_rank(synth_data, tmp_path, monkeypatch):
         monkeypatch.setenv("RANK", str(rank))
         monkeypatch.setenv("WORLD_SIZE", "2")
         cfg = TrainConfig(model="m", dataset=str(synth_data), out=str(tmp_path), streaming=True)
-        train_ds, _, _ = build_datasets(cfg, AUDIO_FLAMINGO_3, tmp_path)
+        train_ds, _, _ = build_datasets(cfg, offline_entry("af3"), tmp_path)
         seen.append([example.id for example in train_ds])
     assert not set(seen[0]) & set(seen[1]) and len(seen[0]) + len(seen[1]) == 38 and min(map(len, seen)) > 0
 

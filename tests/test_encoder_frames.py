@@ -34,7 +34,7 @@ def test_valid_frames_match_whole_windows(micro_af3, micro_processor, family):
 
 
 def test_families_whose_tower_needs_whole_windows_refuse(micro_af3):
-    from audiotune.encoder_frames import install_valid_frames
+    from audiotune.models.encoder_frames import install_valid_frames
 
     with pytest.raises(ConfigError, match="qwen2audio family's audio tower needs whole windows"):
         install_valid_frames(torch.nn.Module(), QWEN2_AUDIO)

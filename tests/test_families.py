@@ -185,8 +185,10 @@ def test_every_family_has_a_builder_and_a_published_architecture():
 def test_per_family_audio_quirks_are_applied_before_the_processor():
     import numpy as np
 
-    from audiotune.models.families import AUDIO_FLAMINGO_3, MUSIC_FLAMINGO, QWEN2_AUDIO
+    from audiotune.models.families import AUDIO_FLAMINGO_3, QWEN2_AUDIO
+    from tests.conftest import offline_entry
 
+    MUSIC_FLAMINGO = offline_entry("musicflamingo")  # its tail trim reads the window and rate
     window = 30 * 16000
     just_past = np.ones(window + 100, dtype=np.float32)
     assert len(MUSIC_FLAMINGO.prepare_audio(just_past)) == window  # a 0-token window would break its time embeddings
@@ -261,13 +263,14 @@ def test_a_conventional_checkpoint_needs_no_registry_entry(micro_af3, monkeypatc
 
 def test_what_cannot_be_inferred_is_one_clear_error(micro_af3):
     """A processor with no audio placeholder: the error names the fact and how to override it."""
-    from audiotune.models.families import Family
+    from audiotune.models.facts import bind
+    from audiotune.models.family import Family
 
     processor = load_processor(micro_af3)
     processor.audio_token = None
     processor.tokenizer.audio_token = None
     with pytest.raises(ModelFamilyError) as error:
-        Family(name="mystery", model_types=("audioflamingo3",)).bind(processor=processor)
+        bind(Family(name="mystery", model_types=("audioflamingo3",)), processor=processor)
     message = str(error.value)
     assert "'audio_token'" in message and "families.py" in message and "audio_token=..." in message
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from audiotune.models.families import GUIDE_LORA_TARGETS
+from audiotune.models.family import GUIDE_LORA_TARGETS
 from audiotune.models.loading import AdaptationPlan, count_parameters, load_base_model, lora_modules, \
     prepare_for_training
 

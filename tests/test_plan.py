@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 
 from audiotune.cli import app
 from audiotune.errors import ConfigError, ModelFamilyError
-from audiotune.models.families import FAMILIES, GUIDE_LORA_TARGETS
+from audiotune.models.families import FAMILIES
+from audiotune.models.family import GUIDE_LORA_TARGETS
 from audiotune.models.loading import load_model
 from audiotune.plan import make_plan, published_ids
 

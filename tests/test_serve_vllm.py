@@ -240,11 +240,12 @@ def test_infer_with_vllm_answers_what_the_native_backend_answers(name, tmp_path,
     import soundfile
 
     from audiotune.models.families import family_by_name
+    from audiotune.models.loading import offline_facts
     from audiotune.models.tiny import build_tiny
     from tests.test_families import _fixed_batch_manifest
 
     python = _vllm_python()
-    family = family_by_name(name)
+    family = offline_facts(family_by_name(name))  # the manifest's clips at the family's rate
     model = build_tiny(name, tmp_path / "model", seed=0)  # vLLM's CPU attention has no kernel for micro's heads
     manifest = _fixed_batch_manifest(tmp_path / "fixed", family)
     code, _, stderr = cli("train", "--model", model, "--dataset", manifest, "--out", tmp_path / "run",

@@ -109,18 +109,18 @@ def test_every_family_builds_and_loads_at_the_default_preset(name, tmp_path):
     import transformers
     from transformers import AutoConfig
 
-    from audiotune.models.families import family_by_name, model_class_for
+    from audiotune.models.facts import model_class_for
+    from audiotune.models.families import family_by_name
     from audiotune.models.tiny import PRESETS
 
     entry = family_by_name(name)  # unbound: a blocked family (OmniASR) still builds, it only refuses to train
     out = build_tiny(name, tmp_path / name)
     config = AutoConfig.from_pretrained(out)
-    model_class = object.__getattribute__(entry, "model_class") or model_class_for(config.model_type)
+    model_class = entry.model_class or model_class_for(config.model_type)
     model = getattr(transformers, model_class).from_pretrained(out)
     text = model.config.get_text_config(decoder=True)
     assert text.hidden_size == PRESETS["default"]["text"]["hidden"]
     processor = AutoProcessor.from_pretrained(out, **dict(entry.processor_kwargs))
     tokenizer = processor.tokenizer
-    placeholder = (object.__getattribute__(entry, "audio_token") or getattr(processor, "audio_token", None)
-                   or tokenizer.audio_token)
+    placeholder = entry.audio_token or getattr(processor, "audio_token", None) or tokenizer.audio_token
     assert tokenizer.convert_tokens_to_ids(placeholder) != tokenizer.unk_token_id

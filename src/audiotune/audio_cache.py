@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .models.families import Family
+from .models.family import Family
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from transformers import TrainerCallback
 from .data.tasks import Example
 from .generate import GenerationSettings, generate
 from .metrics import GENERATION_PREFIX, score
-from .models.families import Family
+from .models.family import Family
 
 logger = logging.getLogger(__name__)
 

@@ -239,7 +239,9 @@ def data_check(ctx: typer.Context) -> None:
         fam = resolve_family(model)
         tokenizer = load_processor(model).tokenizer
     else:
-        fam = family_by_name(spec.family)
+        from .models.loading import offline_facts
+
+        fam = offline_facts(family_by_name(spec.family))  # no checkpoint: the facts of the family's tiny one
     with console.status("checking rows", spinner="dots") as status:
         report = check_dataset(spec, split, fam, tokenizer,
                                on_row=lambda i: status.update(f"checking row {i + 1}") if i % 25 == 0 else None)

@@ -17,7 +17,7 @@ from .data.tasks import Example
 from .errors import ConfigError
 from .generate import GenerationSettings, generate
 from .metrics import headline_metric, max_ngram_repeats, score
-from .models.families import Family
+from .models.family import Family
 
 
 def derangement(n: int, seed: int = 0) -> list[int]:

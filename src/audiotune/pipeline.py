@@ -36,6 +36,7 @@ from .audio import decode_any, load_audio
 from .data.collator import ConversationCollator
 from .data.tasks import Example, prompt_messages
 from .generate import stop_token_ids
+from .models.facts import bind
 from .models.families import family_for_config
 from .models.loading import to_model_inputs
 
@@ -62,7 +63,7 @@ class AudioTextToTextPipeline(Pipeline):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         config = getattr(self.model, "config", None)
-        self.family = family_for_config(config).bind(config, processor=self.processor, model=self.model)
+        self.family = bind(family_for_config(config), config, processor=self.processor, model=self.model)
 
     def _sanitize_parameters(self, prompt=None, system_prompt=None, generate_kwargs=None, max_new_tokens=None,
                              on_bad_input=None, **kwargs):

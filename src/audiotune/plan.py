@@ -32,7 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .models.families import GUIDE_LORA_TARGETS, Family, family_for_config
+from .models.facts import bind, model_class_of
+from .models.families import family_for_config
+from .models.family import GUIDE_LORA_TARGETS, Family
 
 PUBLISHED_DIR = Path(__file__).parent / "models" / "published"
 GPU_SIZES_GB = (24, 48, 80)
@@ -86,7 +88,7 @@ def instantiate_on_meta(config, family: Family):
     import torch
     import transformers
 
-    model_class = getattr(transformers, family.model_class)
+    model_class = getattr(transformers, model_class_of(family))
     notes: list[str] = []
     try:
         with torch.device("meta"):
@@ -266,6 +268,8 @@ def _activation_bytes(lm: dict[str, int], tokens: int, checkpointing: bool, enco
 def make_plan(model: str, mode: str = "lora", batch: int = 4, audio_seconds: float = 10.0, text_tokens: int = 64,
               lora_r: int = 16, lora_targets: str | list[str] | None = None, source: str = "auto") -> Plan:
     """Parameter counts and the memory estimate for fine-tuning ``model`` (see the module docstring)."""
+    from .models.loading import offline_facts  # torch: loaded when a plan is made, not when plan.py is imported
+
     if mode not in ("lora", "qlora", "full"):
         raise ConfigError(f"mode {mode!r}: choose lora, qlora or full.")
     if batch < 1 or audio_seconds <= 0:
@@ -274,7 +278,9 @@ def make_plan(model: str, mode: str = "lora", batch: int = 4, audio_seconds: flo
     config = getattr(config, "thinker_config", None) or config  # Qwen2.5-Omni's Hub layout: plan the thinker
     family = family_for_config(config)
     meta, notes = instantiate_on_meta(config, family)
-    family = family.bind(config, model=meta)  # module facts from the planned model itself
+    # Module facts from the planned model itself; the processor facts (audio tokens, window) from the family's
+    # tiny checkpoint, which carries its published processor.
+    family = offline_facts(bind(family, config, model=meta))
     parts = count_parameters_by_part(meta, family)
     lm_only = guide = None
     if mode == "full":

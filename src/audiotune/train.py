@@ -31,7 +31,7 @@ from .data.sources import first_row
 from .distributed import rank_and_world_size
 from .errors import AudiotuneError, ConfigError
 from .metrics import GENERATION_PREFIX
-from .models.families import Family
+from .models.family import Family
 from .models.loading import (AdaptationPlan, count_parameters, load_base_model, load_processor,
                              prepare_for_training, resolve_family)
 

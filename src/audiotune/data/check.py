@@ -18,7 +18,7 @@ import numpy as np
 
 from ..audio import decode_any, length_outcome
 from ..errors import AudiotuneError, DatasetSchemaError
-from ..models.families import Family
+from ..models.family import Family
 from .prepare import prepare_split
 from .sources import row_id
 

@@ -25,7 +25,7 @@ from .sources import ShardProblem, row_id
 from .tasks import CaptionTask, Example
 
 if TYPE_CHECKING:
-    from ..models.families import Family
+    from ..models.family import Family
 
 logger = logging.getLogger(__name__)
 

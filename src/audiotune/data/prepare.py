@@ -18,7 +18,7 @@ from typing import Any
 
 from ..audio import AudioLimits, LongAudioPolicy
 from ..errors import ConfigError, DatasetSchemaError
-from ..models.families import Family
+from ..models.family import Family
 from .examples import ExampleBuilder
 from .shapes import Shape, detect_shape
 from .sources import (AUDIO_COLUMNS, CHOICES_COLUMNS, QUESTION_COLUMNS, REFERENCE_COLUMNS, REJECTED_COLUMNS,

@@ -27,31 +27,12 @@ from pathlib import Path
 import numpy as np
 
 from ..audio import encode_audio
+# The caption wordings live below data/ and models/ (the tiny tokenizer is trained on them too).
+from ..caption_words import (BEEPS as _BEEPS, CHIRPS as _CHIRPS, CONNECTORS as _CONNECTORS, COUNTS as _COUNTS,
+                             NOISES as _NOISES, OPENERS as _OPENERS, PITCHES as _PITCHES, SILENCE as _SILENCE)
 
 SAMPLE_RATES = (16000, 22050, 44100)
 N_REFERENCES = 5
-
-# Each event kind has several wordings so that the tokenizer, the model and the metrics see varied
-# but faithful descriptions. "{n}" is a count word; wordings are lower-case and joined by connectors.
-_PITCHES = {
-    "low": (220.0, ["a low tone", "a low-pitched hum", "a deep steady tone"]),
-    "medium": (523.0, ["a medium tone", "a steady mid-pitched tone", "a plain tone"]),
-    "high": (1318.0, ["a high tone", "a high-pitched whistle", "a shrill steady tone"]),
-}
-_CHIRPS = {
-    "rising": ["a rising sweep", "a tone that rises in pitch", "an upward glide"],
-    "falling": ["a falling sweep", "a tone that falls in pitch", "a downward glide"],
-}
-_NOISES = {
-    "white": ["a burst of white noise", "a loud hiss", "a harsh static noise"],
-    "pink": ["a burst of pink noise", "a soft rushing noise", "a sound like wind"],
-    "brown": ["a burst of brown noise", "a low rumble", "a deep rumbling noise"],
-}
-_BEEPS = ["{n} short beeps", "{n} quick beeps", "a beep repeated {n} times"]
-_SILENCE = ["a moment of silence", "a short pause", "silence"]
-_COUNTS = {2: "two", 3: "three", 4: "four", 5: "five"}
-_CONNECTORS = [" followed by ", " then ", ", and then ", " after which comes "]
-_OPENERS = ["", "we hear ", "you can hear ", "the audio has "]
 
 
 @dataclass(frozen=True)
@@ -73,17 +54,6 @@ class SoundEvent:
         if self.kind == "beeps":
             return rng.choice(_BEEPS).format(n=_COUNTS[self.count])
         return rng.choice(_SILENCE)
-
-
-def vocabulary_text() -> str:
-    """All words the captions can use, for training a tokenizer that covers them."""
-    parts: list[str] = []
-    parts += [w for _, ws in _PITCHES.values() for w in ws]
-    parts += [w for ws in _CHIRPS.values() for w in ws]
-    parts += [w for ws in _NOISES.values() for w in ws]
-    parts += [b.format(n=c) for b in _BEEPS for c in _COUNTS.values()]
-    parts += _SILENCE + _CONNECTORS + _OPENERS
-    return "\n".join(parts)
 
 
 def _render_event(event: SoundEvent, sr: int, rng: np.random.Generator) -> np.ndarray:

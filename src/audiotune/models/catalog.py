@@ -1,11 +1,11 @@
 """What users see of the registry: ``audiotune models`` (80 columns, or ``--json``) and ``docs/models.md``.
 
 Why generated: a hand-written support table drifts from the code. Status and overrides come from each
-:class:`~audiotune.models.families.Family` entry; which facts a family infers is the complement of what it
-overrides (``families.FACTS``); the "tested" column and the inferred values (audio token, rate, tokens per 10 s)
-come from the outcome of ``tests/test_families.py`` (``make models-doc`` runs it with ``--family-results`` and
-renders this page). The outcomes are embedded in the page, and a test re-renders the page from the registry and
-those outcomes, so an edit to either the registry or the page alone fails CI.
+:class:`~audiotune.models.family.Family` entry of the registry (``families.py``); which facts a family infers is the
+complement of what it overrides (``family.FACTS``); the "tested" column and the inferred values (audio token,
+rate, tokens per 10 s) come from the outcome of ``tests/test_families.py`` (``make models-doc`` runs it with
+``--family-results`` and renders this page). The outcomes are embedded in the page, and a test re-renders the page
+from the registry and those outcomes, so an edit to either the registry or the page alone fails CI.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import re
 import textwrap
 from typing import Any
 
-from .families import FACTS, FAMILIES, Family
+from .families import FAMILIES
+from .family import FACTS, Family
 from .unsupported import UNSUPPORTED, Unsupported
 
 RESULTS_MARKER = "family-test-results:"
@@ -32,7 +33,7 @@ def _outcome(result) -> str | None:
 
 def family_info(family: Family) -> dict[str, Any]:
     """One family as ``audiotune models --json`` prints it (no checkpoint needed: nothing is built)."""
-    overridden = [f for f in FACTS if object.__getattribute__(family, f) is not None]
+    overridden = list(family.overridden)
     return {
         "name": family.name,
         "model_types": list(family.model_types),

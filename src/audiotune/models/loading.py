@@ -14,14 +14,17 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError, ModelFamilyError
-from .families import Family, family_for_config
+from .facts import bind
+from .families import family_for_config
+from .family import FACTS, PROCESSOR_FACTS, Family
+from .tiny import cached_tiny
 
 logger = logging.getLogger(__name__)
 
 
 def resolve_family(model_id_or_path: str) -> Family:
     """The family of a checkpoint (local folder or Hub id), bound to it: every fact its registry entry does not
-    override is inferred from the checkpoint's processor, chat template and module tree (``families.py``)."""
+    override is inferred from the checkpoint's processor, chat template and module tree (``facts.py``)."""
     from transformers import AutoConfig
 
     path = Path(model_id_or_path)
@@ -41,11 +44,32 @@ def resolve_family(model_id_or_path: str) -> Family:
             processor = _auto_processor(model_id_or_path, entry)
         except OSError:  # a config-only folder: processor facts then come from the registry entry's tiny checkpoint
             processor = None
-        _BOUND[key] = entry.bind(config=config, processor=processor)
+        bound = bind(entry, config=config, processor=processor)
+        _BOUND[key] = bound if processor is not None else offline_facts(bound)
     return _BOUND[key]
 
 
 _BOUND: dict[tuple[str, int], Family] = {}
+
+
+def offline_facts(family: Family) -> Family:
+    """``family`` with the facts no processor answered read from its registry entry's tiny checkpoint: every unset
+    fact of an unbound entry (``FAMILIES["af3"]``), the processor facts of one bound without a processor.
+
+    Why: a data check by family name, the UI's data tab, ``audiotune plan`` and a checkpoint folder without
+    processor files have no processor to read facts from, and the tiny checkpoint carries the family's published
+    processor and chat template, so its facts are the real ones. Building it takes seconds, once per user cache
+    (``tiny.cached_tiny``), which is why callers ask for it here and no attribute read does it behind their back.
+    A family that is not a registry entry has no tiny checkpoint: ModelFamilyError.
+    """
+    if family.processor is not None:  # bound to its own processor: every fact is answered
+        return family
+    missing = [f for f in (PROCESSOR_FACTS if family.bound else FACTS) if getattr(family, f) is None]
+    if not missing:
+        return family
+    tiny = resolve_family(str(cached_tiny(family.name)))
+    found = {f: getattr(tiny, f) for f in missing if getattr(tiny, f) is not None}
+    return family.variant(**found, inferred=(*family.inferred, *found))
 
 
 def _family_of_folder(path: Path) -> Family | None:
@@ -205,7 +229,7 @@ def load_model(model_id_or_path: str | Path, adapter: str | Path | None = None,
     ``encoder_frames``: ``window`` (default) runs the audio tower over whole windows, ``valid`` over each batch's
     valid frames where the family allows it (``encoder_frames.py``).
     """
-    from ..encoder_frames import apply_encoder_frames
+    from .encoder_frames import apply_encoder_frames
 
     model, family = load_base_model(model_id_or_path, dtype=dtype, device=device)
     apply_encoder_frames(model, family, encoder_frames)

@@ -37,7 +37,9 @@ import shutil
 from pathlib import Path
 
 from ..errors import ModelFamilyError
-from .families import FAMILIES, Family, family_by_name
+from .facts import model_class_of
+from .families import FAMILIES, family_by_name
+from .family import Family
 
 PUBLISHED_DIR = Path(__file__).parent / "published"
 PROCESSORS_DIR = PUBLISHED_DIR / "processors"
@@ -72,7 +74,7 @@ MOE_WIDTH_KEYS = ("moe_intermediate_size", "shared_expert_intermediate_size", "e
 
 def tokenizer_corpus() -> list[str]:
     """Text the tiny tokenizer is trained on: chat framing, common prompts and caption words."""
-    from ..data.synthetic import vocabulary_text
+    from ..caption_words import vocabulary_text
 
     prompts = [
         "You are a helpful assistant.", "Describe the audio.", "Describe the audio in detail.",
@@ -351,7 +353,7 @@ def build_tiny(family: str, out_dir: str | Path, seed: int = 0, preset: str = "d
         entry.tiny_hook(config, tokenizer, sizes)
     config = AutoConfig.for_model(**config)
 
-    model_class = getattr(transformers, entry.model_class)
+    model_class = getattr(transformers, model_class_of(entry))
     torch.manual_seed(seed)
     model = model_class(config)
     generation = {k: ([token_id(t) for t in v] if isinstance(v, list) else token_id(v))
@@ -418,11 +420,13 @@ def builder_for(family: str):
 
 def builder_files(family: Family) -> list[Path]:
     """Every file a tiny checkpoint of ``family`` is built from: the package's model code (the builder, the registry
-    and its hooks) and the family's published architecture and processor files."""
+    and its hooks), the words its tokenizer is trained on, and the family's published architecture and processor
+    files."""
     models = Path(__file__).parent
     stem = family.hub_id.replace("/", "--")
     published = [PUBLISHED_DIR / f"{stem}.json", *sorted((PROCESSORS_DIR / stem).rglob("*"))]
-    return sorted(models.glob("*.py")) + [f for f in published if f.is_file()]
+    words = models.parent / "caption_words.py"
+    return sorted(models.glob("*.py")) + [words] + [f for f in published if f.is_file()]
 
 
 def builder_digest(family: Family) -> str:
@@ -436,9 +440,9 @@ def builder_digest(family: Family) -> str:
 
 
 def cached_tiny(family: str) -> Path:
-    """The family's micro checkpoint in the user's cache (built on first use): the facts of an unbound registry
-    entry are read from it. The cache is keyed by the builder's inputs, not the package version: a checkpoint built
-    by older code or from other published files is never picked up."""
+    """The family's micro checkpoint in the user's cache (built on first use): ``loading.offline_facts`` reads the
+    facts of a registry entry with no checkpoint at hand from it. The cache is keyed by the builder's inputs, not
+    the package version: a checkpoint built by older code or from other published files is never picked up."""
     import os
 
     entry = family_by_name(family)

@@ -26,7 +26,7 @@ import torch
 from ..data.collator import ConversationCollator
 from ..data.tasks import Example
 from ..generate import stop_token_ids
-from ..models.families import Family
+from ..models.family import Family
 from ..models.loading import to_model_inputs
 from ..trainer import AudiotuneTrainer
 from .common import MetricsLogMixin, no_grad_eval, reference_context, token_logps

@@ -15,7 +15,8 @@ import numpy as np
 from ..config import DataCheckConfig
 from ..data.check import CheckReport, check_dataset
 from ..errors import AudiotuneError
-from ..models.families import Family, family_by_name
+from ..models.families import family_by_name
+from ..models.family import Family
 from .paths import Root
 
 
@@ -41,11 +42,11 @@ class CheckRequest:
 
 def resolve(request: CheckRequest, root: Root) -> tuple[DataCheckConfig, Family, object]:
     spec = request.spec(root)
-    if spec.model:
-        from ..models.loading import load_processor, resolve_family
+    from ..models.loading import load_processor, offline_facts, resolve_family
 
+    if spec.model:
         return spec, resolve_family(spec.model), load_processor(spec.model).tokenizer
-    return spec, family_by_name(request.family), None
+    return spec, offline_facts(family_by_name(request.family)), None  # no checkpoint: the tiny one's facts
 
 
 def check(request: CheckRequest, root: Root, on_row: Callable[[int], None] | None = None) -> CheckReport:

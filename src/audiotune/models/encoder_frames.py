@@ -22,8 +22,8 @@ from collections.abc import Callable
 
 import torch
 
-from .errors import ConfigError
-from .models.families import Family
+from ..errors import ConfigError
+from .family import Family
 
 ENCODER_FRAMES = ("window", "valid")
 
