@@ -20,7 +20,7 @@ from ..config import GenerationSettings
 from ..data.tasks import Example
 from ..errors import ConfigError
 from ..generate import Generation
-from ..models.families import Family
+from ..models.family import Family
 
 
 @dataclass

@@ -21,7 +21,7 @@ import torch
 from ..checkpoints import processor_folder
 from ..errors import CheckpointError
 from ..generate import Generation, GenerationSettings, RowSampling, generate, generate_batch, stop_token_ids
-from ..models.families import Family
+from ..models.family import Family
 from .base import Engine, GenerationRequest
 
 logger = logging.getLogger(__name__)

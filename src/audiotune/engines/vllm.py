@@ -19,7 +19,7 @@ from typing import Any
 from ..config import GenerationSettings
 from ..data.tasks import Example
 from ..errors import ConfigError
-from ..models.families import Family
+from ..models.family import Family
 from .base import Engine
 from .vllm_env import (export_adapter, find_vllm_python, lora_rank, modality_lora, on_cpu_only, require_vllm_family,
                        vllm_environment)

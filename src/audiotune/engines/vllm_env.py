@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from ..errors import CheckpointError, ConfigError
 
 if TYPE_CHECKING:
-    from ..models.families import Family
+    from ..models.family import Family
 
 VLLM_ENV_DIR = ".venv-vllm"  # what `make vllm-env` builds
 VLLM_PYTHON_ENV = "AUDIOTUNE_VLLM_PYTHON"

@@ -24,7 +24,7 @@ from ..errors import ConfigError
 
 if TYPE_CHECKING:
     from ..config import ServeConfig
-    from ..models.families import Family
+    from ..models.family import Family
 
 logger = logging.getLogger(__name__)
 
