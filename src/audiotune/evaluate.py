@@ -8,6 +8,7 @@ and the report (``report.md``, ``report.html``) into ``out``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -23,7 +24,9 @@ from .data.tasks import Example
 from .config import EvalConfig
 from .errors import CheckpointError, DatasetSchemaError
 from .generate import GenerationSettings, audio_length
-from .metrics import score, standard_errors
+from .answers import LETTERS, extract_choice, normalize_answer
+from .metrics import HARNESS_ACCURACY, breakdown, score, standard_errors
+from .presets import apply_benchmark, benchmark
 from .models.family import Family
 from .report import EvalReport, ModelScores
 
@@ -38,6 +41,8 @@ def load_examples(cfg: EvalConfig, family: Family, bad_log: BadSampleLog) -> tup
     (a ShareGPT manifest asked for as caption is evaluated as chat).
     """
     rows, build = prepare_split(cfg, cfg.split, family)
+    if cfg.benchmark and benchmark(cfg.benchmark).breakdown:
+        build = dataclasses.replace(build, keep_fields=True)  # the breakdown reads the rows' columns
     if cfg.take is not None:
         rows = rows.select(range(min(cfg.take, len(rows)))) if hasattr(rows, "select") else rows.take(cfg.take)
     if cfg.streaming:
@@ -77,16 +82,38 @@ def _variants(cfg: EvalConfig) -> list[tuple[str, str, str | None]]:
 
 
 def score_answers(examples: Sequence[Example], answers: Sequence[str], task: str, settings: GenerationSettings,
-                  with_meteor: bool = True, spice_models: str | None = None, notices: list[str] | None = None,
-                  asr_normalizer: str = "whisper") -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Score answers already generated (by any backend): (corpus metrics, per-clip prediction rows)."""
+                  cfg: EvalConfig, notices: list[str] | None = None
+                  ) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Score answers already generated (by any backend, or elsewhere): (corpus metrics, per-clip prediction rows).
+
+    A row holds the exact prompt text sent, the prediction, the answer read from it (``parsed``: mcq's letter,
+    classify's normalised label), ``correct`` (strict) where the task has a right answer, and ``harness_correct``,
+    the mirrored harness's verdict (``null`` where it would guess at random)."""
     predictions = {e.id: a for e, a in zip(examples, answers)}
-    metrics, per_clip = score(task, predictions, {e.id: e.references for e in examples}, with_meteor,
-                              spice_models, notices, choices={e.id: e.meta.get("choices") for e in examples},
-                              asr_normalizer=asr_normalizer)
-    rows = [{"id": e.id, "prompt": _prompt_text(e), "references": e.references, "prediction": a,
-             "scores": per_clip.get(e.id, {}), "generation": settings.as_kwargs()} for e, a in zip(examples, answers)]
+    keywords = benchmark(cfg.benchmark).harness_keywords if cfg.benchmark else ()
+    metrics, per_clip = score(task, predictions, {e.id: e.references for e in examples}, cfg.with_meteor,
+                              cfg.spice_models, notices, choices={e.id: e.meta.get("choices") for e in examples},
+                              asr_normalizer=cfg.asr_normalizer, harness_keywords=keywords)
+    rows = []
+    for e, a in zip(examples, answers):
+        scores = per_clip.get(e.id, {})
+        row = {"id": e.id, "prompt": _prompt_text(e), "references": e.references, "prediction": a,
+               "parsed": parsed_answer(task, a, e), "scores": scores, "generation": settings.as_kwargs()}
+        if task in ("mcq", "classify", "qa"):
+            row["correct"] = bool(scores.get("accuracy"))
+            row["harness_correct"] = bool(scores[HARNESS_ACCURACY]) if HARNESS_ACCURACY in scores else None
+        rows.append(row)
     return metrics, rows
+
+
+def parsed_answer(task: str, answer: str, example: Example) -> str | None:
+    """The answer as the scorer reads it: mcq's letter (None: it picks no choice), a normalised label or answer."""
+    if task == "mcq":
+        picked = extract_choice(answer, example.meta.get("choices") or [])
+        return None if picked is None else LETTERS[picked]
+    if task in ("classify", "qa"):
+        return normalize_answer(answer)
+    return None
 
 
 def _prompt_text(example: Example) -> str:
@@ -102,7 +129,7 @@ def evaluate(cfg: EvalConfig, on_model: Callable[[str, int], None] | None = None
     training run folder)."""
     from .report import write_report
 
-    cfg.validate()
+    cfg = with_benchmark(cfg).validate()
     run = training_run or cfg.training_run or next(
         (a for a in cfg.adapters if (Path(a) / "train_metrics.json").exists()), None)
     report = run_evaluation(cfg, on_model=on_model, on_batch=on_batch)
@@ -123,6 +150,7 @@ def run_evaluation(cfg: EvalConfig, on_model: Callable[[str, int], None] | None 
     from .models.loading import resolve_family
 
     opener = engine_class(cfg.backend)  # an unknown backend: before any work
+    cfg = with_benchmark(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     family = resolve_family(cfg.model)
@@ -164,23 +192,100 @@ def run_evaluation(cfg: EvalConfig, on_model: Callable[[str, int], None] | None 
             finally:
                 engine.close()
         answers = [log.answer(name, e.id, prompts[e.id]) for e in examples]
-        scored.append(ModelScores(name, *score_answers(examples, answers, task, settings, cfg.with_meteor,
-                                                        cfg.spice_models, notices, cfg.asr_normalizer)))
+        scored.append(ModelScores(name, *score_answers(examples, answers, task, settings, cfg, notices)))
+    report = write_scores(cfg, task, examples, scored, notices, bad_log, family.sampling_rate)
+    log.finish()
+    return report
 
+
+def write_scores(cfg: EvalConfig, task: str, examples: Sequence[Example], scored: list[ModelScores],
+                 notices: list[str], bad_log: BadSampleLog, sampling_rate: int) -> EvalReport:
+    """``predictions.jsonl`` and ``metrics.json`` of scored models (eval's, or ``score``'s for answers made
+    elsewhere: one format), and the report's input."""
+    out = Path(cfg.out)
     with (out / "predictions.jsonl").open("w") as handle:
         for model_scores in scored:
             for row in model_scores.predictions:
                 handle.write(json.dumps({"model": model_scores.name, **row}) + "\n")
-    report = EvalReport(out, task, scored, notices, bad_log.entries(), audio_examples=examples[: cfg.audio_players],
-                        sampling_rate=family.sampling_rate, config=asdict(cfg))
+    report = EvalReport(out, task, scored, notices, bad_log.entries(), audio_examples=list(examples[: cfg.audio_players]),
+                        sampling_rate=sampling_rate, config=asdict(cfg))
+    columns = benchmark(cfg.benchmark).breakdown if cfg.benchmark else ()
     (out / "metrics.json").write_text(json.dumps({
-        "task": task, "dataset": cfg.dataset, "split": cfg.split, "rows": len(examples),
+        "task": task, "benchmark": cfg.benchmark, "dataset": cfg.dataset, "split": cfg.split, "rows": len(examples),
         "models": report.table(), "notices": notices, "skipped": len(report.skipped),
         # per model, the standard error of each metric that is a mean over clips: is a difference noise?
         "standard_errors": {m.name: standard_errors(m.predictions) for m in scored},
+        "breakdown": {m.name: {c: breakdown(m.predictions, [e.meta.get("row", {}).get(c) for e in examples])
+                               for c in columns} for m in scored},
         "config": asdict(cfg)}, indent=2))
-    log.finish()
     return report
+
+
+def score_predictions(cfg: EvalConfig, predictions: str | Path) -> EvalReport:
+    """``audiotune score``: score answers made elsewhere (another harness, a vLLM run, a hand-edited file) on the
+    split ``cfg`` names, with eval's rules, into the same ``predictions.jsonl`` and ``metrics.json``.
+
+    ``predictions``: JSON lines with ``id`` (a split without an id column: the 0-based row number, as lmms-eval's
+    ``doc_id``) and ``prediction`` (and ``model``, for several models in one file). The
+    rows are decoded as eval decodes them (``--model``'s family, else AF3's: the same rows are skipped); a row with
+    no prediction is an error naming it, and a prediction whose id is not in the split is one too.
+    """
+    from .models.families import family_by_name
+    from .models.loading import offline_facts, resolve_family
+
+    cfg = with_benchmark(cfg)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    by_model = read_predictions(predictions)
+    family = resolve_family(cfg.model) if cfg.model else offline_facts(family_by_name("af3"))
+    bad_log = BadSampleLog(out / "skipped.jsonl")
+    examples, task = load_examples(cfg, family, bad_log)
+    ids = {e.id for e in examples}
+    notices: list[str] = []
+    scored = []
+    for name, answers in by_model.items():
+        # a split without an id column names its rows "row N": a harness's 0-based doc_id N is that row
+        answers = {(f"row {k}" if k not in ids and f"row {k}" in ids else k): v for k, v in answers.items()}
+        unknown = sorted(set(answers) - ids - {s["id"] for s in bad_log.entries() if "id" in s})
+        if unknown:
+            raise DatasetSchemaError(f"{predictions}: model {name!r} has predictions for ids that are not in "
+                                     f"{cfg.dataset} [{cfg.split}] (first: {unknown[0]!r}); check --benchmark, "
+                                     "--dataset and --split.")
+        missing = [e.id for e in examples if e.id not in answers]
+        if missing:
+            raise DatasetSchemaError(f"{predictions}: model {name!r} has no prediction for {len(missing)} row(s) "
+                                     f"(first: {missing[0]!r}); add them, or score with --take.")
+        scored.append(ModelScores(name, *score_answers(examples, [answers[e.id] for e in examples], task,
+                                                        cfg.generation(), cfg, notices)))
+    return write_scores(cfg, task, examples, scored, notices, bad_log, family.sampling_rate)
+
+
+def read_predictions(path: str | Path) -> dict[str, dict[str, str]]:
+    """{model: {id: prediction}} from JSON lines (``model`` defaults to "model"); a bad line is an error naming it."""
+    by_model: dict[str, dict[str, str]] = {}
+    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            example_id, prediction = str(row["id"]), row["prediction"]
+        except (ValueError, KeyError, TypeError):
+            raise DatasetSchemaError(f"{path}:{number}: each line must be a JSON object with \"id\" and "
+                                     "\"prediction\" (and optionally \"model\").") from None
+        if not isinstance(prediction, str):
+            raise DatasetSchemaError(f"{path}:{number}: \"prediction\" must be text, got {prediction!r}.")
+        answers = by_model.setdefault(str(row.get("model") or "model"), {})
+        if example_id in answers:
+            raise DatasetSchemaError(f"{path}:{number}: a second prediction for id {example_id!r}.")
+        answers[example_id] = prediction
+    if not by_model:
+        raise DatasetSchemaError(f"{path}: no predictions in it.")
+    return by_model
+
+
+def with_benchmark(cfg: EvalConfig) -> EvalConfig:
+    """``cfg`` with its ``--benchmark`` preset applied (options the user gave win); unchanged without one."""
+    return apply_benchmark(cfg, EvalConfig()) if cfg.benchmark else cfg
 
 
 def _run_key(cfg: EvalConfig, variants: list[tuple[str, str, str | None]], examples: Sequence[Example],

@@ -81,7 +81,7 @@ def stop_token_ids(processor, family: Family) -> list[int]:
     return ids
 
 
-def _audio_length(example: Example) -> int:
+def audio_length(example: Example) -> int:
     return sum(len(a) for a in example.audios())
 
 
@@ -135,7 +135,7 @@ def generate(model, processor, family: Family, examples: Sequence[Example], batc
              settings: GenerationSettings | None = None,
              on_batch: Callable[[int], None] | None = None) -> list[str]:
     """Answers for ``examples`` in their order; ``on_batch(n)`` is called after each batch of ``n``."""
-    order = sorted(range(len(examples)), key=lambda i: _audio_length(examples[i]), reverse=True)
+    order = sorted(range(len(examples)), key=lambda i: audio_length(examples[i]), reverse=True)
     answers: list[str] = [""] * len(examples)
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]

@@ -18,6 +18,7 @@ import re
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .answers import LETTERS, extract_choice, lmms_eval_letter, normalize_answer, transcript_normalizer
 from .errors import ConfigError
@@ -182,9 +183,12 @@ def asr_metrics(predictions: dict[str, str], references: dict[str, list[str]], n
     return corpus, per_clip
 
 
-def classification_metrics(predictions: dict[str, str], references: dict[str, list[str]]
+def classification_metrics(predictions: dict[str, str], references: dict[str, list[str]],
+                           harness_keywords: Sequence[tuple[str, str]] = ()
                            ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
-    """Accuracy (a prediction matching any reference) and macro-F1 over the reference classes."""
+    """Accuracy (a prediction matching any reference) and macro-F1 over the reference classes. With
+    ``harness_keywords`` ((keyword, label) in order), also the accuracy lmms-eval's reading gives: the label of the
+    first keyword the lower-cased answer contains, none found being wrong (its VocalSound ``get_answer``)."""
     keys = sorted(predictions)
     pred = {k: normalize_answer(predictions[k]) for k in keys}
     gold = {k: [normalize_answer(r) for r in references[k]] for k in keys}
@@ -197,7 +201,13 @@ def classification_metrics(predictions: dict[str, str], references: dict[str, li
         fn = sum(1 for k in keys if gold[k][0] == label and pred[k] != label)
         f1s.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
     corpus = {"accuracy": sum(correct.values()) / len(keys), "macro-F1": sum(f1s) / len(f1s)}
-    return corpus, {k: {"accuracy": v} for k, v in correct.items()}
+    per_clip = {k: {"accuracy": v} for k, v in correct.items()}
+    if harness_keywords:
+        for k in keys:
+            found = next((label for word, label in harness_keywords if word in predictions[k].lower()), None)
+            per_clip[k][HARNESS_ACCURACY] = float(found is not None and normalize_answer(found) in gold[k])
+        corpus[HARNESS_ACCURACY] = sum(v[HARNESS_ACCURACY] for v in per_clip.values()) / len(keys)
+    return corpus, per_clip
 
 
 def mcq_metrics(predictions: dict[str, str], references: dict[str, list[str]],
@@ -253,12 +263,32 @@ def standard_errors(rows: Sequence[dict]) -> dict[str, float]:
     return errors
 
 
+def breakdown(rows: Sequence[dict], groups: Sequence[Any], n_min: int = 1) -> dict[str, dict[str, float]]:
+    """Each ``MEAN_OVER_CLIPS`` metric per group (``groups[i]``: row i's value of a column, e.g. MMAU's task), with
+    its ``n``: the per-task and per-difficulty accuracy MMAU's official scorer reports."""
+    by_group: dict[str, list[dict]] = {}
+    for row, group in zip(rows, groups):
+        by_group.setdefault(str(group), []).append(row)
+    out = {}
+    for group, members in sorted(by_group.items()):
+        if len(members) < n_min:
+            continue
+        values = {"n": float(len(members))}
+        for metric in MEAN_OVER_CLIPS:
+            scores = [m["scores"][metric] for m in members if metric in m.get("scores", {})]
+            if len(scores) == len(members):
+                values[metric] = sum(scores) / len(scores)
+        out[group] = values
+    return out
+
+
 def score(task: str, predictions: dict[str, str], references: dict[str, list[str]], with_meteor: bool = True,
           spice_models: str | Path | None = None, notices: list[str] | None = None,
-          choices: dict[str, list[str]] | None = None, asr_normalizer: str = "whisper"
+          choices: dict[str, list[str]] | None = None, asr_normalizer: str = "whisper",
+          harness_keywords: Sequence[tuple[str, str]] = ()
           ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """Corpus and per-clip metrics for ``task`` (``choices``: each clip's choices, for mcq; ``asr_normalizer``: the
-    transcript normalisation WER compares after)."""
+    transcript normalisation WER compares after; ``harness_keywords``: classify as lmms-eval reads answers)."""
     if task == "mcq":
         return mcq_metrics(predictions, references, choices)
     if task in ("caption", "chat"):
@@ -266,7 +296,7 @@ def score(task: str, predictions: dict[str, str], references: dict[str, list[str
     if task == "asr":
         return asr_metrics(predictions, references, asr_normalizer)
     if task == "classify":
-        return classification_metrics(predictions, references)
+        return classification_metrics(predictions, references, harness_keywords)
     if task == "qa":
         corpus, per_clip = classification_metrics(predictions, references)
         caption, caption_each = caption_metrics(predictions, references, with_meteor, spice_models, notices)

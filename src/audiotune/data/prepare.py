@@ -65,7 +65,7 @@ def make_task_for(spec: Any, rows, where: str, shape: Shape, columns: list[str])
     labels = tuple(spec.labels) if spec.labels else (label_set(rows, text) if name == "classify" else None)
     fields = dict(prompt=spec.prompt, system_prompt=spec.system_prompt, text_column=text,
                   references_column=references, question_column=question, labels=labels, choices_column=choices,
-                  rejected_column=rejected)
+                  rejected_column=rejected, choice_format=getattr(spec, "choice_format", None))
     task = make_task(name, **fields)
     if name == "preference" and question is None:  # no prompt column: every row gets --prompt
         import dataclasses
@@ -88,7 +88,7 @@ def prepare_split(spec: Any, split: str, family: Family, check_rows: bool = True
         broken = {p.shard: p.salvaged for p in shard_problems.values()}
         files = [broken.get(shard, shard) for shard in tar_shards(spec.dataset)]
         files = [f for f in files if f]
-    rows = open_split(spec.dataset, split, spec.streaming, files=files)
+    rows = open_split(spec.dataset, split, spec.streaming, files=files, name=getattr(spec, "dataset_config", None))
     raw = list(rows.column_names or [])
     shape = detect_shape(raw, getattr(spec, "format", "auto") or "auto", where)
     columns = shape.columns(raw, getattr(rows, "features", None))

@@ -21,6 +21,8 @@ Sources for each layout (read, not copied):
 - Clotho v2: audio-captioning/clotho-dataset ``settings/dataset_creation.yaml`` (``file_name``, ``caption_{1..5}``).
 - AudioBench: AudioLLMs/AudioBench ``src/dataset_src/*.py`` (``context`` is the audio, ``instruction``, ``answer``,
   ``other_attributes``; some sets wrap values as ``{"audio": …}`` / ``{"text": …}``).
+- AIR-Bench Foundation: EvolvingLMMs-Lab/lmms-eval ``lmms_eval/tasks/air_bench/utils.py`` (``question``,
+  ``choice_a`` … ``choice_d``, the last two possibly missing, and ``answer_gt``, the correct choice's text).
 - webdataset: huggingface/datasets ``src/datasets/packaged_modules/webdataset/webdataset.py`` (one column per
   member extension, ``__key__``/``__url__``; a key lacking a member gets ``None``).
 """
@@ -36,6 +38,7 @@ from ..errors import ConfigError, DatasetSchemaError
 
 AUDIO_EXTENSIONS = ("flac", "wav", "mp3", "ogg", "opus", "m4a", "webm")
 _CAPTION_N = re.compile(r"^caption_(\d+)$")
+_CHOICE_N = re.compile(r"^choice_[a-z]$")
 
 
 def _unwrap(value: Any, key: str) -> Any:
@@ -233,6 +236,26 @@ class AudioBench(Shape):
         return [c for c in raw if c not in ("context", "instruction", "answer")] + ["audio", "question", "answer"]
 
 
+class ChoiceColumns(Shape):
+    """AIR-Bench Foundation's multiple choice: one column a choice (``choice_a`` … ``choice_d``, empty ones left out)
+    and ``answer_gt``, the correct choice's text; rewritten into ``choices`` and ``answer``."""
+
+    def matches(self, columns: set[str]) -> bool:
+        return {"choice_a", "choice_b", "answer_gt"} <= columns
+
+    def required(self) -> tuple[str, ...]:
+        return ("choice_a", "choice_b", "answer_gt")
+
+    def normalise(self, row: dict[str, Any], name: str) -> dict[str, Any]:
+        out = {k: v for k, v in row.items() if not _CHOICE_N.match(k) and k != "answer_gt"}
+        lettered = sorted(k for k in row if _CHOICE_N.match(k))
+        choices = [row[k] for k in lettered if isinstance(row[k], str) and row[k].strip()]
+        return {**out, "choices": choices, "answer": row["answer_gt"]}
+
+    def columns(self, raw: list[str], features: Any = None) -> list[str]:
+        return [c for c in raw if not _CHOICE_N.match(c) and c != "answer_gt"] + ["choices", "answer"]
+
+
 class WebDataset(Shape):
     """webdataset tar shards: one example per key, members ``KEY.flac``/``KEY.wav``… for the audio and
     ``KEY.json`` (its fields become columns) and/or ``KEY.txt`` (the ``text``)."""
@@ -280,6 +303,7 @@ SHAPES: dict[str, Shape] = {shape.name: shape for shape in (
     Lhotse("lhotse", "Lhotse cuts: recording.sources, start, duration, supervisions[].text", task="asr"),
     Clotho("clotho", "Clotho captions: file_name, caption_1..caption_5", task="caption"),
     AudioBench("audiobench", "AudioBench: context (audio), instruction, answer", task="qa"),
+    ChoiceColumns("air-bench", "AIR-Bench multiple choice: question, choice_a..choice_d, answer_gt", task="mcq"),
     Table("table", "one example a row, one column a field (parquet, csv, jsonl, audio folder, Hub)"),
 )}
 assert set(FORMATS) == {"auto", *SHAPES}, "config.FORMATS names every shape"

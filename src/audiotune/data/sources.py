@@ -81,7 +81,7 @@ def tar_shards(source: str) -> list[str]:
     return [f for f in files if f.endswith(".tar")]
 
 
-def _load(source: str, split: str, streaming: bool, files: list[str] | None = None):
+def _load(source: str, split: str, streaming: bool, files: list[str] | None = None, name: str | None = None):
     from datasets import load_dataset
 
     path = Path(source)
@@ -103,20 +103,22 @@ def _load(source: str, split: str, streaming: bool, files: list[str] | None = No
         return load_dataset(str(path), split=split, streaming=streaming)
     if path.suffix or source.startswith((".", "/")):
         raise DatasetSchemaError(f"{source}: no such file or folder. Check the path, or pass a Hub dataset id.")
-    return load_dataset(source, split=split, streaming=streaming)  # a Hub id
+    return load_dataset(source, name, split=split, streaming=streaming)  # a Hub id (and its configuration)
 
 
-def open_split(source: str, split: str, streaming: bool = False, files: list[str] | None = None):
+def open_split(source: str, split: str, streaming: bool = False, files: list[str] | None = None,
+               name: str | None = None):
     """Load ``split`` of ``source`` with every audio column left undecoded; raise a clear error on a bad split.
 
     Audio-typed columns are cast to ``Audio(decode=False)``; path columns stay strings and are resolved by the
     example builder. Which column is the audio is the shape's and the task's business (:mod:`.prepare`). ``files``
-    replaces the files ``source`` names (webdataset shards with a salvaged copy in place of a broken one).
+    replaces the files ``source`` names (webdataset shards with a salvaged copy in place of a broken one); ``name``
+    is a Hub dataset's configuration.
     """
     from datasets import Audio
 
     try:
-        dataset = _load(source, split, streaming, files)
+        dataset = _load(source, split, streaming, files, name)
     except ValueError as error:  # datasets raises ValueError for an unknown or empty split
         if "corresponds to no data" in str(error):
             raise DatasetSchemaError(f"{source} [{split}]: the split is empty. Point --dataset at data with rows.") \

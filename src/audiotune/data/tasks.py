@@ -372,7 +372,7 @@ _OWN_LETTER = re.compile(r"^\(?(?P<letter>[A-Z])[.):]\s+(?P<text>\S.*)$", re.DOT
 class McqTask(CaptionTask):
     """Multiple choice (MMAU-style rows): a question, its ``choices`` (a list, a JSON-encoded list, or a string with
     one per line) and the ``answer``: the correct choice's text, its letter (``B``/``(B)``) or its 0-based index.
-    The prompt lists the choices as ``(A) …``; the training target is the letter. ``meta["choices"]`` keeps the
+    The prompt lists the choices as ``choice_format`` says (``(A) …``); the training target is the letter. ``meta["choices"]`` keeps the
     choices so evaluation and rewards can read answers given as text."""
 
     prompt: str = "{question}\nChoices:\n{choices}\nAnswer with the letter of the correct choice."
@@ -380,6 +380,7 @@ class McqTask(CaptionTask):
     references_column: str | None = None
     question_column: str = "question"
     choices_column: str = "choices"
+    choice_format: str = "({letter}) {choice}"
     name: str = "mcq"
 
     def required_columns(self) -> list[str]:
@@ -431,7 +432,8 @@ class McqTask(CaptionTask):
         question = row.get(self.question_column)
         if not isinstance(question, str) or not question.strip():
             raise DatasetSchemaError(f"{name}: the question ({self.question_column!r}) is empty or not text.")
-        listed = "\n".join(f"({LETTERS[i]}) {c}" for i, c in enumerate(self.choices(row, name)))
+        listed = "\n".join(self.choice_format.format(letter=LETTERS[i], choice=c)
+                            for i, c in enumerate(self.choices(row, name)))
         return self.prompt.format(question=question.strip(), choices=listed)
 
     def make_example(self, row: dict[str, Any], example_id: str, audio_column: str,
