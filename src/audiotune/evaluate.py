@@ -22,10 +22,10 @@ from .data.examples import BadSampleLog, ExampleDataset, ExampleStream
 from .data.prepare import prepare_split
 from .data.tasks import Example
 from .config import EvalConfig
-from .errors import CheckpointError, DatasetSchemaError
+from .errors import CheckpointError, ConfigError, DatasetSchemaError
 from .generate import GenerationSettings, audio_length
 from .answers import LETTERS, extract_choice, normalize_answer
-from .metrics import HARNESS_ACCURACY, breakdown, score, standard_errors
+from .metrics import HARNESS_ACCURACY, bootstrap_interval, breakdown, headline_metric, score, standard_errors
 from .presets import apply_benchmark, benchmark
 from .models.family import Family
 from .report import EvalReport, ModelScores
@@ -138,6 +138,32 @@ def evaluate(cfg: EvalConfig, on_model: Callable[[str, int], None] | None = None
     return report
 
 
+def evaluate_benchmarks(cfg: EvalConfig, on_model: Callable[[str, int], None] | None = None,
+                        on_batch: Callable[[int], None] | None = None) -> tuple[dict[str, EvalReport], Path, Path]:
+    """``eval --benchmarks a,b,c``: each preset evaluated into ``out/<name>`` (its own report), then the regression
+    view in ``out`` (``regression.md``/``.html``/``.json``). Returns the reports and the view's two paths.
+    ``--dataset``: a folder with a local copy of each preset in a subfolder named after it (else the Hub copies)."""
+    from .regression import write_regression
+
+    root = Path(cfg.dataset) if cfg.dataset else None
+    if root is not None and not root.is_dir():
+        raise ConfigError(f"--benchmarks with --dataset {root}: give a folder holding a copy of each preset in a "
+                          "subfolder named after it (mmau-test-mini/, librispeech-test-clean/…), or drop --dataset "
+                          "to read the Hub copies.")
+    reports = {}
+    for name in cfg.benchmarks or []:
+        benchmark(name)  # every name checked before the first model loads
+        if root is not None and not (root / name).is_dir():
+            raise ConfigError(f"--benchmarks: {root} has no copy of {name} ({root / name}).")
+    for name in cfg.benchmarks or []:
+        sub = dataclasses.replace(cfg, benchmark=name, benchmarks=None, out=str(Path(cfg.out) / name),
+                                  dataset=str(root / name) if root is not None else "")
+        reports[name] = evaluate(sub, on_model=lambda model, n, b=name: on_model and on_model(f"{b}: {model}", n),
+                                 on_batch=on_batch)
+    md, page = write_regression(cfg.out, reports, cfg.asr_normalizer)
+    return reports, md, page
+
+
 def run_evaluation(cfg: EvalConfig, on_model: Callable[[str, int], None] | None = None,
                    on_batch: Callable[[int], None] | None = None) -> EvalReport:
     """Score every model variant on the same decoded rows; write ``predictions.jsonl`` and ``metrics.json`` and
@@ -210,11 +236,15 @@ def write_scores(cfg: EvalConfig, task: str, examples: Sequence[Example], scored
     report = EvalReport(out, task, scored, notices, bad_log.entries(), audio_examples=list(examples[: cfg.audio_players]),
                         sampling_rate=sampling_rate, config=asdict(cfg))
     columns = benchmark(cfg.benchmark).breakdown if cfg.benchmark else ()
+    headline = headline_metric(task)
     (out / "metrics.json").write_text(json.dumps({
         "task": task, "benchmark": cfg.benchmark, "dataset": cfg.dataset, "split": cfg.split, "rows": len(examples),
         "models": report.table(), "notices": notices, "skipped": len(report.skipped),
         # per model, the standard error of each metric that is a mean over clips: is a difference noise?
         "standard_errors": {m.name: standard_errors(m.predictions) for m in scored},
+        # per model, a 95% bootstrap interval of the headline metric (WER too: resampled as a corpus ratio)
+        "intervals": {m.name: {headline: bootstrap_interval(m.predictions, headline, normalizer=cfg.asr_normalizer)}
+                      for m in scored},
         "breakdown": {m.name: {c: breakdown(m.predictions, [e.meta.get("row", {}).get(c) for e in examples])
                                for c in columns} for m in scored},
         "config": asdict(cfg)}, indent=2))

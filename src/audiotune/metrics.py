@@ -263,6 +263,49 @@ def standard_errors(rows: Sequence[dict]) -> dict[str, float]:
     return errors
 
 
+BOOTSTRAP_RESAMPLES = 1000
+
+
+def _clip_values(rows: Sequence[dict], metric: str, normalizer: str) -> tuple[list[float], list[float]] | None:
+    """Per clip, (numerator, denominator) whose sums give the corpus metric: WER's word errors over reference words
+    (the reference normalised as WER normalises it), a mean-over-clips metric's value over 1; None when a row lacks
+    it."""
+    if any(metric not in row.get("scores", {}) for row in rows):
+        return None
+    if metric == "WER":
+        normalize = transcript_normalizer(normalizer)
+        words = [float(len(normalize(row["references"][0]).split())) for row in rows]
+        return [row["scores"]["WER"] * w for row, w in zip(rows, words)], words
+    if metric in MEAN_OVER_CLIPS:
+        return [float(row["scores"][metric]) for row in rows], [1.0] * len(rows)
+    return None
+
+
+def bootstrap_interval(rows: Sequence[dict], metric: str, baseline: Sequence[dict] | None = None,
+                       normalizer: str = "whisper", level: float = 0.95) -> tuple[float, float] | None:
+    """A percentile bootstrap interval (seeded: the same rows give the same interval) of the corpus ``metric``
+    over ``rows``, or, with ``baseline`` (the same clips in the same order, another model), of the difference
+    ``metric(rows) - metric(baseline)``: clips are resampled in pairs, so the interval reflects how the two models
+    differ on the same clips. WER is resampled as a corpus ratio (errors over words), not as a mean of clip WERs.
+    None when the rows do not carry the metric per clip."""
+    import numpy as np
+
+    values = _clip_values(rows, metric, normalizer)
+    base = _clip_values(baseline, metric, normalizer) if baseline is not None else None
+    if values is None or (baseline is not None and base is None) or len(rows) < 2:
+        return None
+    rng = np.random.default_rng(0)
+    picks = rng.integers(0, len(rows), size=(BOOTSTRAP_RESAMPLES, len(rows)))
+
+    def corpus(pair: tuple[list[float], list[float]]) -> np.ndarray:
+        top, bottom = np.asarray(pair[0])[picks].sum(1), np.asarray(pair[1])[picks].sum(1)
+        return top / np.maximum(bottom, 1e-12)
+
+    samples = corpus(values) - (corpus(base) if base is not None else 0.0)
+    low, high = np.quantile(samples, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
+
+
 def breakdown(rows: Sequence[dict], groups: Sequence[Any], n_min: int = 1) -> dict[str, dict[str, float]]:
     """Each ``MEAN_OVER_CLIPS`` metric per group (``groups[i]``: row i's value of a column, e.g. MMAU's task), with
     its ``n``: the per-task and per-difficulty accuracy MMAU's official scorer reports."""
