@@ -12,6 +12,7 @@ from audiotune.evaluate import evaluate_benchmarks
 from audiotune.metrics import bootstrap_interval
 from audiotune.regression import compare
 from audiotune.report import EvalReport, ModelScores
+from audiotune.ui.runs import load_regression
 from tests.test_benchmark_presets import FIXTURES
 from tests.test_engines import random_adapter  # noqa: F401  (the module fixture: a LoRA that changes answers)
 
@@ -71,3 +72,7 @@ def test_base_and_adapter_on_two_benchmarks_in_one_view(micro_af3, random_adapte
         assert tuned["verdict"] in ("better", "worse", "within noise")
         assert (tmp_path / "out" / name / "report.html").exists()  # each benchmark keeps its own report
     assert "mmau-test-mini" in md.read_text() and "<table>" in page.read_text()
+    markdown, rows, models = load_regression(tmp_path / "out")  # what the UI's Evaluate tab shows for the folder
+    assert models == ["base", random_adapter.name] and [r[:2] for r in rows] == [
+        ["mmau-test-mini", "accuracy"], ["librispeech-test-clean", "WER"]]
+    assert rows[1][3].startswith(f"{view['table']['librispeech-test-clean'][random_adapter.name]['value']:.4f} (")

@@ -68,6 +68,28 @@ def _round(value: Any) -> Any:
     return round(float(value), 4) if isinstance(value, (int, float)) else value
 
 
+REGRESSION = "regression.json"
+
+
+def load_regression(folder: Path) -> tuple[str, list[list[str]], list[str]]:
+    """A regression view's folder (``eval --benchmarks``): (its markdown, one table row per benchmark, the models).
+    Each benchmark's own folder below it opens as a run."""
+    view = json.loads((folder / REGRESSION).read_text())
+    models = list(next(iter(view["table"].values()), {}))
+    rows = []
+    for name, cells in view["table"].items():
+        row = [name, view["metrics"][name]]
+        for model in models:
+            cell = cells[model]
+            text = "—" if cell["value"] is None else f"{cell['value']:.4f}"
+            if cell.get("difference") is not None:
+                text += f" ({cell['difference']:+.4f}, {cell['verdict'] or 'no interval'})"
+            row.append(text)
+        rows.append(row)
+    markdown = (folder / "regression.md").read_text() if (folder / "regression.md").exists() else ""
+    return markdown, rows, models
+
+
 def load_run(folder: Path) -> RunView:
     """Read a run folder's predictions and metrics; a clear error when it is not one."""
     predictions = folder / PREDICTIONS

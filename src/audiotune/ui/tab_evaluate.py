@@ -10,17 +10,18 @@ import gradio as gr
 from ..errors import ConfigError
 from .common import Context, shown_errors
 from .render import samples_html
-from .runs import PREDICTIONS, ClipAudio, RunView, filter_samples, load_run, sort_samples
+from .runs import PREDICTIONS, REGRESSION, ClipAudio, RunView, filter_samples, load_regression, load_run, sort_samples
 
 PAGE = 10
 
 
 def find_runs(ctx: Context, depth: int = 3) -> list[str]:
-    """Folders under the root holding predictions.jsonl (as the Evaluate tab's picker lists them)."""
+    """Folders under the root holding predictions.jsonl or a regression view (as the Evaluate tab's picker lists
+    them)."""
     found = []
 
     def walk(path: Path, level: int) -> None:
-        if (path / PREDICTIONS).exists():
+        if (path / PREDICTIONS).exists() or (path / REGRESSION).exists():
             found.append(ctx.root.relative(path))
         if level < depth:
             for child in sorted(p for p in path.iterdir() if p.is_dir() and not p.is_symlink()
@@ -98,7 +99,15 @@ def build(ctx: Context) -> None:
         if not path:
             raise ConfigError("Pick or type a run folder (one with predictions.jsonl, written by `audiotune eval` "
                               "or the demo).")
-        run = load_run(ctx.root.confine(path, "run folder"))
+        chosen = ctx.root.confine(path, "run folder")
+        if (chosen / REGRESSION).exists() and not (chosen / PREDICTIONS).exists():  # eval --benchmarks
+            import pandas as pd
+
+            markdown, rows, models = load_regression(chosen)
+            return (None, markdown + "\n\nOpen a benchmark's folder below it for its samples.",
+                    pd.DataFrame(rows, columns=["benchmark", "metric", *models]), gr.update(choices=[], value=None),
+                    gr.update(choices=[], value=None), 1, "")
+        run = load_run(chosen)
         ctx.clip_cache.pop(run.folder, None)  # the folder may have been rewritten
         metric_names = run.sample_metrics()
         first_metric = metric_names[0] if metric_names else None
