@@ -5,6 +5,7 @@ The live tests use the default tiny AF3 (vLLM's CPU attention has no kernel for 
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -20,8 +21,9 @@ from safetensors import safe_open
 
 from audiotune.errors import ConfigError
 from audiotune.serve.server import ServeConfig, resolve_api_key
-from audiotune.serve.vllm_backend import (VLLM_ENV_DIR, VLLM_PYTHON_ENV, export_adapter, find_vllm_python,
-                                          vllm_command, vllm_environment)
+from audiotune.engines.vllm_env import (VLLM_ENV_DIR, VLLM_PYTHON_ENV, export_adapter, find_vllm_python,
+                                        vllm_environment)
+from audiotune.serve.vllm_server import vllm_command
 from tests.conftest import tone
 
 REPO = Path(__file__).resolve().parents[1]
@@ -194,6 +196,13 @@ def test_vllm_serves_base_and_adapter_through_openai_then_stops_on_sigterm(tiny_
         assert 400 <= bad.value.status_code < 500
         with pytest.raises(AuthenticationError):
             OpenAI(base_url=f"{base_url}/v1", api_key="wrong", max_retries=0).models.list()
+        # OpenAI's audio API on vLLM is vLLM's own: served only for models whose vLLM code implements
+        # SupportsTranscription (GLM-ASR, Granite Speech…), which AF3's does not; a clear client error, not a crash.
+        with pytest.raises(APIStatusError) as no_asr_api:
+            client.audio.transcriptions.create(model="base", file=("clip.wav", base64.b64decode(_b64(wave)),
+                                                                   "audio/wav"))
+        assert 400 <= no_asr_api.value.status_code < 500
+        assert client.models.list().data  # and the server still answers
     finally:
         process.send_signal(signal.SIGTERM)
         code = process.wait(timeout=120)
@@ -248,9 +257,9 @@ def test_infer_with_vllm_answers_what_the_native_backend_answers(name, tmp_path,
     family = offline_facts(family_by_name(name))  # the manifest's clips at the family's rate
     model = build_tiny(name, tmp_path / "model", seed=0)  # vLLM's CPU attention has no kernel for micro's heads
     manifest = _fixed_batch_manifest(tmp_path / "fixed", family)
-    code, _, stderr = cli("train", "--model", model, "--dataset", manifest, "--out", tmp_path / "run",
-                          "--batch-size", 2, "--train-take", 2, "--eval-split", "none", "--learning-rate", 1e-2,
-                          "--max-steps", 10, "--save-steps", 10, "--eval-generate-take", 0)
+    code, _, stderr = cli("train", "--model", model, "--dataset", manifest, "--output-dir", tmp_path / "run",
+                          "--per-device-train-batch-size", 2, "--train-take", 2, "--eval-split", "none",
+                          "--learning-rate", 1e-2, "--max-steps", 10, "--save-steps", 10, "--eval-generate-take", 0)
     assert code == 0, stderr[-2000:]
     adapter = ["--adapter", tmp_path / "run"]
     own_lora = family.modality_adapter is not None and (model / "adapter_config.json").exists()

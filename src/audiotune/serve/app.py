@@ -17,11 +17,12 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
 from .batcher import DynamicBatcher
 from ..engines import Engine
 from .protocol import ApiError, Limits, parse_chat_request, parse_json
+from .transcription import AudioRequest, parse_audio_request, render
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +124,31 @@ def create_app(engine: Engine, settings: ServerSettings | None = None) -> FastAP
         return StreamingResponse(_stream(batcher, generation, completion_id, created, include_usage),
                                  media_type="text/event-stream")
 
+    async def audio_api(request: Request, task: str):
+        """OpenAI's audio API (``transcription.py``): the clip's windows batched like chat, stitched in order."""
+        authorise(request)
+        if state["draining"]:
+            raise ApiError(503, "The server is shutting down; retry on another replica.", type_="server_error")
+        try:
+            form = await request.form()
+        except Exception as error:  # noqa: BLE001 - any malformed multipart body is the client's
+            raise ApiError(400, f"The body must be multipart/form-data with a file field: {error}.") from None
+        parsed = await parse_audio_request(form, task, engine.model_names(), engine.family.sampling_rate,
+                                           engine.family.window_seconds, settings.limits)
+        if parsed.stream:
+            return StreamingResponse(_stream_audio(batcher, parsed), media_type="text/event-stream")
+        results = await asyncio.gather(*(batcher.submit(window) for window in parsed.windows))
+        body, media = render(parsed, [r.text for r in results])
+        return JSONResponse(body) if media == "application/json" else PlainTextResponse(body, media_type=media)
+
+    @app.post("/v1/audio/transcriptions")
+    async def transcriptions(request: Request):
+        return await audio_api(request, "transcribe")
+
+    @app.post("/v1/audio/translations")
+    async def translations(request: Request):
+        return await audio_api(request, "translate")
+
     return app
 
 
@@ -200,6 +226,49 @@ class BodyLimit:
 
 class _TooLarge(Exception):
     """Raised from inside ``receive`` when the streamed body crosses the limit."""
+
+
+async def _stream_audio(batcher: DynamicBatcher, request: AudioRequest) -> AsyncIterator[str]:
+    """OpenAI's transcription events: ``transcript.text.delta`` pieces, window after window, then
+    ``transcript.text.done`` with the whole text. Every window is submitted at once; later windows' pieces wait
+    their turn."""
+    loop = asyncio.get_running_loop()
+    queues: list[asyncio.Queue[str]] = [asyncio.Queue() for _ in request.windows]
+    for queue, window in zip(queues, request.windows):
+        window.on_text = lambda text, q=queue: loop.call_soon_threadsafe(q.put_nowait, text)
+    tasks = [asyncio.ensure_future(batcher.submit(window)) for window in request.windows]
+
+    def event(body: dict) -> str:
+        return f"data: {json.dumps(body)}\n\n"
+
+    texts = []
+    try:
+        for number, (queue, task) in enumerate(zip(queues, tasks)):
+            sent = ""
+            lead = " " if number and texts and texts[-1] else ""
+            while not (task.done() and queue.empty()):
+                getter = asyncio.ensure_future(queue.get())
+                done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    continue
+                piece = getter.result()
+                if piece:
+                    yield event({"type": "transcript.text.delta", "delta": (lead if not sent else "") + piece})
+                    sent += piece
+            final = task.result().text.strip()
+            if final.startswith(sent.strip()) and len(final) > len(sent.strip()):  # what the streamer held back
+                yield event({"type": "transcript.text.delta", "delta": (lead if not sent else "") +
+                             final[len(sent.strip()):]})
+            texts.append(final)
+    except Exception as error:  # noqa: BLE001 - reported in-stream, the server stays up
+        for task in tasks:
+            task.cancel()
+        yield event(ApiError(500, str(error), type_="server_error").body())
+        yield "data: [DONE]\n\n"
+        return
+    yield event({"type": "transcript.text.done", "text": " ".join(t for t in texts if t)})
+    yield "data: [DONE]\n\n"
 
 
 def _usage(result) -> dict[str, int]:
