@@ -17,7 +17,7 @@ from pathlib import Path
 def run(clips: int = 96, batch_size: int = 8, repeats: int = 3) -> dict:
     from datasets import Audio, load_dataset
 
-    from audiotune.train_config import TrainConfig
+    from audiotune.config import DataConfig
     from audiotune.data.collator import ConversationCollator
     from audiotune.data.examples import BadSampleLog, ExampleStream
     from audiotune.data.prepare import prepare_split
@@ -38,7 +38,7 @@ def run(clips: int = 96, batch_size: int = 8, repeats: int = 3) -> dict:
             return [row["audio"]["array"] for row in rows.take(clips)]
 
         def ours_decode():
-            rows, build = prepare_split(TrainConfig(dataset=str(data), streaming=True), "train", af3)
+            rows, build = prepare_split(DataConfig(dataset=str(data), streaming=True), "train", af3)
             return [e.audios()[0] for e in ExampleStream(rows.take(clips), build, BadSampleLog(None))]
 
         def guide_full():
@@ -54,7 +54,7 @@ def run(clips: int = 96, batch_size: int = 8, repeats: int = 3) -> dict:
                     batch = []
 
         def ours_full():
-            rows, build = prepare_split(TrainConfig(dataset=str(data), streaming=True), "train", af3)
+            rows, build = prepare_split(DataConfig(dataset=str(data), streaming=True), "train", af3)
             collate = ConversationCollator(processor, af3, training=True)
             batch = []
             for example in ExampleStream(rows.take(clips), build, BadSampleLog(None)):

@@ -81,20 +81,22 @@ def main() -> None:
         sft = SimpleNamespace(out_dir=root / "sft")
         timings["sft"] = float(clock.read_text())
     else:
-        sft = train(TrainConfig(**common, out=str(root / "sft"), batch_size=8, gradient_accumulation_steps=1,
-                                learning_rate=SFT_LR, warmup_steps=3, max_steps=opts.sft_steps))
+        sft = train(TrainConfig.from_flat(**common, output_dir=str(root / "sft"), per_device_train_batch_size=8,
+                                          gradient_accumulation_steps=1, learning_rate=SFT_LR, warmup_steps=3,
+                                          max_steps=opts.sft_steps))
         timings["sft"] = time.perf_counter() - start
         clock.write_text(f"{timings['sft']:.1f}")
     start = time.perf_counter()
-    grpo = train(TrainConfig(**common, out=str(root / "grpo"), method="grpo", init_adapter=str(sft.out_dir),
-                             batch_size=4, gradient_accumulation_steps=1, num_generations=8, max_completion_length=3,
-                             learning_rate=opts.grpo_lr, warmup_steps=0, max_steps=opts.grpo_steps, beta=opts.beta,
-                             temperature=1.0))
+    grpo = train(TrainConfig.from_flat(**common, output_dir=str(root / "grpo"), method="grpo",
+                                       init_adapter=str(sft.out_dir), per_device_train_batch_size=4,
+                                       gradient_accumulation_steps=1, num_generations=8, max_completion_length=3,
+                                       learning_rate=opts.grpo_lr, warmup_steps=0, max_steps=opts.grpo_steps,
+                                       beta=opts.beta, temperature=1.0))
     timings["grpo"] = time.perf_counter() - start
     start = time.perf_counter()
-    more = train(TrainConfig(**common, out=str(root / "sft-continued"), init_adapter=str(sft.out_dir), batch_size=8,
-                             gradient_accumulation_steps=1, learning_rate=SFT_LR, warmup_steps=3,
-                             max_steps=opts.grpo_steps))
+    more = train(TrainConfig.from_flat(**common, output_dir=str(root / "sft-continued"), init_adapter=str(sft.out_dir),
+                                       per_device_train_batch_size=8, gradient_accumulation_steps=1,
+                                       learning_rate=SFT_LR, warmup_steps=3, max_steps=opts.grpo_steps))
     timings["sft_continued"] = time.perf_counter() - start
     start = time.perf_counter()
     scores = {name: accuracy(model, str(data), str(run.out_dir), str(root / f"eval-{name}"))

@@ -101,8 +101,8 @@ def run_audiotune(data: str, model_path: str, out: str, checkpointing: bool = Fa
             self.callback = Callback()
 
     keep = Keep()
-    train(TrainConfig(model=model_path, dataset=data, out=out, train_take=TRAIN_CLIPS, eval_split=None,
-                      eval_take=EVAL_CLIPS, batch_size=BATCH, eval_batch_size=BATCH,
+    train(TrainConfig.from_flat(model=model_path, dataset=data, output_dir=out, train_take=TRAIN_CLIPS, eval_split=None,
+                      eval_take=EVAL_CLIPS, per_device_train_batch_size=BATCH, per_device_eval_batch_size=BATCH,
                       gradient_accumulation_steps=ACCUMULATION, learning_rate=1e-4,
                       max_steps=STEPS_PER_EPOCH * EPOCHS, eval_steps=100, save_steps=250, logging_steps=10,
                       eval_generate_take=0, audio_cache="memory", gradient_checkpointing=checkpointing),
@@ -114,14 +114,14 @@ def common_eval_loss(model, processor, data: str) -> float:
     """Mean loss over the assistant tokens of the eval rows (the guide's skip/take), the same for both."""
     import torch
 
-    from audiotune.train_config import TrainConfig
+    from audiotune.config import DataConfig
     from audiotune.data.collator import ConversationCollator
     from audiotune.data.prepare import prepare_split
     from audiotune.models.families import AUDIO_FLAMINGO_3
     from audiotune.models.loading import offline_facts
 
     af3 = offline_facts(AUDIO_FLAMINGO_3)  # the data code reads its rate, window and audio tokens
-    rows, build = prepare_split(TrainConfig(dataset=data), "train", af3)
+    rows, build = prepare_split(DataConfig(dataset=data), "train", af3)
     examples = [build(rows[i], i) for i in range(TRAIN_CLIPS, TRAIN_CLIPS + EVAL_CLIPS)]
     collate = ConversationCollator(processor, af3, training=True)
     model.eval()
@@ -143,7 +143,7 @@ def model_flops_per_sample(model_path: str, data: str) -> dict:
     activation backward (LoRA's own weight gradients are negligible) over the sample's tokens."""
     from transformers import AudioFlamingo3Config
 
-    from audiotune.train_config import TrainConfig
+    from audiotune.config import DataConfig
     from audiotune.data.collator import ConversationCollator
     from audiotune.data.prepare import prepare_split
     from audiotune.models.families import AUDIO_FLAMINGO_3
@@ -159,7 +159,7 @@ def model_flops_per_sample(model_path: str, data: str) -> dict:
     per_token = 2 * (txt.num_hidden_layers * (2 * txt.hidden_size**2 + 2 * txt.hidden_size * kv
                                               + 3 * txt.hidden_size * txt.intermediate_size)
                      + txt.hidden_size * txt.vocab_size)
-    rows, build = prepare_split(TrainConfig(dataset=data), "train", af3)
+    rows, build = prepare_split(DataConfig(dataset=data), "train", af3)
     batch = ConversationCollator(load_processor(model_path), af3)([build(rows[i], i) for i in range(TRAIN_CLIPS)])
     tokens = float(batch["attention_mask"].sum()) / TRAIN_CLIPS
     windows = batch["input_features"].shape[0] / TRAIN_CLIPS

@@ -67,9 +67,10 @@ def trained_adapter(tmp_path_factory, tiny_af3, synth_data) -> Path:
     from audiotune.train import train
 
     out = tmp_path_factory.mktemp("adapter")
-    cfg = TrainConfig(model=str(tiny_af3), dataset=str(synth_data), out=str(out), batch_size=4,
-                      gradient_accumulation_steps=1, learning_rate=3e-3, warmup_steps=4, max_steps=40,
-                      logging_steps=5, eval_steps=20, save_steps=40, eval_take=4, seed=0)
+    cfg = TrainConfig.from_flat(model=str(tiny_af3), dataset=str(synth_data), output_dir=str(out),
+                                per_device_train_batch_size=4, gradient_accumulation_steps=1, learning_rate=3e-3,
+                                warmup_steps=4, max_steps=40, logging_steps=5, eval_steps=20, save_steps=40,
+                                eval_take=4, seed=0)
     train(cfg)
     return out
 

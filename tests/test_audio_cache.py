@@ -72,10 +72,11 @@ def test_cache_refuses_a_trainable_encoder_or_projector(micro_af3, family):
 def test_training_with_the_cache_gives_the_same_adapter(micro_af3, synth_data, tmp_path):
     runs = {}
     for mode in ("off", "memory"):
-        result = train(TrainConfig(model=str(micro_af3), dataset=str(synth_data), out=str(tmp_path / mode),
-                                   train_take=8, eval_take=4, batch_size=4, gradient_accumulation_steps=1,
-                                   max_steps=6, eval_steps=3, save_steps=6, learning_rate=3e-3, seed=3,
-                                   eval_generate_take=2, max_new_tokens=4, audio_cache=mode))
+        result = train(TrainConfig.from_flat(model=str(micro_af3), dataset=str(synth_data),
+                                             output_dir=str(tmp_path / mode), train_take=8, eval_take=4,
+                                             per_device_train_batch_size=4, gradient_accumulation_steps=1, max_steps=6,
+                                             eval_steps=3, save_steps=6, learning_rate=3e-3, seed=3,
+                                             eval_generate_take=2, max_new_tokens=4, audio_cache=mode))
         runs[mode] = (result, load_file(tmp_path / mode / "adapter_model.safetensors"))
     (off, off_weights), (on, on_weights) = runs["off"], runs["memory"]
     assert on.audio_cache_hits > 0 and off.audio_cache_hits == 0  # epochs 2-3 and later evaluations hit
@@ -91,8 +92,8 @@ def test_length_grouping_cuts_padding_and_keeps_every_sample(micro_af3, synth_da
 
     AUDIO_FLAMINGO_3 = offline_entry("af3")  # data code reads its facts: the tiny checkpoint's
 
-    cfg = TrainConfig(model=str(micro_af3), dataset=str(synth_data), out=str(tmp_path), batch_size=4,
-                      gradient_accumulation_steps=1)
+    cfg = TrainConfig.from_flat(model=str(micro_af3), dataset=str(synth_data), output_dir=str(tmp_path),
+                                per_device_train_batch_size=4, gradient_accumulation_steps=1)
     train_ds, _, _ = build_datasets(cfg, AUDIO_FLAMINGO_3, tmp_path)
     lengths = estimated_lengths(train_ds, AUDIO_FLAMINGO_3)
     # The audio part of each estimate (from the header) is what the processor gives that clip: the count of audio
@@ -130,10 +131,11 @@ def test_length_grouping_cuts_padding_and_keeps_every_sample(micro_af3, synth_da
 def test_dataloader_workers_give_the_same_adapter(micro_af3, synth_data, tmp_path):
     weights = {}
     for workers in (0, 2):
-        train(TrainConfig(model=str(micro_af3), dataset=str(synth_data), out=str(tmp_path / str(workers)),
-                          train_take=8, eval_split=None, batch_size=4, gradient_accumulation_steps=1, max_steps=3,
-                          save_steps=3, learning_rate=3e-3, seed=5, dataloader_num_workers=workers,
-                          eval_generate_take=0))
+        train(TrainConfig.from_flat(model=str(micro_af3), dataset=str(synth_data),
+                                    output_dir=str(tmp_path / str(workers)), train_take=8, eval_split=None,
+                                    per_device_train_batch_size=4, gradient_accumulation_steps=1, max_steps=3,
+                                    save_steps=3, learning_rate=3e-3, seed=5, dataloader_num_workers=workers,
+                                    eval_generate_take=0))
         weights[workers] = load_file(tmp_path / str(workers) / "adapter_model.safetensors")
     for name in weights[0]:
         assert torch.allclose(weights[0][name], weights[2][name], atol=1e-6), name

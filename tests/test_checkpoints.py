@@ -18,8 +18,9 @@ from audiotune.checkpoints import checkpoint_is_complete, checkpoint_problem, ch
 
 def _cmd(model, data, out, *extra, steps=12):
     return [sys.executable, "-m", "audiotune", "train", "--model", str(model), "--dataset", str(data),
-            "--out", str(out), "--max-steps", str(steps), "--save-steps", "2", "--eval-steps", "100",
-            "--eval-take", "2", "--batch-size", "2", "--gradient-accumulation-steps", "1", "--learning-rate", "3e-3",
+            "--output-dir", str(out), "--max-steps", str(steps), "--save-steps", "2", "--eval-steps", "100",
+            "--eval-take", "2", "--per-device-train-batch-size", "2", "--gradient-accumulation-steps", "1",
+            "--learning-rate", "3e-3",
             "--logging-steps", "1", "--seed", "11", "--eval-generate-take", "0", *extra]
 
 

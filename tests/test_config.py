@@ -11,10 +11,10 @@ from tests.conftest import offline_entry
 
 
 def test_yaml_round_trip_and_overrides(tmp_path):
-    cfg = TrainConfig(model="m", dataset="d", lora_r=8, lora_targets=["q_proj", "v_proj"], eval_split=None)
+    cfg = TrainConfig.from_flat(model="m", dataset="d", lora_r=8, lora_targets=["q_proj", "v_proj"], eval_split=None)
     cfg.to_yaml(tmp_path / "run.yaml")
     again = TrainConfig.from_yaml(tmp_path / "run.yaml", learning_rate=5e-4, max_steps=None)
-    assert again.lora_r == 8 and again.lora_targets == ["q_proj", "v_proj"] and again.eval_split is None
+    assert again.adapter.lora_r == 8 and again.adapter.lora_targets == ["q_proj", "v_proj"] and again.eval_split is None
     assert again.learning_rate == 5e-4 and again.max_steps == cfg.max_steps
 
 
@@ -23,17 +23,17 @@ def test_unknown_keys_and_bad_values_are_named(tmp_path):
     with pytest.raises(ConfigError, match="learning_rte"):
         TrainConfig.from_yaml(tmp_path / "bad.yaml")
     with pytest.raises(ConfigError, match="--model"):
-        TrainConfig(dataset="d").validate()
+        TrainConfig.from_flat(dataset="d").validate()
     with pytest.raises(ConfigError, match="--on-bad-sample"):
-        TrainConfig(model="m", dataset="d", on_bad_sample="ignore").validate()
+        TrainConfig.from_flat(model="m", dataset="d", on_bad_sample="ignore").validate()
     with pytest.raises(ConfigError, match="batch_size"):
-        TrainConfig(model="m", dataset="d", batch_size=0).validate()
+        TrainConfig.from_flat(model="m", dataset="d", per_device_train_batch_size=0).validate()
 
 
 @pytest.mark.parametrize("streaming", [False, True])
 def test_eval_rows_carved_from_train_like_the_guide(synth_data, tmp_path, streaming):
-    cfg = TrainConfig(model="m", dataset=str(synth_data), out=str(tmp_path), eval_split=None, train_take=10,
-                      eval_take=4, streaming=streaming)
+    cfg = TrainConfig.from_flat(model="m", dataset=str(synth_data), output_dir=str(tmp_path), eval_split=None,
+                                train_take=10, eval_take=4, streaming=streaming)
     train_ds, eval_ds, _ = build_datasets(cfg, offline_entry("af3"), tmp_path)
     train_ids = [e.id for e in (train_ds if streaming else (train_ds[i] for i in range(len(train_ds))))]
     eval_ids = [e.id for e in (eval_ds if streaming else (eval_ds[i] for i in range(len(eval_ds))))]

@@ -1,5 +1,5 @@
-"""The configuration and the CLI generated from it: parity, old names, exact replay, Trainer options that reach the
-Trainer, experiment tracking, and `import audiotune.cli` without torch."""
+"""The configuration and the CLI generated from it: parity, composition, retired names, choices from the type, exact
+replay, Trainer options that reach the Trainer, experiment tracking, and `import audiotune.cli` without torch."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ import sys
 import pytest
 
 from audiotune.cli_args import build_parser, parse
-from audiotune.config import DataCheckConfig, EvalConfig, InferConfig, ServeConfig
+from audiotune.config import (AdapterConfig, DataCheckConfig, DataConfig, EvalConfig, GenerationSettings, InferConfig,
+                              ServeConfig, flat_fields)
 from audiotune.errors import ConfigError
+from audiotune.rl.config import RLConfig
 from audiotune.train_config import TrainConfig
 
 NOT_FIELDS = {"help", "config", "nproc", "files", "path", "as_json", "print_vllm_command"}  # the commands' own options
@@ -22,34 +24,94 @@ NOT_FIELDS = {"help", "config", "nproc", "files", "path", "as_json", "print_vllm
 def test_every_field_is_an_option_and_every_option_a_field(cls):
     parser = build_parser(cls, "x")
     dests = {action.dest for action in parser._actions} - NOT_FIELDS
-    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    fields = {f.name for f in flat_fields(cls)}
     assert dests == fields
     # and each option's help is the field's, with its default
     helps = {a.dest: a.help for a in parser._actions if a.help and a.help != "==SUPPRESS=="}
-    assert all(helps.get(f.name) == f.metadata.get("help") for f in dataclasses.fields(cls) if f.init), \
-        [f.name for f in dataclasses.fields(cls) if f.init and helps.get(f.name) != f.metadata.get("help")]
-    assert all(f.metadata.get("help") for f in dataclasses.fields(cls) if f.init)
+    assert all(helps.get(f.name) == f.metadata.get("help") for f in flat_fields(cls)), \
+        [f.name for f in flat_fields(cls) if helps.get(f.name) != f.metadata.get("help")]
+    assert all(f.metadata.get("help") for f in flat_fields(cls))
 
 
-def test_old_flags_and_yaml_keys_still_work(tmp_path):
-    cfg, _ = parse(TrainConfig, ["--model", "m", "--dataset", "d", "--out", "runs/x", "--batch-size", "2",
-                                 "--eval-batch-size", "3", "--lr-scheduler", "cosine", "--labels", "a,b",
-                                 "--lora-targets", "q_proj,v_proj", "--eval-split", "none", "--full",
-                                 "--streaming", "--no-streaming", "--gradient-checkpointing"], "audiotune train")
-    assert (cfg.output_dir, cfg.per_device_train_batch_size, cfg.per_device_eval_batch_size) == ("runs/x", 2, 3)
-    assert cfg.lr_scheduler_type.value == "cosine" and cfg.labels == ["a", "b"] and cfg.eval_split is None
-    assert cfg.lora_targets == ["q_proj", "v_proj"] and cfg.full and not cfg.streaming
-    assert cfg.activation_checkpointing  # transformers' new name for gradient checkpointing
-    assert (cfg.out, cfg.batch_size, cfg.lr_scheduler) == ("runs/x", 2, "cosine")  # the old names still read
-    # a run_config.yaml written before this configuration existed
-    (tmp_path / "old.yaml").write_text("model: m\ndataset: d\nout: runs/y\nbatch_size: 8\neval_batch_size: 2\n"
-                                       "lr_scheduler: constant\ngradient_checkpointing: false\nlabels: null\n")
-    old = TrainConfig.from_yaml(tmp_path / "old.yaml")
-    assert (old.output_dir, old.per_device_train_batch_size, old.lr_scheduler_type.value) == ("runs/y", 8, "constant")
-    with pytest.raises(ConfigError, match="both 'batch_size' and its new name"):
-        TrainConfig(batch_size=2, per_device_train_batch_size=3)
+def test_train_config_extends_training_arguments_only_and_composes_its_parts():
+    from transformers import TrainingArguments
+
+    assert TrainConfig.__bases__ == (TrainingArguments,)
+    assert not [c for c in TrainConfig.__mro__ if c.__module__.startswith("audiotune") and c is not TrainConfig]
+    cfg, _ = parse(TrainConfig, ["--model", "m", "--dataset", "d", "--output-dir", "runs/x", "--labels", "a,b",
+                                 "--per-device-train-batch-size", "2", "--lora-targets", "q_proj,v_proj",
+                                 "--eval-split", "none", "--full", "--streaming", "--no-streaming", "--method", "dpo",
+                                 "--temperature", "0.5", "--activation-checkpointing"], "audiotune train")
+    assert (type(cfg.data), type(cfg.adapter), type(cfg.generation), type(cfg.rl)) == (
+        DataConfig, AdapterConfig, GenerationSettings, RLConfig)
+    assert cfg.data.labels == ["a", "b"] and not cfg.data.streaming and cfg.eval_split is None
+    assert cfg.adapter.lora_targets == ["q_proj", "v_proj"] and cfg.adapter.full
+    assert (cfg.rl.method, cfg.generation.temperature) == ("dpo", 0.5)
+    assert (cfg.output_dir, cfg.per_device_train_batch_size, cfg.activation_checkpointing) == ("runs/x", 2, True)
+    assert cfg == TrainConfig.from_flat(**cfg.user_values())  # keywords route to the same parts
+    with pytest.raises(ConfigError, match=r"unknown keywords \['lora_rank'\]; did you mean \[.*'lora_r'\]"):
+        TrainConfig.from_flat(lora_rank=8)
     with pytest.raises(ConfigError, match="optim"):
-        TrainConfig(model="m", dataset="d", optim="no_such_optimizer")
+        TrainConfig.from_flat(model="m", dataset="d", optim="no_such_optimizer")
+
+
+@pytest.mark.parametrize("old, new", [  # the names audiotune and transformers retired (written out: a reference)
+    ("out", "output_dir"), ("batch_size", "per_device_train_batch_size"),
+    ("eval_batch_size", "per_device_eval_batch_size"), ("lr_scheduler", "lr_scheduler_type"),
+    ("gradient_checkpointing", "activation_checkpointing"),
+    ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs")])
+def test_a_retired_name_is_one_error_naming_the_new_one(tmp_path, cli, old, new):
+    flag, new_flag = "--" + old.replace("_", "-"), "--" + new.replace("_", "-")
+    value = "true" if "checkpointing" in old and "kwargs" not in old else "{}" if "kwargs" in old else "2"
+    with pytest.raises(ConfigError, match=f"^{flag} was renamed {new_flag}\\.$"):
+        parse(TrainConfig, ["--model", "m", flag, value], "audiotune train")
+    (tmp_path / "run_config.yaml").write_text(f"model: m\n{old}: {value}\n")  # a file saved before the rename
+    with pytest.raises(ConfigError, match=f"run_config.yaml: key '{old}' was renamed '{new}'\\.$"):
+        TrainConfig.from_yaml(tmp_path / "run_config.yaml")
+    with pytest.raises(ConfigError, match=f"run_config.yaml: key '{old}' was renamed '{new}'"):
+        parse(TrainConfig, ["--config", str(tmp_path / "run_config.yaml")], "audiotune train")
+    with pytest.raises(ConfigError, match=f"^TrainConfig: keyword '{old}' was renamed '{new}'\\.$"):
+        TrainConfig.from_flat(**{old: 2})
+    if old == "out":  # the command as a user types it: one line naming the new flag, no traceback
+        code, _, err = cli("train", "--model", "m", "--dataset", "d", "--out", "runs/x")
+        assert code == 1 and "--out was renamed --output-dir" in err and "Traceback" not in err
+
+
+def test_a_choice_comes_from_its_literal_type(tmp_path):
+    help_text = " ".join(build_parser(TrainConfig, "x").format_help().split())
+    for flag, choices in (("--method", "{sft,grpo,dpo}"), ("--task", "{caption,asr,qa,classify,mcq,chat,preference}"),
+                          ("--audio-cache", "{memory,disk,off}"), ("--scale-rewards", "{group,batch,none}")):
+        assert f"{flag} {choices}" in help_text, flag
+    with pytest.raises(SystemExit):  # argparse refuses it, listing the choices
+        parse(TrainConfig, ["--method", "ppo"], "x")
+    (tmp_path / "run.yaml").write_text("model: m\ndataset: d\nmethod: ppo\n")
+    with pytest.raises(ConfigError, match=r"^--method 'ppo': choose one of sft, grpo, dpo\.$"):
+        TrainConfig.from_yaml(tmp_path / "run.yaml")
+    with pytest.raises(ConfigError, match=r"^--long-audio 'crop': choose one of window, truncate, skip, error\.$"):
+        TrainConfig.from_flat(long_audio="crop")
+    with pytest.raises(ConfigError, match=r"^--audio-cache 'gpu': choose one of memory, disk, off\.$"):
+        TrainConfig.from_flat(audio_cache="gpu")
+    with pytest.raises(ConfigError, match=r"^--on-bad-file 'ignore': choose one of skip, fail\.$"):
+        InferConfig(on_bad_file="ignore")
+
+
+def test_run_config_round_trips_values_in_every_part(tmp_path):
+    values = dict(model="m", output_dir="runs/x", train_take=7, audio_cache="disk",  # the run's own
+                  dataset="d", task="asr", labels=["a", "b"], long_audio="skip",  # data
+                  lora_r=8, lora_targets=["q_proj", "v_proj"], train_projector=True,  # adapter
+                  temperature=0.7, max_new_tokens=12,  # generation
+                  method="grpo", num_generations=2, rewards=["wer"], scale_rewards="batch",  # rl
+                  weight_decay=0.01, report_to=["tensorboard"], lr_scheduler_type="cosine")  # Trainer
+    cfg = TrainConfig.from_flat(**values)
+    cfg.to_yaml(tmp_path / "run_config.yaml")
+    again = TrainConfig.from_yaml(tmp_path / "run_config.yaml")
+    assert again.user_values() == cfg.user_values() and again == cfg
+    assert {k: again.user_values()[k] for k in values} == values
+    assert (again.data.task, again.adapter.lora_r, again.generation.temperature, again.rl.scale_rewards) == (
+        "asr", 8, 0.7, "batch")
+    saved = (tmp_path / "run_config.yaml").read_text()
+    assert "lora_r: 8\n" in saved and "data:" not in saved and "report_to:\n- tensorboard" in saved  # flat, as flags
+    assert "do_eval" not in saved and "gradient_checkpointing" not in saved  # transformers' derived values are not
 
 
 def test_flags_override_the_config_file(tmp_path):
@@ -58,7 +120,7 @@ def test_flags_override_the_config_file(tmp_path):
     base.to_yaml(tmp_path / "run.yaml")
     again, _ = parse(TrainConfig, ["--config", str(tmp_path / "run.yaml"), "--max-steps", "500", "--labels", "b",
                                    "c"], "x")
-    assert again.max_steps == 500 and again.labels == ["b", "c"] and again.weight_decay == 0.1
+    assert again.max_steps == 500 and again.data.labels == ["b", "c"] and again.weight_decay == 0.1
 
 
 def test_import_cli_does_not_import_torch():
@@ -93,8 +155,9 @@ class _Seen:
 
 
 def _micro_argv(model, data, out, *extra):
-    return ["--model", str(model), "--dataset", str(data), "--out", str(out), "--train-take", "4", "--eval-take", "2",
-            "--batch-size", "2", "--gradient-accumulation-steps", "1", "--logging-steps", "1",
+    return ["--model", str(model), "--dataset", str(data), "--output-dir", str(out), "--train-take", "4",
+            "--eval-take", "2", "--per-device-train-batch-size", "2", "--gradient-accumulation-steps", "1",
+            "--logging-steps", "1",
             "--eval-generate-take", "0", "--save-steps", "100", "--eval-steps", "100", *extra]
 
 
@@ -157,7 +220,7 @@ def test_replaying_run_config_gives_the_same_configuration(micro_af3, synth_data
     from audiotune.train import train
 
     argv = _micro_argv(micro_af3, synth_data, tmp_path / "run", "--max-steps", "2", "--streaming",
-                       "--dataloader-num-workers", "2", "--weight-decay", "0.01", "--lr-scheduler", "constant",
+                       "--dataloader-num-workers", "2", "--weight-decay", "0.01", "--lr-scheduler-type", "constant",
                        "--lora-targets", "q_proj,v_proj", "--max-grad-norm", "0.5", "--seed", "3")
     cfg, _ = parse(TrainConfig, argv, "audiotune train")
     with caplog.at_level("WARNING"):
@@ -174,7 +237,7 @@ def test_configuration_doc_is_generated_from_the_dataclasses():
     from audiotune.config_doc import DOC, render_markdown
 
     assert DOC.read_text() == render_markdown(), "docs/configuration.md is stale: run `make config-doc`"
-    assert "`--batch-size`" in DOC.read_text() and "`--num-train-epochs`" in DOC.read_text()
+    assert "`--per-device-train-batch-size`" in DOC.read_text() and "`--num-train-epochs`" in DOC.read_text()
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="the CPU-only refusal")

@@ -13,6 +13,7 @@ import soundfile as sf
 import torch
 from datasets import Audio, ClassLabel, Dataset, Features, Value
 
+from audiotune.config import DataConfig
 from audiotune.train_config import TrainConfig
 from audiotune.data.check import check_dataset
 from audiotune.data.examples import BadSampleLog, ExampleStream, streaming_workers
@@ -72,7 +73,7 @@ EXPECTED = {
 
 
 def test_data_check_reports_the_bad_input_corpus(bad_corpus):
-    spec = TrainConfig(dataset=str(bad_corpus / "manifest.jsonl"), id_column="id")
+    spec = DataConfig(dataset=str(bad_corpus / "manifest.jsonl"), id_column="id")
     report = check_dataset(spec, "train", offline_entry("af3"))
     assert report.rows == 12 and report.exit_code == 1 and report.fatal is None
     found = {}
@@ -106,12 +107,12 @@ def test_data_check_cli_json_and_exit_codes(bad_corpus, tmp_path, cli):
 def test_wrong_type_and_empty_dataset(tmp_path):
     _wav(tmp_path / "a.wav")
     Dataset.from_dict({"audio": [str(tmp_path / "a.wav")] * 2, "caption": [3, 4]}).to_parquet(str(tmp_path / "w.parquet"))
-    report = check_dataset(TrainConfig(dataset=str(tmp_path / "w.parquet")), "train", offline_entry("af3"))
+    report = check_dataset(DataConfig(dataset=str(tmp_path / "w.parquet")), "train", offline_entry("af3"))
     assert report.exit_code == 2 and all("must hold text" in i.problem for i in report.issues)
     Dataset.from_dict({"audio": [], "caption": []}, features=Features({"audio": Value("string"),
                                                                        "caption": Value("string")})).to_parquet(
         str(tmp_path / "e.parquet"))
-    empty = check_dataset(TrainConfig(dataset=str(tmp_path / "e.parquet")), "train", offline_entry("af3"))
+    empty = check_dataset(DataConfig(dataset=str(tmp_path / "e.parquet")), "train", offline_entry("af3"))
     assert empty.exit_code == 2 and "empty" in empty.fatal
 
 
@@ -177,9 +178,9 @@ SHAPES = ["jsonl-relative-caption", "csv-absolute-asr", "audiofolder-caption", "
 @pytest.mark.parametrize("shape", SHAPES)
 def test_every_shape_trains_and_evaluates(micro_af3, tmp_path, shape):
     dataset, extra = _shape(tmp_path, shape)
-    result = train(TrainConfig(model=str(micro_af3), dataset=dataset, out=str(tmp_path / "run"), eval_split=None,
-                               eval_take=None, max_steps=2, batch_size=2, gradient_accumulation_steps=1,
-                               save_steps=2, eval_generate_take=0, **extra))
+    result = train(TrainConfig.from_flat(model=str(micro_af3), dataset=dataset, output_dir=str(tmp_path / "run"),
+                                         eval_split=None, eval_take=None, max_steps=2, per_device_train_batch_size=2,
+                                         gradient_accumulation_steps=1, save_steps=2, eval_generate_take=0, **extra))
     assert result.steps == 2 and not result.skipped and np.isfinite(result.train_loss)
     report = run_evaluation(EvalConfig(model=str(micro_af3), dataset=dataset, split="train", out=str(tmp_path / "ev"),
                                        adapters=[str(tmp_path / "run")], take=3, max_new_tokens=4, with_meteor=False,
@@ -193,7 +194,7 @@ def test_every_shape_trains_and_evaluates(micro_af3, tmp_path, shape):
 
 def test_chat_examples_keep_turns_and_audio_order(tmp_path):
     dataset, _ = _shape(tmp_path, "sharegpt-chat")
-    rows, build = prepare_split(TrainConfig(dataset=dataset), "train", offline_entry("af3"))
+    rows, build = prepare_split(DataConfig(dataset=dataset), "train", offline_entry("af3"))
     assert build.task.name == "chat"
     example = build(rows[0], 0)
     roles = [m["role"] for m in example.messages]
@@ -218,7 +219,7 @@ def test_rows_sharing_a_clip_id_become_one_clip_with_all_references(tmp_path):
     rows = [{"id": "a", "audio": "a.wav", "caption": c} for c in ("one", "two", "three")]
     rows += [{"id": "b", "audio": "b.wav", "caption": c} for c in ("four", "five")]
     (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    rows_ds, build = prepare_split(TrainConfig(dataset=str(tmp_path / "m.jsonl"), id_column="id"), "train",
+    rows_ds, build = prepare_split(DataConfig(dataset=str(tmp_path / "m.jsonl"), id_column="id"), "train",
                                    offline_entry("af3"))
     grouped = group_references([build(rows_ds[i], i) for i in range(len(rows_ds))])
     assert [(e.id, e.references) for e in grouped] == [("a", ["one", "two", "three"]), ("b", ["four", "five"])]
@@ -233,7 +234,7 @@ def test_streaming_workers_see_every_row_once(tmp_path, files):
         rows = {"id": [f"f{f}-{i}" for i in range(12 // files)], "audio": [str(tmp_path / "a.wav")] * (12 // files),
                 "caption": ["A tone."] * (12 // files)}
         Dataset.from_dict(rows).to_parquet(str(tmp_path / f"part-{f}.parquet"))
-    spec = TrainConfig(dataset=str(tmp_path / "part-*.parquet"), streaming=True, id_column="id")
+    spec = DataConfig(dataset=str(tmp_path / "part-*.parquet"), streaming=True, id_column="id")
     rows, build = prepare_split(spec, "train", offline_entry("af3"))
     stream = ExampleStream(rows, build, BadSampleLog(None))
     workers = streaming_workers(rows, 2)
@@ -249,8 +250,8 @@ def test_streaming_training_with_workers(micro_af3, tmp_path):
         _wav(tmp_path / f"a{f}.wav", 1.0, 300 + 200 * f)
         Dataset.from_dict({"audio": [str(tmp_path / f"a{f}.wav")] * 4, "caption": [f"tone {f}"] * 4}).to_parquet(
             str(tmp_path / f"part-{f}.parquet"))
-    result = train(TrainConfig(model=str(micro_af3), dataset=str(tmp_path / "part-*.parquet"), streaming=True,
-                               dataloader_num_workers=2, out=str(tmp_path / "run"), eval_split=None, eval_take=None,
-                               max_steps=3, batch_size=2, gradient_accumulation_steps=1, save_steps=3,
-                               eval_generate_take=0))
+    result = train(TrainConfig.from_flat(model=str(micro_af3), dataset=str(tmp_path / "part-*.parquet"), streaming=True,
+                                         dataloader_num_workers=2, output_dir=str(tmp_path / "run"), eval_split=None,
+                                         eval_take=None, max_steps=3, per_device_train_batch_size=2,
+                                         gradient_accumulation_steps=1, save_steps=3, eval_generate_take=0))
     assert result.steps == 3 and np.isfinite(result.train_loss) and not result.skipped

@@ -22,7 +22,7 @@ import soundfile as sf
 import torch
 from datasets import Audio, Dataset, Features, Value
 
-from audiotune.config import EvalConfig
+from audiotune.config import DataConfig, EvalConfig
 
 from audiotune.train_config import TrainConfig
 from audiotune.data.check import check_dataset
@@ -136,7 +136,7 @@ def _data(shapes, shape) -> tuple[str, str, dict]:
 @pytest.mark.parametrize("shape", list(EXPECTED))
 def test_every_shape_is_detected_and_passes_data_check(shapes, shape, cli):
     dataset, split, extra = _data(shapes, shape)
-    report = check_dataset(TrainConfig(dataset=dataset, **extra), split, offline_entry("af3"))
+    report = check_dataset(DataConfig(dataset=dataset, **extra), split, offline_entry("af3"))
     assert report.fatal is None and not report.issues, report.issues
     assert (report.shape, report.task) == EXPECTED[shape][:2]
     assert report.usable_rows == report.rows >= 2
@@ -150,9 +150,10 @@ def test_every_shape_is_detected_and_passes_data_check(shapes, shape, cli):
 @pytest.mark.parametrize("shape", list(EXPECTED))
 def test_every_shape_trains_and_evaluates(micro_af3, shapes, shape, tmp_path):
     dataset, split, extra = _data(shapes, shape)
-    result = train(TrainConfig(model=str(micro_af3), dataset=dataset, train_split=split, out=str(tmp_path / "run"),
-                               eval_split=None, eval_take=None, max_steps=2, batch_size=2,
-                               gradient_accumulation_steps=1, save_steps=2, eval_generate_take=0, **extra))
+    result = train(TrainConfig.from_flat(model=str(micro_af3), dataset=dataset, train_split=split,
+                                         output_dir=str(tmp_path / "run"), eval_split=None, eval_take=None, max_steps=2,
+                                         per_device_train_batch_size=2, gradient_accumulation_steps=1, save_steps=2,
+                                         eval_generate_take=0, **extra))
     assert result.steps == 2 and not result.skipped and np.isfinite(result.train_loss)
     report = run_evaluation(EvalConfig(model=str(micro_af3), dataset=dataset, split=split, out=str(tmp_path / "ev"),
                                        adapters=[str(tmp_path / "run")], take=2, max_new_tokens=3, with_meteor=False,
@@ -164,7 +165,7 @@ def test_every_shape_trains_and_evaluates(micro_af3, shapes, shape, tmp_path):
 # ---------------------------------------------------------------- each shape read right
 
 def _examples(dataset: str, family=None, split: str = "train", **extra):
-    rows, build = prepare_split(TrainConfig(dataset=dataset, **extra), split, family or offline_entry("af3"))
+    rows, build = prepare_split(DataConfig(dataset=dataset, **extra), split, family or offline_entry("af3"))
     log = BadSampleLog(None)
     return ExampleDataset(rows, build, log).usable(), log.entries(), build
 
@@ -212,14 +213,15 @@ def test_segment_problems_name_the_row_and_the_good_rows_still_train(micro_af3, 
     rows += [{"audio_filepath": "talk.wav", "offset": 9.5, "duration": 1.0, "text": "late", "id": "past-end"},
              {"audio_filepath": "talk.wav", "offset": 7.0, "duration": 3.0, "text": "long", "id": "runs-over"}]
     (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    spec = TrainConfig(dataset=str(tmp_path / "m.jsonl"), id_column="id")
+    spec = DataConfig(dataset=str(tmp_path / "m.jsonl"), id_column="id")
     issues = {i.id: i for i in check_dataset(spec, "train", offline_entry("af3")).issues}
     assert set(issues) == {"past-end", "runs-over"}
     assert "offset 9.500 s is past the end" in issues["past-end"].problem and "8.000 s long" in issues["past-end"].problem
     assert "ends past the end" in issues["runs-over"].problem
-    result = train(TrainConfig(model=str(micro_af3), dataset=str(tmp_path / "m.jsonl"), id_column="id",
-                               out=str(tmp_path / "run"), eval_split=None, eval_take=None, max_steps=2, batch_size=3,
-                               gradient_accumulation_steps=1, save_steps=2, eval_generate_take=0, task="asr"))
+    result = train(TrainConfig.from_flat(model=str(micro_af3), dataset=str(tmp_path / "m.jsonl"), id_column="id",
+                                         output_dir=str(tmp_path / "run"), eval_split=None, eval_take=None, max_steps=2,
+                                         per_device_train_batch_size=3, gradient_accumulation_steps=1, save_steps=2,
+                                         eval_generate_take=0, task="asr"))
     assert sorted(s["id"] for s in result.skipped) == ["past-end", "runs-over"] and result.steps == 2
 
 
@@ -289,9 +291,9 @@ def test_content_parts_by_path_url_data_uri_base64_and_input_audio_decode_alike(
 def test_named_format_checks_its_columns(shapes):
     dataset, _, _ = _data(shapes, "chat-content-lists")
     with pytest.raises(DatasetSchemaError, match="--format nemo needs the column"):
-        prepare_split(TrainConfig(dataset=dataset, format="nemo"), "train", offline_entry("af3"))
+        prepare_split(DataConfig(dataset=dataset, format="nemo"), "train", offline_entry("af3"))
     with pytest.raises(ConfigError, match="--format 'sharegpt'"):
-        TrainConfig(dataset=dataset, format="sharegpt").validate_data()
+        DataConfig(dataset=dataset, format="sharegpt")
 
 
 def test_clotho_keeps_all_five_captions_as_references(shapes):
@@ -322,16 +324,18 @@ def test_broken_shards_cost_only_their_own_keys(micro_af3, tmp_path, streaming):
     data = (tmp_path / "s-2.tar").read_bytes()
     (tmp_path / "s-2.tar").write_bytes(data[:cut.offset_data + cut.size // 2])  # a download that stopped in c3.flac
     dataset = str(tmp_path / "s-*.tar")
-    report = check_dataset(TrainConfig(dataset=dataset, task="asr", streaming=streaming), "train", offline_entry("af3"))
+    report = check_dataset(DataConfig(dataset=dataset, task="asr",
+                                                 streaming=streaming), "train", offline_entry("af3"))
     issues = {i.id: i.problem for i in report.issues}
     assert set(issues) == {"s-2.tar", "a6"}
     assert "key(s) c3 lost a member" in issues["s-2.tar"] and "after key 'c2'" in issues["s-2.tar"]
     assert "has no audio member (.flac)" in issues["a6"] and "s-0.tar" in issues["a6"]
     assert report.usable_rows == 6 + 7 + 3  # a0-a5, b0-b6, c0-c2
     # 3 steps of 8 read every one of the 17 rows (16 good) at least once
-    result = train(TrainConfig(model=str(micro_af3), dataset=dataset, task="asr", streaming=streaming,
-                               out=str(tmp_path / "run"), eval_split=None, eval_take=None, max_steps=3, batch_size=8,
-                               gradient_accumulation_steps=1, save_steps=3, eval_generate_take=0))
+    result = train(TrainConfig.from_flat(model=str(micro_af3), dataset=dataset, task="asr", streaming=streaming,
+                                         output_dir=str(tmp_path / "run"), eval_split=None, eval_take=None, max_steps=3,
+                                         per_device_train_batch_size=8, gradient_accumulation_steps=1, save_steps=3,
+                                         eval_generate_take=0))
     assert sorted(s["id"] for s in result.skipped) == ["a6", "c3"] and result.steps == 3
 
 
@@ -394,9 +398,10 @@ def test_two_clip_conversations_train_and_generate(micro_qwen2audio, tmp_path):
     first, second = [m["content"] for m in examples[0].messages if m["role"] == "user"]
     assert [p["type"] for p in first] == ["text", "audio", "text"] and [p["type"] for p in second] == ["audio", "text"]
 
-    result = train(TrainConfig(model=str(micro_qwen2audio), dataset=str(manifest), id_column="id",
-                               out=str(tmp_path / "run"), eval_split=None, eval_take=None, max_steps=2, batch_size=2,
-                               gradient_accumulation_steps=1, save_steps=2, eval_generate_take=0))
+    result = train(TrainConfig.from_flat(model=str(micro_qwen2audio), dataset=str(manifest), id_column="id",
+                                         output_dir=str(tmp_path / "run"), eval_split=None, eval_take=None, max_steps=2,
+                                         per_device_train_batch_size=2, gradient_accumulation_steps=1, save_steps=2,
+                                         eval_generate_take=0))
     assert result.steps == 2 and not result.skipped and np.isfinite(result.train_loss)
     model, _ = load_model(str(micro_qwen2audio), adapter=str(tmp_path / "run"))
     answers = generate(model, processor, family, examples[:2], settings=GenerationSettings(max_new_tokens=3))
@@ -406,8 +411,8 @@ def test_two_clip_conversations_train_and_generate(micro_qwen2audio, tmp_path):
 def test_a_family_taking_one_clip_stops_before_training_and_check_lists_the_rows(micro_af3, tmp_path):
     manifest = _two_clip_manifest(tmp_path)
     with pytest.raises(ConfigError, match=r"4 conversation\(s\) hold more clips than af3 takes \(1 a conversation\)"):
-        train(TrainConfig(model=str(micro_af3), dataset=str(manifest), id_column="id", out=str(tmp_path / "run"),
-                          eval_split=None, eval_take=None, max_steps=1))
+        train(TrainConfig.from_flat(model=str(micro_af3), dataset=str(manifest), id_column="id",
+                                    output_dir=str(tmp_path / "run"), eval_split=None, eval_take=None, max_steps=1))
     assert not (tmp_path / "run" / "adapter_model.safetensors").exists()
     from typer.testing import CliRunner
 
@@ -415,7 +420,7 @@ def test_a_family_taking_one_clip_stops_before_training_and_check_lists_the_rows
 
     listed = json.loads(CliRunner().invoke(app, ["models", "--json"]).output)  # where the error points
     assert {f["name"]: f["max_audios"] for f in listed}["af3"] == 1
-    report = check_dataset(TrainConfig(dataset=str(manifest), id_column="id"), "train", offline_entry("af3"))
+    report = check_dataset(DataConfig(dataset=str(manifest), id_column="id"), "train", offline_entry("af3"))
     assert report.fatal == f"{manifest} [train]: no row is usable; see the issues."
     assert [(i.id, "this model takes at most 1" in i.problem) for i in report.issues] == [
         (f"pair{i}", True) for i in range(4)]
@@ -429,13 +434,14 @@ def test_tag_count_mismatch_names_the_row_and_the_rest_train(micro_af3, tmp_path
     rows.append({"id": "two-tags", "messages": [{"role": "user", "content": "<audio><audio>What?"},
                                                 {"role": "assistant", "content": "A tone."}], "audios": ["a.wav"]})
     (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    issues = check_dataset(TrainConfig(dataset=str(tmp_path / "m.jsonl"), id_column="id"), "train",
+    issues = check_dataset(DataConfig(dataset=str(tmp_path / "m.jsonl"), id_column="id"), "train",
                            offline_entry("af3")).issues
     assert [(i.id, i.severity) for i in issues] == [("two-tags", "fails")]
     assert "2 audio tag(s) but 1 file(s) in 'audios'" in issues[0].problem
-    result = train(TrainConfig(model=str(micro_af3), dataset=str(tmp_path / "m.jsonl"), id_column="id",
-                               out=str(tmp_path / "run"), eval_split=None, eval_take=None, max_steps=2, batch_size=3,
-                               gradient_accumulation_steps=1, save_steps=2, eval_generate_take=0))
+    result = train(TrainConfig.from_flat(model=str(micro_af3), dataset=str(tmp_path / "m.jsonl"), id_column="id",
+                                         output_dir=str(tmp_path / "run"), eval_split=None, eval_take=None, max_steps=2,
+                                         per_device_train_batch_size=3, gradient_accumulation_steps=1, save_steps=2,
+                                         eval_generate_take=0))
     assert [s["id"] for s in result.skipped] == ["two-tags"] and result.steps == 2
 
 
@@ -525,13 +531,13 @@ def test_length_estimates_read_each_shapes_clips(shapes):
     from audiotune.train import estimated_lengths
 
     dataset, _, extra = _data(shapes, "nemo")
-    rows, build = prepare_split(TrainConfig(dataset=dataset, **extra), "train", offline_entry("af3"))
+    rows, build = prepare_split(DataConfig(dataset=dataset, **extra), "train", offline_entry("af3"))
     lengths = estimated_lengths(ExampleDataset(rows, build, BadSampleLog(None)), offline_entry("af3"))
     texts = ["good morning everyone", "let us begin", "first the budget", "excuse me"]
     audio = [offline_entry("af3").audio_tokens(s) for s in (2.0, 2.0, 2.0, 1.2)]
     assert lengths == [a + len(t) // 4 + 32 for a, t in zip(audio, texts)]
     dataset, _, _ = _data(shapes, "audio-flamingo")
-    rows, build = prepare_split(TrainConfig(dataset=dataset), "train", offline_entry("af3"))
+    rows, build = prepare_split(DataConfig(dataset=dataset), "train", offline_entry("af3"))
     lengths = estimated_lengths(ExampleDataset(rows, build, BadSampleLog(None)), offline_entry("af3"))
     conversation = "<sound>\nWhat is making this sound? A dog barking."  # both turns' text, as written
     assert lengths[0] == offline_entry("af3").audio_tokens(1.4) + len(conversation) // 4 + 32

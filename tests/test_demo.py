@@ -35,7 +35,7 @@ def test_derangement_moves_every_clip_and_is_fixed_by_its_seed():
 def test_short_demo_writes_every_artefact(tmp_path):
     stages: list[str] = []
     result = run_demo(DemoSettings(out=str(tmp_path), clips=40, split_fractions=(0.8, 0.1, 0.1), max_steps=6,
-                                   batch_size=4, warmup_steps=1, eval_clips=4, max_new_tokens=8),
+                                   per_device_train_batch_size=4, warmup_steps=1, eval_clips=4, max_new_tokens=8),
                       on_stage=stages.append)
     assert stages == ["synthesise data", "build tiny AF3", "fine-tune (LoRA)", "evaluate base vs tuned",
                       "grounding check", "infer (batched)", "merge", "pipeline"]

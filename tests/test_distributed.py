@@ -24,7 +24,8 @@ TOLERANCE = 1e-5  # float32 sums in a different order (gradient all-reduce) — 
 
 def _cmd(model, data, out, *extra, nproc=1, batch=2, steps=8):
     return [sys.executable, "-m", "audiotune", "train", "--nproc", str(nproc), "--model", str(model),
-            "--dataset", str(data), "--out", str(out), "--max-steps", str(steps), "--batch-size", str(batch),
+            "--dataset", str(data), "--output-dir", str(out), "--max-steps", str(steps),
+            "--per-device-train-batch-size", str(batch),
             "--gradient-accumulation-steps", "1", "--learning-rate", "3e-3", "--lora-dropout", "0",
             "--save-steps", "2", "--eval-steps", "100", "--eval-take", "2", "--eval-generate-take", "0",
             "--seed", "5", *extra]
@@ -67,7 +68,7 @@ def test_streaming_is_split_by_rank(synth_data, tmp_path, monkeypatch):
     for rank in (0, 1):
         monkeypatch.setenv("RANK", str(rank))
         monkeypatch.setenv("WORLD_SIZE", "2")
-        cfg = TrainConfig(model="m", dataset=str(synth_data), out=str(tmp_path), streaming=True)
+        cfg = TrainConfig.from_flat(model="m", dataset=str(synth_data), output_dir=str(tmp_path), streaming=True)
         train_ds, _, _ = build_datasets(cfg, offline_entry("af3"), tmp_path)
         seen.append([example.id for example in train_ds])
     assert not set(seen[0]) & set(seen[1]) and len(seen[0]) + len(seen[1]) == 38 and min(map(len, seen)) > 0

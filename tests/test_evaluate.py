@@ -109,12 +109,13 @@ def test_best_checkpoint_is_kept_loaded_and_saved(tiny_af3, synth_data, tmp_path
     from safetensors.torch import load_file
 
     out = tmp_path / "run"
-    result = train(TrainConfig(model=str(tiny_af3), dataset=str(synth_data), out=str(out), batch_size=4,
-                               # A large constant rate: the loss overshoots (5.62 at step 4, 5.78 at 8 here).
-                               gradient_accumulation_steps=1, learning_rate=0.4, lr_scheduler="constant",
-                               max_steps=8, eval_steps=4,
-                               save_steps=4, save_total_limit=1, eval_take=4, eval_generate_take=4,
-                               max_new_tokens=8, best_metric="loss", seed=0))
+    result = train(TrainConfig.from_flat(model=str(tiny_af3), dataset=str(synth_data), output_dir=str(out),
+                                         per_device_train_batch_size=4,
+                                         # A large constant rate: the loss overshoots (5.62 at step 4, 5.78 at 8 here).
+                                         gradient_accumulation_steps=1, learning_rate=0.4,
+                                         lr_scheduler_type="constant", max_steps=8, eval_steps=4,
+                                         save_steps=4, save_total_limit=1, eval_take=4, eval_generate_take=4,
+                                         max_new_tokens=8, best_metric="loss", seed=0))
     evals = [h for h in result.log_history if "eval_loss" in h][:2]
     assert len(evals) == 2 and all("eval_gen_CIDEr-D" in h for h in evals)  # generation metrics at every eval
     values = [h["eval_loss"] for h in evals]
@@ -138,7 +139,7 @@ def test_best_checkpoint_is_kept_loaded_and_saved(tiny_af3, synth_data, tmp_path
 def test_best_metric_picks_its_logged_key_and_direction(metric, key, greater):
     """A generation metric chooses the best checkpoint by the key the callback logs, in its own direction (the
     slow test above runs the selection itself, by eval loss: 8 steps leave CIDEr-D at 0.0 on every evaluation)."""
-    cfg = TrainConfig(model="m", dataset="d", best_metric=metric, save_steps=200).validate()
+    cfg = TrainConfig.from_flat(model="m", dataset="d", best_metric=metric, save_steps=200).validate()
     args = cfg.trainer_arguments(has_eval=True)  # what the Trainer gets
     assert (args.metric_for_best_model, args.greater_is_better, args.load_best_model_at_end) == (key, greater, True)
     assert cfg.user_values()["best_metric"] == metric and "metric_for_best_model" not in cfg.user_values()
@@ -148,4 +149,4 @@ def test_best_metric_picks_its_logged_key_and_direction(metric, key, greater):
 
 def test_best_metric_needs_aligned_steps():
     with pytest.raises(ConfigError, match="multiple of"):
-        TrainConfig(model="m", dataset="d", best_metric="CIDEr-D", eval_steps=3, save_steps=4).validate()
+        TrainConfig.from_flat(model="m", dataset="d", best_metric="CIDEr-D", eval_steps=3, save_steps=4).validate()

@@ -110,10 +110,11 @@ def _end_to_end(entry, synth_data, tmp_path, record_property) -> None:
     out = tmp_path / "run"
     task = TASKS[family.task or "caption"]
     manifest = _fixed_batch_manifest(tmp_path / "fixed", family)
-    result = train(TrainConfig(model=str(checkpoint), dataset=str(manifest), out=str(out), batch_size=2,
-                               task=task.name, train_take=2, eval_split="none", eval_take=2,
-                               gradient_accumulation_steps=1, learning_rate=1e-2, lora_dropout=0.0, max_steps=10,
-                               logging_steps=1, eval_steps=10, save_steps=10, eval_generate_take=0, seed=0))
+    result = train(TrainConfig.from_flat(model=str(checkpoint), dataset=str(manifest), output_dir=str(out),
+                                         per_device_train_batch_size=2, task=task.name, train_take=2,
+                                         eval_split="none", eval_take=2, gradient_accumulation_steps=1,
+                                         learning_rate=1e-2, lora_dropout=0.0, max_steps=10, logging_steps=1,
+                                         eval_steps=10, save_steps=10, eval_generate_take=0, seed=0))
     losses = [entry["loss"] for entry in result.log_history if "loss" in entry]
     assert len(losses) == 10 and all(math.isfinite(v) for v in losses)
     # A random tiny LM with its output layer frozen can only move its logits a little: 0.15 nats over ten steps is

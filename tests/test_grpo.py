@@ -29,14 +29,14 @@ def _trainer(micro_af3, beeps, tmp_path, **overrides):
     from audiotune.rl import make_rl_trainer
     from audiotune.train import build_datasets
 
-    cfg = TrainConfig(model=str(micro_af3), dataset=str(beeps), out=str(tmp_path), task="mcq", method="grpo",
-                      batch_size=2, gradient_accumulation_steps=1, num_generations=4, max_completion_length=3,
-                      max_steps=2, seed=0, **overrides).validate()
+    cfg = TrainConfig.from_flat(model=str(micro_af3), dataset=str(beeps), output_dir=str(tmp_path), task="mcq",
+                                method="grpo", per_device_train_batch_size=2, gradient_accumulation_steps=1,
+                                num_generations=4, max_completion_length=3, max_steps=2, seed=0, **overrides).validate()
     base, family = load_base_model(micro_af3)
     train_ds, _, _ = build_datasets(cfg, family, tmp_path)
     model = prepare_for_training(base, family, AdaptationPlan(lora_r=4, lora_alpha=8))
     install_audio_cache(model, family, AudioEmbeddingCache())
-    trainer = make_rl_trainer(cfg.trainer_arguments(has_eval=False), model, load_processor(micro_af3), family,
+    trainer = make_rl_trainer(cfg.trainer_arguments(has_eval=False), cfg.rl, model, load_processor(micro_af3), family,
                               train_ds, [])
     return trainer, model, family, train_ds
 
@@ -107,17 +107,17 @@ def test_reward_rises_and_resume_continues(micro_af3, beeps, tmp_path):
     skewed = tmp_path / "skewed"
     write_beep_count_dataset(skewed, n_clips=40, seed=5, counts=(2, 3, 3, 3, 3, 3, 4, 5), slot_seconds=0.25,
                              split_fractions=(0.8, 0.1, 0.1))
-    sft = train(TrainConfig(model=str(micro_af3), dataset=str(beeps), out=str(tmp_path / "sft"), task="mcq",
-                            batch_size=8, gradient_accumulation_steps=1, learning_rate=1e-2, max_steps=10,
-                            logging_steps=5, save_steps=100, eval_take=2, eval_generate_take=0, seed=0,
-                            lora_targets=WITH_HEAD))
-    args = dict(model=str(micro_af3), dataset=str(skewed), out=str(tmp_path / "grpo"), task="mcq", method="grpo",
-                init_adapter=str(sft.out_dir), batch_size=4, gradient_accumulation_steps=1, num_generations=8,
-                max_completion_length=2, learning_rate=3e-3, beta=0.04, logging_steps=1, save_steps=8, eval_take=4,
-                eval_generate_take=4, seed=0)
-    first = train(TrainConfig(**args, max_steps=8))
+    sft = train(TrainConfig.from_flat(model=str(micro_af3), dataset=str(beeps), output_dir=str(tmp_path / "sft"),
+                                      task="mcq", per_device_train_batch_size=8, gradient_accumulation_steps=1,
+                                      learning_rate=1e-2, max_steps=10, logging_steps=5, save_steps=100, eval_take=2,
+                                      eval_generate_take=0, seed=0, lora_targets=WITH_HEAD))
+    args = dict(model=str(micro_af3), dataset=str(skewed), output_dir=str(tmp_path / "grpo"), task="mcq",
+                method="grpo", init_adapter=str(sft.out_dir), per_device_train_batch_size=4,
+                gradient_accumulation_steps=1, num_generations=8, max_completion_length=2, learning_rate=3e-3,
+                beta=0.04, logging_steps=1, save_steps=8, eval_take=4, eval_generate_take=4, seed=0)
+    first = train(TrainConfig.from_flat(**args, max_steps=8))
     assert (tmp_path / "grpo" / "checkpoint-8").exists() and not (tmp_path / "grpo" / "checkpoint-8" / "ref").exists()
-    second = train(TrainConfig(**args, max_steps=16, resume=True))
+    second = train(TrainConfig.from_flat(**args, max_steps=16, resume=True))
     assert second.resumed_from and second.resumed_from.endswith("checkpoint-8")
     logged = [h for h in second.log_history if "loss" in h]
     assert [h["step"] for h in logged] == list(range(1, 17))  # the resumed history continues the first run's
@@ -136,10 +136,10 @@ def test_dpo_trains_on_pairs_against_the_base(micro_af3, beeps, tmp_path):
     from audiotune.train import train
 
     # the same 4 pairs every step, so the margin the loss pushes on is the one measured
-    result = train(TrainConfig(model=str(micro_af3), dataset=str(beeps), out=str(tmp_path / "dpo"), method="dpo",
-                               batch_size=4, gradient_accumulation_steps=1, max_steps=5, logging_steps=1,
-                               save_steps=100, train_take=4, eval_take=2, learning_rate=1e-2, seed=0, dpo_beta=0.5,
-                               lora_targets=WITH_HEAD))
+    result = train(TrainConfig.from_flat(model=str(micro_af3), dataset=str(beeps), output_dir=str(tmp_path / "dpo"),
+                                         method="dpo", per_device_train_batch_size=4, gradient_accumulation_steps=1,
+                                         max_steps=5, logging_steps=1, save_steps=100, train_take=4, eval_take=2,
+                                         learning_rate=1e-2, seed=0, dpo_beta=0.5, lora_targets=WITH_HEAD))
     logged = [h for h in result.log_history if "loss" in h]
     assert logged[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)  # policy == reference before any update
     assert logged[-1]["rewards/margins"] > logged[0]["rewards/margins"]
@@ -169,9 +169,10 @@ def test_a_bad_row_is_skipped_and_listed_and_training_continues(micro_af3, beeps
     from audiotune.train import train
 
     extra = ({"task": "mcq", "num_generations": 2, "max_completion_length": 2} if method == "grpo" else {})
-    result = train(TrainConfig(model=str(micro_af3), dataset=str(beeps_with_a_bad_row), out=str(tmp_path / "run"),
-                               method=method, id_column="id", batch_size=2, gradient_accumulation_steps=1,
-                               max_steps=3, save_steps=100, eval_split=None, eval_take=None, seed=0, **extra))
+    result = train(TrainConfig.from_flat(model=str(micro_af3), dataset=str(beeps_with_a_bad_row),
+                                         output_dir=str(tmp_path / "run"), method=method, id_column="id",
+                                         per_device_train_batch_size=2, gradient_accumulation_steps=1, max_steps=3,
+                                         save_steps=100, eval_split=None, eval_take=None, seed=0, **extra))
     assert result.steps == 3 and math.isfinite(result.train_loss)
     assert [s["id"] for s in result.skipped] == ["cut-short"] and "truncated WAV" in result.skipped[0]["message"]
     listed = [json.loads(line) for line in (tmp_path / "run" / "skipped.jsonl").read_text().splitlines()]

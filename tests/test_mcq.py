@@ -7,7 +7,7 @@ import json
 import pytest
 import soundfile as sf
 
-from audiotune.train_config import TrainConfig
+from audiotune.config import DataConfig
 from audiotune.data.prepare import prepare_split
 from audiotune.answers import extract_choice
 from audiotune.data.tasks import McqTask
@@ -38,7 +38,7 @@ def test_mmau_style_rows(tmp_path, family):
     ]
     manifest = tmp_path / "mmau.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    data, build = prepare_split(TrainConfig(model="m", dataset=str(manifest), task="mcq"), "train", family)
+    data, build = prepare_split(DataConfig(dataset=str(manifest), task="mcq"), "train", family)
     assert isinstance(build.task, McqTask) and build.audio_column == "audio_id"
     examples = [build(data[i], i) for i in range(3)]
     assert [e.references for e in examples] == [["C", "Rain"], ["B", "Car horn"], ["A", "Dog barking"]]
@@ -89,7 +89,8 @@ def test_preference_columns(tmp_path, family):
             {"audio": "a.wav", "prompt": "How many beeps?", "chosen": "four", "rejected": " "}]
     manifest = tmp_path / "pairs.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    data, build = prepare_split(TrainConfig(model="m", dataset=str(manifest), task="preference"), "train", family)
+    data, build = prepare_split(DataConfig(dataset=str(manifest),
+                                                      task="preference"), "train", family)
     example = build(data[0], 0)
     assert example.target == "three" and example.meta["rejected"] == "two"
     assert example.messages[-1]["content"][-1]["text"] == "How many beeps?"
@@ -97,7 +98,7 @@ def test_preference_columns(tmp_path, family):
         build(data[1], 1)
     renamed = tmp_path / "renamed.jsonl"
     renamed.write_text(json.dumps({"wav": "a.wav", "good": "yes", "bad": "no"}) + "\n")
-    spec = TrainConfig(model="m", dataset=str(renamed), task="preference", text_column="good",
+    spec = DataConfig(dataset=str(renamed), task="preference", text_column="good",
                        rejected_column="bad", prompt="Is it a beep?")
     data, build = prepare_split(spec, "train", family)
     example = build(data[0], 0)
@@ -124,7 +125,8 @@ def test_lmms_lab_mmau_and_mmar_layouts(tmp_path, family):
     folder = tmp_path / "mmau" / "data"
     folder.mkdir(parents=True)
     Dataset.from_dict(rows).cast_column("audio", Audio()).to_parquet(str(folder / "test-00000-of-00001.parquet"))
-    data, build = prepare_split(TrainConfig(model="m", dataset=str(tmp_path / "mmau"), task="mcq"), "test", family)
+    data, build = prepare_split(DataConfig(dataset=str(tmp_path / "mmau"),
+                                                      task="mcq"), "test", family)
     mmau, mmar = build(data[0], 0), build(data[1], 1)
     assert mmau.meta["choices"] == CHOICES and mmau.references == ["C", "Rain"]
     assert mmar.meta["choices"] == ["Owl", "Crow", "Dog", "Cat"] and mmar.references == ["C", "Dog"]

@@ -89,7 +89,7 @@ def test_qwen3_asr_reads_its_own_fine_tuning_data_and_a_language_column(tmp_path
     # transcript alone.
     import soundfile as sf
 
-    from audiotune.train_config import TrainConfig
+    from audiotune.config import DataConfig
     from audiotune.data.collator import ConversationCollator
     from audiotune.data.examples import BadSampleLog, ExampleDataset
     from audiotune.data.prepare import prepare_split
@@ -101,7 +101,8 @@ def test_qwen3_asr_reads_its_own_fine_tuning_data_and_a_language_column(tmp_path
             {"audio": "utt.wav", "text": "No language here."}]
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     family = resolve_family(str(cached_tiny("qwen3asr")))
-    rows_, build = prepare_split(TrainConfig(dataset=str(tmp_path / "train.jsonl"), task="asr"), "train", family)
+    rows_, build = prepare_split(DataConfig(dataset=str(tmp_path / "train.jsonl"),
+                                                       task="asr"), "train", family)
     examples = ExampleDataset(rows_, build, BadSampleLog(None)).usable()
     assert [e.references for e in examples] == [["This is a test sentence."], ["Ein Satz."], ["No language here."]]
     processor = _processor("qwen3asr")

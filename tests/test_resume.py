@@ -18,8 +18,9 @@ from audiotune.checkpoints import MARKER, checkpoint_steps
 
 def _train_cmd(model, data, out, *extra):
     return [sys.executable, "-m", "audiotune", "train", "--model", str(model), "--dataset", str(data),
-            "--out", str(out), "--max-steps", "8", "--save-steps", "2", "--eval-steps", "100", "--eval-take", "2",
-            "--batch-size", "2", "--gradient-accumulation-steps", "2", "--learning-rate", "3e-3",
+            "--output-dir", str(out), "--max-steps", "8", "--save-steps", "2", "--eval-steps", "100",
+            "--eval-take", "2", "--per-device-train-batch-size", "2", "--gradient-accumulation-steps", "2",
+            "--learning-rate", "3e-3",
             "--logging-steps", "1", "--seed", "7", *extra]
 
 

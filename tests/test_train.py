@@ -22,10 +22,11 @@ from tests.conftest import tone
 
 
 def _config(model, data, out, **kw):
-    base = dict(model=str(model), dataset=str(data), out=str(out), batch_size=4, gradient_accumulation_steps=1,
-                learning_rate=3e-3, max_steps=8, logging_steps=2, eval_steps=4, save_steps=4, eval_take=4, seed=0)
+    base = dict(model=str(model), dataset=str(data), output_dir=str(out), per_device_train_batch_size=4,
+                gradient_accumulation_steps=1, learning_rate=3e-3, max_steps=8, logging_steps=2, eval_steps=4,
+                save_steps=4, eval_take=4, seed=0)
     base.update(kw)
-    return TrainConfig(**base)
+    return TrainConfig.from_flat(**base)
 
 
 def _batch(processor, family):
@@ -134,7 +135,7 @@ def test_on_bad_sample_fail_raises_the_rows_error(micro_af3, tmp_path):
     data = _dataset_with_bad_rows(tmp_path)
     with pytest.raises((AudioDecodeError, DatasetSchemaError), match="^(corrupt|empty-caption|empty-audio)"):
         train(_config(micro_af3, data, tmp_path / "fail", eval_split=None, eval_take=None, max_steps=4,
-                      on_bad_sample="fail", id_column="id", batch_size=13))
+                      on_bad_sample="fail", id_column="id", per_device_train_batch_size=13))
 
 
 def test_empty_dataset_is_caught(micro_af3, tmp_path):

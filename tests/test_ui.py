@@ -57,8 +57,10 @@ def test_train_form_is_generated_from_the_config():
 
     from audiotune.ui.trainform import HIDDEN, TRAINER_FIELDS, default_values, form_spec, form_fields, groups
 
+    from audiotune.config import flat_fields
+
     specs = {s.name: s for s in form_spec()}
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    fields = {f.name: f for f in flat_fields(TrainConfig)}  # the run's, the parts' and the Trainer's: the CLI's flags
     assert set(specs) == set(form_fields()) and not set(specs) & set(HIDDEN)
     assert set(TRAINER_FIELDS) <= set(specs) and {"model", "dataset", "output_dir", "lora_r", "method"} <= set(specs)
     defaults = TrainConfig().user_values()  # what a run with no option set records
@@ -66,8 +68,9 @@ def test_train_form_is_generated_from_the_config():
     assert all(specs[n].help == fields[n].metadata["help"] for n in specs)  # the field's help, as --help shows it
     assert list(groups())[:3] == ["run", "data", "adaptation"]
     assert specs["lora_r"].group == "adaptation" and specs["learning_rate"].kind == "float"
-    assert specs["task"].kind == "choice" and "asr" in specs["task"].choices  # from the help's "a | b | c:"
+    assert specs["task"].kind == "choice" and "asr" in specs["task"].choices  # from the Literal type
     assert specs["audio_cache"].choices == ("memory", "disk", "off")
+    assert specs["method"].choices == ("sft", "grpo", "dpo") and "sft |" not in specs["method"].help
     assert specs["optim"].kind == "choice" and "adafactor" in specs["optim"].choices  # from transformers' enum
     assert "regex" in specs["lora_targets"].help
     assert "auto-detected" in specs["audio_column"].help
@@ -83,11 +86,12 @@ def test_form_values_become_the_validated_config(tmp_path):
     values = {**default_values(), "model": "model", "dataset": "data", "output_dir": "runs/x", "max_steps": 3.0,
               "eval_split": "none", "train_take": "", "lora_targets": "q_proj, v_proj", "labels": "a,b"}
     cfg = config_from_form(values, root)
-    assert cfg.model == str(tmp_path.resolve() / "model") and cfg.out == str(tmp_path.resolve() / "runs/x")
+    assert cfg.model == str(tmp_path.resolve() / "model") and cfg.output_dir == str(tmp_path.resolve() / "runs/x")
+    assert cfg.data.dataset == str(tmp_path.resolve() / "data")
     assert cfg.max_steps == 3 and isinstance(cfg.max_steps, int)
     assert cfg.eval_split is None and cfg.train_take is None  # 'none' as on the CLI; empty is None
-    assert cfg.lora_targets == ["q_proj", "v_proj"] and cfg.labels == ["a", "b"]
-    assert config_from_form({**values, "lora_targets": r".*\.q_proj"}, root).lora_targets == r".*\.q_proj"
+    assert cfg.adapter.lora_targets == ["q_proj", "v_proj"] and cfg.data.labels == ["a", "b"]
+    assert config_from_form({**values, "lora_targets": r".*\.q_proj"}, root).adapter.lora_targets == r".*\.q_proj"
     with pytest.raises(ConfigError, match="batch_size must be at least 1"):  # validate(), the CLI's message
         config_from_form({**values, "per_device_train_batch_size": 0}, root)
     with pytest.raises(ConfigError, match="No model given: pass --model"):
@@ -100,6 +104,7 @@ def test_form_values_become_the_validated_config(tmp_path):
 
 def test_a_saved_run_config_refills_the_form_for_resume(tmp_path):
     """Resume reloads the run's YAML (enum fields come back as enums) and refills the form: it must validate."""
+    from audiotune.config import flat_values
     from audiotune.train_config import TrainConfig
     from audiotune.ui.jobs import saved_config
     from audiotune.ui.trainform import config_from_form, default_values, display_value, form_spec
@@ -115,7 +120,8 @@ def test_a_saved_run_config_refills_the_form_for_resume(tmp_path):
     cfg.to_yaml(run / "ui_config.yaml")
     loaded = saved_config(run)
     assert isinstance(loaded, TrainConfig) and isinstance(loaded.lr_scheduler_type, enum.Enum)  # an enum again
-    again = config_from_form({s.name: display_value(s, getattr(loaded, s.name)) for s in form_spec()}, root)
+    saved = flat_values(loaded)
+    again = config_from_form({s.name: display_value(s, saved[s.name]) for s in form_spec()}, root)
     assert again.user_values() == cfg.user_values()
 
 
@@ -140,7 +146,7 @@ def test_live_log_callback_and_curves(tmp_path_factory):
     callback.on_train_end(None, state, None)
     callback.on_log(None, state, None)  # the final evaluation logs after the loop: still finished
     assert read_history(tmp_path)["finished"]
-    TrainConfig(model="m", dataset="d", out=str(tmp_path)).to_yaml(tmp_path / "run_config.yaml")
+    TrainConfig.from_flat(model="m", dataset="d", output_dir=str(tmp_path)).to_yaml(tmp_path / "run_config.yaml")
     runs = list_runs(tmp_path.parent)
     assert [r["run"] for r in runs] == [tmp_path] and runs[0]["last_loss"] == 2.5
 
@@ -251,9 +257,10 @@ def ui_root(tmp_path_factory, micro_af3, synth_data) -> Path:
     shutil.copytree(micro_af3, root / "models" / "micro-af3")
     shutil.copytree(synth_data, root / "data" / "synth")
     model, data = str(root / "models" / "micro-af3"), str(root / "data" / "synth")
-    train(TrainConfig(model=model, dataset=data, out=str(root / "runs" / "micro3"), batch_size=2,
-                      gradient_accumulation_steps=1, learning_rate=1e-2, max_steps=3, logging_steps=1,
-                      eval_steps=3, save_steps=3, eval_take=2, eval_generate_take=0, seed=0))
+    train(TrainConfig.from_flat(model=model, dataset=data, output_dir=str(root / "runs" / "micro3"),
+                                per_device_train_batch_size=2, gradient_accumulation_steps=1, learning_rate=1e-2,
+                                max_steps=3, logging_steps=1, eval_steps=3, save_steps=3, eval_take=2,
+                                eval_generate_take=0, seed=0))
     run_evaluation(EvalConfig(model=model, dataset=data, out=str(root / "runs" / "eval"),
                               adapters=[str(root / "runs" / "micro3")], compare=True, split="test", take=3,
                               max_new_tokens=6, with_meteor=False))

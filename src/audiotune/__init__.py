@@ -22,6 +22,7 @@ def __getattr__(name: str):
         "TrainConfig": ("train_config", "TrainConfig"),
         "DataConfig": ("config", "DataConfig"),
         "AdapterConfig": ("config", "AdapterConfig"),
+        "RLConfig": ("rl.config", "RLConfig"),
         "finetune": ("train", "train"),
         "infer_files": ("infer", "infer"),
         "generate_answers": ("generate", "generate"),

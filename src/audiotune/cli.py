@@ -102,7 +102,7 @@ def train(ctx: typer.Context) -> None:
         return
     console.print(f"trainable parameters: {result.trainable_parameters:,} of {result.total_parameters:,} "
                   f"({100 * result.trainable_parameters / result.total_parameters:.3f}%)")
-    method = "" if cfg.method == "sft" else f"{cfg.method} "  # supervised runs keep the line scripts parse
+    method = "" if cfg.rl.method == "sft" else f"{cfg.rl.method} "  # supervised runs keep the line scripts parse
     console.print(f"[green]done[/green] {method}{result.steps} steps; train loss {result.train_loss:.4f}"
                   + (f", eval loss {result.eval_loss:.4f}" if result.eval_loss is not None else "")
                   + f"; adapter in {result.out_dir}")
@@ -230,7 +230,6 @@ def data_check(ctx: typer.Context) -> None:
         spec.dataset = options.path
     if not spec.dataset:
         raise AudiotuneError("No dataset given: audiotune data check DATASET (a Hub id, a folder or manifest files).")
-    spec.validate_data()
     model, split, dataset, as_json = spec.model, spec.split, spec.dataset, options.as_json
     tokenizer = None
     if model:

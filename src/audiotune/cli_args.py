@@ -1,9 +1,12 @@
 """Command-line options generated from a config dataclass: one flag per field, with the field's default and help.
 
-Built on transformers' ``HfArgumentParser`` (it already knows every ``TrainingArguments`` field's type and choices),
-with what audiotune's flags have always accepted: ``--flag`` alone for a boolean and ``--no-flag`` for each,
-lists comma-separated or space-separated (and repeatable), the old names as aliases (``--batch-size``), and
-``--config run.yaml`` read first with flags on top. Imported only inside a command: it imports transformers.
+Built on transformers' ``HfArgumentParser`` (it already knows every ``TrainingArguments`` field's type and choices,
+and a ``Literal`` field's), with what audiotune's flags have always accepted: ``--flag`` alone for a boolean and
+``--no-flag`` for each, lists comma-separated or space-separated (and repeatable), and ``--config run.yaml`` read
+first with flags on top. A composed config (``TrainConfig``) is parsed together with its parts, as HfArgumentParser
+parses several dataclasses, and its flat values composed by :func:`~audiotune.config.compose`. A retired flag
+(``--batch-size``) is one error naming its successor, not argparse's "no such option" nor a prefix match.
+Imported only inside a command: it imports transformers.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any
 from transformers import HfArgumentParser
 from transformers.hf_argparser import string_to_bool
 
-from .config import read_yaml
+from .config import COMMAND_LINE, compose, flat_fields, parts_of, read_yaml, retired_error
 
 CONFIG_HELP = "YAML config (e.g. a run's run_config.yaml), read first; flags override it."
 
@@ -42,14 +45,19 @@ def _unwrap(hint: Any) -> Any:
 
 
 class ConfigParser(HfArgumentParser):
-    """``HfArgumentParser`` with audiotune's boolean and list conventions."""
+    """``HfArgumentParser`` with audiotune's boolean and list conventions, over a config and its parts."""
+
+    def __init__(self, cls: type, **kwargs: Any) -> None:
+        self._skip = set(getattr(cls, "RETIRED", {}))  # read while the fields are added, in super().__init__
+        super().__init__([cls, *parts_of(cls)], **kwargs)
 
     def error(self, message: str):
         # The wording of typer's other commands, so a mistyped flag reads the same everywhere.
         super().error(message.replace("unrecognized arguments:", "No such option:"))
 
-    @staticmethod
-    def _parse_dataclass_field(parser: argparse.ArgumentParser, field: dataclasses.Field) -> None:
+    def _parse_dataclass_field(self, parser: argparse.ArgumentParser, field: dataclasses.Field) -> None:
+        if "part" in field.metadata or field.name in self._skip:  # a part's fields are its own dataclass's options
+            return
         inner = _unwrap(field.type)
         names = [f"--{field.name.replace('_', '-')}"] + ([f"--{field.name}"] if "_" in field.name else [])
         aliases = field.metadata.get("aliases", [])
@@ -72,7 +80,8 @@ class ConfigParser(HfArgumentParser):
 def build_parser(cls: type, prog: str, description: str = "",
                  extra: Callable[[argparse.ArgumentParser], None] | None = None) -> ConfigParser:
     """The parser of ``cls``'s fields plus ``--config`` and the options ``extra`` adds (not config fields)."""
-    parser = ConfigParser(cls, prog=prog, description=description, usage="%(prog)s [--config YAML] [OPTIONS]")
+    parser = ConfigParser(cls, prog=prog, description=description, usage="%(prog)s [--config YAML] [OPTIONS]",
+                          allow_abbrev=False)
     parser.add_argument("--config", default=None, metavar="YAML", help=CONFIG_HELP)
     if extra:
         extra(parser)
@@ -80,14 +89,26 @@ def build_parser(cls: type, prog: str, description: str = "",
 
 
 def field_dests(cls: type) -> set[str]:
-    return {f.name for f in dataclasses.fields(cls) if f.init}
+    return {f.name for f in flat_fields(cls)}
+
+
+def refuse_retired(cls: type, argv: Sequence[str]) -> None:
+    """A retired flag (``--batch-size``, ``--no-gradient-checkpointing``) is one error naming the flag now."""
+    retired = getattr(cls, "RETIRED", {})
+    for token in argv:
+        if token.startswith("--"):
+            name = token[2:].split("=", 1)[0].replace("-", "_")
+            old = name if name in retired else name.removeprefix("no_")
+            if old in retired:
+                raise retired_error(old, retired[old], COMMAND_LINE)
 
 
 def parse(cls: type, argv: Sequence[str], prog: str, description: str = "",
           extra: Callable[[argparse.ArgumentParser], None] | None = None) -> tuple[Any, argparse.Namespace]:
     """(the config built from ``--config`` and the flags, the namespace with the ``extra`` options). Positional
     ``extra`` arguments must be optional (``nargs="?"`` or ``"*"``): the command checks them."""
-    pre = argparse.ArgumentParser(add_help=False)
+    refuse_retired(cls, argv)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--config", default=None)
     known, _ = pre.parse_known_args(list(argv))
     parser = build_parser(cls, prog, description, extra)
@@ -102,4 +123,4 @@ def parse(cls: type, argv: Sequence[str], prog: str, description: str = "",
         if name in fields and (value != getattr(untouched, name, None) or name in namespace.__dict__.get(
                 "_lists_given", ())):
             values[name] = value
-    return cls(**values), namespace
+    return compose(cls, values, COMMAND_LINE), namespace

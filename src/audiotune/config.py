@@ -5,15 +5,17 @@
 - :class:`AdapterConfig`: what trains (LoRA/full/QLoRA, targets, projector), shared by ``train`` and ``plan``;
 - :class:`GenerationSettings`: how answers are generated (infer, eval, the training callback, serve; one
   ``max_new_tokens`` default);
-- :class:`~audiotune.train_config.TrainConfig` composes those with the RL settings and *extends*
-  ``transformers.TrainingArguments`` (TRL's ``SFTConfig`` pattern), so every Trainer option is there with its own
-  default and help.
+- :class:`~audiotune.train_config.TrainConfig` *extends* ``transformers.TrainingArguments`` only (TRL's
+  ``SFTConfig`` pattern: every Trainer option with its own default and help) and holds those three and the RL
+  settings as parts (``cfg.data``, ``cfg.adapter``, ``cfg.generation``, ``cfg.rl``), as TRL composes its configs.
 
 This module is light on purpose (no torch, no transformers): ``audiotune --help`` imports it. ``TrainConfig``
 lives in ``train_config.py`` (it needs transformers), which builds on this module and is never imported by it.
 Each field's help is its ``metadata["help"]``: the CLI, the web UI's form and ``docs/configuration.md`` read it
-from there. Older names (``batch_size``, ``out``,
-``lr_scheduler``, ...) are :data:`ALIASES`, accepted as flags, YAML keys and keyword arguments.
+from there. A field with a fixed set of values is typed ``Literal[...]``: argparse's ``choices``, the form's dropdown,
+the docs and :func:`check_choices`' error for YAML and keyword input all come from that one type. A composed config
+(``TrainConfig``) holds its parts as fields (:func:`part`); :func:`compose` builds one from flat names (flags, YAML
+keys), so each name has one spelling and a retired one gets one error naming its successor.
 
 Defaults reproduce the reference guide's hyper-parameters, except for its two mistakes: LoRA targets the language
 model only (``lora_targets`` empty → the family's LM regex) and the loss covers the assistant's tokens only (see
@@ -23,24 +25,30 @@ model only (``lora_targets`` empty → the family's LM regex) and the loss cover
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import enum
+import functools
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from .answers import ASR_NORMALIZERS
 from .errors import ConfigError
 
-# Old name → field name. Flags (``--batch-size``), YAML keys and keyword arguments; saved run configs keep working.
-ALIASES = {
-    "out": "output_dir",
-    "batch_size": "per_device_train_batch_size",
-    "eval_batch_size": "per_device_eval_batch_size",
-    "lr_scheduler": "lr_scheduler_type",
-}
-LONG_AUDIO = ("window", "truncate", "skip", "error")  # audio.LongAudioPolicy's values (audio.py imports numpy)
-TASKS = ("caption", "asr", "qa", "classify", "mcq", "chat", "preference")
+LongAudio = Literal["window", "truncate", "skip", "error"]  # audio.LongAudioPolicy's values (audio.py imports numpy)
+LONG_AUDIO = typing.get_args(LongAudio)
+BACKENDS = ("transformers", "vllm")  # engines.ENGINES' keys, named here without importing torch
+# tasks.TASKS' names, in its order, named here without importing the tasks package (it imports numpy).
+Task = Literal["caption", "asr", "qa", "classify", "mcq", "chat", "preference"]
+TASKS = typing.get_args(Task)
 # data/shapes.py's SHAPES, named here without importing the data package (this module stays torch-free).
-FORMATS = ("auto", "webdataset", "audio-flamingo", "chat", "nemo", "lhotse", "clotho", "audiobench", "table")
+Format = Literal["auto", "webdataset", "audio-flamingo", "chat", "nemo", "lhotse", "clotho", "audiobench", "air-bench",
+                 "table"]
+FORMATS = typing.get_args(Format)
+SkipOrFail = Literal["skip", "fail"]
+AsrNormalizer = Literal[tuple(ASR_NORMALIZERS)]  # type: ignore[valid-type]  (answers.py describes each one)
 
 
 def option(default: Any = None, help: str = "", *, factory: Any = None, **metadata: Any) -> Any:
@@ -50,19 +58,124 @@ def option(default: Any = None, help: str = "", *, factory: Any = None, **metada
     return field(default=default, metadata={"help": help, **metadata})
 
 
+def part(cls: type, help: str) -> Any:
+    """A composed part of a config (``TrainConfig.data``): its fields are options of their own, parsed together with
+    the config's (every name is unique across the parts, so flags and YAML keys stay flat)."""
+    return field(default_factory=cls, metadata={"help": help, "part": cls})
+
+
+def flat_fields(cls: type) -> list[dataclasses.Field]:
+    """The options of ``cls``: its fields, each part's fields in place of the part, less its retired names."""
+    retired = getattr(cls, "RETIRED", {})
+    out: list[dataclasses.Field] = []
+    for f in dataclasses.fields(cls):
+        if f.init and "part" in f.metadata:
+            out += flat_fields(f.metadata["part"])
+        elif f.init and f.name not in retired:
+            out.append(f)
+    return out
+
+
+def parts_of(cls: type) -> list[type]:
+    """The part classes ``cls`` composes (none for a plain config)."""
+    return [f.metadata["part"] for f in dataclasses.fields(cls) if "part" in f.metadata]
+
+
+@functools.cache
+def flat_hints(cls: type) -> dict[str, Any]:
+    """Each option's resolved type (the ``Literal`` of a choice), the parts' included."""
+    hints = {name: hint for name, hint in typing.get_type_hints(cls).items()}
+    for part_cls in parts_of(cls):
+        hints.update(flat_hints(part_cls))
+    return hints
+
+
+def literal_choices(hint: Any) -> tuple | None:
+    """The values of a ``Literal`` type, or of ``Optional[Literal]``; None for any other type (``str | Literal[False]``
+    takes any string: not a choice)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        rest = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        hint = rest[0] if len(rest) == 1 else None
+    return typing.get_args(hint) if typing.get_origin(hint) is Literal else None
+
+
+def check_choices(config: Any) -> None:
+    """The one check of every ``Literal`` field: argparse enforces ``choices`` on the command line; this gives YAML,
+    the form and keyword arguments the same clear error, listing the choices from the type."""
+    hints = flat_hints(type(config))
+    for f in dataclasses.fields(config):
+        choices = literal_choices(hints.get(f.name))
+        value = getattr(config, f.name)
+        if choices and value not in choices and not (value is None and type(None) in typing.get_args(hints[f.name])):
+            raise ConfigError(f"--{flag(f.name)} {value!r}: choose one of {', '.join(map(str, choices))}.")
+
+
+COMMAND_LINE = "command line"  # where a name came from: flags, not a file's keys
+
+
+def flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def retired_error(old: str, new: str, where: str, kind: str = "key") -> ConfigError:
+    """The one error for a retired name, in the form the user wrote it: a flag, or a key (keyword) of ``where``."""
+    if where == COMMAND_LINE:
+        return ConfigError(f"--{flag(old)} was renamed --{flag(new)}.")
+    return ConfigError(f"{where}: {kind} {old!r} was renamed {new!r}.")
+
+
+def check_names(cls: type, names: Any, where: str, kind: str = "key") -> None:
+    """Every name is an option of ``cls``: a retired one names its successor, an unknown one its nearest matches."""
+    retired = getattr(cls, "RETIRED", {})
+    for name in names:
+        if name in retired:
+            raise retired_error(name, retired[name], where, kind)
+    known = [f.name for f in flat_fields(cls)]
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        near = sorted({m for name in unknown for m in difflib.get_close_matches(name, known, n=3)})
+        raise ConfigError(f"{where}: unknown {kind}s {unknown}" + (f"; did you mean {near}?" if near else
+                                                                   f". Known: {', '.join(sorted(known))}."))
+
+
+def compose(cls: type, values: dict[str, Any], where: str, kind: str = "key") -> Any:
+    """``cls`` built from flat option names (flags, YAML keys, the form's names, keywords): each name goes to the part
+    that declares it (:func:`check_names` first)."""
+    check_names(cls, values, where, kind)
+    top = dict(values)
+    for f in dataclasses.fields(cls):
+        if f.init and "part" in f.metadata:
+            own = {g.name for g in flat_fields(f.metadata["part"])}
+            top[f.name] = f.metadata["part"](**{name: top.pop(name) for name in values if name in own})
+    return cls(**top)
+
+
+def flat_values(config: Any) -> dict[str, Any]:
+    """``compose``'s inverse: every option's current value by its flat name (the parts' fields in place of the part)."""
+    retired = getattr(type(config), "RETIRED", {})
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        if f.init and "part" in f.metadata:
+            values.update(flat_values(getattr(config, f.name)))
+        elif f.init and f.name not in retired:
+            values[f.name] = getattr(config, f.name)
+    return values
+
+
 @dataclass
 class DataConfig:
     """The dataset and how its rows become examples."""
 
     dataset: str = option("", "Hub id, local folder (parquet, arrow, audiofolder, webdataset .tar shards) or "
                               "parquet/jsonl/json/csv/tar files.")
-    format: str = option("auto", "auto | table | chat | audio-flamingo | nemo | lhotse | clotho | audiobench | "
-                                 "webdataset: how a row lays out an example (auto: detected from the columns; "
-                                 "docs/data-formats.md).")
+    dataset_config: str | None = option(None, "The Hub dataset's configuration (load_dataset's name), e.g. "
+                                              "librispeech_test_clean.")
+    format: Format = option("auto", "How a row lays out an example (auto: detected from the columns; "
+                                    "docs/data-formats.md).")
     audio_dir: str | None = option(None, "Folder relative audio paths are resolved against (empty: the manifest's "
                                          "folder).")
-    task: str = option("caption", "caption | asr | qa | classify | mcq | chat | preference: what a row holds and "
-                                        "what the model answers (preference: the pairs --method dpo reads).")
+    task: Task = option("caption", "What a row holds and what the model answers (preference: the pairs --method dpo "
+                                   "reads).")
     prompt: str | None = option(None, "The user's instruction (empty: the task's default, e.g. 'Describe the audio.').")
     system_prompt: str | None = option(None, "A system message before every conversation.")
     audio_column: str | None = option(None, "Audio column (empty: auto-detected: audio, audio_path, path, file_name...).")
@@ -72,26 +185,20 @@ class DataConfig:
                                                  "caption).")
     question_column: str | None = option(None, "qa/mcq: the question column (empty: auto-detected).")
     choices_column: str | None = option(None, "mcq: the choices column (empty: auto-detected, choices/options).")
+    choice_format: str = option("({letter}) {choice}", "mcq: how each choice is listed in the prompt ({letter} "
+                                                       "{choice}); lmms-eval's MMAU prompt lists '{letter}. {choice}'.")
     rejected_column: str | None = option(None, "dpo: the rejected answer (empty: auto-detected, rejected/...).")
     labels: list[str] | None = option(None, "classify: the label set, comma-separated (empty: read from the dataset).")
     id_column: str | None = option(None, "Clip id; rows sharing it are one clip with several references.")
     streaming: bool = option(False, "Stream the dataset instead of downloading/reading it whole.")
-    long_audio: str = option("window", "window | truncate | skip | error: clips longer than the family's window.")
-    on_bad_sample: str = option("skip", "skip | fail: a row whose audio or text is unusable is skipped and listed, "
-                                        "or stops the run.")
+    long_audio: LongAudio = option("window", "Clips longer than the family's window: cut into windows, truncated, "
+                                             "skipped, or an error.")
+    on_bad_sample: SkipOrFail = option("skip", "A row whose audio or text is unusable is skipped and listed, or stops "
+                                               "the run.")
 
     def __post_init__(self) -> None:
         self.labels = split_commas(self.labels)
-
-    def validate_data(self) -> None:
-        if self.long_audio not in LONG_AUDIO:
-            raise ConfigError(f"--long-audio {self.long_audio!r}: choose one of {', '.join(LONG_AUDIO)}.")
-        if self.on_bad_sample not in ("skip", "fail"):
-            raise ConfigError(f"--on-bad-sample {self.on_bad_sample!r}: choose skip or fail.")
-        if self.format not in FORMATS:
-            raise ConfigError(f"--format {self.format!r}: choose one of {', '.join(FORMATS)}.")
-        if self.task not in TASKS:
-            raise ConfigError(f"--task {self.task!r}: choose caption, asr, qa, classify, mcq or chat.")
+        check_choices(self)
 
 
 @dataclass
@@ -134,7 +241,7 @@ class GenerationSettings:
     no_repeat_ngram_size: int = option(0, "> 0: no n-gram of that size twice in an answer.")
 
     def generation(self) -> "GenerationSettings":
-        """The generation settings alone (also from a config that composes them, such as ``TrainConfig``)."""
+        """The generation settings alone (also from a config that inherits them, such as ``EvalConfig``)."""
         return GenerationSettings(**{f.name: getattr(self, f.name) for f in dataclasses.fields(GenerationSettings)})
 
     def as_kwargs(self) -> dict[str, Any]:
@@ -170,8 +277,11 @@ class InferConfig(GenerationSettings, BackendConfig):
     system_prompt: str | None = option(None, "A system message before the instruction.")
     batch_size: int = option(16, "Files per generation batch.")
     jsonl: str | None = option(None, "Also write one JSON line per file here (an 'error' record for a bad file).")
-    on_bad_file: str = option("skip", "skip | fail: answer the good files, list the bad ones, exit 1; or stop at the "
-                                      "first bad file.")
+    on_bad_file: SkipOrFail = option("skip", "Answer the good files, list the bad ones, exit 1; or stop at the first "
+                                             "bad file.")
+
+    def __post_init__(self) -> None:
+        check_choices(self)
 
 
 @dataclass
@@ -270,6 +380,13 @@ class DataCheckConfig(DataConfig):
 class EvalConfig(DataConfig, GenerationSettings, BackendConfig):
     """``audiotune eval``: generate over a split with one or more models and score them on the same rows."""
 
+    benchmark: str | None = option(None, "A benchmark preset (`audiotune benchmarks` lists them): its Hub copy, "
+                                         "split, columns, prompt and scoring as the field runs it; --dataset points "
+                                         "it at a local copy in the same layout.")
+    benchmarks: list[str] | None = option(None, "Several presets in one run (comma-separated), each in its own "
+                                                "folder under --out, and the regression view: every model on every "
+                                                "benchmark, each difference from the base with its noise "
+                                                "(--dataset: a folder with a copy of each, named after it).")
     model: str = option("", "Base model: Hub id or local checkpoint.")
     adapters: list[str] = option(help="Adapter folders or merged checkpoints (several: scored side by side).",
                                  factory=list, aliases=["--adapter"])
@@ -280,21 +397,18 @@ class EvalConfig(DataConfig, GenerationSettings, BackendConfig):
     batch_size: int = option(16, "Clips per generation batch.")
     spice_models: str | None = option(None, "Folder with SPICE's Stanford CoreNLP 3.6.0 jars.")
     with_meteor: bool = option(True, "Also compute METEOR (needs Java).")
-    asr_normalizer: str = option("whisper", "asr: the text normalisation WER compares after: whisper (Whisper's "
-                                            "English normaliser, as lmms-eval), whisper-basic (other languages) or "
-                                            "simple (lower case, no punctuation).")
+    asr_normalizer: AsrNormalizer = option("whisper", "asr: the text normalisation WER compares after: whisper "
+                                                      "(Whisper's English normaliser, as lmms-eval), whisper-basic "
+                                                      "(other languages) or simple (lower case, no punctuation).")
     audio_players: int = option(5, "Clips with audio players in the HTML report.")
     training_run: str | None = option(None, "A training run folder whose curves go into the report (default: the "
                                             "first adapter that is a run folder).")
+    resume: bool = option(False, "Continue an interrupted evaluation in --out from the answers it saved (refused "
+                                 "when the models, rows, prompts or generation settings differ).")
 
     def validate(self) -> "EvalConfig":
         require_given(self.model, self.dataset, needs_dataset=True)
-        self.validate_data()
-        from .answers import ASR_NORMALIZERS
-
-        if self.asr_normalizer not in ASR_NORMALIZERS:
-            raise ConfigError(f"--asr-normalizer {self.asr_normalizer!r}: choose one of "
-                              f"{', '.join(ASR_NORMALIZERS)}.")
+        check_choices(self)  # also after construction: a field set since (the UI's) is checked too
         return self
 
 
@@ -327,24 +441,12 @@ def parse_targets(value: Any) -> list[str] | str | None:
     return list(value)
 
 
-def resolve_aliases(values: dict[str, Any], where: str = "config", fields: set[str] | None = None) -> dict[str, Any]:
-    """``values`` with old names (:data:`ALIASES`) renamed; an old and a new name both given is an error.
-    ``fields``: the target's field names (an alias applies only where its new name is a field and it is not)."""
-    out = dict(values)
-    for old, new in ALIASES.items():
-        if fields is not None and (new not in fields or old in fields):
-            continue
-        if old in out:
-            if new in out and out[new] != out[old]:
-                raise ConfigError(f"{where}: both {old!r} and its new name {new!r} are given; keep {new!r}.")
-            out[new] = out.pop(old)
-    return out
-
-
 def plain(value: Any) -> Any:
     """A YAML-safe copy of a field value (enums by their value, tuples as lists)."""
     if isinstance(value, enum.Enum):
         return value.value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):  # transformers' AcceleratorConfig
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, (list, tuple)):
         return [plain(v) for v in value]
     if isinstance(value, dict):
@@ -353,7 +455,8 @@ def plain(value: Any) -> Any:
 
 
 def read_yaml(path: str | Path, cls: type) -> dict[str, Any]:
-    """The keys of a YAML config file for the dataclass ``cls``, old names resolved; unknown keys are named."""
+    """The keys of a YAML config file for the dataclass ``cls`` (flat, as its flags); a retired or unknown key is
+    named (:func:`check_names`) before anything runs."""
     import yaml
 
     try:
@@ -364,10 +467,6 @@ def read_yaml(path: str | Path, cls: type) -> dict[str, Any]:
         raise ConfigError(f"Config file {path} is not valid YAML: {error}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"Config file {path}: expected a mapping of option names to values.")
-    known = {f.name for f in dataclasses.fields(cls) if f.init}
-    data = resolve_aliases(data, str(path), known)
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"{path}: unknown keys {unknown}. Known keys: {', '.join(sorted(known))}.")
+    check_names(cls, data, str(path))
     return data
 

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .config import DataConfig
 from .train_config import TrainConfig
 
 if TYPE_CHECKING:
@@ -43,10 +44,10 @@ class DemoSettings:
     max_seconds: float = 5.0
     split_fractions: tuple[float, float, float] = (0.9, 0.05, 0.05)
     max_steps: int = 500
-    batch_size: int = 8
+    per_device_train_batch_size: int = 8  # TrainConfig's names, for the same settings
     learning_rate: float = 2e-3
     warmup_steps: int = 25
-    lr_scheduler: str = "cosine"
+    lr_scheduler_type: str = "cosine"
     eval_clips: int | None = None  # None: the whole test split
     max_new_tokens: int = 40
     no_repeat_ngram_size: int = 4  # no 4-gram twice: a caption never loops, and no true caption repeats one
@@ -111,13 +112,14 @@ def run_demo(settings: DemoSettings | None = None, on_stage: Callable[[str], Non
     adapter_dir = out / "tuned"  # the folder name labels the column in the comparison table
     with timed("fine-tune (LoRA)"):
         eval_every = max(s.max_steps // 2, 1)
-        cfg = TrainConfig(model=str(model_dir), dataset=str(data_dir), out=str(adapter_dir),
-                          batch_size=s.batch_size, eval_batch_size=s.batch_size, gradient_accumulation_steps=1,
+        cfg = TrainConfig(model=str(model_dir), output_dir=str(adapter_dir), data=DataConfig(dataset=str(data_dir)),
+                          generation=GenerationSettings(max_new_tokens=s.max_new_tokens),
+                          per_device_train_batch_size=s.per_device_train_batch_size,
+                          per_device_eval_batch_size=s.per_device_train_batch_size, gradient_accumulation_steps=1,
                           learning_rate=s.learning_rate, max_steps=s.max_steps, warmup_steps=s.warmup_steps,
-                          lr_scheduler=s.lr_scheduler, group_by_length=True,
+                          lr_scheduler_type=s.lr_scheduler_type, group_by_length=True,
                           logging_steps=max(s.max_steps // 50, 1), eval_steps=eval_every, save_steps=s.max_steps,
-                          save_total_limit=1, eval_take=32, eval_generate_take=16, seed=s.seed,
-                          max_new_tokens=s.max_new_tokens)
+                          save_total_limit=1, eval_take=32, eval_generate_take=16, seed=s.seed)
         trained = train(cfg)
     with timed("evaluate base vs tuned"):
         eval_cfg = EvalConfig(model=str(model_dir), dataset=str(data_dir), out=str(out), adapters=[str(adapter_dir)],
@@ -157,7 +159,8 @@ def run_demo(settings: DemoSettings | None = None, on_stage: Callable[[str], Non
         "model": f"tiny AF3 ({trained.total_parameters:,} parameters, {trained.trainable_parameters:,} trainable "
                  "with LoRA on the language model)",
         "data": f"{s.clips} synthetic clips of {s.min_seconds:g}–{s.max_seconds:g} s ({data_dir})",
-        "training": f"{trained.steps} steps × batch {s.batch_size}, lr {s.learning_rate} ({s.lr_scheduler}, "
+        "training": f"{trained.steps} steps × batch {s.per_device_train_batch_size}, lr {s.learning_rate} "
+                    f"({s.lr_scheduler_type}, "
                     f"{s.warmup_steps} warm-up steps); final train loss {trained.train_loss:.3f}, "
                     f"eval loss {trained.eval_loss:.3f}",
         "grounding check (tuned, test split)": f"{metric} {grounding.own:.3f} with each clip's own audio vs "

@@ -22,6 +22,7 @@ from .audio_cache import AudioEmbeddingCache, cache_is_safe, install_audio_cache
 from .checkpoints import (GracefulStopCallback, checkpoint_is_complete,  # noqa: F401
                           clean_staging, latest_checkpoint, save_atomically)
 from .callbacks import GenerationMetricsCallback, LiveLogCallback
+from .config import DataConfig
 from .train_config import TrainConfig, gpu_only_message
 from .trainer import AudiotuneTrainer
 from .data.collator import ConversationCollator
@@ -68,29 +69,31 @@ def _take(rows, start: int, count: int | None):
     return rows.take(count) if count is not None else rows
 
 
-def build_datasets(cfg: TrainConfig, family: Family, run_dir: Path):
-    """Train and eval datasets of Examples; fatal data problems raise here, before the model loads."""
-    train_rows, build = prepare_split(cfg, cfg.train_split, family)
+def build_datasets(cfg: TrainConfig, family: Family, run_dir: Path, data: DataConfig | None = None):
+    """Train and eval datasets of Examples; fatal data problems raise here, before the model loads. ``data``: the
+    data settings to read with (default ``cfg.data``; DPO's reads preference pairs); the splits are the run's."""
+    data = data or cfg.data
+    train_rows, build = prepare_split(data, cfg.train_split, family)
     if cfg.eval_split:
-        eval_rows, eval_build = prepare_split(cfg, cfg.eval_split, family)
+        eval_rows, eval_build = prepare_split(data, cfg.eval_split, family)
         eval_rows = _take(eval_rows, 0, cfg.eval_take)
         train_rows = _take(train_rows, 0, cfg.train_take)
     else:
         eval_build = build
         eval_rows = _take(train_rows, cfg.train_take or 0, cfg.eval_take) if cfg.eval_take else None
         train_rows = _take(train_rows, 0, cfg.train_take)
-    first_row(train_rows, cfg.dataset, cfg.train_split)
+    first_row(train_rows, data.dataset, cfg.train_split)
 
     rank, world_size = rank_and_world_size()
-    if cfg.streaming and world_size > 1:
+    if data.streaming and world_size > 1:
         from datasets.distributed import split_dataset_by_node
 
         # Each rank reads and decodes only its own part of the stream (whole shards when there are enough).
         train_rows = split_dataset_by_node(train_rows, rank=rank, world_size=world_size)
     bad_log = BadSampleLog(run_dir / SKIPPED)
-    wrap = ExampleStream if cfg.streaming else ExampleDataset
-    train_ds = wrap(train_rows, build, bad_log, cfg.on_bad_sample)
-    eval_ds = wrap(eval_rows, eval_build, bad_log, cfg.on_bad_sample) if eval_rows is not None else None
+    wrap = ExampleStream if data.streaming else ExampleDataset
+    train_ds = wrap(train_rows, build, bad_log, data.on_bad_sample)
+    eval_ds = wrap(eval_rows, eval_build, bad_log, data.on_bad_sample) if eval_rows is not None else None
     return train_ds, eval_ds, bad_log
 
 
@@ -149,7 +152,7 @@ def _header_seconds(build, item) -> float:
 
 def dataloader_workers(cfg: TrainConfig, train_ds) -> int:
     """The data-loader workers a run uses: a stream gets no more than it has shards (derived, never written back)."""
-    if cfg.streaming and cfg.dataloader_num_workers > 1:
+    if cfg.data.streaming and cfg.dataloader_num_workers > 1:
         return streaming_workers(train_ds.rows, cfg.dataloader_num_workers)
     return cfg.dataloader_num_workers
 
@@ -160,18 +163,20 @@ def write_model_card(out_dir: Path, cfg: TrainConfig, family: Family, result: Tr
     rows = {"train loss": result.train_loss, "eval loss": result.eval_loss,
             **{f"{k} (eval slice, generated)": v for k, v in (metrics or {}).items() if k != "vocabulary"}}
     table = "\n".join(f"| {k} | {v:.4f} |" for k, v in rows.items() if isinstance(v, (int, float)))
-    mode = "full fine-tuning of the language model" if cfg.full else (
-        f"LoRA r={cfg.lora_r}, alpha={cfg.lora_alpha}, dropout={cfg.lora_dropout} on "
-        + ("the language model's linear layers" if cfg.lora_targets is None else f"{cfg.lora_targets}"))
+    adapter, data = cfg.adapter, cfg.data
+    mode = "full fine-tuning of the language model" if adapter.full else (
+        f"LoRA r={adapter.lora_r}, alpha={adapter.lora_alpha}, dropout={adapter.lora_dropout} on "
+        + ("the language model's linear layers" if adapter.lora_targets is None else f"{adapter.lora_targets}"))
     (out_dir / "README.md").write_text(
         f"---\nbase_model: {cfg.model}\nlibrary_name: peft\npipeline_tag: audio-text-to-text\n"
-        f"tags: [audiotune, {family.name}, {cfg.task}]\n---\n\n"
-        f"# {out_dir.name}\n\nFine-tuned with audiotune from `{cfg.model}` on `{cfg.dataset}` "
-        f"({cfg.task}, prompt: \"{prompt}\").\n\n"
+        f"tags: [audiotune, {family.name}, {data.task}]\n---\n\n"
+        f"# {out_dir.name}\n\nFine-tuned with audiotune from `{cfg.model}` on `{data.dataset}` "
+        f"({data.task}, prompt: \"{prompt}\").\n\n"
         f"- Adaptation: {mode}; audio encoder frozen"
-        f"{'' if cfg.train_projector else ', projector frozen'}.\n"
-        f"- Method: {cfg.method}; loss on the assistant's tokens only.\n"
-        f"- Steps: {result.steps}, batch {cfg.per_device_train_batch_size} × accumulation {cfg.gradient_accumulation_steps}, "
+        f"{'' if adapter.train_projector else ', projector frozen'}.\n"
+        f"- Method: {cfg.rl.method}; loss on the assistant's tokens only.\n"
+        f"- Steps: {result.steps}, batch {cfg.per_device_train_batch_size} × accumulation "
+        f"{cfg.gradient_accumulation_steps}, "
         f"learning rate {cfg.learning_rate}.\n"
         f"- Trainable parameters: {result.trainable_parameters:,} of {result.total_parameters:,}.\n"
         f"- Rows skipped as bad: {len(result.skipped)}.\n\n"
@@ -195,14 +200,15 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> TrainResult:
     if main_process:
         clean_staging(out_dir)
     family = resolve_family(cfg.model)
+    rl, adapter = cfg.rl, cfg.adapter
     # DPO reads preference pairs (audio, prompt, chosen, rejected) whatever --task says; the user's config keeps its.
-    data_cfg = cfg.trainer_arguments(True, task="preference") if cfg.method == "dpo" else cfg
-    train_ds, eval_ds, bad_log = build_datasets(data_cfg, family, out_dir)  # fails fast, before the model loads
-    if cfg.method == "grpo":
+    data = dataclasses.replace(cfg.data, task="preference") if rl.method == "dpo" else cfg.data
+    train_ds, eval_ds, bad_log = build_datasets(cfg, family, out_dir, data)  # fails fast, before the model loads
+    if rl.method == "grpo":
         train_ds.build.keep_fields = True  # user rewards receive the row's columns
         from .rl.rewards import build_rewards
 
-        build_rewards(cfg.rewards, cfg.reward_weights, train_ds.build.task.name)  # a bad reward fails here too
+        build_rewards(rl.rewards, rl.reward_weights, train_ds.build.task.name)  # a bad reward fails here too
 
     resume_from = None
     if cfg.resume:
@@ -216,12 +222,13 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> TrainResult:
     torch.manual_seed(cfg.seed)
     processor = load_processor(cfg.model)
     dtype = torch.bfloat16 if cfg.bf16 else torch.float32
-    model, _ = load_base_model(cfg.model, dtype=dtype, quantize_lm_4bit=cfg.qlora)
+    model, _ = load_base_model(cfg.model, dtype=dtype, quantize_lm_4bit=adapter.qlora)
     if not family.loss_uses_num_items:
         model.accepts_loss_kwargs = False  # the Trainer then averages over accumulation steps itself
-    plan = AdaptationPlan(full=cfg.full, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                          lora_targets=cfg.lora_targets, train_projector=cfg.train_projector)
-    model = start_from_adapter(model, cfg) if cfg.init_adapter else prepare_for_training(model, family, plan)
+    plan = AdaptationPlan(full=adapter.full, lora_r=adapter.lora_r, lora_alpha=adapter.lora_alpha,
+                          lora_dropout=adapter.lora_dropout, lora_targets=adapter.lora_targets,
+                          train_projector=adapter.train_projector)
+    model = start_from_adapter(model, cfg) if rl.init_adapter else prepare_for_training(model, family, plan)
     trainable, total = count_parameters(model)
     audio_cache = None
     if cfg.audio_cache != "off":
@@ -235,19 +242,19 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> TrainResult:
 
     if main_process:
         cfg.to_yaml(out_dir / RUN_CONFIG)  # what the user asked for; the run-time values below are derived
-    has_eval = eval_ds is not None and cfg.method == "sft"
-    args = cfg.trainer_arguments(has_eval, output_dir=str(out_dir),
+    has_eval = eval_ds is not None and rl.method == "sft"
+    args = cfg.trainer_arguments(has_eval, output_dir=str(out_dir),  # TRL's GRPO/DPO config for those methods
                                  dataloader_num_workers=dataloader_workers(cfg, train_ds))
     stop = GracefulStopCallback()
     callbacks = [stop, *(callbacks or [])]
     generation_metrics = None
-    if eval_ds is not None and cfg.eval_generate_take > 0 and cfg.method != "dpo":
+    if eval_ds is not None and cfg.eval_generate_take > 0 and rl.method != "dpo":
         generation_metrics = GenerationMetricsCallback(
-            _first(eval_ds, cfg.eval_generate_take), processor, family, data_cfg.task,
-            cfg.generation(), batch_size=cfg.per_device_eval_batch_size * 4)
+            _first(eval_ds, cfg.eval_generate_take), processor, family, data.task,
+            cfg.generation, batch_size=cfg.per_device_eval_batch_size * 4)
         callbacks.append(generation_metrics)
     callbacks.append(LiveLogCallback(out_dir))  # last: an eval line then carries the generation metrics
-    if cfg.method == "sft":
+    if rl.method == "sft":
         trainer = AudiotuneTrainer(
             model=model,
             args=args,
@@ -259,8 +266,8 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> TrainResult:
     else:  # grpo | dpo: see rl/; evaluation is the generated metrics at the end
         from .rl import make_rl_trainer
 
-        trainer = make_rl_trainer(args, model, processor, family, train_ds, callbacks)
-    trainer.rank_split_stream = cfg.streaming and world_size > 1
+        trainer = make_rl_trainer(args, rl, model, processor, family, train_ds, callbacks)
+    trainer.rank_split_stream = cfg.data.streaming and world_size > 1
     if cfg.group_by_length and isinstance(train_ds, ExampleDataset):
         trainer.lengths = estimated_lengths(train_ds, family)
     output = trainer.train(resume_from_checkpoint=resume_from)
@@ -272,7 +279,7 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> TrainResult:
                            log_history=list(trainer.state.log_history), resumed_from=resume_from, interrupted=True)
     eval_loss = None
     final_metrics: dict[str, float] = {}
-    if eval_ds is not None and cfg.method != "sft":
+    if eval_ds is not None and rl.method != "sft":
         if generation_metrics is not None:
             final_metrics = generation_metrics.score_now(trainer.model)
     elif eval_ds is not None:
@@ -299,19 +306,21 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> TrainResult:
 
 
 def start_from_adapter(model, cfg: TrainConfig):
-    """Continue training the adapter in ``cfg.init_adapter`` (base frozen). For GRPO/DPO a frozen copy of its
+    """Continue training the adapter in ``cfg.rl.init_adapter`` (base frozen). For GRPO/DPO a frozen copy of its
     LoRA matrices is loaded as the ``ref`` adapter (TRL's convention), so the reference is the starting model,
     not the bare base; only adapter-sized weights are added, never a second model."""
     from peft import PeftModel
 
     from .errors import CheckpointError
 
-    if cfg.full or not (Path(cfg.init_adapter) / "adapter_config.json").exists():
-        raise CheckpointError(f"--init-adapter {cfg.init_adapter}: needs a LoRA adapter folder (with "
-                              "adapter_config.json), e.g. the --out of an earlier `audiotune train`, and no --full.")
-    model = PeftModel.from_pretrained(model, cfg.init_adapter, is_trainable=True)
-    if cfg.method != "sft":
-        model.load_adapter(cfg.init_adapter, adapter_name="ref", is_trainable=False)
+    init_adapter = cfg.rl.init_adapter
+    if cfg.adapter.full or not (Path(init_adapter) / "adapter_config.json").exists():
+        raise CheckpointError(f"--init-adapter {init_adapter}: needs a LoRA adapter folder (with "
+                              "adapter_config.json), e.g. the --output-dir of an earlier `audiotune train`, and no "
+                              "--full.")
+    model = PeftModel.from_pretrained(model, init_adapter, is_trainable=True)
+    if cfg.rl.method != "sft":
+        model.load_adapter(init_adapter, adapter_name="ref", is_trainable=False)
         model.set_adapter("default")
         for name, parameter in model.named_parameters():
             if ".ref." in name:
@@ -322,8 +331,8 @@ def start_from_adapter(model, cfg: TrainConfig):
 def require_gpu_features(cfg: TrainConfig) -> None:
     """--qlora, --bf16, --fsdp and --deepspeed are GPU features: say so at once, not deep inside bitsandbytes,
     autocast or accelerate."""
-    if (cfg.qlora or cfg.bf16) and not torch.cuda.is_available():
-        flag = "--qlora" if cfg.qlora else "--bf16"
+    if (cfg.adapter.qlora or cfg.bf16) and not torch.cuda.is_available():
+        flag = "--qlora" if cfg.adapter.qlora else "--bf16"
         raise ConfigError(gpu_only_message(flag))
     sharded = cfg.fsdp or cfg.deepspeed or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
     if sharded and not torch.cuda.is_available():
@@ -331,12 +340,12 @@ def require_gpu_features(cfg: TrainConfig) -> None:
         raise ConfigError(f"{flag} shards the model over GPUs: accelerate runs FSDP and DeepSpeed on CUDA devices only "
                           "(on CPU processes it would silently train plain DDP instead). On this machine drop "
                           f"{flag} and use --nproc N (data parallel, gloo); on GPUs see docs/scaling.md.")
-    if cfg.qlora:
+    if cfg.adapter.qlora:
         import importlib.util
 
         if importlib.util.find_spec("bitsandbytes") is None:
             raise ConfigError("--qlora needs bitsandbytes: pip install bitsandbytes (on the GPU machine).")
-        if cfg.full:
+        if cfg.adapter.full:
             raise ConfigError("--qlora trains LoRA adapters on a 4-bit base; it cannot be combined with --full.")
 
 

@@ -1,73 +1,48 @@
-"""``TrainConfig``: the data, adapter, generation and RL settings on top of ``transformers.TrainingArguments``.
+"""``TrainConfig``: ``transformers.TrainingArguments`` plus the run's own fields, with data, adapter, generation and RL
+settings composed as parts.
 
-TRL's ``SFTConfig`` pattern: the config *is* the Trainer's arguments, so every Trainer option (epochs, optimizer,
-scheduler, weight decay, clipping, ``report_to``, ``run_name``, ``deepspeed``, ``fsdp``, ``torch_compile``, ...) is a
-field with transformers' own default and help, and nothing is re-mapped by hand. A few Trainer defaults are
-audiotune's (the reference guide's values: batch 4 × accumulation 4, lr 1e-4, 500 steps, ...); their help is
-transformers' text. :meth:`TrainConfig.trainer_arguments` derives the run-time copy the Trainer gets (output
-folder, evaluation on or off, CPU, best-checkpoint keys); those derived values are never written back, so
-``run_config.yaml`` (:meth:`TrainConfig.to_yaml`) holds the user-level configuration and replays exactly.
+TRL's pattern: the config *is* the Trainer's arguments, so every Trainer option (epochs, optimizer, scheduler, weight
+decay, clipping, ``report_to``, ``run_name``, ``deepspeed``, ``fsdp``, ``torch_compile``, ...) is a field with
+transformers' own default and help, and nothing is re-mapped by hand. A few Trainer defaults are audiotune's (the
+reference guide's values: batch 4 × accumulation 4, lr 1e-4, 500 steps, ...); their help is transformers' text. The
+rest is composed, not inherited, as TRL composes its configs: ``cfg.data`` (:class:`~audiotune.config.DataConfig`),
+``cfg.adapter``, ``cfg.generation``, ``cfg.rl`` are their own dataclasses, so a function that needs a part takes the
+part, and each part is defined once for every command that shares it.
+
+Flags and ``run_config.yaml`` stay flat (``--dataset``, ``--lora-r``, ``--method``, ...: each name is unique across
+the parts); :meth:`TrainConfig.from_flat` routes each name to its part. One spelling per option: the names retired
+in :attr:`TrainConfig.RETIRED` get one error naming their successor. :meth:`TrainConfig.trainer_arguments` builds
+the Trainer's arguments (TRL's GRPO/DPO config for RL methods) once, with the values derived at run time (output
+folder, evaluation on or off, CPU, best-checkpoint keys); those are never written back, so ``run_config.yaml``
+(:meth:`TrainConfig.to_yaml`) holds the user-level configuration and replays exactly.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from transformers import TrainingArguments
 from transformers.trainer_utils import IntervalStrategy, SchedulerType
 
-from .config import (AdapterConfig, DataConfig, GenerationSettings, option, plain, read_yaml, require_given,
-                     resolve_aliases, split_commas)
+from .config import (AdapterConfig, DataConfig, GenerationSettings, check_choices, compose, flat_values, option, part,
+                     plain, read_yaml, require_given)
 from .errors import ConfigError
+from .rl.config import RLConfig
 
 _TRAINER_FIELDS = {f.name: f for f in dataclasses.fields(TrainingArguments)}
+AudioCache = Literal["memory", "disk", "off"]
 
 
-def _default(f: dataclasses.Field) -> Any:
-    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-
-
-def trainer_option(name: str, default: Any, *aliases: str, help_suffix: str = "") -> Any:
-    """A ``TrainingArguments`` field with audiotune's default: transformers' help text, plus the old flag names."""
+def trainer_option(name: str, default: Any, help_suffix: str = "") -> Any:
+    """A ``TrainingArguments`` field with audiotune's default, and transformers' help text."""
     metadata = dict(_TRAINER_FIELDS[name].metadata)
     if help_suffix:
         metadata["help"] = f"{metadata.get('help', '')} {help_suffix}".strip()
-    if aliases:
-        metadata["aliases"] = list(aliases)
     return dataclasses.field(default=default, metadata=metadata)
-
-
-@dataclass
-class RLConfig:
-    """Reinforcement learning and preferences (docs/rl.md explains each setting); sampling uses --temperature/--top-p."""
-
-    method: str = option("sft", "sft | grpo | dpo: supervised; GRPO (sampled groups, verifiable rewards); DPO "
-                                    "(chosen/rejected pairs).")
-    init_adapter: str | None = option(None, "Start from this LoRA adapter (e.g. a short SFT run) instead of a fresh "
-                                            "one.")
-    num_generations: int = option(4, "grpo: completions sampled per prompt (the group); batch size counts prompts.")
-    num_iterations: int = option(1, "grpo: optimizer steps on each generated batch (mu); >1 makes the ratio clip "
-                                    "bite.")
-    epsilon: float = option(0.2, "grpo: clip range of the probability ratio, 1-epsilon … 1+epsilon_high.")
-    epsilon_high: float | None = option(None, "grpo: upper clip (empty: epsilon; DAPO uses 0.28).")
-    beta: float = option(0.04, "grpo: weight of the KL penalty to the reference (the base, adapter disabled); 0: "
-                               "none.")
-    max_completion_length: int = option(32, "grpo: most new tokens per completion.")
-    rewards: list[str] | None = option(None, "grpo: comma-separated rewards: accuracy, format, wer, cider, meteor or "
-                                             "module:function (empty: the task's).")
-    reward_weights: list[float] | None = option(None, "grpo: comma-separated weights, one per reward (empty: all 1).")
-    scale_rewards: str = option("group", "grpo: group | batch | none: divide advantages by the group's or the "
-                                         "batch's std, or not.")
-    grpo_loss_type: str = option("grpo", "grpo: grpo (per sequence) | bnpo (per token) | dr_grpo: loss "
-                                         "normalisation.")
-    dpo_beta: float = option(0.1, "dpo: temperature of the implicit reward; lower strays further from the "
-                                  "reference.")
-    dpo_loss_type: str = option("sigmoid", "dpo: sigmoid (DPO) | hinge (SLiC) | ipo")
 
 
 def gpu_only_message(flag: str) -> str:
@@ -77,11 +52,18 @@ def gpu_only_message(flag: str) -> str:
 
 
 @dataclass
-class TrainConfig(DataConfig, AdapterConfig, GenerationSettings, RLConfig, TrainingArguments):
+class TrainConfig(TrainingArguments):
     """One fine-tuning run: ``audiotune train``'s options, the web UI's form, ``run_config.yaml``."""
 
+    # Retired names (old name → the one name now) for flags, YAML keys and keywords: each gets one error naming its
+    # successor. The last two are transformers' deprecated mirrors of activation_checkpointing.
+    RETIRED = {"out": "output_dir", "batch_size": "per_device_train_batch_size",
+               "eval_batch_size": "per_device_eval_batch_size", "lr_scheduler": "lr_scheduler_type",
+               "gradient_checkpointing": "activation_checkpointing",
+               "gradient_checkpointing_kwargs": "activation_checkpointing_kwargs"}
+
     model: str = option("", "Hub id or local checkpoint of the base model.")
-    output_dir: str = trainer_option("output_dir", "runs/latest", "--out",
+    output_dir: str = trainer_option("output_dir", "runs/latest",
                                      help_suffix="audiotune: the run folder (adapter, checkpoints, run_config.yaml, "
                                                  "model card).")
     train_split: str = option("train", "The split to train on.")
@@ -92,8 +74,8 @@ class TrainConfig(DataConfig, AdapterConfig, GenerationSettings, RLConfig, Train
     resume: bool = option(False, "Continue from the newest complete checkpoint in the run folder.")
     group_by_length: bool = option(False, "Batch clips of similar length together (less padding); changes the "
                                            "sample order.")
-    audio_cache: str = option("memory", "memory | disk | off: reuse the frozen encoder's audio embeddings across "
-                                        "epochs and evaluations (see audio_cache.py).")
+    audio_cache: AudioCache = option("memory", "Reuse the frozen encoder's audio embeddings across epochs and "
+                                               "evaluations: in memory, on disk, or off (see audio_cache.py).")
     audio_cache_dir: str | None = option(None, "Disk cache folder (default: the run folder's audio-cache).")
     eval_generate_take: int = option(16, "Eval clips to generate for at each evaluation (metrics in the log); 0 turns "
                                          "it off.")
@@ -102,40 +84,36 @@ class TrainConfig(DataConfig, AdapterConfig, GenerationSettings, RLConfig, Train
     spice_models: str | None = option(None, "Folder with SPICE's Stanford CoreNLP 3.6.0 jars (SPICE in the "
                                             "generated metrics).")
     # The guide's values where they differ from transformers' defaults.
-    per_device_train_batch_size: int = trainer_option("per_device_train_batch_size", 4, "--batch-size",
-                                                      "--batch_size")
-    per_device_eval_batch_size: int = trainer_option("per_device_eval_batch_size", 4, "--eval-batch-size",
-                                                     "--eval_batch_size")
+    per_device_train_batch_size: int = trainer_option("per_device_train_batch_size", 4)
+    per_device_eval_batch_size: int = trainer_option("per_device_eval_batch_size", 4)
     gradient_accumulation_steps: int = trainer_option("gradient_accumulation_steps", 4)
     learning_rate: float = trainer_option("learning_rate", 1e-4)
     max_steps: int = trainer_option("max_steps", 500, help_suffix="audiotune: 500 (the guide's); pass -1 to train "
                                                                  "for --num-train-epochs.")
-    lr_scheduler_type: SchedulerType | str = trainer_option("lr_scheduler_type", "linear", "--lr-scheduler", "--lr_scheduler")
+    lr_scheduler_type: SchedulerType | str = trainer_option("lr_scheduler_type", "linear")
     logging_steps: float = trainer_option("logging_steps", 10)
-    eval_strategy: IntervalStrategy | str = trainer_option("eval_strategy", "steps", help_suffix="audiotune: 'steps', turned to 'no' "
-                                                                             "when there are no eval rows.")
+    eval_strategy: IntervalStrategy | str = trainer_option("eval_strategy", "steps",
+                                                           help_suffix="audiotune: 'steps', turned to 'no' when there "
+                                                                       "are no eval rows.")
     eval_steps: float | None = trainer_option("eval_steps", 100)
     save_steps: float = trainer_option("save_steps", 250)
     save_total_limit: int | None = trainer_option("save_total_limit", 2)
     remove_unused_columns: bool = trainer_option("remove_unused_columns", False, help_suffix="audiotune: False (the "
                                                                                              "collator reads them).")
     disable_tqdm: bool | None = trainer_option("disable_tqdm", False)
+    # The composed parts: each is its own dataclass, shared with the commands that need it.
+    data: DataConfig = part(DataConfig, "The dataset and how its rows become examples.")
+    adapter: AdapterConfig = part(AdapterConfig, "What trains: LoRA on the language model, the whole LM, or QLoRA.")
+    generation: GenerationSettings = part(GenerationSettings, "How the eval slice's answers (and GRPO's "
+                                                              "completions) are generated.")
+    rl: RLConfig = part(RLConfig, "Reinforcement learning and preferences (--method grpo | dpo).")
 
     def __post_init__(self) -> None:
-        DataConfig.__post_init__(self)
-        AdapterConfig.__post_init__(self)
-        self.rewards = split_commas(self.rewards)
-        if self.reward_weights is not None:
-            try:
-                self.reward_weights = [float(w) for w in split_commas(self.reward_weights) or []] or None
-            except ValueError:
-                raise ConfigError(f"--reward-weights {self.reward_weights}: numbers, comma-separated.") from None
         if isinstance(self.eval_split, str) and self.eval_split.lower() in ("none", ""):
             self.eval_split = None
-        # What the user asked for, before transformers normalises it: what run_config.yaml records.
-        self._user = {f.name: copy.deepcopy(getattr(self, f.name)) for f in dataclasses.fields(self) if f.init}
+        check_choices(self)
         try:
-            TrainingArguments.__post_init__(self)
+            super().__post_init__()
         except ValueError as error:  # transformers' checks (an unknown optimizer, scheduler, bf16 without a GPU...)
             if self.bf16 and "bf16" in str(error):
                 raise ConfigError(gpu_only_message("--bf16")) from None
@@ -143,38 +121,20 @@ class TrainConfig(DataConfig, AdapterConfig, GenerationSettings, RLConfig, Train
         except ImportError as error:  # an option whose package is missing (--deepspeed without deepspeed, ...)
             raise ConfigError(f"training configuration: {error} Install it (DeepSpeed: on the GPU machine), or drop "
                               "the option.") from None
-        self._initialised = True
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        # A field set after construction (the UI confining a path) is what the user asked for, too.
-        super().__setattr__(name, value)
-        if self.__dict__.get("_initialised") and name in self.__dict__.get("_user", {}):
-            self._user[name] = copy.deepcopy(value)
-
-    # The old names, for code that reads them (they are also accepted as keywords, flags and YAML keys).
-    @property
-    def out(self) -> str:
-        return self.output_dir
-
-    @property
-    def batch_size(self) -> int:
-        return self.per_device_train_batch_size
-
-    @property
-    def eval_batch_size(self) -> int:
-        return self.per_device_eval_batch_size
-
-    @property
-    def lr_scheduler(self) -> str:
-        return plain(self.lr_scheduler_type)
+    @classmethod
+    def from_flat(cls, **values: Any) -> "TrainConfig":
+        """A config from flat option names, as flags and ``run_config.yaml`` spell them:
+        ``TrainConfig.from_flat(model=..., dataset=..., lora_r=8, method="grpo")`` routes ``dataset`` to ``data``,
+        ``lora_r`` to ``adapter``, ``method`` to ``rl``. An unknown or retired name is a ConfigError."""
+        return compose(cls, values, "TrainConfig", "keyword")
 
     def validate(self) -> "TrainConfig":
-        require_given(self.model, self.dataset, needs_dataset=True)
-        self.validate_data()
-        self.validate_adapter()
-        if self.audio_cache not in ("memory", "disk", "off"):
-            raise ConfigError(f"--audio-cache {self.audio_cache!r}: choose memory, disk or off.")
-        if self.method != "sft":
+        require_given(self.model, self.data.dataset, needs_dataset=True)
+        self.adapter.validate_adapter()
+        for config in (self, self.data, self.rl):  # a field set after construction (the UI's) is checked too
+            check_choices(config)
+        if self.rl.method != "sft":
             from .rl.config import validate_rl
 
             validate_rl(self)
@@ -190,53 +150,65 @@ class TrainConfig(DataConfig, AdapterConfig, GenerationSettings, RLConfig, Train
         return self
 
     def user_values(self) -> dict[str, Any]:
-        """The user-level configuration: every audiotune field, and each Trainer field that differs from
-        transformers' default (secrets left out). ``TrainConfig(**user_values())`` is this configuration."""
-        own = {f.name for f in dataclasses.fields(self)} - set(_TRAINER_FIELDS)
-        own |= set(TrainConfig.__annotations__)  # the Trainer fields whose default is audiotune's
-        values = {}
-        for name, value in self._user.items():
-            if name.endswith("_token"):
-                continue
-            if name in own or value != _default(_TRAINER_FIELDS[name]):
-                values[name] = plain(value)
+        """The user-level configuration, flat (``run_config.yaml``'s keys): every audiotune option (the run's and
+        each part's), the Trainer options whose default is audiotune's, and each other Trainer option that differs
+        from transformers' default normalised the same way (secrets left out).
+        ``TrainConfig.from_flat(**user_values())`` is this configuration."""
+        defaults = _trainer_defaults()
+        declared = set(TrainConfig.__dict__["__annotations__"])
+        values = {name: plain(value) for name, value in flat_values(self).items() if not name.endswith("_token")}
+        ours = {name: value for name, value in values.items() if name not in defaults}
+        trainer = {name: value for name, value in values.items()
+                   if name in defaults and (name in declared or value != defaults[name])}
+        return {**ours, **trainer}
+
+    def to_dict(self) -> dict[str, Any]:
+        """transformers' dict of the fields, each part as a dict of its own: ``to_json_string`` and a tracker's
+        config logging serialise it."""
+        values = super().to_dict()
+        for f in dataclasses.fields(self):
+            if "part" in f.metadata:
+                values[f.name] = dataclasses.asdict(getattr(self, f.name))
         return values
 
-    def trainer_arguments(self, has_eval: bool, **changes: Any) -> "TrainConfig":
-        """The copy of this config the Trainer gets: the values derived at run time, set here only."""
+    def trainer_values(self, has_eval: bool, **changes: Any) -> dict[str, Any]:
+        """Every ``TrainingArguments`` field as the Trainer gets it: this config's, with the values derived at run
+        time (set here only, never written back) and ``changes`` on top."""
         import torch
 
-        from .metrics import GENERATION_PREFIX
-        from .metrics import LOWER_IS_BETTER
+        from .metrics import GENERATION_PREFIX, LOWER_IS_BETTER
 
-        derived: dict[str, Any] = dict(use_cpu=self.use_cpu or not torch.cuda.is_available(),
-                                       data_seed=self.seed if self.data_seed is None else self.data_seed,
-                                       label_names=self.label_names or ["labels"])
+        values = {name: plain(getattr(self, name)) for name, f in _TRAINER_FIELDS.items()
+                  if f.init and name not in self.RETIRED}
+        values.update(use_cpu=self.use_cpu or not torch.cuda.is_available(),
+                      data_seed=self.seed if self.data_seed is None else self.data_seed,
+                      label_names=self.label_names or ["labels"])
         if not has_eval:
-            derived.update(eval_strategy="no", eval_steps=None)
+            values.update(eval_strategy="no", eval_steps=None, do_eval=False)
         if self.activation_checkpointing and self.activation_checkpointing_kwargs is None:
-            derived["activation_checkpointing_kwargs"] = {"use_reentrant": False}
+            values["activation_checkpointing_kwargs"] = {"use_reentrant": False}
         if self.best_metric and has_eval:
             name = self.best_metric.removeprefix("eval_")
-            derived.update(metric_for_best_model="eval_loss" if name == "loss" else f"{GENERATION_PREFIX}{name}",
-                           greater_is_better=name not in LOWER_IS_BETTER, load_best_model_at_end=True)
-        derived.update(changes)
-        values = {**self.user_values(), **derived}
-        values.pop("gradient_checkpointing", None)  # the deprecated mirror of activation_checkpointing
-        values.pop("gradient_checkpointing_kwargs", None)
-        return TrainConfig(**values)
+            values.update(metric_for_best_model="eval_loss" if name == "loss" else f"{GENERATION_PREFIX}{name}",
+                          greater_is_better=name not in LOWER_IS_BETTER, load_best_model_at_end=True)
+        return {**values, **changes}
 
-    def trainer_kwargs(self) -> dict[str, Any]:
-        """This config's ``TrainingArguments`` fields as keywords (what TRL's GRPO/DPO configs are built from)."""
-        skip = {"gradient_checkpointing", "gradient_checkpointing_kwargs"}
-        return {name: value for name, value in self._user.items() if name in _TRAINER_FIELDS and name not in skip}
+    def trainer_arguments(self, has_eval: bool, **changes: Any) -> TrainingArguments:
+        """The arguments the Trainer gets, built once from :meth:`trainer_values`: ``TrainingArguments`` for
+        supervised training, TRL's ``GRPOConfig``/``DPOConfig`` (with ``self.rl``) for ``--method grpo|dpo``."""
+        values = self.trainer_values(has_eval, **changes)
+        if self.rl.method == "sft":
+            return TrainingArguments(**values)
+        from .rl.config import rl_arguments
+
+        return rl_arguments(self.rl, self.generation, values)
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
-        """Read ``path`` (old key names accepted) and apply ``overrides`` (those that are not ``None``) on top."""
+        """Read ``path`` (flat keys, as ``run_config.yaml``) and apply ``overrides`` (those not ``None``) on top."""
         data = read_yaml(path, cls)
-        data.update(resolve_aliases({k: v for k, v in overrides.items() if v is not None}, "overrides"))
-        return cls(**data)
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return compose(cls, data, str(path))
 
     def to_yaml(self, path: str | Path) -> None:
         import yaml
@@ -244,12 +216,10 @@ class TrainConfig(DataConfig, AdapterConfig, GenerationSettings, RLConfig, Train
         Path(path).write_text(yaml.safe_dump(self.user_values(), sort_keys=False))
 
 
-def _accept_old_names(init):
-    @functools.wraps(init)
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        init(self, *args, **resolve_aliases(kwargs, "TrainConfig"))
-
-    return __init__
-
-
-TrainConfig.__init__ = _accept_old_names(TrainConfig.__init__)  # batch_size=4, out="runs/x", ... keep working
+@functools.cache
+def _trainer_defaults() -> dict[str, Any]:
+    """Each Trainer field of a default ``TrainConfig`` as ``__post_init__`` leaves it (``report_to`` 'none' → [],
+    ``do_eval`` from ``eval_strategy``): a field's value is compared with this, normalised the same way, to tell
+    whether the user set it, so a value transformers derives is not mistaken for one the user chose."""
+    defaults = TrainConfig()
+    return {name: plain(getattr(defaults, name)) for name, f in _TRAINER_FIELDS.items() if f.init}

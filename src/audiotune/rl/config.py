@@ -1,90 +1,114 @@
 """RL settings → checks and TRL's configs.
 
-The settings live as fields of :class:`~audiotune.train_config.TrainConfig` (one source for each default, every one a CLI
-flag); here they are checked, and mapped onto TRL's ``GRPOConfig``/``DPOConfig`` (``TrainingArguments``
-subclasses), which the trainers in this package take as their arguments, so TRL's own validation (a group needs
-at least two completions, the batch must hold whole groups) applies and its names mean what they mean in TRL.
+:class:`RLConfig` is ``TrainConfig.rl`` (one source for each default, every one a CLI flag); here its settings are
+checked, and mapped onto TRL's ``GRPOConfig``/``DPOConfig`` (``TrainingArguments`` subclasses), which the trainers
+in this package take as their arguments, so TRL's own validation (a group needs at least two completions, the batch
+must hold whole groups) applies and its names mean what they mean in TRL.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
 
+from ..config import GenerationSettings, check_choices, option, split_commas
 from ..errors import ConfigError
-from .losses import DPO_LOSS_TYPES, GRPO_LOSS_TYPES, SCALE_REWARDS
+from .losses import DpoLossType, GrpoLossType, ScaleRewards
 
-METHODS = ("sft", "grpo", "dpo")
+Method = Literal["sft", "grpo", "dpo"]
+METHODS = get_args(Method)
+
+
+@dataclass
+class RLConfig:
+    """Reinforcement learning and preferences (``TrainConfig.rl``; docs/rl.md explains each setting). GRPO samples
+    with the generation settings' --temperature and --top-p."""
+
+    method: Method = option("sft", "sft: supervised; grpo: sampled groups, verifiable rewards; dpo: chosen/rejected "
+                                   "pairs.")
+    init_adapter: str | None = option(None, "Start from this LoRA adapter (e.g. a short SFT run) instead of a fresh "
+                                            "one.")
+    num_generations: int = option(4, "grpo: completions sampled per prompt (the group); batch size counts prompts.")
+    num_iterations: int = option(1, "grpo: optimizer steps on each generated batch (mu); >1 makes the ratio clip "
+                                    "bite.")
+    epsilon: float = option(0.2, "grpo: clip range of the probability ratio, 1-epsilon … 1+epsilon_high.")
+    epsilon_high: float | None = option(None, "grpo: upper clip (empty: epsilon; DAPO uses 0.28).")
+    beta: float = option(0.04, "grpo: weight of the KL penalty to the reference (the base, adapter disabled); 0: "
+                               "none.")
+    max_completion_length: int = option(32, "grpo: most new tokens per completion.")
+    rewards: list[str] | None = option(None, "grpo: comma-separated rewards: accuracy, format, wer, cider, meteor or "
+                                             "module:function (empty: the task's).")
+    reward_weights: list[float] | None = option(None, "grpo: comma-separated weights, one per reward (empty: all 1).")
+    scale_rewards: ScaleRewards = option("group", "grpo: divide advantages by the group's or the batch's std, or "
+                                                  "not.")
+    grpo_loss_type: GrpoLossType = option("grpo", "grpo: loss normalisation: per sequence (grpo), per token (bnpo) "
+                                                  "or dr_grpo.")
+    dpo_beta: float = option(0.1, "dpo: temperature of the implicit reward; lower strays further from the "
+                                  "reference.")
+    dpo_loss_type: DpoLossType = option("sigmoid", "dpo: sigmoid (DPO), hinge (SLiC) or ipo.")
+
+    def __post_init__(self) -> None:
+        self.rewards = split_commas(self.rewards)
+        if self.reward_weights is not None:
+            try:
+                self.reward_weights = [float(w) for w in split_commas(self.reward_weights) or []] or None
+            except ValueError:
+                raise ConfigError(f"--reward-weights {self.reward_weights}: numbers, comma-separated.") from None
+        check_choices(self)
 
 
 def validate_rl(cfg) -> None:
-    """Clear errors for RL settings that cannot work, before any data or model loads."""
-    if cfg.method not in METHODS:
-        raise ConfigError(f"--method {cfg.method!r}: choose sft, grpo or dpo.")
-    if cfg.method == "grpo":
-        if cfg.num_generations < 2:
-            raise ConfigError(f"--num-generations {cfg.num_generations}: GRPO compares completions within a group, "
+    """Clear errors for RL settings that cannot work, before any data or model loads. ``cfg`` is the whole
+    ``TrainConfig``: some limits cross parts (GRPO samples with the generation settings, reads map-style data)."""
+    rl, data, adapter, generation = cfg.rl, cfg.data, cfg.adapter, cfg.generation
+    if rl.method == "grpo":
+        if rl.num_generations < 2:
+            raise ConfigError(f"--num-generations {rl.num_generations}: GRPO compares completions within a group, "
                               "so it needs at least 2 per prompt.")
-        if cfg.num_iterations < 1 or cfg.max_completion_length < 1:
+        if rl.num_iterations < 1 or rl.max_completion_length < 1:
             raise ConfigError("--num-iterations and --max-completion-length must be at least 1.")
-        if not 0 < cfg.epsilon < 1 or (cfg.epsilon_high is not None and cfg.epsilon_high <= 0):
-            raise ConfigError(f"--epsilon {cfg.epsilon}: the clip range must lie in (0, 1) (and --epsilon-high > 0).")
-        if cfg.temperature <= 0 or not 0 < cfg.top_p <= 1:
+        if not 0 < rl.epsilon < 1 or (rl.epsilon_high is not None and rl.epsilon_high <= 0):
+            raise ConfigError(f"--epsilon {rl.epsilon}: the clip range must lie in (0, 1) (and --epsilon-high > 0).")
+        if generation.temperature <= 0 or not 0 < generation.top_p <= 1:
             raise ConfigError("--temperature must be > 0 and --top-p in (0, 1].")
-        if cfg.beta < 0:
-            raise ConfigError(f"--beta {cfg.beta}: the KL weight cannot be negative.")
-        if cfg.scale_rewards not in SCALE_REWARDS:
-            raise ConfigError(f"--scale-rewards {cfg.scale_rewards!r}: choose {', '.join(SCALE_REWARDS)}.")
-        if cfg.grpo_loss_type not in GRPO_LOSS_TYPES:
-            raise ConfigError(f"--grpo-loss-type {cfg.grpo_loss_type!r}: choose {', '.join(GRPO_LOSS_TYPES)}.")
-        if cfg.streaming:
+        if rl.beta < 0:
+            raise ConfigError(f"--beta {rl.beta}: the KL weight cannot be negative.")
+        if data.streaming:
             raise ConfigError("--method grpo reads a map-style dataset (it replays each batch --num-iterations "
                               "times): drop --streaming, or take a slice with --train-take.")
-        if cfg.full and cfg.beta > 0:
+        if adapter.full and rl.beta > 0:
             raise ConfigError("--method grpo with --full needs a second copy of the model as the KL reference; "
                               "train LoRA (the reference is then the base with the adapter off) or pass --beta 0.")
-        if cfg.task in ("chat", "preference"):
-            raise ConfigError(f"--method grpo needs a task with verifiable answers, not {cfg.task}: use classify, qa, "
-                              "mcq, asr or caption.")
-    if cfg.method == "dpo":
-        if cfg.dpo_loss_type not in DPO_LOSS_TYPES:
-            raise ConfigError(f"--dpo-loss-type {cfg.dpo_loss_type!r}: choose {', '.join(DPO_LOSS_TYPES)}.")
-        if cfg.dpo_beta <= 0:
-            raise ConfigError(f"--dpo-beta {cfg.dpo_beta}: must be > 0.")
-        if cfg.full:
+        if data.task in ("chat", "preference"):
+            raise ConfigError(f"--method grpo needs a task with verifiable answers, not {data.task}: use classify, "
+                              "qa, mcq, asr or caption.")
+    if rl.method == "dpo":
+        if rl.dpo_beta <= 0:
+            raise ConfigError(f"--dpo-beta {rl.dpo_beta}: must be > 0.")
+        if adapter.full:
             raise ConfigError("--method dpo with --full needs a second copy of the model as the reference; train "
                               "LoRA instead (the reference is then the base with the adapter off).")
-    if cfg.method != "sft" and cfg.qlora:
-        raise ConfigError(f"--method {cfg.method} with --qlora is untested here; train plain LoRA.")
+    if rl.method != "sft" and adapter.qlora:
+        raise ConfigError(f"--method {rl.method} with --qlora is untested here; train plain LoRA.")
 
 
-def _common(cfg) -> dict[str, Any]:
-    # TRL turns gradient checkpointing on by default; here it stays what --gradient-checkpointing says.
-    return {"disable_dropout": True, "activation_checkpointing": cfg.activation_checkpointing}
+def rl_arguments(rl: RLConfig, generation: GenerationSettings, trainer: dict[str, Any]):
+    """TRL's ``GRPOConfig`` or ``DPOConfig`` for ``rl.method``, built once from the run's Trainer keywords
+    (``TrainConfig.trainer_values``: every ``TrainingArguments`` field, the derived ones set) and ``rl``. Every
+    Trainer field is passed, so TRL's own defaults (gradient checkpointing on, its learning rate) never apply;
+    dropout is off, so sampled and trained log-probabilities come from the same function."""
+    common = {**trainer, "disable_dropout": True}
+    if rl.method == "grpo":
+        from trl import GRPOConfig
 
-
-def grpo_arguments(cfg, base: dict[str, Any]):
-    """TRL's ``GRPOConfig`` for this run. ``per_device_train_batch_size`` counts completions, as in TRL:
-    ``batch_size`` prompts × ``num_generations``."""
-    from trl import GRPOConfig
-
-    base = {**base, "per_device_train_batch_size": cfg.per_device_train_batch_size * cfg.num_generations}
-    return GRPOConfig(**{**base, **_common(cfg)}, num_generations=cfg.num_generations,
-                      num_iterations=cfg.num_iterations, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
-                      beta=cfg.beta, temperature=cfg.temperature, top_p=cfg.top_p,
-                      max_completion_length=cfg.max_completion_length, reward_weights=cfg.reward_weights,
-                      scale_rewards=cfg.scale_rewards, loss_type=cfg.grpo_loss_type, log_completions=False)
-
-
-def dpo_arguments(cfg, base: dict[str, Any]):
-    """TRL's ``DPOConfig`` for this run (``batch_size`` counts preference pairs)."""
+        # per_device_train_batch_size counts completions in TRL: prompts × num_generations.
+        common["per_device_train_batch_size"] = trainer["per_device_train_batch_size"] * rl.num_generations
+        return GRPOConfig(**common, num_generations=rl.num_generations, num_iterations=rl.num_iterations,
+                          epsilon=rl.epsilon, epsilon_high=rl.epsilon_high, beta=rl.beta,
+                          temperature=generation.temperature, top_p=generation.top_p,
+                          max_completion_length=rl.max_completion_length, reward_weights=rl.reward_weights,
+                          scale_rewards=rl.scale_rewards, loss_type=rl.grpo_loss_type, log_completions=False)
     from trl import DPOConfig
 
-    return DPOConfig(**{**base, **_common(cfg)}, beta=cfg.dpo_beta, loss_type=[cfg.dpo_loss_type],
-                     precompute_ref_log_probs=False)
-
-
-def rl_arguments(cfg):
-    """The TRL config of ``cfg.method`` built on the run's ``TrainingArguments`` fields (``cfg`` is the run-time
-    ``TrainConfig``: no evaluation strategy, since evaluation is generation-based, at the end)."""
-    base = cfg.trainer_kwargs()
-    return grpo_arguments(cfg, base) if cfg.method == "grpo" else dpo_arguments(cfg, base)
+    # per_device_train_batch_size counts preference pairs.
+    return DPOConfig(**common, beta=rl.dpo_beta, loss_type=[rl.dpo_loss_type], precompute_ref_log_probs=False)

@@ -9,13 +9,18 @@ on the same log-probabilities and checks the values agree.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 
-GRPO_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo")
-DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo")
-SCALE_REWARDS = ("group", "batch", "none")
+# The types of RLConfig's choices (rl/config.py), and the values these functions accept.
+GrpoLossType = Literal["grpo", "bnpo", "dr_grpo"]
+DpoLossType = Literal["sigmoid", "hinge", "ipo"]
+ScaleRewards = Literal["group", "batch", "none"]
+GRPO_LOSS_TYPES = get_args(GrpoLossType)
+DPO_LOSS_TYPES = get_args(DpoLossType)
+SCALE_REWARDS = get_args(ScaleRewards)
 
 
 def group_advantages(rewards: torch.Tensor, num_generations: int, scale: str = "group"

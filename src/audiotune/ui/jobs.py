@@ -64,7 +64,7 @@ class JobRegistry:
 
     def launch(self, cfg: TrainConfig, resume: bool = False) -> TrainingJob:
         """Start training ``cfg`` (already validated) in a subprocess; refuse a second run in the same folder."""
-        out = Path(cfg.out).resolve()
+        out = Path(cfg.output_dir).resolve()
         with self._lock:
             current = self.jobs.get(out)
             if current is not None and current.running:

@@ -7,6 +7,7 @@ from typing import Any
 
 import gradio as gr
 
+from ..config import flat_values
 from ..errors import AudiotuneError, ConfigError
 from .common import Context, shown_errors
 from .jobs import curve_points, list_runs, log_error, log_tail, read_history, run_status, saved_config
@@ -113,8 +114,8 @@ def build(ctx: Context) -> None:
     def resume_run(run: str | None):
         if not run:
             raise ConfigError("Pick a run to resume (start one, or select it in the run list).")
-        cfg = saved_config(ctx.root.confine(run, "run folder"))
-        cfg = config_from_form({n: display_value(s, getattr(cfg, n)) for n, s in ((s.name, s) for s in specs)},
+        saved = flat_values(saved_config(ctx.root.confine(run, "run folder")))
+        cfg = config_from_form({s.name: display_value(s, saved[s.name]) for s in specs},
                                ctx.root)  # re-validated and re-confined like a fresh form
         job = ctx.jobs.launch(cfg, resume=True)
         gr.Info(f"resuming {ctx.root.relative(job.out_dir)} from its newest checkpoint")
@@ -127,8 +128,8 @@ def build(ctx: Context) -> None:
             return gr.update(), *watch(None), *[gr.update() for _ in names]
         path = ctx.root.confine(row[0], "run folder")
         try:
-            cfg = saved_config(path)
-            filled = [display_value(s, getattr(cfg, s.name)) for s in specs]
+            saved = flat_values(saved_config(path))
+            filled = [display_value(s, saved[s.name]) for s in specs]
         except ConfigError:
             filled = [gr.update() for _ in names]
         return str(path), *watch(str(path)), *filled

@@ -1,19 +1,18 @@
 """The training form, generated from :class:`~audiotune.train_config.TrainConfig` (pure: no Gradio here).
 
-One source for each fact: the fields, their types, defaults and help come from the dataclass fields
-(``metadata["help"]``, the text ``audiotune train --help`` shows); choice lists from an enum type or from a help
-text that starts ``a | b | c:``; the groups from the dataclass that declares a field (``DataConfig`` → data,
-``AdapterConfig`` → adaptation, ...). The form shows audiotune's own fields and the Trainer options in
-:data:`TRAINER_FIELDS` (every other ``TrainingArguments`` option stays a CLI flag and a YAML key). A form's values
-become a ``TrainConfig`` through :func:`config_from_form`, which confines the paths and runs the same
-``validate()`` as the CLI.
+One source for each fact: the fields (the CLI's flat options: ``TrainConfig``'s own and its parts'), their types,
+defaults and help come from the dataclass fields (``metadata["help"]``, the text ``audiotune train --help`` shows);
+choice lists from the field's type (a ``Literal`` or transformers' enum), as argparse's ``choices``; the groups from
+the part that declares a field (``DataConfig`` → data, ``AdapterConfig`` → adaptation, ...). The form shows
+audiotune's own fields and the Trainer options in :data:`TRAINER_FIELDS` (every other ``TrainingArguments`` option
+stays a CLI flag and a YAML key). A form's values become a ``TrainConfig`` through :func:`config_from_form`, which
+confines the paths and runs the same ``validate()`` as the CLI.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
-import re
 import types
 import typing
 from dataclasses import dataclass
@@ -22,9 +21,11 @@ from typing import Any
 
 from transformers import TrainingArguments
 
-from ..config import AdapterConfig, DataConfig, GenerationSettings, parse_targets, plain
+from ..config import (AdapterConfig, DataConfig, GenerationSettings, compose, flat_fields, flat_hints,
+                      literal_choices, parse_targets, plain)
 from ..errors import ConfigError
-from ..train_config import RLConfig, TrainConfig
+from ..rl.config import RLConfig
+from ..train_config import TrainConfig
 from .paths import Root
 
 # Fields the form leaves out: `resume` is the Resume button; the other two are plumbing (the collator needs the
@@ -37,7 +38,6 @@ TRAINER_FIELDS = ("num_train_epochs", "optim", "weight_decay", "warmup_steps", "
 HUB_OR_LOCAL = ("model", "dataset")
 NEW_PATHS = ("output_dir", "audio_cache_dir")
 EXISTING_PATHS = ("spice_models",)
-_CHOICES = re.compile(r"^\s*([\w.-]+(?:\s*\|\s*[\w.-]+)+)\s*(?::|$)")
 GROUPS = ("run", "data", "adaptation", "optimisation", "generation-based evaluation during training", "generation",
           "reinforcement learning and preferences")
 _RUN = ("model", "dataset", "output_dir")
@@ -77,12 +77,16 @@ def _group(name: str) -> str:
 
 def form_fields() -> list[str]:
     """The names the form shows: audiotune's fields and :data:`TRAINER_FIELDS`, in the config's order."""
-    trainer = {f.name for f in dataclasses.fields(TrainingArguments)} - set(TrainConfig.__annotations__)
-    return [f.name for f in dataclasses.fields(TrainConfig)
+    trainer = {f.name for f in dataclasses.fields(TrainingArguments)} - set(TrainConfig.__dict__["__annotations__"])
+    return [f.name for f in flat_fields(TrainConfig)
             if f.name not in HIDDEN and (f.name not in trainer or f.name in TRAINER_FIELDS)]
 
 
-def _enum_choices(hint: Any) -> tuple[str, ...]:
+def _choices(hint: Any) -> tuple[str, ...]:
+    """A choice field's values, from its type as argparse reads it: a ``Literal`` or an enum (``optim``)."""
+    literal = literal_choices(hint)
+    if literal:
+        return tuple(str(value) for value in literal)
     for arg in typing.get_args(hint) or (hint,):
         if isinstance(arg, type) and issubclass(arg, enum.Enum):
             return tuple(str(member.value) for member in arg)
@@ -107,8 +111,8 @@ def _kind(hint: Any) -> tuple[str, bool]:
 @lru_cache(maxsize=1)
 def form_spec() -> tuple[FieldSpec, ...]:
     """The form's fields, grouped (in :data:`GROUPS`' order), each with its kind, default, help and choices."""
-    hints = typing.get_type_hints(TrainConfig)
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    hints = flat_hints(TrainConfig)
+    fields = {f.name: f for f in flat_fields(TrainConfig)}
     specs = []
     for name in form_fields():
         f = fields[name]
@@ -116,10 +120,7 @@ def form_spec() -> tuple[FieldSpec, ...]:
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         default = default.value if isinstance(default, enum.Enum) else default
         help_text = f.metadata.get("help", "")
-        match = _CHOICES.match(help_text)
-        choices = _enum_choices(hints[name])
-        if not choices and match and kind == "text":
-            choices = tuple(c.strip() for c in match.group(1).split("|"))
+        choices = _choices(hints[name])
         specs.append(FieldSpec(name, _group(name), "choice" if choices else kind, default, optional, help_text,
                                choices))
     return tuple(sorted(specs, key=lambda spec: GROUPS.index(spec.group)))
@@ -192,14 +193,13 @@ def config_from_form(values: dict[str, Any], root: Root) -> TrainConfig:
     if unknown:
         raise ConfigError(f"unknown training fields {unknown}.")
     parsed = {name: _parse(specs[name], raw) for name, raw in values.items()}
-    cfg = TrainConfig(**parsed)
     for name in HUB_OR_LOCAL:
-        if getattr(cfg, name):
-            setattr(cfg, name, root.local_or_hub(getattr(cfg, name), name))
+        if parsed.get(name):
+            parsed[name] = root.local_or_hub(parsed[name], name)
     for name in NEW_PATHS:
-        if getattr(cfg, name):
-            setattr(cfg, name, str(root.confine(getattr(cfg, name), name, must_exist=False)))
+        if parsed.get(name):
+            parsed[name] = str(root.confine(parsed[name], name, must_exist=False))
     for name in EXISTING_PATHS:
-        if getattr(cfg, name):
-            setattr(cfg, name, str(root.confine(getattr(cfg, name), name)))
-    return cfg.validate()
+        if parsed.get(name):
+            parsed[name] = str(root.confine(parsed[name], name))
+    return compose(TrainConfig, parsed, "the training form", "field").validate()
