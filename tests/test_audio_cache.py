@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from audiotune.audio_cache import AudioEmbeddingCache, cache_is_safe, install_audio_cache
 from audiotune.train_config import TrainConfig
 from audiotune.data.collator import ConversationCollator
-from audiotune.data.tasks import Example, prompt_messages
+from audiotune.conversation import Example, prompt_messages
 from audiotune.models.loading import AdaptationPlan, load_model, load_base_model, prepare_for_training
 from audiotune.train import train
 from tests.conftest import tone

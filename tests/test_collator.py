@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from audiotune.data.collator import IGNORE_INDEX, ConversationCollator
-from audiotune.data.tasks import Example, prompt_messages
+from audiotune.conversation import Example, prompt_messages
 from tests.conftest import tone
 
 

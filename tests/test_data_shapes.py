@@ -492,7 +492,7 @@ def test_families_taking_several_clips_place_each_one(name):
     tokens of each clip (as its processor counts them for that clip alone), trains on the answer only, and
     generates."""
     from audiotune.generate import GenerationSettings, generate
-    from audiotune.data.tasks import Example, prompt_messages
+    from audiotune.conversation import Example, prompt_messages
     from audiotune.models.loading import load_model, load_processor, resolve_family, to_model_inputs
     from audiotune.models.tiny import cached_tiny
     from tests.conftest import tone

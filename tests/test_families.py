@@ -17,7 +17,8 @@ from transformers import pipeline
 import audiotune  # noqa: F401  (registers the pipeline task)
 from audiotune.train_config import TrainConfig
 from audiotune.data.collator import IGNORE_INDEX, ConversationCollator
-from audiotune.data.tasks import TASKS, Example, prompt_messages
+from audiotune.conversation import Example, prompt_messages
+from audiotune.tasks import TASKS
 from audiotune.errors import ModelFamilyError
 from audiotune.generate import GenerationSettings, examples_from_audio, generate
 from audiotune.merge import merge_adapter

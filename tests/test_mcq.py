@@ -10,9 +10,9 @@ import soundfile as sf
 from audiotune.config import DataConfig
 from audiotune.data.prepare import prepare_split
 from audiotune.answers import extract_choice
-from audiotune.data.tasks import McqTask
+from audiotune.tasks import McqTask
 from audiotune.errors import DatasetSchemaError
-from audiotune.metrics import score
+from audiotune.tasks import score
 from tests.conftest import tone
 
 CHOICES = ["Dog barking", "Car horn", "Rain", "Hot dog vendor"]

@@ -10,7 +10,7 @@ from transformers import AudioFlamingo3ForConditionalGeneration, pipeline
 
 import audiotune  # noqa: F401  (registers the task)
 from audiotune.audio import resample
-from audiotune.data.tasks import Example
+from audiotune.conversation import Example
 from audiotune.generate import GenerationSettings, generate
 from audiotune.merge import merge_adapter
 from audiotune.models.loading import load_model, load_processor, to_model_inputs

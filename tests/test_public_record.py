@@ -223,7 +223,7 @@ def test_vibevoice_asr_renders_the_converters_prompt_and_trains_on_the_header_th
     # add_generation_prompt (the same text: a third-party vLLM plugin request reads "This is a 351.73 seconds audio,
     # with extra info: Tea Brew,Aiden Host,Rent Byte\n\nPlease transcribe it with these keys: ...").
     from audiotune.data.collator import ConversationCollator
-    from audiotune.data.tasks import Example
+    from audiotune.conversation import Example
     from audiotune.models.loading import resolve_family
 
     processor = _processor("vibevoice_asr")

@@ -202,7 +202,7 @@ def test_garbage_audio_in_a_batch_fails_only_itself(live):
 
 def test_a_request_that_fails_inside_the_model_fails_alone(micro_af3):
     """A request that passed parsing but breaks ``generate`` (a 2-D waveform) costs only itself."""
-    from audiotune.data.tasks import Example, prompt_messages
+    from audiotune.conversation import Example, prompt_messages
     from audiotune.serve.batcher import DynamicBatcher
     from audiotune.serve.engine import Engine, GenerationRequest
 

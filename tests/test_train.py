@@ -13,7 +13,7 @@ from datasets import Audio, Dataset, Features, Value
 
 from audiotune.train_config import TrainConfig
 from audiotune.data.collator import ConversationCollator
-from audiotune.data.tasks import Example, prompt_messages
+from audiotune.conversation import Example, prompt_messages
 from audiotune.errors import AudioDecodeError, DatasetSchemaError
 from audiotune.merge import merge_adapter
 from audiotune.models.loading import load_model

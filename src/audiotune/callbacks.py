@@ -18,10 +18,11 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from .data.tasks import Example
+from .conversation import Example
 from .generate import GenerationSettings, generate
-from .metrics import GENERATION_PREFIX, score
+from .metrics import GENERATION_PREFIX
 from .models.family import Family
+from .tasks import score
 
 logger = logging.getLogger(__name__)
 

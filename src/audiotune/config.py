@@ -41,6 +41,7 @@ LongAudio = Literal["window", "truncate", "skip", "error"]  # audio.LongAudioPol
 LONG_AUDIO = typing.get_args(LongAudio)
 BACKENDS = ("transformers", "vllm")  # engines.ENGINES' keys, named here without importing torch
 # tasks.TASKS' names, in its order, named here without importing the tasks package (it imports numpy).
+# tasks.TASKS' names, in its order, named here without importing the tasks package (it imports numpy).
 Task = Literal["caption", "asr", "qa", "classify", "mcq", "chat", "preference"]
 TASKS = typing.get_args(Task)
 # data/shapes.py's SHAPES, named here without importing the data package (this module stays torch-free).

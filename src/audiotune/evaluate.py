@@ -20,15 +20,15 @@ from .answer_log import AnswerLog
 from .audio_cache import AudioEmbeddingCache
 from .data.examples import BadSampleLog, ExampleDataset, ExampleStream
 from .data.prepare import prepare_split
-from .data.tasks import Example
 from .config import EvalConfig
+from .conversation import Example
 from .errors import CheckpointError, ConfigError, DatasetSchemaError
 from .generate import GenerationSettings, audio_length
-from .answers import LETTERS, extract_choice, normalize_answer
-from .metrics import HARNESS_ACCURACY, bootstrap_interval, breakdown, headline_metric, score, standard_errors
+from .metrics import HARNESS_ACCURACY, bootstrap_interval, breakdown, standard_errors
 from .presets import apply_benchmark, benchmark
 from .models.family import Family
 from .report import EvalReport, ModelScores
+from .tasks import ScoreOptions, headline_metric, task_class
 
 logger = logging.getLogger(__name__)
 
@@ -90,30 +90,26 @@ def score_answers(examples: Sequence[Example], answers: Sequence[str], task: str
     classify's normalised label), ``correct`` (strict) where the task has a right answer, and ``harness_correct``,
     the mirrored harness's verdict (``null`` where it would guess at random)."""
     predictions = {e.id: a for e, a in zip(examples, answers)}
-    keywords = benchmark(cfg.benchmark).harness_keywords if cfg.benchmark else ()
-    metrics, per_clip = score(task, predictions, {e.id: e.references for e in examples}, cfg.with_meteor,
-                              cfg.spice_models, notices, choices={e.id: e.meta.get("choices") for e in examples},
-                              asr_normalizer=cfg.asr_normalizer, harness_keywords=keywords)
+    cls = task_class(task)
+    metrics, per_clip = cls.score(predictions, {e.id: e.references for e in examples},
+                                  _score_options(cfg, notices, {e.id: e.meta.get("choices") for e in examples}))
     rows = []
     for e, a in zip(examples, answers):
         scores = per_clip.get(e.id, {})
         row = {"id": e.id, "prompt": _prompt_text(e), "references": e.references, "prediction": a,
-               "parsed": parsed_answer(task, a, e), "scores": scores, "generation": settings.as_kwargs()}
-        if task in ("mcq", "classify", "qa"):
+               "parsed": cls.parse(a, e), "scores": scores, "generation": settings.as_kwargs()}
+        if cls.has_right_answer:
             row["correct"] = bool(scores.get("accuracy"))
             row["harness_correct"] = bool(scores[HARNESS_ACCURACY]) if HARNESS_ACCURACY in scores else None
         rows.append(row)
     return metrics, rows
 
 
-def parsed_answer(task: str, answer: str, example: Example) -> str | None:
-    """The answer as the scorer reads it: mcq's letter (None: it picks no choice), a normalised label or answer."""
-    if task == "mcq":
-        picked = extract_choice(answer, example.meta.get("choices") or [])
-        return None if picked is None else LETTERS[picked]
-    if task in ("classify", "qa"):
-        return normalize_answer(answer)
-    return None
+def _score_options(cfg: EvalConfig, notices: list[str] | None = None,
+                   choices: dict[str, list[str]] | None = None) -> ScoreOptions:
+    """The scoring settings of ``cfg`` (its preset's harness keywords included)."""
+    keywords = benchmark(cfg.benchmark).harness_keywords if cfg.benchmark else ()
+    return ScoreOptions(cfg.with_meteor, cfg.spice_models, notices, choices, cfg.asr_normalizer, keywords)
 
 
 def _prompt_text(example: Example) -> str:
@@ -186,12 +182,7 @@ def run_evaluation(cfg: EvalConfig, on_model: Callable[[str, int], None] | None 
     if not examples:
         raise DatasetSchemaError(f"{cfg.dataset} [{cfg.split}]: no usable rows to evaluate (see {out / 'skipped.jsonl'}).")
     settings = cfg.generation()
-    notices: list[str] = []
-    if task == "asr":
-        from .answers import ASR_NORMALIZERS
-
-        notices.append(f"WER and CER compare transcripts after {ASR_NORMALIZERS[cfg.asr_normalizer]} "
-                       f"(--asr-normalizer {cfg.asr_normalizer}).")
+    notices = task_class(task).score_notices(_score_options(cfg))
     log = AnswerLog(out, _run_key(cfg, variants, examples, settings), cfg.resume)
     scored: list[ModelScores] = []
     audio_cache = AudioEmbeddingCache()  # models with the same frozen encoder share the clips' embeddings

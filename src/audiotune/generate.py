@@ -17,7 +17,7 @@ import torch
 
 from .config import GenerationSettings  # noqa: F401  (re-exported: generate's settings)
 from .data.collator import ConversationCollator
-from .data.tasks import Example, prompt_messages
+from .conversation import Example, prompt_messages
 from .models.family import Family
 from .models.loading import to_model_inputs
 

@@ -13,11 +13,12 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .data.tasks import Example
+from .conversation import Example
 from .errors import ConfigError
 from .generate import GenerationSettings, generate
-from .metrics import headline_metric, max_ngram_repeats, score
+from .metrics import max_ngram_repeats
 from .models.family import Family
+from .tasks import headline_metric, score
 
 
 def derangement(n: int, seed: int = 0) -> list[int]:

@@ -1,4 +1,5 @@
-"""Metrics by task, computed the way each field computes them.
+"""Metric implementations, computed the way each field computes them; which task uses which is the task's own
+fact (``audiotune.tasks``: each task's ``score``, ``metrics`` and ``headline``), so nothing here switches on a task.
 
 - caption: ``pycocoevalcap`` (the reference implementation behind published AudioCaps/Clotho numbers):
   PTB tokenisation (Stanford CoreNLP, Java), BLEU-1..4, METEOR, ROUGE-L, CIDEr-D over all references
@@ -6,7 +7,7 @@
 - asr: WER and CER with ``jiwer`` after :func:`transcript_normalizer` (Whisper's English normaliser by default, as
   lmms-eval's LibriSpeech task applies it, so the numbers compare with published ones).
 - classify: accuracy and macro-F1 on :func:`normalize_answer`-ed answers; qa: those plus the caption metrics.
-- mcq: accuracy of the choice each answer picks (:func:`~audiotune.data.tasks.extract_choice`: a letter, the
+- mcq: accuracy of the choice each answer picks (:func:`~audiotune.answers.extract_choice`: a letter, the
   choice's text, ``<answer>`` tags), strict, beside the number lmms-eval's MMAU scorer prints.
 """
 
@@ -41,12 +42,6 @@ def best_value(metric: str, values: list[float | None]) -> float | None:
     if len(set(present)) < 2:
         return None
     return min(present) if metric in LOWER_IS_BETTER else max(present)
-
-
-def headline_metric(task: str) -> str:
-    """The one number to sort samples by and to pick the best checkpoint with, per task."""
-    return {"caption": "CIDEr-D", "qa": "accuracy", "asr": "WER", "classify": "accuracy",
-            "mcq": "accuracy"}.get(task, "CIDEr-D")
 
 
 def _require_java() -> None:
@@ -323,34 +318,3 @@ def breakdown(rows: Sequence[dict], groups: Sequence[Any], n_min: int = 1) -> di
                 values[metric] = sum(scores) / len(scores)
         out[group] = values
     return out
-
-
-def score(task: str, predictions: dict[str, str], references: dict[str, list[str]], with_meteor: bool = True,
-          spice_models: str | Path | None = None, notices: list[str] | None = None,
-          choices: dict[str, list[str]] | None = None, asr_normalizer: str = "whisper",
-          harness_keywords: Sequence[tuple[str, str]] = ()
-          ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
-    """Corpus and per-clip metrics for ``task`` (``choices``: each clip's choices, for mcq; ``asr_normalizer``: the
-    transcript normalisation WER compares after; ``harness_keywords``: classify as lmms-eval reads answers)."""
-    if task == "mcq":
-        return mcq_metrics(predictions, references, choices)
-    if task in ("caption", "chat"):
-        return caption_metrics(predictions, references, with_meteor, spice_models, notices)
-    if task == "asr":
-        return asr_metrics(predictions, references, asr_normalizer)
-    if task == "classify":
-        return classification_metrics(predictions, references, harness_keywords)
-    if task == "qa":
-        corpus, per_clip = classification_metrics(predictions, references)
-        caption, caption_each = caption_metrics(predictions, references, with_meteor, spice_models, notices)
-        for k in per_clip:
-            per_clip[k].update(caption_each[k])
-        return {**corpus, **caption}, per_clip
-    raise ConfigError(f"No metrics for task {task!r}; tasks: caption, chat, qa, asr, classify, mcq.")
-
-
-def metric_names(task: str, available: Sequence[str]) -> list[str]:
-    """The metrics to show for ``task``, in a stable order, limited to those computed."""
-    order = {"caption": CAPTION_METRICS, "asr": ASR_METRICS, "classify": CLASSIFY_METRICS,
-             "qa": CLASSIFY_METRICS + CAPTION_METRICS, "mcq": MCQ_METRICS}.get(task, CAPTION_METRICS)
-    return [m for m in order if m in available]

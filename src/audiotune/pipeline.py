@@ -34,7 +34,7 @@ from transformers.pipelines import PIPELINE_REGISTRY
 from . import errors
 from .audio import decode_any, load_audio
 from .data.collator import ConversationCollator
-from .data.tasks import Example, prompt_messages
+from .conversation import Example, prompt_messages
 from .generate import stop_token_ids
 from .models.facts import bind
 from .models.families import family_for_config

@@ -15,8 +15,9 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .metrics import LOWER_IS_BETTER, bootstrap_interval, headline_metric
+from .metrics import LOWER_IS_BETTER, bootstrap_interval
 from .report import EvalReport
+from .tasks import headline_metric
 
 _CSS = ("body{font-family:system-ui,sans-serif;margin:2rem;max-width:70rem}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:.3rem .6rem;text-align:right}th:first-child,td:first-child"

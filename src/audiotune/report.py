@@ -19,10 +19,11 @@ import numpy as np
 import yaml
 
 from .audio import encode_audio
-from .metrics import LOWER_IS_BETTER, best_value, headline_metric, metric_names
+from .metrics import LOWER_IS_BETTER, best_value
+from .tasks import headline_metric, metric_names
 
 if TYPE_CHECKING:
-    from .data.tasks import Example
+    from .conversation import Example
 
 MAX_SAMPLE_ROWS = 50
 

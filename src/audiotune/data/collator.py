@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from ..models.family import Family
-from .tasks import Example
+from ..conversation import Example
 
 IGNORE_INDEX = -100
 

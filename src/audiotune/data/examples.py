@@ -22,7 +22,8 @@ from ..audio import AudioLimits, data_uri_bytes, load_audio
 from ..errors import AudioDecodeError, AudiotuneError, DatasetSchemaError
 from .shapes import SHAPES, Shape
 from .sources import ShardProblem, row_id
-from .tasks import CaptionTask, Example
+from ..conversation import Example
+from ..tasks import Task
 
 if TYPE_CHECKING:
     from ..models.family import Family
@@ -78,7 +79,7 @@ class ExampleBuilder:
     decoded here (relative paths resolved against the manifest's folder or ``--audio-dir``, ``data:`` and http(s)
     URLs fetched, segments cut, family rate, long-audio policy)."""
 
-    task: CaptionTask
+    task: Task
     sampling_rate: int
     limits: AudioLimits
     audio_column: str | None = "audio"

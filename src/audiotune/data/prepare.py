@@ -19,11 +19,10 @@ from typing import Any
 from ..audio import AudioLimits, LongAudioPolicy
 from ..errors import ConfigError, DatasetSchemaError
 from ..models.family import Family
+from ..tasks import EXTRA_COLUMNS, Task, make_task, task_class
 from .examples import ExampleBuilder
 from .shapes import Shape, detect_shape
-from .sources import (AUDIO_COLUMNS, CHOICES_COLUMNS, QUESTION_COLUMNS, REFERENCE_COLUMNS, REJECTED_COLUMNS,
-                      TEXT_COLUMNS, base_dir, check_tar_shard, first_row, open_split, pick_column, row_id, tar_shards)
-from .tasks import CaptionTask, make_task
+from .sources import AUDIO_COLUMNS, base_dir, check_tar_shard, first_row, open_split, pick_column, row_id, tar_shards
 
 logger = logging.getLogger(__name__)
 
@@ -47,30 +46,27 @@ def resolve_task_name(spec: Any, shape: Shape) -> str:
     return spec.task
 
 
-def make_task_for(spec: Any, rows, where: str, shape: Shape, columns: list[str]) -> CaptionTask:
+def make_task_for(spec: Any, rows, where: str, shape: Shape, columns: list[str]) -> Task:
+    """The run's task, its columns resolved (the setting, else the first of the task's common names present)."""
     name = resolve_task_name(spec, shape)
-    text = pick_column(columns, spec.text_column, TEXT_COLUMNS.get(name, ()), "text", "--text-column", where)
-    references = pick_column(columns, spec.references_column, REFERENCE_COLUMNS.get(name, ()), "references",
+    cls = task_class(name)
+    text = pick_column(columns, spec.text_column, cls.text_columns, "text", "--text-column", where)
+    references = pick_column(columns, spec.references_column, cls.reference_columns, "references",
                              "--references-column", where, required=False)
-    question = choices = rejected = None
-    if name in ("qa", "mcq", "preference"):  # preference: the prompt column is optional (else --prompt)
-        question = pick_column(columns, spec.question_column, QUESTION_COLUMNS, "question", "--question-column", where,
-                               required=name != "preference")
-    if name == "mcq":
-        choices = pick_column(columns, getattr(spec, "choices_column", None), CHOICES_COLUMNS, "choices",
-                              "--choices-column", where)
-    if name == "preference":
-        rejected = pick_column(columns, getattr(spec, "rejected_column", None), REJECTED_COLUMNS, "rejected answer",
-                               "--rejected-column", where)
-    labels = tuple(spec.labels) if spec.labels else (label_set(rows, text) if name == "classify" else None)
-    fields = dict(prompt=spec.prompt, system_prompt=spec.system_prompt, text_column=text,
-                  references_column=references, question_column=question, labels=labels, choices_column=choices,
-                  rejected_column=rejected, choice_format=getattr(spec, "choice_format", None))
-    task = make_task(name, **fields)
-    if name == "preference" and question is None:  # no prompt column: every row gets --prompt
+    extra = {}
+    for field, required in cls.extra_columns.items():
+        what, candidates = EXTRA_COLUMNS[field]
+        extra[field] = pick_column(columns, getattr(spec, field, None), candidates, what,
+                                   "--" + field.replace("_", "-"), where, required=required)
+    labels = tuple(spec.labels) if spec.labels else (label_set(rows, text) if cls.needs_labels else None)
+    task = make_task(name, prompt=spec.prompt, system_prompt=spec.system_prompt, text_column=text,
+                     references_column=references, labels=labels, choice_format=getattr(spec, "choice_format", None),
+                     **extra)
+    missing = {field: None for field, found in extra.items() if found is None}
+    if missing:  # an optional column the rows lack (preference's prompt): not the task's default name either
         import dataclasses
 
-        task = dataclasses.replace(task, question_column=None)
+        task = dataclasses.replace(task, **missing)
     return task
 
 
@@ -101,13 +97,13 @@ def prepare_split(spec: Any, split: str, family: Family, check_rows: bool = True
         raise ConfigError(f"--long-audio {spec.long_audio!r}: choose window, truncate, skip or error.") from None
     limits = AudioLimits(family.window_seconds, family.max_audio_seconds, policy)
     audio_column = pick_column(columns, spec.audio_column, AUDIO_COLUMNS, "audio", "--audio-column", where,
-                               required=task.name != "chat")
+                               required=not task.clips_in_conversation)
     audio_dir = getattr(spec, "audio_dir", None)
     folder = Path(audio_dir).resolve() if audio_dir else base_dir(spec.dataset)
     builder = ExampleBuilder(task, family.sampling_rate, limits, audio_column, spec.id_column, base_dir=folder,
                              max_audios=family.max_audios, shape=shape, shard_problems=shard_problems,
                              family=family)
-    if task.name == "chat" and clip_limit_fatal:  # (data check lists such rows one by one instead)
+    if task.clips_in_conversation and clip_limit_fatal:  # (data check lists such rows one by one instead)
         _check_clip_limit(rows, builder, family, spec, split)
     return rows, builder
 

@@ -21,22 +21,10 @@ _FILE_BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".cs
                   ".tar": "webdataset"}
 _AUDIOFOLDER_METADATA = ("metadata.csv", "metadata.jsonl")
 
-# Common names, tried in order when the configured column is absent (auto-detection).
+# Common names, tried in order when the configured column is absent (auto-detection); the text and other columns a
+# task reads are the task's own (``audiotune.tasks``).
 AUDIO_COLUMNS = ("audio", "audios", "audio_path", "audio_filepath", "audio_file", "path", "file", "file_name",
                  "filename", "wav", "audio_id")  # audio_id: MMAU's relative path
-TEXT_COLUMNS = {
-    "caption": ("caption", "text", "description"),
-    "asr": ("text", "transcript", "transcription", "sentence", "normalized_text"),
-    "qa": ("answer", "response", "output"),
-    "classify": ("label", "class", "category"),
-    "chat": ("messages", "conversations"),
-    "mcq": ("answer", "correct_answer", "label"),
-    "preference": ("chosen", "chosen_response", "response_chosen"),
-}
-REFERENCE_COLUMNS = {"caption": ("captions", "references"), "qa": ("answers",)}
-QUESTION_COLUMNS = ("question", "instruction", "prompt", "query")
-CHOICES_COLUMNS = ("choices", "options")
-REJECTED_COLUMNS = ("rejected", "rejected_response", "response_rejected")
 
 
 def base_dir(source: str) -> Path | None:

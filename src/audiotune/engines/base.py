@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from ..config import GenerationSettings
-from ..data.tasks import Example
+from ..conversation import Example
 from ..errors import ConfigError
 from ..generate import Generation
 from ..models.family import Family

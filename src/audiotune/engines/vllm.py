@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import GenerationSettings
-from ..data.tasks import Example
+from ..conversation import Example
 from ..errors import ConfigError
 from ..models.family import Family
 from .base import Engine

@@ -79,9 +79,11 @@ def validate_rl(cfg) -> None:
         if adapter.full and rl.beta > 0:
             raise ConfigError("--method grpo with --full needs a second copy of the model as the KL reference; "
                               "train LoRA (the reference is then the base with the adapter off) or pass --beta 0.")
-        if data.task in ("chat", "preference"):
-            raise ConfigError(f"--method grpo needs a task with verifiable answers, not {data.task}: use classify, "
-                              "qa, mcq, asr or caption.")
+        from ..tasks import TASKS, task_class  # here: the CLI reads this module, and stays free of numpy
+
+        if not task_class(data.task).verifiable:
+            raise ConfigError(f"--method grpo needs a task with verifiable answers, not {data.task}: use "
+                              f"{', '.join(name for name, task in TASKS.items() if task.verifiable)}.")
     if rl.method == "dpo":
         if rl.dpo_beta <= 0:
             raise ConfigError(f"--dpo-beta {rl.dpo_beta}: must be > 0.")

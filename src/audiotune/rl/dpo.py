@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ..data.collator import IGNORE_INDEX, ConversationCollator
-from ..data.tasks import Example
+from ..conversation import Example
 from ..trainer import AudiotuneTrainer
 from .common import MetricsLogMixin, reference_context, token_logps
 from .losses import dpo_loss

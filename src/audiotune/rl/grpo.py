@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from ..data.collator import ConversationCollator
-from ..data.tasks import Example
+from ..conversation import Example
 from ..generate import stop_token_ids
 from ..models.family import Family
 from ..models.loading import to_model_inputs

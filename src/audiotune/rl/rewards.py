@@ -25,15 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..answers import LETTERS, answer_span, extract_choice, normalize_answer, transcript_normalizer
+from ..answers import answer_span, transcript_normalizer
 from ..errors import ConfigError, RewardError
+from ..tasks import TASKS, Task, task_class
 
 logger = logging.getLogger(__name__)
 
 RewardFunction = Callable[..., list[float]]
 _FORMAT = re.compile(r"^\s*(?:<think>.*?</think>\s*)?<answer>(?P<answer>.+?)</answer>\s*$", re.DOTALL)
-DEFAULT_REWARDS = {"classify": ["accuracy"], "qa": ["accuracy"], "mcq": ["accuracy"], "asr": ["wer"],
-                   "caption": ["cider"], "chat": ["cider"]}
 
 
 def _text(value: Any) -> str:
@@ -43,18 +42,12 @@ def _text(value: Any) -> str:
 def accuracy_reward(prompts: Sequence[str], completions: Sequence[str], references: Sequence[list[str]],
                     task: Sequence[str] | None = None, choices: Sequence[list[str] | None] | None = None,
                     **_: Any) -> list[float]:
-    """1 for a right answer, else 0: the mcq choice picked, or (classify/qa) the normalised answer."""
+    """1 for a right answer, else 0, as the row's task judges it (:meth:`Task.is_right`: mcq, the choice picked;
+    otherwise the normalised answer); without a known task, the normalised answer."""
     out = []
     for i, completion in enumerate(completions):
-        refs = references[i] or []
-        if task is not None and task[i] == "mcq":
-            options = (choices[i] if choices else None) or []
-            gold = LETTERS.find(refs[0]) if refs else -1
-            picked = extract_choice(_text(completion), options)
-            out.append(float(picked is not None and picked == gold))
-        else:
-            said = normalize_answer(answer_span(_text(completion)))
-            out.append(float(bool(said) and said in {normalize_answer(r) for r in refs}))
+        judge = TASKS.get(task[i], Task) if task is not None else Task
+        out.append(float(judge.is_right(_text(completion), references[i] or [], choices[i] if choices else None)))
     return out
 
 
@@ -178,7 +171,7 @@ class Reward:
 
 def build_rewards(names: Sequence[str] | None, weights: Sequence[float] | None, task: str) -> list[Reward]:
     """The run's rewards: ``names`` (built-ins or ``module:function``), else the task's default."""
-    names = list(names or DEFAULT_REWARDS.get(task, []))
+    names = list(names or task_class(task).default_rewards)
     if not names:
         raise ConfigError(f"--task {task} has no built-in reward: pass --rewards module:function.")
     if weights is not None and len(weights) != len(names):

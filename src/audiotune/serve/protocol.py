@@ -16,7 +16,7 @@ import numpy as np
 
 from ..audio import base64_bytes, data_uri_bytes, load_audio
 from ..errors import AudioDecodeError, AudiotuneError, AudioTooLongError
-from ..data.tasks import Example
+from ..conversation import Example
 from ..engines import GenerationRequest
 
 AUDIO_FORMATS = {"wav", "mp3", "flac", "ogg"}

@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 
 from ..audio import load_audio
-from ..data.tasks import Example, make_task, prompt_messages
+from ..conversation import Example, prompt_messages
 from ..engines import GenerationRequest
 from ..errors import AudiotuneError, AudioTooLongError
+from ..tasks import make_task
 from .protocol import ApiError, Limits
 
 FORMATS = ("json", "text", "verbose_json", "srt", "vtt")

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..audio import encode_audio
-from ..data.tasks import Example
+from ..conversation import Example
 from ..errors import AudiotuneError, ConfigError
 from .paths import Root
 

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import CheckpointError
-from ..metrics import LOWER_IS_BETTER, headline_metric, metric_names
+from ..metrics import LOWER_IS_BETTER
+from ..tasks import headline_metric, metric_names
 from .paths import Root
 
 PREDICTIONS = "predictions.jsonl"
