@@ -78,14 +78,15 @@ def run(clips: int = 64, batch_size: int = 16, repeats: int = 3, max_new_tokens:
 def _vllm(model_dir, examples, settings) -> dict | None:
     """vLLM's offline engine on the same clips: its generation time (engine start-up reported apart)."""
     from audiotune.errors import ConfigError
-    from audiotune.serve.vllm_backend import vllm_generate
+    from audiotune.engines import open_engine
 
-    timings: dict = {}
     try:
-        answers = vllm_generate(str(model_dir), examples, settings, batch_size=len(examples), timings=timings)
+        engine = open_engine("vllm", str(model_dir), batch_size=len(examples))
+        answers = engine.generate(examples, settings)
     except ConfigError:
         return None
-    return {"answers": answers, **timings}
+    engine.close()
+    return {"answers": answers, **engine.timings}
 
 
 def demo_quality(run: Path = Path("runs/demo")) -> dict | None:

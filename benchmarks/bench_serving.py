@@ -88,7 +88,7 @@ def _start_vllm(model: Path):
     """vLLM's server on the same checkpoint, or ``None`` where no vLLM environment exists."""
     from audiotune.errors import ConfigError
     from audiotune.serve.server import ServeConfig
-    from audiotune.serve.vllm_backend import VllmServer
+    from audiotune.serve.vllm_server import VllmServer
 
     try:
         server = VllmServer(ServeConfig(model=str(model), port=_port(), served_name="tiny", max_batch_size=64))

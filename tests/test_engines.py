@@ -7,6 +7,8 @@ adapter export.
 
 from __future__ import annotations
 
+import typing
+
 import pytest
 import soundfile as sf
 import torch
@@ -104,7 +106,10 @@ def test_the_native_engine_answers_as_the_model_does_for_the_base_and_each_adapt
 
 
 def test_every_backend_is_one_engine_module_named_by_the_flag():
+    from audiotune.models.encoder_frames import ENCODER_FRAMES
+
     assert tuple(ENGINES) == config.BACKENDS  # the flag's choices are the engines there are
+    assert typing.get_args(config.EncoderFrames) == ENCODER_FRAMES
     for name in ENGINES:
         cls = engine_class(name)
         assert issubclass(cls, Engine) and cls.backend == name

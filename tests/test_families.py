@@ -220,7 +220,7 @@ def test_families_serve_through_the_openai_client(name, tmp_path):
     from audiotune.audio import load_audio
     from audiotune.generate import generate_batch
     from audiotune.serve.app import create_app
-    from audiotune.serve.engine import Engine
+    from audiotune.engines.native import NativeEngine as Engine
 
     from tests.test_serve import _b64
 

@@ -117,7 +117,7 @@ def test_vllm_applies_the_checkpoints_audio_lora_per_request_and_refuses_to_stac
     --default-mm-loras for audio requests; one LoRA per request leaves no room for ours: merge first."""
     from audiotune.errors import ConfigError
     from audiotune.serve.server import ServeConfig
-    from audiotune.serve.vllm_backend import vllm_command
+    from audiotune.serve.vllm_server import vllm_command
 
     if not checkpoint.parent.name.startswith("granite"):
         with pytest.raises(ConfigError, match="vLLM does not serve the phi4mm family"):  # vLLM dropped Phi-4-MM

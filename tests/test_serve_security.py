@@ -18,7 +18,8 @@ import soundfile as sf
 
 from audiotune.errors import ConfigError
 from audiotune.serve.server import ServeConfig, build_app, resolve_api_key
-from audiotune.serve.vllm_backend import vllm_command, vllm_environment
+from audiotune.engines.vllm_env import vllm_environment
+from audiotune.serve.vllm_server import vllm_command
 from tests.conftest import tone
 
 KEY = "s3cret-key-from-a-file"
@@ -204,7 +205,8 @@ def test_a_request_that_fails_inside_the_model_fails_alone(micro_af3):
     """A request that passed parsing but breaks ``generate`` (a 2-D waveform) costs only itself."""
     from audiotune.conversation import Example, prompt_messages
     from audiotune.serve.batcher import DynamicBatcher
-    from audiotune.serve.engine import Engine, GenerationRequest
+    from audiotune.engines import GenerationRequest
+    from audiotune.engines.native import NativeEngine as Engine
 
     engine = Engine(str(micro_af3))
 

@@ -217,7 +217,7 @@ def test_remote_backend_streams_from_an_audiotune_server(micro_af3):
     import uvicorn
 
     from audiotune.serve.app import create_app
-    from audiotune.serve.engine import Engine
+    from audiotune.engines.native import NativeEngine as Engine
     from audiotune.ui.playground import ChatSettings, RemoteBackend, conversation
 
     port = _free_port()

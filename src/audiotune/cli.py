@@ -6,6 +6,7 @@ User errors (:class:`~audiotune.errors.AudiotuneError`) are printed as one red m
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -19,7 +20,7 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from .config import AdapterConfig, require_given
-from .errors import AudiotuneError
+from .errors import AudiotuneError, ConfigError
 from .models.families import FAMILIES
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -167,14 +168,26 @@ def merge(model: Annotated[str, typer.Option(help="Base model (Hub id or folder)
 @app.command("eval", context_settings=GENERATED, add_help_option=False)
 def eval_(ctx: typer.Context) -> None:
     """Generate over a split and score it the way the field does; --compare puts models side by side."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     from .cli_args import parse
     from .config import EvalConfig
     from .evaluate import evaluate
 
     cfg, _ = parse(EvalConfig, ctx.args, "audiotune eval", eval_.__doc__ or "")
     out = Path(cfg.out)
+    if cfg.benchmarks:
+        _eval_benchmarks(cfg, out)
+        return
+    with _generation_progress() as (on_model, on_batch):
+        report = evaluate(cfg, on_model=on_model, on_batch=on_batch)
+    _print_scores(report, out)
+    console.print(f"report: {report.report_html}")
+
+
+@contextlib.contextmanager
+def _generation_progress():
+    """(on_model, on_batch) for eval: a progress bar per model, advanced per batch."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console) as progress:
         bars: dict[str, int] = {}
@@ -182,13 +195,70 @@ def eval_(ctx: typer.Context) -> None:
         def on_model(name: str, total: int) -> None:
             bars["current"] = progress.add_task(f"generating ({name})", total=total)
 
-        report = evaluate(cfg, on_model=on_model, on_batch=lambda n: progress.advance(bars["current"], n))
-    print_metrics(report.table(), report.metric_order(), title=f"{cfg.task} metrics on {cfg.dataset} [{cfg.split}]")
+        yield on_model, lambda n: progress.advance(bars["current"], n)
+
+
+def _eval_benchmarks(cfg, out: Path) -> None:
+    """``eval --benchmarks``: each preset's scores, then the regression view's table."""
+    from .evaluate import evaluate_benchmarks
+
+    with _generation_progress() as (on_model, on_batch):
+        reports, md, page = evaluate_benchmarks(cfg, on_model, on_batch)
+    for name, report in reports.items():
+        _print_scores(report, out / name)
+    console.print(md.read_text(), markup=False)
+    console.print(f"regression view: {page}")
+
+
+def _print_scores(report, out: Path) -> None:
+    """The metrics table, the notices and the skipped rows of an eval or a score run."""
+    ran = report.config
+    where = ran["benchmark"] or ran["dataset"]
+    print_metrics(report.table(), report.metric_order(), title=f"{report.task} metrics on {where} [{ran['split']}]")
     for notice in report.notices:
         console.print(f"[yellow]note:[/yellow] {notice}")
     if report.skipped:
         console.print(f"[yellow]{len(report.skipped)} bad row(s) skipped[/yellow], listed in {out / 'skipped.jsonl'}")
-    console.print(f"predictions: {out / 'predictions.jsonl'}; report: {report.report_html}")
+    console.print(f"predictions: {out / 'predictions.jsonl'}; metrics: {out / 'metrics.json'}")
+
+
+@app.command(context_settings=GENERATED, add_help_option=False)
+def score(ctx: typer.Context) -> None:
+    """Score predictions made elsewhere with eval's rules: --predictions FILE (JSON lines: id, prediction[, model])
+    with --benchmark NAME or the dataset options; writes the same predictions.jsonl and metrics.json to --out."""
+    from .cli_args import parse
+    from .config import EvalConfig
+    from .evaluate import score_predictions
+
+    cfg, options = parse(EvalConfig, ctx.args, "audiotune score", score.__doc__ or "", lambda parser: parser.add_argument(
+        "--predictions", metavar="JSONL", help="The answers to score: one JSON object a line with id and prediction "
+                                               "(and model, for several models)."))
+    if not options.predictions:
+        raise ConfigError("audiotune score needs --predictions FILE (JSON lines with id and prediction).")
+    if not cfg.benchmark and not cfg.dataset:
+        raise ConfigError("audiotune score needs --benchmark NAME (`audiotune benchmarks`) or --dataset.")
+    out = Path(cfg.out)
+    _print_scores(score_predictions(cfg, options.predictions), out)
+
+
+@app.command()
+def benchmarks(as_json: Annotated[bool, typer.Option("--json", help="Print the presets as JSON.")] = False) -> None:
+    """The benchmark presets `eval --benchmark` and `score --benchmark` take: the Hub copy, split, task and the
+    breakdown each reports (docs/evaluation.md: prompts, parsing and scoring)."""
+    from .presets import BENCHMARKS
+
+    if as_json:
+        print(json.dumps([b.describe() for b in BENCHMARKS.values()], indent=2))
+        return
+    table = Table(title="benchmark presets: audiotune eval --benchmark NAME [--dataset LOCAL_COPY]")
+    table.add_column("name", no_wrap=True)
+    for column in ("task", "Hub copy (split)", "what"):
+        table.add_column(column, overflow="fold")
+    for b in BENCHMARKS.values():
+        copy = f"{b.hub_id}{'/' + b.dataset_config if b.dataset_config else ''} ({b.split})" if b.hub_id else \
+            "--dataset (release files)"
+        table.add_row(b.name, b.task, copy, b.summary)
+    console.print(table)
 
 
 def print_metrics(table_data: dict[str, dict[str, float]], metrics: list[str], title: str) -> None:
@@ -305,7 +375,7 @@ def serve(ctx: typer.Context) -> None:
     if options.print_vllm_command:
         import shlex
 
-        from .serve.vllm_backend import vllm_command
+        from .serve.vllm_server import vllm_command
 
         console.print(shlex.join(vllm_command(cfg, "python")), soft_wrap=True, markup=False)
         notes = ["the API key goes to vLLM as $VLLM_API_KEY, not on its command line"] if resolve_api_key(cfg) else []

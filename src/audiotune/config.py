@@ -39,8 +39,9 @@ from .errors import ConfigError
 
 LongAudio = Literal["window", "truncate", "skip", "error"]  # audio.LongAudioPolicy's values (audio.py imports numpy)
 LONG_AUDIO = typing.get_args(LongAudio)
-BACKENDS = ("transformers", "vllm")  # engines.ENGINES' keys, named here without importing torch
-# tasks.TASKS' names, in its order, named here without importing the tasks package (it imports numpy).
+Backend = Literal["transformers", "vllm"]  # engines.ENGINES' keys, named here without importing torch
+BACKENDS = typing.get_args(Backend)
+EncoderFrames = Literal["window", "valid"]  # models/encoder_frames.py's modes
 # tasks.TASKS' names, in its order, named here without importing the tasks package (it imports numpy).
 Task = Literal["caption", "asr", "qa", "classify", "mcq", "chat", "preference"]
 TASKS = typing.get_args(Task)
@@ -260,12 +261,13 @@ class GenerationSettings:
 class BackendConfig:
     """Which engine generates, shared by ``infer`` and ``eval`` (``serve`` starts vLLM as a server instead)."""
 
-    backend: str = option("transformers", "transformers (this process) or vllm (vLLM's offline engine in its own "
-                                          "environment, `make vllm-env`).")
+    backend: Backend = option("transformers", "transformers (this process) or vllm (vLLM's offline engine in its "
+                                              "own environment, `make vllm-env`).")
     vllm_python: str | None = option(None, "Interpreter with vLLM (default: $AUDIOTUNE_VLLM_PYTHON, ./.venv-vllm, "
                                            "or this one).")
-    encoder_frames: str = option("window", "window: the audio tower over whole 30 s windows; valid: over each batch's "
-                                           "valid frames (faster; AF3 only; see encoder_frames.py).")
+    encoder_frames: EncoderFrames = option("window", "window: the audio tower over whole 30 s windows; valid: over "
+                                                     "each batch's valid frames (faster; AF3 only; see "
+                                                     "models/encoder_frames.py).")
 
 
 @dataclass
@@ -352,8 +354,7 @@ class ServeConfig(GenerationSettings, BackendConfig):
 
     def validate(self) -> "ServeConfig":
         require_given(self.model)
-        if self.backend not in ("transformers", "vllm"):
-            raise ConfigError(f"--backend {self.backend!r}: choose transformers or vllm.")
+        check_choices(self)
         if self.max_tokens < 1 or self.max_new_tokens < 1:
             raise ConfigError("--max-tokens and --max-new-tokens must be at least 1.")
         if self.num_beams != 1:

@@ -12,15 +12,15 @@ from typing import Any
 
 from ..config import BACKENDS
 from ..errors import ConfigError
-from .base import Engine, GenerationRequest
+from .base import Engine, GenerationRequest, Sample
 
 # backend name → "module:class", imported on first use
 ENGINES: dict[str, str] = {
     "transformers": "audiotune.engines.native:NativeEngine",
-    "vllm": "audiotune.engines.vllm:VllmEngine",
+    "vllm": "audiotune.engines.vllm_engine:VllmEngine",
 }
 
-__all__ = ["ENGINES", "Engine", "GenerationRequest", "engine_class", "open_engine"]
+__all__ = ["ENGINES", "Engine", "GenerationRequest", "Sample", "engine_class", "open_engine"]
 
 
 def engine_class(backend: str) -> type[Engine]:

@@ -45,6 +45,16 @@ class GenerationRequest:
         return (self.model,)
 
 
+@dataclass
+class Sample:
+    """One sampled completion (a GRPO rollout's): its token ids, the stop token included when the model stopped
+    (a policy-gradient loss learns to stop), whether it stopped, and its text as the model wrote it."""
+
+    tokens: list[int]
+    stopped: bool
+    text: str
+
+
 class Engine(ABC):
     """Answers conversations for one checkpoint: its base model and the adapters it was opened with, by name.
 
@@ -81,6 +91,11 @@ class Engine(ABC):
         dynamic batcher and the playground need. Requests share one :meth:`GenerationRequest.batch_key`."""
         raise ConfigError(f"the {self.backend} engine answers whole batches only (no per-request sampling or "
                           "streaming here); use --backend transformers, or serve with vLLM's own server.")
+
+    def sample(self, examples: Sequence[Example], *, max_tokens: int, temperature: float, top_p: float,
+               suppress_tokens: Sequence[int] | None = None) -> list[Sample]:
+        """One sampled completion per example from the base model (GRPO repeats each prompt for its group)."""
+        raise ConfigError(f"the {self.backend} engine cannot sample rollouts yet; use the transformers engine.")
 
     def close(self) -> None:
         """Release what the engine holds (a model's memory, a child process)."""

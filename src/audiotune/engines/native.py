@@ -20,9 +20,11 @@ import torch
 
 from ..checkpoints import processor_folder
 from ..errors import CheckpointError
+from ..data.collator import ConversationCollator
 from ..generate import Generation, GenerationSettings, RowSampling, generate, generate_batch, stop_token_ids
+from ..models.loading import to_model_inputs
 from ..models.family import Family
-from .base import Engine, GenerationRequest
+from .base import Engine, GenerationRequest, Sample
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +85,30 @@ class NativeEngine(Engine):
         with self._selected(self.check_model(model)):
             return generate(self.model, self.processor, self.family, examples, batch_size=self.batch_size,
                             settings=settings, on_batch=on_batch)
+
+    def sample(self, examples, *, max_tokens, temperature, top_p, suppress_tokens=None) -> list[Sample]:
+        """Sampled with the model's ``generate`` and the global torch generator (a run's seed makes it
+        reproducible), in eval mode without gradients, the model's mode restored after: the model may be a policy
+        in training."""
+        batch = to_model_inputs(ConversationCollator(self.processor, self.family, training=False)(list(examples)),
+                                self.model)
+        stop_ids = stop_token_ids(self.processor, self.family)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                output = self.model.generate(**batch, do_sample=True, temperature=temperature, top_p=top_p, top_k=0,
+                                             max_new_tokens=max_tokens, eos_token_id=stop_ids,
+                                             pad_token_id=self.processor.tokenizer.pad_token_id, use_cache=True,
+                                             suppress_tokens=suppress_tokens)
+        finally:
+            self.model.train(was_training)
+        samples = []
+        for tokens in output[:, batch["input_ids"].shape[1]:].tolist():
+            stop = next((i for i, t in enumerate(tokens) if t in stop_ids), None)
+            text = self.processor.tokenizer.decode(tokens[:stop], skip_special_tokens=True).strip()
+            samples.append(Sample(tokens if stop is None else tokens[: stop + 1], stop is not None, text))
+        return samples
 
     def close(self) -> None:
         del self.model

@@ -2,7 +2,8 @@
 
 vLLM pins its own torch and transformers, so it lives in a separate environment (``make vllm-env`` builds
 ``.venv-vllm``; on a GPU machine ``pip install vllm`` there) and audiotune talks to it only through a child
-process: the offline engine's worker (:mod:`.vllm`) or vLLM's OpenAI server (:mod:`audiotune.serve.vllm_server`).
+process: the offline engine's worker (:mod:`.vllm_engine`) or vLLM's OpenAI server
+(:mod:`audiotune.serve.vllm_server`).
 
 Adapters need one conversion. PEFT saves LoRA weights under transformers' *in-memory* module names
 (``model.language_model.layers.0...``), while vLLM names modules as the checkpoint on disk does

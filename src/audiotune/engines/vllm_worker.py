@@ -1,4 +1,4 @@
-"""Offline batched generation with vLLM's engine; run by :class:`audiotune.engines.vllm.VllmEngine`.
+"""Offline batched generation with vLLM's engine; run by :class:`audiotune.engines.vllm_engine.VllmEngine`.
 
 A standalone script for vLLM's own interpreter (its own torch and transformers, no audiotune installed):
 ``python vllm_worker.py request.json answers.json``. The request holds the model, an optional exported
@@ -8,8 +8,14 @@ chat template and schedules them all together (continuous batching).
 """
 
 import json
+import os
 import sys
 import time
+
+# Run as a script, this file's folder is first on sys.path, where audiotune's own modules (engines/) could shadow
+# a package of the same name: the worker imports only from vLLM's environment.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 
 
 def main(request_path: str, answers_path: str) -> None:

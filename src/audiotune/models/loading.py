@@ -140,15 +140,16 @@ def save_processor(processor, out_dir: str | Path) -> None:
 
 
 def load_base_model(model_id_or_path: str | Path, dtype: torch.dtype = torch.float32, device: str | None = None,
-                    quantize_lm_4bit: bool = False):
+                    quantize_lm_4bit: bool = False, family: Family | None = None):
     """The base model in ``dtype`` on ``device`` (``None``: CPU, or as ``device_map='auto'`` places it on GPUs).
 
     ``quantize_lm_4bit`` (QLoRA): the language model in bitsandbytes NF4 with bf16 compute; the audio encoder,
     projector and LM head stay in ``dtype`` (quantising the encoder hurts audio quality and saves little).
+    ``family``: the checkpoint's bound family when the caller has resolved it already (else resolved here).
     """
     import transformers
 
-    family = resolve_family(str(model_id_or_path))
+    family = family or resolve_family(str(model_id_or_path))
     model_class = getattr(transformers, family.model_class)
     kwargs: dict[str, Any] = {"dtype": dtype}
     if device == "auto" or quantize_lm_4bit:
@@ -223,7 +224,8 @@ def fold_modality_adapter(model: torch.nn.Module, family: Family, model_id_or_pa
 
 
 def load_model(model_id_or_path: str | Path, adapter: str | Path | None = None,
-               dtype: torch.dtype = torch.float32, device: str | None = None, encoder_frames: str = "window"):
+               dtype: torch.dtype = torch.float32, device: str | None = None, encoder_frames: str = "window",
+               family: Family | None = None):
     """Base model, with a PEFT adapter on top when ``adapter`` is given; in eval mode.
 
     ``encoder_frames``: ``window`` (default) runs the audio tower over whole windows, ``valid`` over each batch's
@@ -231,18 +233,23 @@ def load_model(model_id_or_path: str | Path, adapter: str | Path | None = None,
     """
     from .encoder_frames import apply_encoder_frames
 
-    model, family = load_base_model(model_id_or_path, dtype=dtype, device=device)
+    model, family = load_base_model(model_id_or_path, dtype=dtype, device=device, family=family)
     apply_encoder_frames(model, family, encoder_frames)
     if adapter is not None:
         from peft import PeftModel
 
-        adapter_path = Path(adapter)
-        if adapter_path.exists() and not (adapter_path / "adapter_config.json").exists():
-            raise CheckpointError(f"{adapter}: no adapter_config.json here. Pass the folder `audiotune train` "
-                                  "wrote (its --out), or a checkpoint-N folder inside it.")
+        check_adapter_folder(adapter)
         model = PeftModel.from_pretrained(model, str(adapter))
     model.eval()
     return model, family
+
+
+def check_adapter_folder(adapter: str | Path) -> None:
+    """A local adapter path must be an adapter folder (a Hub id is left to PEFT)."""
+    adapter_path = Path(adapter)
+    if adapter_path.exists() and not (adapter_path / "adapter_config.json").exists():
+        raise CheckpointError(f"{adapter}: no adapter_config.json here. Pass the folder `audiotune train` "
+                              "wrote (its --output-dir), or a checkpoint-N folder inside it.")
 
 
 @dataclass(frozen=True)

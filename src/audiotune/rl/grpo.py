@@ -24,8 +24,8 @@ from typing import Any
 import torch
 
 from ..data.collator import ConversationCollator
+from ..engines.native import NativeEngine
 from ..conversation import Example
-from ..generate import stop_token_ids
 from ..models.family import Family
 from ..models.loading import to_model_inputs
 from ..trainer import AudiotuneTrainer
@@ -86,7 +86,8 @@ class GrpoTrainer(MetricsLogMixin, AudiotuneTrainer):
             disable_dropout_in_model(model)
         self.processor, self.family, self.task, self.rewards = processor, family, task, list(rewards)
         self.prompt_collator = ConversationCollator(processor, family, training=False)
-        self.stop_ids = stop_token_ids(processor, family)
+        # Rollouts are sampled through an engine over the current policy (its weights change every step).
+        self.rollout_engine = lambda policy: NativeEngine.wrap(policy, processor, family)
         # A sampled audio placeholder would ask the model for audio features it was never given.
         audio_id = processor.tokenizer.convert_tokens_to_ids(family.audio_token)
         self.suppress_ids = [audio_id] if isinstance(audio_id, int) and audio_id >= 0 else None
@@ -126,27 +127,19 @@ class GrpoTrainer(MetricsLogMixin, AudiotuneTrainer):
         group = args.num_generations
         model = self._unwrapped()
         repeated = [e for e in examples for _ in range(group)]
-        batch = to_model_inputs(self.prompt_collator(repeated), model)
+        samples = self.rollout_engine(model).sample(repeated, max_tokens=args.max_completion_length,
+                                                    temperature=args.temperature, top_p=args.top_p,
+                                                    suppress_tokens=self.suppress_ids)
+        batch = to_model_inputs(self.prompt_collator(repeated), model)  # the prompts the log-probs are taken on
         prompt_ids, prompt_mask = batch["input_ids"], batch["attention_mask"]
         features = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")}
         pad_id = self.processor.tokenizer.pad_token_id
-        with no_grad_eval(model):
-            output = model.generate(**batch, do_sample=True, temperature=args.temperature, top_p=args.top_p,
-                                    top_k=0, max_new_tokens=args.max_completion_length,
-                                    eos_token_id=self.stop_ids, pad_token_id=pad_id, use_cache=True,
-                                    suppress_tokens=self.suppress_ids)
-        completion_ids = output[:, prompt_ids.shape[1]:]
-        is_stop = torch.isin(completion_ids, torch.tensor(self.stop_ids, device=completion_ids.device))
-        length = completion_ids.shape[1]
-        first_stop = torch.where(is_stop.any(1), is_stop.int().argmax(1), torch.full_like(is_stop[:, 0], length,
-                                                                                           dtype=torch.long))
-        positions = torch.arange(length, device=completion_ids.device).unsqueeze(0)
-        completion_mask = (positions <= first_stop.unsqueeze(1)).long()  # the end-of-turn token is learned too
-        keep = max(int(completion_mask.sum(1).max()), 1)
-        completion_ids, completion_mask = completion_ids[:, :keep], completion_mask[:, :keep]
-        completion_ids = completion_ids.masked_fill(completion_mask == 0, pad_id)
-        texts = [self.processor.tokenizer.decode(ids[: int(stop)].tolist(), skip_special_tokens=True).strip()
-                 for ids, stop in zip(completion_ids, first_stop)]
+        keep = max(max(len(s.tokens) for s in samples), 1)  # the end-of-turn token is learned too
+        completion_ids = torch.tensor([s.tokens + [pad_id] * (keep - len(s.tokens)) for s in samples],
+                                      device=prompt_ids.device)
+        completion_mask = torch.tensor([[1] * len(s.tokens) + [0] * (keep - len(s.tokens)) for s in samples],
+                                       device=prompt_ids.device)
+        texts = [s.text for s in samples]
 
         rollout = {"input_ids": torch.cat([prompt_ids, completion_ids], 1),
                    "attention_mask": torch.cat([prompt_mask, completion_mask], 1),
@@ -167,7 +160,7 @@ class GrpoTrainer(MetricsLogMixin, AudiotuneTrainer):
         stats = {"reward": rewards.mean().item(), "reward_std": std.view(-1, group)[:, 0].mean().item(),
                  "frac_reward_zero_std": torch.isclose(std, torch.zeros_like(std)).float().mean().item(),
                  "completion_length": completion_mask.sum(1).float().mean().item(),
-                 "completions_clipped": (first_stop >= length).float().mean().item()}
+                 "completions_clipped": sum(not s.stopped for s in samples) / len(samples)}
         for i, reward in enumerate(self.rewards):
             stats[f"rewards/{reward.name}"] = rewards_per_func[:, i].mean().item()
         rollout["stats"] = stats

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..engines.vllm import vllm_sampling
+from ..engines.vllm_engine import vllm_sampling
 from ..engines.vllm_env import (cpu_arguments, export_adapter, find_vllm_python, lora_rank, modality_lora,
                                 on_cpu_only, require_vllm_family, vllm_environment)
 from ..errors import ConfigError
