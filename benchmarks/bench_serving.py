@@ -2,7 +2,11 @@
 (--max-batch-size 1), audiotune with dynamic batching, and vLLM (`--backend vllm`, when `make vllm-env` was run);
 same model and clips, one run.
 
-The servers run side by side on 127.0.0.1 and are measured alternately, level by level.
+The servers run side by side on 127.0.0.1 and are measured alternately, level by level. Every level sends clips no
+server has seen before (its own seed; the warm-up has its own too), as real traffic does: vLLM caches a clip's
+processed audio (and shares prompt prefixes), so repeating clips would measure its cache. A last row sends the
+first level's clips again, labelled as repeats, and vLLM's own counters give its multimodal and prefix cache hit
+rates for the distinct levels and for the repeats.
 """
 
 from __future__ import annotations
@@ -48,12 +52,13 @@ def _start(model: Path, batch: int) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("server did not start")
 
 
-def _bodies(n: int) -> list[dict]:
+def _bodies(n: int, seed: int = 11) -> list[dict]:
+    """``n`` requests, each with its own clip; another ``seed`` gives other clips."""
     from audiotune.data.synthetic import make_clip
 
     bodies = []
     for i in range(n):
-        clip = make_clip(i, seed=11, max_seconds=6.0)
+        clip = make_clip(i, seed=seed, max_seconds=6.0)
         buffer = io.BytesIO()
         sf.write(buffer, clip.audio, clip.sampling_rate, format="WAV")
         data = base64.b64encode(buffer.getvalue()).decode()
@@ -98,6 +103,25 @@ def _start_vllm(model: Path):
     return server, f"http://127.0.0.1:{server.cfg.port}"
 
 
+def _vllm_cache_counters(url: str) -> dict[str, float]:
+    """vLLM's cumulative cache counters from its Prometheus ``/metrics`` (vllm/v1/metrics/loggers.py names)."""
+    names = ("vllm:mm_cache_queries", "vllm:mm_cache_hits", "vllm:prefix_cache_queries", "vllm:prefix_cache_hits")
+    totals = dict.fromkeys(names, 0.0)
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0].removesuffix("_total")
+        if name in totals and not line.startswith("#"):
+            totals[name] += float(line.rsplit(" ", 1)[1])
+    return totals
+
+
+def _hit_rates(before: dict[str, float], after: dict[str, float]) -> dict[str, float | None]:
+    def rate(kind: str) -> float | None:
+        queries = after[f"vllm:{kind}_cache_queries"] - before[f"vllm:{kind}_cache_queries"]
+        return (after[f"vllm:{kind}_cache_hits"] - before[f"vllm:{kind}_cache_hits"]) / queries if queries else None
+
+    return {"mm_cache_hit_rate": rate("mm"), "prefix_cache_hit_rate": rate("prefix")}
+
+
 def run(requests: int = 64, levels: tuple[int, ...] = (1, 4, 16, 64)) -> dict:
     from audiotune.models.tiny import build_tiny
 
@@ -109,15 +133,27 @@ def run(requests: int = 64, levels: tuple[int, ...] = (1, 4, 16, 64)) -> dict:
         servers = {"one at a time": single_url, "dynamic batching": batched_url}
         if vllm_url:
             servers["vLLM"] = vllm_url
-        bodies = _bodies(requests)
+        warm_up = _bodies(4, seed=10)
+        distinct = {level: _bodies(requests, seed=11 + i) for i, level in enumerate(levels)}  # no clip seen twice
+        cache: dict[str, dict] = {}
         try:
-            for url in servers.values():  # warm-up
-                _load(url, bodies[:4], 4)
-            results = {level: {name: _load(url, bodies, level) for name, url in servers.items()} for level in levels}
+            for url in servers.values():
+                _load(url, warm_up, 4)
+            start = _vllm_cache_counters(vllm_url) if vllm_url else None
+            results = {level: {name: _load(url, distinct[level], level) for name, url in servers.items()}
+                       for level in levels}
+            if vllm_url:
+                after_distinct = _vllm_cache_counters(vllm_url)
+                cache["distinct clips"] = _hit_rates(start, after_distinct)
+            top = levels[-1]  # the same load again with the first level's clips: what repeats are worth
+            results[f"{top} (repeated clips)"] = {name: _load(url, distinct[levels[0]], top)
+                                                  for name, url in servers.items()}
+            if vllm_url:
+                cache["repeated clips"] = _hit_rates(after_distinct, _vllm_cache_counters(vllm_url))
         finally:
             for process in (single, batched):
                 process.terminate()
                 process.wait(timeout=60)
             if vllm:
                 vllm.stop()
-    return {"requests": requests, "levels": results}
+    return {"requests": requests, "levels": results, "vllm_cache": cache}
