@@ -42,6 +42,7 @@ LONG_AUDIO = typing.get_args(LongAudio)
 Backend = Literal["transformers", "vllm"]  # engines.ENGINES' keys, named here without importing torch
 BACKENDS = typing.get_args(Backend)
 EncoderFrames = Literal["window", "valid"]  # models/encoder_frames.py's modes
+EncoderTraining = Literal["none", "lora", "full"]  # models/loading.AdaptationPlan.train_audio_encoder
 # tasks.TASKS' names, in its order, named here without importing the tasks package (it imports numpy).
 Task = Literal["caption", "asr", "qa", "classify", "mcq", "chat", "preference"]
 TASKS = typing.get_args(Task)
@@ -215,9 +216,16 @@ class AdapterConfig:
     lora_targets: list[str] | None = option(None, "Module names (comma-separated) or one regex (empty: the language "
                                                   "model's linear layers).")
     train_projector: bool = option(False, "Also train the audio projector (the encoder stays frozen).")
+    train_audio_encoder: EncoderTraining = option("none", "Adapt the audio encoder too: none (frozen), lora (LoRA on "
+                                                          "its attention and MLP linears) or full (the whole tower, "
+                                                          "saved with the adapter). For a new language, accent or "
+                                                          "sound type the frozen features do not hear.")
+    encoder_learning_rate: float | None = option(None, "The audio encoder's learning rate (empty: --learning-rate).")
+    projector_learning_rate: float | None = option(None, "The projector's learning rate (empty: --learning-rate).")
 
     def __post_init__(self) -> None:
         self.lora_targets = parse_targets(self.lora_targets)
+        check_choices(self)
 
     @property
     def adapter_mode(self) -> str:
@@ -228,6 +236,9 @@ class AdapterConfig:
             raise ConfigError("--qlora and --full exclude each other: QLoRA trains LoRA matrices on a 4-bit base.")
         if self.lora_r < 1:
             raise ConfigError(f"lora_r must be at least 1 (got {self.lora_r}).")
+        if self.full and self.train_audio_encoder == "lora":
+            raise ConfigError("--full trains the language model's weights themselves; with it, train the encoder "
+                              "fully too (--train-audio-encoder full) or not at all.")
 
 
 @dataclass

@@ -14,6 +14,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -227,7 +228,7 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> TrainResult:
         model.accepts_loss_kwargs = False  # the Trainer then averages over accumulation steps itself
     plan = AdaptationPlan(full=adapter.full, lora_r=adapter.lora_r, lora_alpha=adapter.lora_alpha,
                           lora_dropout=adapter.lora_dropout, lora_targets=adapter.lora_targets,
-                          train_projector=adapter.train_projector)
+                          train_projector=adapter.train_projector, train_audio_encoder=adapter.train_audio_encoder)
     model = start_from_adapter(model, cfg) if rl.init_adapter else prepare_for_training(model, family, plan)
     trainable, total = count_parameters(model)
     audio_cache = None
@@ -268,6 +269,7 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> TrainResult:
 
         trainer = make_rl_trainer(args, rl, model, processor, family, train_ds, callbacks)
     trainer.rank_split_stream = cfg.data.streaming and world_size > 1
+    trainer.learning_rate_of = group_learning_rates(family, adapter)
     if cfg.group_by_length and isinstance(train_ds, ExampleDataset):
         trainer.lengths = estimated_lengths(train_ds, family)
     output = trainer.train(resume_from_checkpoint=resume_from)
@@ -347,6 +349,22 @@ def require_gpu_features(cfg: TrainConfig) -> None:
             raise ConfigError("--qlora needs bitsandbytes: pip install bitsandbytes (on the GPU machine).")
         if cfg.adapter.full:
             raise ConfigError("--qlora trains LoRA adapters on a 4-bit base; it cannot be combined with --full.")
+
+
+def group_learning_rates(family: Family, adapter) -> Callable[[str], float | None] | None:
+    """A parameter name's own learning rate (``--encoder-learning-rate``, ``--projector-learning-rate``), or None
+    for the run's; None when neither is set."""
+    if adapter.encoder_learning_rate is None and adapter.projector_learning_rate is None:
+        return None
+
+    def rate(name: str) -> float | None:
+        if family.is_projector_module(name):
+            return adapter.projector_learning_rate
+        if family.is_encoder_module(name):
+            return adapter.encoder_learning_rate
+        return None
+
+    return rate
 
 
 def _first(dataset, n: int) -> list:

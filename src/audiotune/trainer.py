@@ -6,6 +6,8 @@ file the two imported each other.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from transformers import Trainer
 
@@ -18,6 +20,27 @@ class AudiotuneTrainer(AtomicCheckpointMixin, Trainer):
 
     lengths: list[int] | None = None
     rank_split_stream = False  # the train stream is already split by rank (split_dataset_by_node)
+    # parameter name → its own learning rate (the encoder's and the projector's, --encoder/--projector-learning-rate)
+    learning_rate_of: Callable[[str], float | None] | None = None
+
+    def create_optimizer(self, *args, **kwargs):
+        """The Trainer's optimizer, each of its groups split where a parameter has its own learning rate: the
+        encoder and projector then learn at theirs, with the same weight decay and the same schedule's shape."""
+        optimizer = super().create_optimizer(*args, **kwargs)
+        if self.learning_rate_of is None:
+            return optimizer
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        groups = []
+        for group in optimizer.param_groups:
+            by_rate: dict[float | None, list] = {}
+            for parameter in group["params"]:
+                by_rate.setdefault(self.learning_rate_of(names.get(id(parameter), "")), []).append(parameter)
+            for rate, parameters in by_rate.items():
+                groups.append({**group, "params": parameters, **({"lr": rate} if rate is not None else {})})
+        optimizer.param_groups.clear()
+        for group in groups:
+            optimizer.add_param_group(group)
+        return optimizer
 
     def get_train_dataloader(self):
         if not self.rank_split_stream:

@@ -111,6 +111,11 @@ def export_adapter(model: str, adapter: str | Path, out: str | Path, family: "Fa
     prefix = "base_model.model."
     weights = load_file(weights_file)
     inner = {k.removeprefix(prefix): v for k, v in weights.items()}
+    in_encoder = sorted({k.split(".lora_", 1)[0] for k in inner if family.is_encoder_module(k.split(".lora_", 1)[0])})
+    if in_encoder:  # vLLM applies LoRA to the language model only and would serve the untrained encoder silently
+        raise ConfigError(f"{adapter}: it trains the audio encoder ({len(in_encoder)} LoRA modules, first: "
+                          f"{in_encoder[0]}), which vLLM's LoRA does not reach; merge it (`audiotune merge`) and "
+                          "serve the merged folder.")
     renamed = revert_weight_conversion(meta_model, inner)
     if len(renamed) != len(inner):
         raise CheckpointError(f"{adapter}: {len(inner)} LoRA tensors became {len(renamed)} under the checkpoint's "

@@ -262,6 +262,7 @@ class AdaptationPlan:
     lora_dropout: float = 0.05
     lora_targets: list[str] | str | None = None  # None → the family's language-model regex
     train_projector: bool = False
+    train_audio_encoder: str = "none"  # none | lora (its linears) | full (the tower, saved with the adapter)
 
 
 def projector_module_names(model: torch.nn.Module, family: Family) -> list[str]:
@@ -270,12 +271,26 @@ def projector_module_names(model: torch.nn.Module, family: Family) -> list[str]:
             and not family.is_projector_module(name.rsplit(".", 1)[0])]
 
 
+def encoder_module_names(model: torch.nn.Module, family: Family) -> list[str]:
+    """Top-level audio-encoder module names (the tower that ``--train-audio-encoder full`` saves whole)."""
+    return [name for name, _ in model.named_modules() if family.is_encoder_module(name)
+            and not family.is_encoder_module(name.rsplit(".", 1)[0])]
+
+
+def encoder_linear_names(model: torch.nn.Module, family: Family) -> list[str]:
+    """The audio encoder's linear layers (its attention and MLP projections): ``--train-audio-encoder lora``'s
+    targets, read from the module tree so every family's tower is covered without a per-family list."""
+    return [name for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and family.is_encoder_module(name)]
+
+
 def prepare_for_training(model: torch.nn.Module, family: Family, plan: AdaptationPlan) -> torch.nn.Module:
     """Freeze what stays frozen and wrap with LoRA (default) or unfreeze the LM (``full``).
 
-    The audio encoder is always frozen unless the user's own ``lora_targets`` reach into it, and
-    then only the LoRA matrices train. With LoRA on the language model only, no gradient has to
-    flow back through the encoder: the backward pass stops at the projector's output.
+    The audio encoder is frozen unless ``train_audio_encoder`` says otherwise (or the user's own ``lora_targets``
+    reach into it): with LoRA on the language model only, no gradient has to flow back through the encoder, and the
+    backward pass stops at the projector's output. ``lora`` adds LoRA to the encoder's linears; ``full`` trains the
+    whole tower, which the adapter then carries (PEFT's ``modules_to_save``), so it reloads and merges like the rest.
     """
     for parameter in model.parameters():
         parameter.requires_grad_(False)
@@ -283,20 +298,25 @@ def prepare_for_training(model: torch.nn.Module, family: Family, plan: Adaptatio
         for name, parameter in model.named_parameters():
             in_encoder = family.is_encoder_module(name)
             in_projector = family.is_projector_module(name)
-            parameter.requires_grad_(not in_encoder and (not in_projector or plan.train_projector))
+            parameter.requires_grad_(plan.train_audio_encoder == "full" if in_encoder
+                                     else not in_projector or plan.train_projector)
         return model
 
     from peft import LoraConfig, get_peft_model
 
     targets = plan.lora_targets if plan.lora_targets is not None else family.lm_lora_targets()
-    if isinstance(targets, str) and _peft_rewrites_regex(model):
+    if isinstance(targets, str) and (_peft_rewrites_regex(model) or plan.train_audio_encoder == "lora"):
         import re
 
         targets = [name for name, _ in model.named_modules() if re.fullmatch(targets, name)]
+    if plan.train_audio_encoder == "lora":
+        targets = [*targets, *(n for n in encoder_linear_names(model, family) if n not in targets)]
+    to_save = projector_module_names(model, family) if plan.train_projector else []
+    if plan.train_audio_encoder == "full":
+        to_save += encoder_module_names(model, family)
     config = LoraConfig(
         r=plan.lora_r, lora_alpha=plan.lora_alpha, lora_dropout=plan.lora_dropout, bias="none",
-        target_modules=targets, task_type="CAUSAL_LM",
-        modules_to_save=projector_module_names(model, family) if plan.train_projector else None,
+        target_modules=targets, task_type="CAUSAL_LM", modules_to_save=to_save or None,
     )
     return get_peft_model(model, config)
 
