@@ -292,6 +292,11 @@ def prepare_for_training(model: torch.nn.Module, family: Family, plan: Adaptatio
     backward pass stops at the projector's output. ``lora`` adds LoRA to the encoder's linears; ``full`` trains the
     whole tower, which the adapter then carries (PEFT's ``modules_to_save``), so it reloads and merges like the rest.
     """
+    if plan.train_audio_encoder != "none" and not encoder_linear_names(model, family):
+        raise ModelFamilyError(
+            f"--train-audio-encoder {plan.train_audio_encoder}: the {family.name} family has no audio encoder with "
+            "layers to train (none at all, or a discrete codec whose tokens pass no gradient back, as Apertus' "
+            "WavTokenizer); train the language model (the default) instead.")
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     if plan.full:
