@@ -52,6 +52,20 @@ def test_af3_counts_match_the_published_architecture_by_hand():
     assert plan.lora_guide.trainable == plan.lora_lm_only.trainable + 32 * 3 * 16 * (1280 + 1280)
 
 
+def test_training_the_encoder_is_counted_by_hand():
+    """Whisper-large-v3's encoder (AF3's) has 32 layers of q/k/v/out (1280→1280) and fc1/fc2 (1280↔5120): LoRA r=16
+    on them adds 32·16·(4·2560 + 2·6400) parameters to the LM's; the full tower adds all its weights, whose
+    gradients and Adam moments the state then holds."""
+    lm = make_plan(AF3)
+    encoder_lora = make_plan(AF3, train_audio_encoder="lora")
+    assert encoder_lora.lora_lm_only.encoder_modules == 32 * 6
+    assert encoder_lora.trainable == lm.trainable + 32 * 16 * (4 * (1280 + 1280) + 2 * (1280 + 5120))
+    full = make_plan(AF3, train_audio_encoder="full")
+    assert full.trainable == lm.trainable + _whisper_large_v3_encoder_parameters()
+    assert full.memory[0].trainable_state_gb == pytest.approx(16 * full.trainable / 1e9)
+    assert full.memory[1].activations_per_sample_gb > lm.memory[1].activations_per_sample_gb  # the tower's, kept
+
+
 def test_memory_estimate_moves_the_right_way():
     lora = make_plan(AF3, batch=4, audio_seconds=10)
     with_ckpt, without = lora.memory

@@ -438,15 +438,19 @@ def plan(
     lora_targets: Annotated[Optional[str], typer.Option(
         help=AdapterConfig.__dataclass_fields__["lora_targets"].metadata["help"])] = None,
     source: Annotated[str, typer.Option(help="auto | hub | shipped: where the architecture comes from.")] = "auto",
+    train_audio_encoder: Annotated[str, typer.Option(
+        help=AdapterConfig.__dataclass_fields__["train_audio_encoder"].metadata["help"])] = "none",
     as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
 ) -> None:
     """Parameter counts (exact, on the meta device) and a per-GPU memory estimate, before renting a GPU."""
     from .plan import make_plan
 
-    adapter = AdapterConfig(full=full, qlora=qlora, lora_r=lora_r, lora_targets=lora_targets)  # train's settings
+    adapter = AdapterConfig(full=full, qlora=qlora, lora_r=lora_r, lora_targets=lora_targets,
+                            train_audio_encoder=train_audio_encoder)  # train's settings, checked as train checks them
     adapter.validate_adapter()
     result = make_plan(model, mode=adapter.adapter_mode, batch=batch, audio_seconds=audio_seconds,
-                       text_tokens=text_tokens, lora_r=adapter.lora_r, lora_targets=adapter.lora_targets, source=source)
+                       text_tokens=text_tokens, lora_r=adapter.lora_r, lora_targets=adapter.lora_targets, source=source,
+                       train_audio_encoder=adapter.train_audio_encoder)
     if as_json:
         console.print_json(json.dumps(result.to_dict()))
         return

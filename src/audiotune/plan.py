@@ -266,8 +266,11 @@ def _activation_bytes(lm: dict[str, int], tokens: int, checkpointing: bool, enco
 
 
 def make_plan(model: str, mode: str = "lora", batch: int = 4, audio_seconds: float = 10.0, text_tokens: int = 64,
-              lora_r: int = 16, lora_targets: str | list[str] | None = None, source: str = "auto") -> Plan:
-    """Parameter counts and the memory estimate for fine-tuning ``model`` (see the module docstring)."""
+              lora_r: int = 16, lora_targets: str | list[str] | None = None, source: str = "auto",
+              train_audio_encoder: str = "none") -> Plan:
+    """Parameter counts and the memory estimate for fine-tuning ``model`` (see the module docstring).
+    ``train_audio_encoder``: lora adds the encoder's linears to the LoRA targets, full its whole tower (its weights'
+    gradients and Adam moments count, and its activations are kept for the backward pass either way)."""
     from .models.loading import offline_facts  # torch: loaded when a plan is made, not when plan.py is imported
 
     if mode not in ("lora", "qlora", "full"):
@@ -287,6 +290,11 @@ def make_plan(model: str, mode: str = "lora", batch: int = 4, audio_seconds: flo
         trainable = parts.language_model
     else:
         targets = lora_targets if lora_targets is not None else family.lm_lora_targets()
+        if train_audio_encoder == "lora":
+            from .models.loading import encoder_linear_names
+
+            chosen = [name for name, _, _ in _lora_target_linears(meta, targets)]
+            targets = chosen + [n for n in encoder_linear_names(meta, family) if n not in chosen]
         lm_only = _lora_count(meta, family, targets, lora_r)
         guide = _lora_count(meta, family, GUIDE_LORA_TARGETS, lora_r)
         trainable = lm_only.trainable
@@ -298,8 +306,10 @@ def make_plan(model: str, mode: str = "lora", batch: int = 4, audio_seconds: flo
         weights = BF16 * (parts.total - parts.lm_linear) + parts.lm_linear * 4.5 / 8
     else:
         weights = BF16 * parts.total
+    if train_audio_encoder == "full":
+        trainable += parts.audio_encoder
     state = trainable * (10 if mode == "full" else 16)
-    encoder_trains = lm_only is not None and lm_only.encoder_modules > 0
+    encoder_trains = train_audio_encoder == "full" or (lm_only is not None and lm_only.encoder_modules > 0)
     encoder = _encoder_shape(config, family, audio_seconds) if encoder_trains else None
     rows = []
     for checkpointing in (True, False):
