@@ -69,6 +69,22 @@ def test_an_encoder_lora_trains_reloads_and_merges_exactly(micro_af3, synth_data
     assert torch.allclose(_features(folded, micro_processor, family), after, atol=1e-5)
 
 
+def test_activation_checkpointing_reaches_the_encoder_and_it_still_learns(micro_af3, synth_data, micro_processor,
+                                                                          family, tmp_path):
+    """With --activation-checkpointing the Trainer checkpoints every GradientCheckpointingLayer, the audio tower's
+    too; its LoRA must still receive gradients through the recomputed layers."""
+    run = tmp_path / "run"
+    train(TrainConfig.from_flat(
+        model=str(micro_af3), dataset=str(synth_data), output_dir=str(run), per_device_train_batch_size=2,
+        gradient_accumulation_steps=1, learning_rate=5e-2, max_steps=2, eval_split=None, save_steps=2,
+        train_audio_encoder="lora", lora_r=4, seed=0, activation_checkpointing=True))
+    base, _ = load_model(str(micro_af3))
+    tuned, _ = load_model(str(micro_af3), adapter=str(run))
+    assert not torch.allclose(_features(base, micro_processor, family), _features(tuned, micro_processor, family))
+    base.gradient_checkpointing_enable()  # what the Trainer calls: the tower's layers are among the checkpointed
+    assert all(layer.gradient_checkpointing for layer in base.get_submodule(family.encoder_prefixes[0]).layers)
+
+
 def test_the_encoder_and_projector_learn_at_their_own_rates(micro_af3, synth_data, family, tmp_path):
     from audiotune.train import group_learning_rates
     from audiotune.trainer import AudiotuneTrainer
