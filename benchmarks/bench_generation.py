@@ -98,9 +98,10 @@ def demo_quality(run: Path = Path("runs/demo")) -> dict | None:
     scores = {}
     with tempfile.TemporaryDirectory() as tmp:
         for frames in ("window", "valid"):
-            report = run_evaluation(EvalConfig(model=str(run / "tiny-af3"), dataset=str(run / "data"),
-                                               adapters=[str(run / "tuned")], out=f"{tmp}/{frames}", split="test",
-                                               max_new_tokens=40, with_meteor=False, encoder_frames=frames))
+            report = run_evaluation(EvalConfig.from_flat(model=str(run / "tiny-af3"), dataset=str(run / "data"),
+                                                         adapters=[str(run / "tuned")], out=f"{tmp}/{frames}",
+                                                         split="test", max_new_tokens=40, with_meteor=False,
+                                                         encoder_frames=frames))
             scores[frames] = report.models[0].metrics["CIDEr-D"]
             scores[f"{frames} predictions"] = [r["prediction"] for r in report.models[0].predictions]
     same = sum(a == b for a, b in zip(scores.pop("window predictions"), scores.pop("valid predictions")))

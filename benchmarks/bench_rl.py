@@ -33,8 +33,8 @@ WITH_HEAD = r".*language_model\..*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_pr
 def accuracy(model: str, data: str, adapter: str, out: str) -> float:
     from audiotune.evaluate import EvalConfig, run_evaluation
 
-    report = run_evaluation(EvalConfig(model=model, dataset=data, out=out, adapters=[adapter], split="test",
-                                       task="mcq", batch_size=16, max_new_tokens=8, with_meteor=False))
+    report = run_evaluation(EvalConfig.from_flat(model=model, dataset=data, out=out, adapters=[adapter], split="test",
+                                                 task="mcq", batch_size=16, max_new_tokens=8, with_meteor=False))
     return float(report.models[0].metrics["accuracy"])
 
 

@@ -96,7 +96,8 @@ def _start_vllm(model: Path):
     from audiotune.serve.vllm_server import VllmServer
 
     try:
-        server = VllmServer(ServeConfig(model=str(model), port=_port(), served_name="tiny", max_batch_size=64))
+        server = VllmServer(ServeConfig.from_flat(model=str(model), port=_port(), served_name="tiny",
+                                                  max_batch_size=64))
     except ConfigError:
         return None, None
     server.start()

@@ -126,8 +126,8 @@ def test_eval_on_a_manifest_scores_the_good_clips_and_lists_the_bad(micro_af3, c
     rows = [("ok", "ok.wav"), ("truncated", "truncated.wav"), ("ok2", "ok2.wav"), ("missing", "missing.wav")]
     manifest.write_text("".join(json.dumps({"id": i, "audio_path": str(clips / f), "text": "a tone"}) + "\n"
                                 for i, f in rows))
-    report = run_evaluation(EvalConfig(model=str(micro_af3), dataset=str(manifest), split="train", task="asr",
-                                       out=str(tmp_path / "eval"), max_new_tokens=4, with_meteor=False))
+    report = run_evaluation(EvalConfig.from_flat(model=str(micro_af3), dataset=str(manifest), split="train", task="asr",
+                                                 out=str(tmp_path / "eval"), max_new_tokens=4, with_meteor=False))
     assert [row["id"] for row in report.models[0].predictions] == ["ok", "ok2"]
     skipped = {entry["id"]: entry["message"] for entry in report.skipped}
     assert set(skipped) == {"truncated", "missing"} and "truncated WAV" in skipped["truncated"]
@@ -135,8 +135,9 @@ def test_eval_on_a_manifest_scores_the_good_clips_and_lists_the_bad(micro_af3, c
     # The good rows get exactly what a run without the bad ones gives them (predictions and metrics).
     clean = tmp_path / "clean.jsonl"
     clean.write_text("".join(line for line in manifest.read_text().splitlines(keepends=True) if '"ok' in line))
-    reference = run_evaluation(EvalConfig(model=str(micro_af3), dataset=str(clean), split="train", task="asr",
-                                          out=str(tmp_path / "eval-clean"), max_new_tokens=4, with_meteor=False))
+    reference = run_evaluation(EvalConfig.from_flat(model=str(micro_af3), dataset=str(clean), split="train", task="asr",
+                                                    out=str(tmp_path / "eval-clean"), max_new_tokens=4,
+                                                    with_meteor=False))
     assert [(r["id"], r["prediction"]) for r in report.models[0].predictions] == [
         (r["id"], r["prediction"]) for r in reference.models[0].predictions]
     assert report.models[0].metrics == reference.models[0].metrics

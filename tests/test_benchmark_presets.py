@@ -135,8 +135,8 @@ def copies(tmp_path_factory):
 @pytest.mark.parametrize("name", list(FIXTURES))
 def test_each_preset_runs_offline_on_a_copy_in_its_layout(name, copies, micro_af3, tmp_path):
     bench = BENCHMARKS[name]
-    cfg = EvalConfig(model=str(micro_af3), benchmark=name, dataset=str(copies / name), out=str(tmp_path),
-                     max_new_tokens=3, with_meteor=False)
+    cfg = EvalConfig.from_flat(model=str(micro_af3), benchmark=name, dataset=str(copies / name), out=str(tmp_path),
+                               max_new_tokens=3, with_meteor=False)
     report = run_evaluation(cfg)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
@@ -156,8 +156,8 @@ def test_mmau_prompt_and_scores_as_lmms_eval_and_strictly(copies, tmp_path):
     predictions = tmp_path / "answers.jsonl"
     predictions.write_text("".join(json.dumps({"id": i, "prediction": p}) + "\n" for i, p in (
         ("m0", "B"), ("m1", "(A) a man"), ("m2", "It is jazz."), ("m3", "no idea"))))
-    score_predictions(EvalConfig(benchmark="mmau-test-mini", dataset=str(copies / "mmau-test-mini"),
-                                 out=str(tmp_path / "scored")), predictions)
+    score_predictions(EvalConfig.from_flat(benchmark="mmau-test-mini", dataset=str(copies / "mmau-test-mini"),
+                                           out=str(tmp_path / "scored")), predictions)
     rows = {r["id"]: r for r in map(json.loads, (tmp_path / "scored" / "predictions.jsonl").read_text().splitlines())}
     metrics = json.loads((tmp_path / "scored" / "metrics.json").read_text())
     assert rows["m0"]["prompt"] == ("What plays?\nA. guitar\nB. piano\nC. drum\nD. flute\n"
@@ -179,8 +179,8 @@ def test_vocalsound_strict_and_as_lmms_eval_reads_it(copies, tmp_path):
     predictions = tmp_path / "answers.jsonl"
     predictions.write_text("".join(json.dumps({"id": str(i), "prediction": p}) + "\n" for i, p in enumerate(
         ("It is a cough.", "laughter", "a sneeze or a cough"))))
-    score_predictions(EvalConfig(benchmark="vocalsound-test", dataset=str(copies / "vocalsound-test"),
-                                 out=str(tmp_path / "scored")), predictions)
+    score_predictions(EvalConfig.from_flat(benchmark="vocalsound-test", dataset=str(copies / "vocalsound-test"),
+                                           out=str(tmp_path / "scored")), predictions)
     rows = [json.loads(line) for line in (tmp_path / "scored" / "predictions.jsonl").read_text().splitlines()]
     assert [r["correct"] for r in rows] == [False, True, False]
     assert [r["harness_correct"] for r in rows] == [True, True, False]
@@ -198,19 +198,20 @@ def test_librispeech_wer_after_whispers_normaliser(copies, tmp_path):
         predictions.write_text("".join(json.dumps({"id": str(i), "prediction": p}) + "\n"
                                        for i, p in enumerate(answers)))
         out = tmp_path / f"scored-{wer:.3f}"
-        score_predictions(EvalConfig(benchmark="librispeech-test-clean", dataset=str(copies /
-                                     "librispeech-test-clean"), out=str(out)), predictions)
+        score_predictions(EvalConfig.from_flat(benchmark="librispeech-test-clean", dataset=str(copies /
+                                               "librispeech-test-clean"), out=str(out)), predictions)
         assert json.loads((out / "metrics.json").read_text())["models"]["model"]["WER"] == pytest.approx(wer)
 
 
 def test_score_refuses_predictions_that_do_not_match_the_split(copies, tmp_path):
     predictions = tmp_path / "answers.jsonl"
     predictions.write_text(json.dumps({"id": "m0", "prediction": "B"}) + "\n")
-    cfg = EvalConfig(benchmark="mmau-test-mini", dataset=str(copies / "mmau-test-mini"), out=str(tmp_path / "x"))
+    cfg = EvalConfig.from_flat(benchmark="mmau-test-mini", dataset=str(copies / "mmau-test-mini"),
+                               out=str(tmp_path / "x"))
     with pytest.raises(DatasetSchemaError, match="no prediction for 3 row"):
         score_predictions(cfg, predictions)
     predictions.write_text(json.dumps({"id": "m9", "prediction": "B"}) + "\n")
     with pytest.raises(DatasetSchemaError, match=r"ids that are not in .*\(first: 'm9'\)"):
         score_predictions(cfg, predictions)
     with pytest.raises(ConfigError, match="--benchmark 'mmau': no such preset"):
-        score_predictions(EvalConfig(benchmark="mmau", out=str(tmp_path / "y")), predictions)
+        score_predictions(EvalConfig.from_flat(benchmark="mmau", out=str(tmp_path / "y")), predictions)

@@ -11,8 +11,8 @@ import sys
 import pytest
 
 from audiotune.cli_args import build_parser, parse
-from audiotune.config import (AdapterConfig, DataCheckConfig, DataConfig, EvalConfig, GenerationSettings, InferConfig,
-                              ServeConfig, flat_fields)
+from audiotune.config import (AdapterConfig, BackendConfig, DataCheckConfig, DataConfig, EvalConfig, GenerationSettings,
+                              InferConfig, ServeConfig, flat_fields, flat_values)
 from audiotune.errors import ConfigError
 from audiotune.rl.config import RLConfig
 from audiotune.train_config import TrainConfig
@@ -55,6 +55,70 @@ def test_train_config_extends_training_arguments_only_and_composes_its_parts():
         TrainConfig.from_flat(model="m", dataset="d", optim="no_such_optimizer")
 
 
+# Each command config's parts (written out: a reference), and values of the user's, by the part that holds them
+# (None: the command's own fields). Flags of every part, of every kind: a choice, a boolean, a list, a number.
+COMMANDS = {
+    EvalConfig: ("audiotune eval", {"data": DataConfig, "generation": GenerationSettings, "engine": BackendConfig}, {
+        None: dict(model="m", adapters=["a1", "a2"], split="dev", take=3, asr_normalizer="simple", compare=True),
+        "data": dict(dataset="d", task="asr", labels=["x", "y"], streaming=True),
+        "generation": dict(max_new_tokens=7, do_sample=True, temperature=0.5),
+        "engine": dict(backend="vllm", encoder_frames="valid")}),
+    InferConfig: ("audiotune infer", {"generation": GenerationSettings, "engine": BackendConfig}, {
+        None: dict(model="m", prompt="What is it?", batch_size=2, on_bad_file="fail"),
+        "generation": dict(max_new_tokens=7, num_beams=2),
+        "engine": dict(backend="vllm", vllm_python="/opt/vllm/bin/python")}),
+    ServeConfig: ("audiotune serve", {"generation": GenerationSettings, "engine": BackendConfig}, {
+        None: dict(model="m", adapters=["tuned=runs/a"], port=9001, allow_remote_audio=True,
+                   remote_audio_allow_hosts=["h1", "h2"]),
+        "generation": dict(max_new_tokens=7, top_p=0.9),
+        "engine": dict(backend="vllm", encoder_frames="valid")}),
+    DataCheckConfig: ("audiotune data check", {"data": DataConfig}, {
+        None: dict(model="m", split="dev", family="qwen2audio"),
+        "data": dict(dataset="d", task="asr", long_audio="skip", streaming=True, labels=["x", "y"])}),
+}
+
+
+def _argv(values: dict) -> list[str]:
+    """The flags a user types for ``values``: --flag alone for true, --no-flag for false, lists space-separated."""
+    argv: list[str] = []
+    for name, value in values.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            argv.append(flag if value else "--no-" + flag[2:])
+        else:
+            argv += [flag, *map(str, value)] if isinstance(value, list) else [flag, str(value)]
+    return argv
+
+
+@pytest.mark.parametrize("cls", list(COMMANDS), ids=lambda cls: cls.__name__)
+def test_command_configs_compose_their_parts_and_keep_flags_flat(cls, tmp_path):
+    import yaml
+
+    command, parts, by_part = COMMANDS[cls]
+    assert cls.__bases__ == (object,)  # no option group inherited: each is a part
+    assert {f.name: f.metadata["part"] for f in dataclasses.fields(cls) if "part" in f.metadata} == parts
+    values = {name: value for group in by_part.values() for name, value in group.items()}
+    cfg, _ = parse(cls, _argv(values), command)
+    for part, group in by_part.items():  # each flag reached the part that declares it
+        holder = cfg if part is None else getattr(cfg, part)
+        assert type(holder) is (cls if part is None else parts[part])
+        assert {name: getattr(holder, name) for name in group} == group, part
+    assert flat_values(cfg) == {**flat_values(cls()), **values}  # flags → config → the same flat values
+    assert cls.from_flat(**values) == cfg  # Python's keywords: the same flat names
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(flat_values(cfg)))  # YAML keys: flat too
+    assert "engine:" not in (tmp_path / "run.yaml").read_text()
+    assert parse(cls, ["--config", str(tmp_path / "run.yaml")], command)[0] == cfg
+    with pytest.raises(ConfigError, match=rf"^{cls.__name__}: unknown keywords \['max_new_token'\]"):
+        cls.from_flat(max_new_token=7)
+
+
+def test_a_part_changed_after_construction_is_checked_by_validate():
+    cfg = EvalConfig.from_flat(model="m", dataset="d")
+    cfg.engine.backend = "tensorrt"  # the UI sets fields after construction: validate still reads the parts
+    with pytest.raises(ConfigError, match=r"^--backend 'tensorrt': choose one of transformers, vllm\.$"):
+        cfg.validate()
+
+
 @pytest.mark.parametrize("old, new", [  # the names audiotune and transformers retired (written out: a reference)
     ("out", "output_dir"), ("batch_size", "per_device_train_batch_size"),
     ("eval_batch_size", "per_device_eval_batch_size"), ("lr_scheduler", "lr_scheduler_type"),
@@ -92,7 +156,7 @@ def test_a_choice_comes_from_its_literal_type(tmp_path):
     with pytest.raises(ConfigError, match=r"^--audio-cache 'gpu': choose one of memory, disk, off\.$"):
         TrainConfig.from_flat(audio_cache="gpu")
     with pytest.raises(ConfigError, match=r"^--on-bad-file 'ignore': choose one of skip, fail\.$"):
-        InferConfig(on_bad_file="ignore")
+        InferConfig.from_flat(on_bad_file="ignore")
 
 
 def test_run_config_round_trips_values_in_every_part(tmp_path):
@@ -261,12 +325,12 @@ def test_fsdp_and_deepspeed_on_cpu_say_they_need_gpus(micro_af3, synth_data, tmp
 def test_serve_adapters_are_name_path_items_checked_before_the_model_loads(cli):
     from audiotune.config import ServeConfig
 
-    cfg = ServeConfig(model="m", adapters={"captions": "runs/a"})  # the API's dict form
+    cfg = ServeConfig.from_flat(model="m", adapters={"captions": "runs/a"})  # the API's dict form
     assert cfg.adapters == ["captions=runs/a"] and cfg.adapter_paths == {"captions": "runs/a"}
-    assert ServeConfig(model="m", max_new_tokens=500, max_tokens=100).request_default_tokens == 100
+    assert ServeConfig.from_flat(model="m", max_new_tokens=500, max_tokens=100).request_default_tokens == 100
     for given, message in ((["runs/a"], "use NAME=PATH"), (["a=x", "a=y"], "given twice")):
         with pytest.raises(ConfigError, match=message):
-            ServeConfig(model="m", adapters=given).validate()
+            ServeConfig.from_flat(model="m", adapters=given).validate()
     code, _, err = cli("serve", "--model", "nowhere", "--adapter", "runs/a")
     assert code == 1 and "use NAME=PATH" in err and "Traceback" not in err
     code, _, err = cli("serve", "--model", "nowhere", "--num-beams", "4")

@@ -182,9 +182,9 @@ def test_every_shape_trains_and_evaluates(micro_af3, tmp_path, shape):
                                          eval_split=None, eval_take=None, max_steps=2, per_device_train_batch_size=2,
                                          gradient_accumulation_steps=1, save_steps=2, eval_generate_take=0, **extra))
     assert result.steps == 2 and not result.skipped and np.isfinite(result.train_loss)
-    report = run_evaluation(EvalConfig(model=str(micro_af3), dataset=dataset, split="train", out=str(tmp_path / "ev"),
-                                       adapters=[str(tmp_path / "run")], take=3, max_new_tokens=4, with_meteor=False,
-                                       **extra))
+    report = run_evaluation(EvalConfig.from_flat(model=str(micro_af3), dataset=dataset, split="train",
+                                                 out=str(tmp_path / "ev"), adapters=[str(tmp_path / "run")], take=3,
+                                                 max_new_tokens=4, with_meteor=False, **extra))
     expected = {"caption": "CIDEr-D", "asr": "WER", "classify": "accuracy", "qa": "accuracy"}[extra["task"]]
     assert expected in report.models[0].metrics and len(report.models[0].predictions) == 3
     if shape == "sharegpt-chat":

@@ -155,9 +155,9 @@ def test_every_shape_trains_and_evaluates(micro_af3, shapes, shape, tmp_path):
                                          per_device_train_batch_size=2, gradient_accumulation_steps=1, save_steps=2,
                                          eval_generate_take=0, **extra))
     assert result.steps == 2 and not result.skipped and np.isfinite(result.train_loss)
-    report = run_evaluation(EvalConfig(model=str(micro_af3), dataset=dataset, split=split, out=str(tmp_path / "ev"),
-                                       adapters=[str(tmp_path / "run")], take=2, max_new_tokens=3, with_meteor=False,
-                                       **extra))
+    report = run_evaluation(EvalConfig.from_flat(model=str(micro_af3), dataset=dataset, split=split,
+                                                 out=str(tmp_path / "ev"), adapters=[str(tmp_path / "run")], take=2,
+                                                 max_new_tokens=3, with_meteor=False, **extra))
     assert report.task == EXPECTED[shape][1] and EXPECTED[shape][2] in report.models[0].metrics
     assert len(report.models[0].predictions) == 2
 

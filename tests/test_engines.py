@@ -71,8 +71,9 @@ def test_eval_resolves_the_family_once_for_the_base_and_its_adapters(micro_af3, 
                                                                       tmp_path, resolutions):
     from audiotune.evaluate import run_evaluation
 
-    cfg = EvalConfig(model=str(micro_af3), dataset=str(synth_data), adapters=[str(random_adapter)], compare=True,
-                     out=str(tmp_path), take=2, max_new_tokens=3, with_meteor=False, batch_size=2)
+    cfg = EvalConfig.from_flat(model=str(micro_af3), dataset=str(synth_data), adapters=[str(random_adapter)],
+                               compare=True, out=str(tmp_path), take=2, max_new_tokens=3, with_meteor=False,
+                               batch_size=2)
     report = run_evaluation(cfg.validate())
     assert [m.name for m in report.models] == ["base", random_adapter.name]
     assert resolutions == [str(micro_af3)]
@@ -81,7 +82,7 @@ def test_eval_resolves_the_family_once_for_the_base_and_its_adapters(micro_af3, 
 def test_serve_resolves_the_family_once(micro_af3, random_adapter, resolutions):
     from audiotune.serve.server import build_app
 
-    app = build_app(ServeConfig(model=str(micro_af3), adapters=[f"tuned={random_adapter}"]))
+    app = build_app(ServeConfig.from_flat(model=str(micro_af3), adapters=[f"tuned={random_adapter}"]))
     assert app.state.engine.model_names() == [micro_af3.name, "tuned"]
     assert resolutions == [str(micro_af3)]
 

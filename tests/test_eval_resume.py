@@ -24,7 +24,7 @@ OPTIONS = dict(split="train", take=ROWS, batch_size=1, max_new_tokens=6, with_me
 
 
 def _config(model, data, out, **changes) -> EvalConfig:
-    return EvalConfig(model=str(model), dataset=str(data), out=str(out), **{**OPTIONS, **changes}).validate()
+    return EvalConfig.from_flat(model=str(model), dataset=str(data), out=str(out), **{**OPTIONS, **changes}).validate()
 
 
 def _answer_lines(path) -> int:

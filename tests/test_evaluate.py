@@ -21,9 +21,9 @@ from tests.conftest import tone
 @pytest.mark.slow
 def test_compare_scores_every_model_on_the_same_rows(tiny_af3, trained_adapter, synth_data, tmp_path):
     merged = merge_adapter(str(tiny_af3), str(trained_adapter), tmp_path / "merged")
-    report = evaluate(EvalConfig(model=str(tiny_af3), dataset=str(synth_data), out=str(tmp_path / "eval"),
-                                 adapters=[str(trained_adapter), str(merged)], compare=True, max_new_tokens=12,
-                                 with_meteor=False), training_run=trained_adapter)
+    report = evaluate(EvalConfig.from_flat(model=str(tiny_af3), dataset=str(synth_data), out=str(tmp_path / "eval"),
+                                           adapters=[str(trained_adapter), str(merged)], compare=True,
+                                           max_new_tokens=12, with_meteor=False), training_run=trained_adapter)
     assert [m.name for m in report.models] == ["base", trained_adapter.name, "merged"]
     rows = [json.loads(line) for line in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
     by_model: dict[str, list] = {}
@@ -75,8 +75,8 @@ def _labelled_dataset(tmp_path, task: str):
 @pytest.mark.parametrize("task, expected", [("classify", {"accuracy", "macro-F1"}), ("asr", {"WER", "CER"})])
 def test_classify_and_asr_metrics(micro_af3, tmp_path, task, expected):
     data = _labelled_dataset(tmp_path, task)
-    report = run_evaluation(EvalConfig(model=str(micro_af3), dataset=str(data), split="test", task=task,
-                                       out=str(tmp_path / "out"), max_new_tokens=4))
+    report = run_evaluation(EvalConfig.from_flat(model=str(micro_af3), dataset=str(data), split="test", task=task,
+                                                 out=str(tmp_path / "out"), max_new_tokens=4))
     assert set(report.models[0].metrics) == expected
     assert set(report.metric_order()) == expected
     prompt = json.loads((tmp_path / "out" / "predictions.jsonl").read_text().splitlines()[0])["prompt"]

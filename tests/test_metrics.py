@@ -95,7 +95,7 @@ def test_wer_uses_whispers_english_normaliser_by_default():
     from audiotune.config import EvalConfig
 
     with pytest.raises(ConfigError, match="--asr-normalizer 'nope': choose one of whisper, whisper-basic, simple"):
-        EvalConfig(model="m", dataset="d", asr_normalizer="nope").validate()  # before any model loads
+        EvalConfig.from_flat(model="m", dataset="d", asr_normalizer="nope").validate()  # before any model loads
 
 
 def test_accuracy_and_macro_f1():

@@ -121,10 +121,10 @@ def test_vllm_applies_the_checkpoints_audio_lora_per_request_and_refuses_to_stac
 
     if not checkpoint.parent.name.startswith("granite"):
         with pytest.raises(ConfigError, match="vLLM does not serve the phi4mm family"):  # vLLM dropped Phi-4-MM
-            vllm_command(ServeConfig(model=str(checkpoint)))
+            vllm_command(ServeConfig.from_flat(model=str(checkpoint)))
         return
-    command = vllm_command(ServeConfig(model=str(checkpoint)), on_cpu=False)
+    command = vllm_command(ServeConfig.from_flat(model=str(checkpoint)), on_cpu=False)
     assert json.loads(command[command.index("--default-mm-loras") + 1]) == {"audio": str(checkpoint)}
     assert "--enable-lora" in command and command[command.index("--max-lora-rank") + 1] == "8"
     with pytest.raises(ConfigError, match="ships its own audio LoRA.*Merge first"):
-        vllm_command(ServeConfig(model=str(checkpoint), adapters={"ours": str(tmp_path)}), on_cpu=False)
+        vllm_command(ServeConfig.from_flat(model=str(checkpoint), adapters={"ours": str(tmp_path)}), on_cpu=False)

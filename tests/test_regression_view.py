@@ -57,9 +57,9 @@ def test_base_and_adapter_on_two_benchmarks_in_one_view(micro_af3, random_adapte
     copies = tmp_path / "copies"
     for name in ("mmau-test-mini", "librispeech-test-clean"):
         FIXTURES[name](copies / name)
-    cfg = EvalConfig(model=str(micro_af3), benchmarks=["mmau-test-mini", "librispeech-test-clean"],
-                     dataset=str(copies), adapters=[str(random_adapter)], compare=True, out=str(tmp_path / "out"),
-                     max_new_tokens=3, with_meteor=False)
+    cfg = EvalConfig.from_flat(model=str(micro_af3), benchmarks=["mmau-test-mini", "librispeech-test-clean"],
+                               dataset=str(copies), adapters=[str(random_adapter)], compare=True,
+                               out=str(tmp_path / "out"), max_new_tokens=3, with_meteor=False)
     reports, md, page = evaluate_benchmarks(cfg)
     assert list(reports) == ["mmau-test-mini", "librispeech-test-clean"]
     view = json.loads((tmp_path / "out" / "regression.json").read_text())

@@ -290,7 +290,7 @@ def test_a_request_that_sets_nothing_gets_the_servers_generation_settings(micro_
         assert reply.status_code == 200, reply.text
         return reply.json()
 
-    cfg = ServeConfig(model=str(micro_af3), served_name="micro", max_new_tokens=3, max_tokens=40)
+    cfg = ServeConfig.from_flat(model=str(micro_af3), served_name="micro", max_new_tokens=3, max_tokens=40)
     with TestClient(build_app(cfg)) as http:
         unset, asked = ask(http), ask(http, max_tokens=12)
     assert unset["usage"]["completion_tokens"] == 3 and unset["choices"][0]["finish_reason"] == "length"
@@ -300,8 +300,8 @@ def test_a_request_that_sets_nothing_gets_the_servers_generation_settings(micro_
                      settings=GenerationSettings(max_new_tokens=3))
     assert unset["choices"][0]["message"]["content"] == local[0]  # greedy, as infer answers
 
-    sampled = ServeConfig(model=str(micro_af3), served_name="micro", max_new_tokens=8, do_sample=True,
-                          temperature=1.5, top_p=0.9)
+    sampled = ServeConfig.from_flat(model=str(micro_af3), served_name="micro", max_new_tokens=8, do_sample=True,
+                                    temperature=1.5, top_p=0.9)
     with TestClient(build_app(sampled)) as http:
         by_default = ask(http, seed=7)["choices"][0]["message"]["content"]
         explicit = ask(http, seed=7, temperature=1.5, top_p=0.9, max_tokens=8)["choices"][0]["message"]["content"]

@@ -44,8 +44,8 @@ def server(micro_af3, random_adapter):  # noqa: F811
     from tests.test_serve import _free_port
 
     port = _free_port()
-    app = build_app(ServeConfig(model=str(micro_af3), adapters=[f"tuned={random_adapter}"], api_key=KEY,
-                                max_tokens=MAX_TOKENS, max_audio_seconds=90, served_name="micro"))
+    app = build_app(ServeConfig.from_flat(model=str(micro_af3), adapters=[f"tuned={random_adapter}"], api_key=KEY,
+                                          max_tokens=MAX_TOKENS, max_audio_seconds=90, served_name="micro"))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

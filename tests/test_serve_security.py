@@ -40,8 +40,8 @@ def live(micro_af3, tmp_path_factory):
     key_file = tmp_path_factory.mktemp("key") / "api_key"
     key_file.write_text(KEY + "\n")
     key_file.chmod(0o600)
-    cfg = ServeConfig(model=str(micro_af3), api_key_file=str(key_file), served_name="micro",
-                      max_request_mb=LIMIT / 2**20, max_audio_seconds=2.0, max_tokens=8, max_wait_ms=400)
+    cfg = ServeConfig.from_flat(model=str(micro_af3), api_key_file=str(key_file), served_name="micro",
+                                max_request_mb=LIMIT / 2**20, max_audio_seconds=2.0, max_tokens=8, max_wait_ms=400)
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(build_app(cfg), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -75,32 +75,33 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 def test_key_sources_and_their_precedence(tmp_path):
     key_file = tmp_path / "key"
     key_file.write_text("from-file\n")
-    assert resolve_api_key(ServeConfig(model="m", api_key_file=str(key_file)), {}) == "from-file"
-    assert resolve_api_key(ServeConfig(model="m"), {"AUDIOTUNE_API_KEY": "from-env"}) == "from-env"
-    assert resolve_api_key(ServeConfig(model="m", api_key="flag"), {"AUDIOTUNE_API_KEY": "from-env"}) == "flag"
-    assert resolve_api_key(ServeConfig(model="m", api_key_file=str(key_file)),
+    assert resolve_api_key(ServeConfig.from_flat(model="m", api_key_file=str(key_file)), {}) == "from-file"
+    assert resolve_api_key(ServeConfig.from_flat(model="m"), {"AUDIOTUNE_API_KEY": "from-env"}) == "from-env"
+    assert resolve_api_key(ServeConfig.from_flat(model="m", api_key="flag"),
+                           {"AUDIOTUNE_API_KEY": "from-env"}) == "flag"
+    assert resolve_api_key(ServeConfig.from_flat(model="m", api_key_file=str(key_file)),
                            {"AUDIOTUNE_API_KEY": "from-env"}) == "from-file"
-    assert resolve_api_key(ServeConfig(model="m"), {}) is None
+    assert resolve_api_key(ServeConfig.from_flat(model="m"), {}) is None
     with pytest.raises(ConfigError, match="both given"):
-        resolve_api_key(ServeConfig(model="m", api_key="a", api_key_file=str(key_file)), {})
+        resolve_api_key(ServeConfig.from_flat(model="m", api_key="a", api_key_file=str(key_file)), {})
     (tmp_path / "empty").write_text("\n")
     with pytest.raises(ConfigError, match="is empty"):
-        resolve_api_key(ServeConfig(model="m", api_key_file=str(tmp_path / "empty")), {})
+        resolve_api_key(ServeConfig.from_flat(model="m", api_key_file=str(tmp_path / "empty")), {})
     with pytest.raises(ConfigError, match="cannot read"):
-        resolve_api_key(ServeConfig(model="m", api_key_file=str(tmp_path / "missing")), {})
+        resolve_api_key(ServeConfig.from_flat(model="m", api_key_file=str(tmp_path / "missing")), {})
 
 
 def test_vllm_child_gets_the_key_in_its_environment_not_its_command_line(micro_af3, tmp_path):
     key_file = tmp_path / "key"
     key_file.write_text("vllm-secret-123\n")
-    for cfg, environ in ((ServeConfig(model=str(micro_af3), api_key="vllm-secret-123"), {}),
-                         (ServeConfig(model=str(micro_af3), api_key_file=str(key_file)), {}),
-                         (ServeConfig(model=str(micro_af3)), {"AUDIOTUNE_API_KEY": "vllm-secret-123"})):
+    for cfg, environ in ((ServeConfig.from_flat(model=str(micro_af3), api_key="vllm-secret-123"), {}),
+                         (ServeConfig.from_flat(model=str(micro_af3), api_key_file=str(key_file)), {}),
+                         (ServeConfig.from_flat(model=str(micro_af3)), {"AUDIOTUNE_API_KEY": "vllm-secret-123"})):
         command = vllm_command(cfg, "python")
         assert command[:3] == ["python", "-m", "vllm.entrypoints.openai.api_server"]
         assert not any("vllm-secret-123" in arg for arg in command) and "--api-key" not in command
         assert vllm_environment(resolve_api_key(cfg, environ), environ)["VLLM_API_KEY"] == "vllm-secret-123"
-    none = ServeConfig(model=str(micro_af3))
+    none = ServeConfig.from_flat(model=str(micro_af3))
     assert "VLLM_API_KEY" not in vllm_environment(resolve_api_key(none, {"PATH": "/bin"}), {"PATH": "/bin"})
 
 
@@ -268,8 +269,8 @@ def file_server(tmp_path_factory):
 def _remote_app(micro_af3, allow_hosts: list[str]):
     from fastapi.testclient import TestClient
 
-    cfg = ServeConfig(model=str(micro_af3), served_name="micro", allow_remote_audio=True,
-                      remote_audio_allow_hosts=allow_hosts, max_tokens=4)
+    cfg = ServeConfig.from_flat(model=str(micro_af3), served_name="micro", allow_remote_audio=True,
+                                remote_audio_allow_hosts=allow_hosts, max_tokens=4)
     return TestClient(build_app(cfg))
 
 
@@ -314,9 +315,9 @@ def test_address_rules():
 
 def test_vllm_remote_audio_needs_the_hosts_and_fetches_only_from_them(micro_af3):
     with pytest.raises(ConfigError, match="--remote-audio-allow-hosts"):
-        ServeConfig(model=str(micro_af3), backend="vllm", allow_remote_audio=True).validate()
-    cfg = ServeConfig(model=str(micro_af3), backend="vllm", allow_remote_audio=True,
-                      remote_audio_allow_hosts="files.internal,cdn.example.org").validate()
+        ServeConfig.from_flat(model=str(micro_af3), backend="vllm", allow_remote_audio=True).validate()
+    cfg = ServeConfig.from_flat(model=str(micro_af3), backend="vllm", allow_remote_audio=True,
+                                remote_audio_allow_hosts="files.internal,cdn.example.org").validate()
     command = vllm_command(cfg, "python", {}, on_cpu=True)
     at = command.index("--allowed-media-domains")
     assert command[at + 1:at + 3] == ["files.internal", "cdn.example.org"]

@@ -48,8 +48,8 @@ def test_command_carries_adapters_limits_but_never_the_key(micro_af3, tmp_path):
         folder.mkdir()
         (folder / "adapter_config.json").write_text(json.dumps({"r": rank}))
         adapters[name] = str(folder)
-    cfg = ServeConfig(model=str(micro_af3), adapters=adapters, port=9001, api_key="k", served_name="af3",
-                      max_batch_size=8)
+    cfg = ServeConfig.from_flat(model=str(micro_af3), adapters=adapters, port=9001, api_key="k", served_name="af3",
+                                max_batch_size=8)
     command = vllm_command(cfg, "/venv/bin/python", on_cpu=False)
     assert command[:3] == ["/venv/bin/python", "-m", "vllm.entrypoints.openai.api_server"]
     joined = " ".join(command)
@@ -63,15 +63,15 @@ def test_command_carries_adapters_limits_but_never_the_key(micro_af3, tmp_path):
     assert "--enforce-eager" not in command
     # A request that sets nothing gets serve's generation settings, as with --backend transformers (greedy).
     defaults = json.loads(command[command.index("--override-generation-config") + 1])
-    assert defaults == {"max_new_tokens": cfg.max_new_tokens, "temperature": 0.0, "top_p": 1.0,
+    assert defaults == {"max_new_tokens": cfg.generation.max_new_tokens, "temperature": 0.0, "top_p": 1.0,
                         "repetition_penalty": 1.0}
-    sampled = vllm_command(ServeConfig(model=str(micro_af3), do_sample=True, temperature=0.7, top_p=0.9,
-                                       max_new_tokens=2000, max_tokens=100), on_cpu=False)
+    sampled = vllm_command(ServeConfig.from_flat(model=str(micro_af3), do_sample=True, temperature=0.7, top_p=0.9,
+                                                 max_new_tokens=2000, max_tokens=100), on_cpu=False)
     assert json.loads(sampled[sampled.index("--override-generation-config") + 1]) == {
         "max_new_tokens": 100, "temperature": 0.7, "top_p": 0.9, "repetition_penalty": 1.0}
     with pytest.raises(ConfigError, match="no_repeat_ngram_size"):
-        vllm_command(ServeConfig(model=str(micro_af3), no_repeat_ngram_size=3))
-    cpu = vllm_command(ServeConfig(model=str(micro_af3), vllm_args=["--dtype", "bfloat16"]), on_cpu=True)
+        vllm_command(ServeConfig.from_flat(model=str(micro_af3), no_repeat_ngram_size=3))
+    cpu = vllm_command(ServeConfig.from_flat(model=str(micro_af3), vllm_args=["--dtype", "bfloat16"]), on_cpu=True)
     assert "--enforce-eager" in cpu and cpu.count("--dtype") == 1 and cpu[-2:] == ["--dtype", "bfloat16"]
     env = vllm_environment(resolve_api_key(cfg, {}), {"PATH": "/bin"})
     assert env["VLLM_API_KEY"] == "k" and env["VLLM_HOST_IP"] == "127.0.0.1"
@@ -82,7 +82,7 @@ def test_unsupported_family_and_missing_vllm_are_clear_errors(tmp_path, monkeypa
 
     phi4 = build_tiny("phi4mm", tmp_path / "phi4", seed=0, preset="micro")
     with pytest.raises(ConfigError, match="vLLM does not serve the phi4mm family"):
-        vllm_command(ServeConfig(model=str(phi4)))
+        vllm_command(ServeConfig.from_flat(model=str(phi4)))
     monkeypatch.setenv(VLLM_PYTHON_ENV, str(tmp_path / "nowhere" / "python"))
     with pytest.raises(ConfigError, match="no such interpreter.*make vllm-env"):
         find_vllm_python()
@@ -216,7 +216,7 @@ def test_eval_with_vllm_scores_the_same_rows_as_the_native_backend(tiny_af3, tra
     from audiotune.evaluate import EvalConfig, run_evaluation
 
     python = _vllm_python()
-    runs = {backend: run_evaluation(EvalConfig(model=str(tiny_af3), dataset=str(synth_data), adapters=[
+    runs = {backend: run_evaluation(EvalConfig.from_flat(model=str(tiny_af3), dataset=str(synth_data), adapters=[
         str(trained_adapter)], out=str(tmp_path / backend), split="test", max_new_tokens=16, backend=backend,
         vllm_python=str(python), with_meteor=False)) for backend in ("transformers", "vllm")}
     rows = {b: [json.loads(line) for line in (tmp_path / b / "predictions.jsonl").read_text().splitlines()]

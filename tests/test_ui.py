@@ -261,9 +261,9 @@ def ui_root(tmp_path_factory, micro_af3, synth_data) -> Path:
                                 per_device_train_batch_size=2, gradient_accumulation_steps=1, learning_rate=1e-2,
                                 max_steps=3, logging_steps=1, eval_steps=3, save_steps=3, eval_take=2,
                                 eval_generate_take=0, seed=0))
-    run_evaluation(EvalConfig(model=model, dataset=data, out=str(root / "runs" / "eval"),
-                              adapters=[str(root / "runs" / "micro3")], compare=True, split="test", take=3,
-                              max_new_tokens=6, with_meteor=False))
+    run_evaluation(EvalConfig.from_flat(model=model, dataset=data, out=str(root / "runs" / "eval"),
+                                        adapters=[str(root / "runs" / "micro3")], compare=True, split="test", take=3,
+                                        max_new_tokens=6, with_meteor=False))
     manifest = root / "data" / "manifest"
     manifest.mkdir()
     sf.write(manifest / "good.wav", tone(1.0), 16000)

@@ -137,8 +137,8 @@ def infer(ctx: typer.Context) -> None:
     with console.status("generating"):
         results = run_infer(options.files, cfg.model, adapter=cfg.adapter, prompt=cfg.prompt,
                             system_prompt=cfg.system_prompt, batch_size=cfg.batch_size, on_bad_file=cfg.on_bad_file,
-                            backend=cfg.backend, vllm_python=cfg.vllm_python, encoder_frames=cfg.encoder_frames,
-                            generation=cfg.generation())
+                            backend=cfg.engine.backend, vllm_python=cfg.engine.vllm_python,
+                            encoder_frames=cfg.engine.encoder_frames, generation=cfg.generation)
     for result in results:
         if result.ok:
             console.print(f"[bold]{escape(result.file)}[/bold]: {escape(result.answer or '')}", soft_wrap=True)
@@ -235,7 +235,7 @@ def score(ctx: typer.Context) -> None:
                                                "(and model, for several models)."))
     if not options.predictions:
         raise ConfigError("audiotune score needs --predictions FILE (JSON lines with id and prediction).")
-    if not cfg.benchmark and not cfg.dataset:
+    if not cfg.benchmark and not cfg.data.dataset:
         raise ConfigError("audiotune score needs --benchmark NAME (`audiotune benchmarks`) or --dataset.")
     out = Path(cfg.out)
     _print_scores(score_predictions(cfg, options.predictions), out)
@@ -297,10 +297,10 @@ def data_check(ctx: typer.Context) -> None:
 
     spec, options = parse(DataCheckConfig, ctx.args, "audiotune data check", data_check.__doc__ or "", extra)
     if options.path:
-        spec.dataset = options.path
-    if not spec.dataset:
+        spec.data.dataset = options.path
+    if not spec.data.dataset:
         raise AudiotuneError("No dataset given: audiotune data check DATASET (a Hub id, a folder or manifest files).")
-    model, split, dataset, as_json = spec.model, spec.split, spec.dataset, options.as_json
+    model, split, dataset, as_json = spec.model, spec.split, spec.data.dataset, options.as_json
     tokenizer = None
     if model:
         from .models.loading import load_processor, resolve_family
@@ -312,7 +312,7 @@ def data_check(ctx: typer.Context) -> None:
 
         fam = offline_facts(family_by_name(spec.family))  # no checkpoint: the facts of the family's tiny one
     with console.status("checking rows", spinner="dots") as status:
-        report = check_dataset(spec, split, fam, tokenizer,
+        report = check_dataset(spec.data, split, fam, tokenizer,
                                on_row=lambda i: status.update(f"checking row {i + 1}") if i % 25 == 0 else None)
     summary = report.summary()
     if as_json:

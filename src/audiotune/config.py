@@ -7,15 +7,19 @@
   ``max_new_tokens`` default);
 - :class:`~audiotune.train_config.TrainConfig` *extends* ``transformers.TrainingArguments`` only (TRL's
   ``SFTConfig`` pattern: every Trainer option with its own default and help) and holds those three and the RL
-  settings as parts (``cfg.data``, ``cfg.adapter``, ``cfg.generation``, ``cfg.rl``), as TRL composes its configs.
+  settings as parts (``cfg.data``, ``cfg.adapter``, ``cfg.generation``, ``cfg.rl``), as TRL composes its configs;
+- the other commands' configs (:class:`EvalConfig`, :class:`InferConfig`, :class:`ServeConfig`,
+  :class:`DataCheckConfig`) compose the same way: their own fields plus the parts they need (``cfg.data``,
+  ``cfg.generation``, ``cfg.engine``: a :class:`BackendConfig`), never by inheriting option groups, so a function
+  that needs a part takes the part.
 
 This module is light on purpose (no torch, no transformers): ``audiotune --help`` imports it. ``TrainConfig``
 lives in ``train_config.py`` (it needs transformers), which builds on this module and is never imported by it.
 Each field's help is its ``metadata["help"]``: the CLI, the web UI's form and ``docs/configuration.md`` read it
 from there. A field with a fixed set of values is typed ``Literal[...]``: argparse's ``choices``, the form's dropdown,
 the docs and :func:`check_choices`' error for YAML and keyword input all come from that one type. A composed config
-(``TrainConfig``) holds its parts as fields (:func:`part`); :func:`compose` builds one from flat names (flags, YAML
-keys), so each name has one spelling and a retired one gets one error naming its successor.
+holds its parts as fields (:func:`part`); :func:`compose` builds one from flat names (flags, YAML keys,
+``from_flat``'s keywords), so each name has one spelling and a retired one gets one error naming its successor.
 
 Defaults reproduce the reference guide's hyper-parameters, except for its two mistakes: LoRA targets the language
 model only (``lora_targets`` empty → the family's LM regex) and the loss covers the assistant's tokens only (see
@@ -107,6 +111,9 @@ def check_choices(config: Any) -> None:
     the form and keyword arguments the same clear error, listing the choices from the type."""
     hints = flat_hints(type(config))
     for f in dataclasses.fields(config):
+        if "part" in f.metadata:  # a part set after construction (the UI's) is checked too
+            check_choices(getattr(config, f.name))
+            continue
         choices = literal_choices(hints.get(f.name))
         value = getattr(config, f.name)
         if choices and value not in choices and not (value is None and type(None) in typing.get_args(hints[f.name])):
@@ -151,6 +158,19 @@ def compose(cls: type, values: dict[str, Any], where: str, kind: str = "key") ->
             own = {g.name for g in flat_fields(f.metadata["part"])}
             top[f.name] = f.metadata["part"](**{name: top.pop(name) for name in values if name in own})
     return cls(**top)
+
+
+def from_flat_names(cls: type, **values: Any) -> Any:
+    """``cls`` from flat option names, as its flags and YAML keys spell them (``EvalConfig.from_flat(dataset=...,
+    max_new_tokens=8, backend="vllm")``): the one keyword entry point of every composed command config, so Python
+    callers need not know which part declares an option. An unknown name is a ConfigError naming its nearest."""
+    return compose(cls, values, cls.__name__, "keyword")
+
+
+def replace_flat(config: Any, **changes: Any) -> Any:
+    """A copy of the composed ``config`` with ``changes`` by flat name, each routed to its part: what
+    ``dataclasses.replace`` does for a flat dataclass (it only knows the parts' names, not their options')."""
+    return compose(type(config), {**flat_values(config), **changes}, type(config).__name__, "keyword")
 
 
 def flat_values(config: Any) -> dict[str, Any]:
@@ -253,10 +273,6 @@ class GenerationSettings:
     repetition_penalty: float = option(1.0, "transformers' repetition penalty (1: none).")
     no_repeat_ngram_size: int = option(0, "> 0: no n-gram of that size twice in an answer.")
 
-    def generation(self) -> "GenerationSettings":
-        """The generation settings alone (also from a config that inherits them, such as ``EvalConfig``)."""
-        return GenerationSettings(**{f.name: getattr(self, f.name) for f in dataclasses.fields(GenerationSettings)})
-
     def as_kwargs(self) -> dict[str, Any]:
         """``generate()`` keywords; sampling knobs only when sampling, and no n-gram rule when off."""
         kwargs = {f.name: getattr(self, f.name) for f in dataclasses.fields(GenerationSettings)}
@@ -270,7 +286,7 @@ class GenerationSettings:
 
 @dataclass
 class BackendConfig:
-    """Which engine generates, shared by ``infer`` and ``eval`` (``serve`` starts vLLM as a server instead)."""
+    """Which engine generates, shared by ``infer``, ``eval`` and ``serve`` (whose vLLM engine is vLLM's own server)."""
 
     backend: Backend = option("transformers", "transformers (this process) or vllm (vLLM's offline engine in its "
                                               "own environment, `make vllm-env`).")
@@ -281,9 +297,15 @@ class BackendConfig:
                                                      "models/encoder_frames.py).")
 
 
+# The parts the command configs compose (each declared once; TrainConfig's data and generation parts are the same).
+_DATA_HELP = "The dataset and how its rows become examples."
+_ENGINE_HELP = "Which engine generates (--backend) and how."
+
+
 @dataclass
-class InferConfig(GenerationSettings, BackendConfig):
-    """``audiotune infer FILES``: answer a prompt for each audio file (the files are the command's arguments)."""
+class InferConfig:
+    """``audiotune infer FILES``: answer a prompt for each audio file (the files are the command's arguments).
+    Composed of ``generation`` and ``engine``; flags and YAML keys stay flat (:meth:`from_flat`)."""
 
     model: str = option("", "Hub id or local checkpoint (base or merged).")
     adapter: str | None = option(None, "LoRA adapter folder.")
@@ -293,20 +315,24 @@ class InferConfig(GenerationSettings, BackendConfig):
     jsonl: str | None = option(None, "Also write one JSON line per file here (an 'error' record for a bad file).")
     on_bad_file: SkipOrFail = option("skip", "Answer the good files, list the bad ones, exit 1; or stop at the first "
                                              "bad file.")
+    generation: GenerationSettings = part(GenerationSettings, "How each file's answer is generated.")
+    engine: BackendConfig = part(BackendConfig, _ENGINE_HELP)
+
+    from_flat = classmethod(from_flat_names)
 
     def __post_init__(self) -> None:
         check_choices(self)
 
 
 @dataclass
-class ServeConfig(GenerationSettings, BackendConfig):
-    """``audiotune serve``: an OpenAI-compatible server. Its generation settings are what a request that does not set
-    its own gets (``max_tokens``, ``temperature``, ``top_p``): greedy and ``max_new_tokens`` long, as infer and eval.
+class ServeConfig:
+    """``audiotune serve``: an OpenAI-compatible server. Its ``generation`` part is what a request that does not set
+    its own gets (``max_tokens``, ``temperature``, ``top_p``): greedy and ``max_new_tokens`` long, as infer and eval;
+    its ``engine`` part says which engine answers. Flags and YAML keys stay flat (:meth:`from_flat`).
 
     ``max_request_mb`` and ``adapters`` as ``NAME=PATH`` items are the CLI's forms; the code reads
     :attr:`max_request_bytes` and :attr:`adapter_paths`.
     """
-
 
     model: str = option("", "Base model (Hub id or folder) or a merged checkpoint.")
     adapters: list[str] = option(help="NAME=PATH of a LoRA adapter, served as model NAME; repeatable.", factory=list,
@@ -335,6 +361,10 @@ class ServeConfig(GenerationSettings, BackendConfig):
     device: str | None = option(None, "Device for the model (empty: CUDA when available, else the CPU).")
     vllm_args: list[str] = option(help="--backend vllm: more arguments for vLLM's server, as one string each.",
                                   factory=list)
+    generation: GenerationSettings = part(GenerationSettings, "What a request that sets no generation options gets.")
+    engine: BackendConfig = part(BackendConfig, _ENGINE_HELP)
+
+    from_flat = classmethod(from_flat_names)
 
     def __post_init__(self) -> None:
         self.remote_audio_allow_hosts = split_commas(self.remote_audio_allow_hosts) or []
@@ -361,17 +391,17 @@ class ServeConfig(GenerationSettings, BackendConfig):
     @property
     def request_default_tokens(self) -> int:
         """What a request without ``max_tokens`` may write: ``max_new_tokens``, within the server's limit."""
-        return min(self.max_new_tokens, self.max_tokens)
+        return min(self.generation.max_new_tokens, self.max_tokens)
 
     def validate(self) -> "ServeConfig":
         require_given(self.model)
         check_choices(self)
-        if self.max_tokens < 1 or self.max_new_tokens < 1:
+        if self.max_tokens < 1 or self.generation.max_new_tokens < 1:
             raise ConfigError("--max-tokens and --max-new-tokens must be at least 1.")
-        if self.num_beams != 1:
+        if self.generation.num_beams != 1:
             raise ConfigError("--num-beams: the server samples or decodes greedily per request; beam search is for "
                               "infer and eval.")
-        if self.backend == "vllm" and self.allow_remote_audio and not self.remote_audio_allow_hosts:
+        if self.engine.backend == "vllm" and self.allow_remote_audio and not self.remote_audio_allow_hosts:
             raise ConfigError("--allow-remote-audio with --backend vllm: vLLM fetches audio URLs itself and cannot "
                               "refuse addresses inside the network; name the hosts it may fetch from with "
                               "--remote-audio-allow-hosts HOST[,HOST].")
@@ -380,18 +410,24 @@ class ServeConfig(GenerationSettings, BackendConfig):
 
 
 @dataclass
-class DataCheckConfig(DataConfig):
-    """``audiotune data check``: every row decoded and built as training would, before a model is rented."""
+class DataCheckConfig:
+    """``audiotune data check``: every row decoded and built as training would, before a model is rented. Composed
+    of ``data`` (what training would read); flags and YAML keys stay flat (:meth:`from_flat`)."""
 
     split: str = option("train", "The split to check.")
     model: str | None = option(None, "Model whose family and tokenizer count the tokens (empty: --family's audio "
                                      "arithmetic only).")
     family: str = option("af3", "Family for the audio token arithmetic when no --model.")
+    data: DataConfig = part(DataConfig, _DATA_HELP)
+
+    from_flat = classmethod(from_flat_names)
 
 
 @dataclass
-class EvalConfig(DataConfig, GenerationSettings, BackendConfig):
-    """``audiotune eval``: generate over a split with one or more models and score them on the same rows."""
+class EvalConfig:
+    """``audiotune eval``: generate over a split with one or more models and score them on the same rows. Composed
+    of ``data``, ``generation`` and ``engine``; flags, YAML keys and ``metrics.json``'s config stay flat
+    (:meth:`from_flat`, :func:`flat_values`)."""
 
     benchmark: str | None = option(None, "A benchmark preset (`audiotune benchmarks` lists them): its Hub copy, "
                                          "split, columns, prompt and scoring as the field runs it; --dataset points "
@@ -418,9 +454,17 @@ class EvalConfig(DataConfig, GenerationSettings, BackendConfig):
                                             "first adapter that is a run folder).")
     resume: bool = option(False, "Continue an interrupted evaluation in --out from the answers it saved (refused "
                                  "when the models, rows, prompts or generation settings differ).")
+    data: DataConfig = part(DataConfig, _DATA_HELP)
+    generation: GenerationSettings = part(GenerationSettings, "How each model's answers are generated.")
+    engine: BackendConfig = part(BackendConfig, _ENGINE_HELP)
+
+    from_flat = classmethod(from_flat_names)
+
+    def __post_init__(self) -> None:
+        check_choices(self)
 
     def validate(self) -> "EvalConfig":
-        require_given(self.model, self.dataset, needs_dataset=True)
+        require_given(self.model, self.data.dataset, needs_dataset=True)
         check_choices(self)  # also after construction: a field set since (the UI's) is checked too
         return self
 

@@ -11,8 +11,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from .config import (AdapterConfig, DataCheckConfig, DataConfig, EvalConfig, GenerationSettings, InferConfig,
-                     ServeConfig, flat_fields, flat_hints, literal_choices, plain)
+from .config import (AdapterConfig, BackendConfig, DataCheckConfig, DataConfig, EvalConfig, GenerationSettings,
+                     InferConfig, ServeConfig, flat_fields, flat_hints, literal_choices, plain)
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
@@ -25,8 +25,11 @@ Every option is a field of a documented dataclass, so the same name works as a f
 `--lora_r 8`), as a key of a YAML file given with `--config run.yaml` (read first; flags override it), and as a
 keyword of the Python API (`TrainConfig.from_flat(lora_r=8)`). `audiotune train --help` prints the same list.
 
-- `DataConfig`, `AdapterConfig` and `GenerationSettings` are shared: train, eval, infer, `data check`, `plan` and
-  the training callback read the same fields with the same defaults.
+- `DataConfig`, `AdapterConfig`, `GenerationSettings` and `BackendConfig` are shared: train, eval, infer, serve,
+  `data check`, `plan` and the training callback read the same fields with the same defaults. Each command's config
+  composes the parts it needs (`EvalConfig`: `.data`, `.generation`, `.engine`; `InferConfig` and `ServeConfig`:
+  `.generation`, `.engine`; `DataCheckConfig`: `.data`) and takes flat names in Python too:
+  `EvalConfig.from_flat(dataset=..., max_new_tokens=8, backend="vllm")`.
 - `TrainConfig` **extends `transformers.TrainingArguments`** only: every Trainer option (epochs, optimizer,
   scheduler, `report_to`, `run_name`, `fsdp`, `deepspeed`, `torch_compile`, ...) is an option here with transformers'
   own default and help. Where audiotune's default differs (the reference guide's values), the table of audiotune's
@@ -78,9 +81,9 @@ def _table(cls: type, fields: list[dataclasses.Field]) -> str:
     return "\n".join(rows)
 
 
-def _own(cls: type, *bases: type) -> list[dataclasses.Field]:
-    inherited = {f.name for base in bases for f in dataclasses.fields(base)}
-    return [f for f in dataclasses.fields(cls) if f.init and f.name not in inherited]
+def _own(cls: type) -> list[dataclasses.Field]:
+    """A command config's own options: its parts have their sections."""
+    return [f for f in dataclasses.fields(cls) if f.init and "part" not in f.metadata]
 
 
 def render_markdown() -> str:
@@ -100,20 +103,22 @@ def render_markdown() -> str:
          list(dataclasses.fields(AdapterConfig))),
         ("Generation (`GenerationSettings`, `TrainConfig.generation`: infer, eval, serve's request defaults, the "
          "training callback)", GenerationSettings, list(dataclasses.fields(GenerationSettings))),
+        ("Engine (`BackendConfig`, the `engine` part of `EvalConfig`, `InferConfig` and `ServeConfig`)", BackendConfig,
+         list(dataclasses.fields(BackendConfig))),
         ("Training run (`TrainConfig`'s own fields)", TrainConfig, [f for f in train_own if f.name not in trainer]),
         ("Trainer options with audiotune's defaults", TrainConfig, [f for f in train_own if f.name in trainer]),
         ("Reinforcement learning (`RLConfig`, `TrainConfig.rl`: `--method grpo|dpo`, docs/rl.md)", RLConfig,
          list(dataclasses.fields(RLConfig))),
         ("Every other `TrainingArguments` option (transformers' defaults and help)", TrainConfig,
          [f for f in flat_fields(TrainConfig) if f.name in trainer and f.name not in declared]),
-        ("`audiotune eval` (`EvalConfig`: also the data and generation options above)", EvalConfig,
-         _own(EvalConfig, DataConfig, GenerationSettings)),
-        ("`audiotune infer FILE...` (`InferConfig`: also the generation options above)", InferConfig,
-         _own(InferConfig, GenerationSettings)),
-        ("`audiotune serve` (`ServeConfig`: also the generation options above, what a request that sets none gets)",
-         ServeConfig, _own(ServeConfig, GenerationSettings)),
+        ("`audiotune eval` (`EvalConfig`: also the data, generation and engine options above)", EvalConfig,
+         _own(EvalConfig)),
+        ("`audiotune infer FILE...` (`InferConfig`: also the generation and engine options above)", InferConfig,
+         _own(InferConfig)),
+        ("`audiotune serve` (`ServeConfig`: also the engine options, and the generation options a request that sets "
+         "none gets)", ServeConfig, _own(ServeConfig)),
         ("`audiotune data check DATASET` (`DataCheckConfig`: also the data options above)", DataCheckConfig,
-         _own(DataCheckConfig, DataConfig)),
+         _own(DataCheckConfig)),
     ]
     retired = ", ".join(f"`--{old.replace('_', '-')}` → `--{new.replace('_', '-')}`"
                         for old, new in TrainConfig.RETIRED.items())

@@ -122,12 +122,12 @@ def run_demo(settings: DemoSettings | None = None, on_stage: Callable[[str], Non
                           save_total_limit=1, eval_take=32, eval_generate_take=16, seed=s.seed)
         trained = train(cfg)
     with timed("evaluate base vs tuned"):
-        eval_cfg = EvalConfig(model=str(model_dir), dataset=str(data_dir), out=str(out), adapters=[str(adapter_dir)],
-                              compare=True, split="test", take=s.eval_clips, max_new_tokens=s.max_new_tokens,
-                              no_repeat_ngram_size=s.no_repeat_ngram_size)
+        eval_cfg = EvalConfig.from_flat(model=str(model_dir), dataset=str(data_dir), out=str(out),
+                                        adapters=[str(adapter_dir)], compare=True, split="test", take=s.eval_clips,
+                                        max_new_tokens=s.max_new_tokens, no_repeat_ngram_size=s.no_repeat_ngram_size)
         evaluation = run_evaluation(eval_cfg)  # the report, with the demo's summary, is written once below
     processor = load_processor(adapter_dir)
-    settings_gen = GenerationSettings(max_new_tokens=s.max_new_tokens, no_repeat_ngram_size=s.no_repeat_ngram_size)
+    settings_gen = eval_cfg.generation  # the settings the evaluation answered with
     tuned_rows = evaluation.models[-1].predictions
     with timed("grounding check"):
         tuned_model, family = load_model(model_dir, adapter=adapter_dir)
@@ -174,7 +174,7 @@ def run_demo(settings: DemoSettings | None = None, on_stage: Callable[[str], Non
     }
     evaluation.report_md, evaluation.report_html = write_report(
         evaluation, list(shown), family.sampling_rate, training_run=adapter_dir, summary=summary,
-        config=asdict(eval_cfg))
+        config=evaluation.config)  # flat, as metrics.json holds it
     return DemoResult(out_dir=out, evaluation=evaluation, samples=samples, pipeline_output=pipeline_output,
                       grounding=grounding, max_repeats=max_repeats, max_repeats_clip=max_repeats_clip,
                       timings=timings)

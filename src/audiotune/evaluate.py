@@ -12,7 +12,6 @@ import dataclasses
 import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from .answer_log import AnswerLog
 from .audio_cache import AudioEmbeddingCache
 from .data.examples import BadSampleLog, ExampleDataset, ExampleStream
 from .data.prepare import prepare_split
-from .config import EvalConfig
+from .config import EvalConfig, flat_values, plain, replace_flat
 from .conversation import Example
 from .errors import CheckpointError, ConfigError, DatasetSchemaError
 from .generate import GenerationSettings, audio_length
@@ -40,16 +39,16 @@ def load_examples(cfg: EvalConfig, family: Family, bad_log: BadSampleLog) -> tup
     become one example holding all their references. Returns the examples and the resolved task
     (a ShareGPT manifest asked for as caption is evaluated as chat).
     """
-    rows, build = prepare_split(cfg, cfg.split, family)
+    rows, build = prepare_split(cfg.data, cfg.split, family)
     if cfg.benchmark and benchmark(cfg.benchmark).breakdown:
         build = dataclasses.replace(build, keep_fields=True)  # the breakdown reads the rows' columns
     if cfg.take is not None:
         rows = rows.select(range(min(cfg.take, len(rows)))) if hasattr(rows, "select") else rows.take(cfg.take)
-    if cfg.streaming:
-        examples = list(ExampleStream(rows, build, bad_log, cfg.on_bad_sample))
+    if cfg.data.streaming:
+        examples = list(ExampleStream(rows, build, bad_log, cfg.data.on_bad_sample))
     else:
-        examples = ExampleDataset(rows, build, bad_log, cfg.on_bad_sample).usable()
-    return (group_references(examples) if cfg.id_column else examples), build.task.name
+        examples = ExampleDataset(rows, build, bad_log, cfg.data.on_bad_sample).usable()
+    return (group_references(examples) if cfg.data.id_column else examples), build.task.name
 
 
 def group_references(examples: list[Example]) -> list[Example]:
@@ -141,7 +140,7 @@ def evaluate_benchmarks(cfg: EvalConfig, on_model: Callable[[str, int], None] | 
     ``--dataset``: a folder with a local copy of each preset in a subfolder named after it (else the Hub copies)."""
     from .regression import write_regression
 
-    root = Path(cfg.dataset) if cfg.dataset else None
+    root = Path(cfg.data.dataset) if cfg.data.dataset else None
     if root is not None and not root.is_dir():
         raise ConfigError(f"--benchmarks with --dataset {root}: give a folder holding a copy of each preset in a "
                           "subfolder named after it (mmau-test-mini/, librispeech-test-clean/…), or drop --dataset "
@@ -152,8 +151,8 @@ def evaluate_benchmarks(cfg: EvalConfig, on_model: Callable[[str, int], None] | 
         if root is not None and not (root / name).is_dir():
             raise ConfigError(f"--benchmarks: {root} has no copy of {name} ({root / name}).")
     for name in cfg.benchmarks or []:
-        sub = dataclasses.replace(cfg, benchmark=name, benchmarks=None, out=str(Path(cfg.out) / name),
-                                  dataset=str(root / name) if root is not None else "")
+        sub = replace_flat(cfg, benchmark=name, benchmarks=None, out=str(Path(cfg.out) / name),
+                           dataset=str(root / name) if root is not None else "")
         reports[name] = evaluate(sub, on_model=lambda model, n, b=name: on_model and on_model(f"{b}: {model}", n),
                                  on_batch=on_batch)
     md, page = write_regression(cfg.out, reports, cfg.asr_normalizer)
@@ -171,7 +170,7 @@ def run_evaluation(cfg: EvalConfig, on_model: Callable[[str, int], None] | None 
     from .engines import engine_class
     from .models.loading import resolve_family
 
-    opener = engine_class(cfg.backend)  # an unknown backend: before any work
+    opener = engine_class(cfg.engine.backend)  # an unknown backend: before any work
     cfg = with_benchmark(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -180,8 +179,9 @@ def run_evaluation(cfg: EvalConfig, on_model: Callable[[str, int], None] | None 
     bad_log = BadSampleLog(out / "skipped.jsonl")
     examples, task = load_examples(cfg, family, bad_log)
     if not examples:
-        raise DatasetSchemaError(f"{cfg.dataset} [{cfg.split}]: no usable rows to evaluate (see {out / 'skipped.jsonl'}).")
-    settings = cfg.generation()
+        raise DatasetSchemaError(f"{cfg.data.dataset} [{cfg.split}]: no usable rows to evaluate (see "
+                                 f"{out / 'skipped.jsonl'}).")
+    settings = cfg.generation
     notices = task_class(task).score_notices(_score_options(cfg))
     log = AnswerLog(out, _run_key(cfg, variants, examples, settings), cfg.resume)
     scored: list[ModelScores] = []
@@ -197,7 +197,8 @@ def run_evaluation(cfg: EvalConfig, on_model: Callable[[str, int], None] | None 
             # A merged checkpoint is another checkpoint (its own family facts); the base and its adapters share one.
             engine = opener(model_path, {"adapter": adapter} if adapter else None,
                             family=family if model_path == cfg.model else None, batch_size=cfg.batch_size,
-                            vllm_python=cfg.vllm_python, encoder_frames=cfg.encoder_frames, audio_cache=audio_cache)
+                            vllm_python=cfg.engine.vllm_python, encoder_frames=cfg.engine.encoder_frames,
+                            audio_cache=audio_cache)
             try:
                 # Longest first in slices of whole batches: the batches an uninterrupted run makes, each saved.
                 todo.sort(key=audio_length, reverse=True)
@@ -220,17 +221,18 @@ def write_scores(cfg: EvalConfig, task: str, examples: Sequence[Example], scored
     """``predictions.jsonl`` and ``metrics.json`` of scored models (eval's, or ``score``'s for answers made
     elsewhere: one format), and the report's input."""
     out = Path(cfg.out)
+    config = {name: plain(value) for name, value in flat_values(cfg).items()}  # flat, as the flags and YAML keys
     with (out / "predictions.jsonl").open("w") as handle:
         for model_scores in scored:
             for row in model_scores.predictions:
                 handle.write(json.dumps({"model": model_scores.name, **row}) + "\n")
-    report = EvalReport(out, task, scored, notices, bad_log.entries(), audio_examples=list(examples[: cfg.audio_players]),
-                        sampling_rate=sampling_rate, config=asdict(cfg))
+    report = EvalReport(out, task, scored, notices, bad_log.entries(),
+                        audio_examples=list(examples[: cfg.audio_players]), sampling_rate=sampling_rate, config=config)
     columns = benchmark(cfg.benchmark).breakdown if cfg.benchmark else ()
     headline = headline_metric(task)
     (out / "metrics.json").write_text(json.dumps({
-        "task": task, "benchmark": cfg.benchmark, "dataset": cfg.dataset, "split": cfg.split, "rows": len(examples),
-        "models": report.table(), "notices": notices, "skipped": len(report.skipped),
+        "task": task, "benchmark": cfg.benchmark, "dataset": cfg.data.dataset, "split": cfg.split,
+        "rows": len(examples), "models": report.table(), "notices": notices, "skipped": len(report.skipped),
         # per model, the standard error of each metric that is a mean over clips: is a difference noise?
         "standard_errors": {m.name: standard_errors(m.predictions) for m in scored},
         # per model, a 95% bootstrap interval of the headline metric (WER too: resampled as a corpus ratio)
@@ -238,7 +240,7 @@ def write_scores(cfg: EvalConfig, task: str, examples: Sequence[Example], scored
                       for m in scored},
         "breakdown": {m.name: {c: breakdown(m.predictions, [e.meta.get("row", {}).get(c) for e in examples])
                                for c in columns} for m in scored},
-        "config": asdict(cfg)}, indent=2))
+        "config": config}, indent=2))
     return report
 
 
@@ -270,14 +272,14 @@ def score_predictions(cfg: EvalConfig, predictions: str | Path) -> EvalReport:
         unknown = sorted(set(answers) - ids - {s["id"] for s in bad_log.entries() if "id" in s})
         if unknown:
             raise DatasetSchemaError(f"{predictions}: model {name!r} has predictions for ids that are not in "
-                                     f"{cfg.dataset} [{cfg.split}] (first: {unknown[0]!r}); check --benchmark, "
+                                     f"{cfg.data.dataset} [{cfg.split}] (first: {unknown[0]!r}); check --benchmark, "
                                      "--dataset and --split.")
         missing = [e.id for e in examples if e.id not in answers]
         if missing:
             raise DatasetSchemaError(f"{predictions}: model {name!r} has no prediction for {len(missing)} row(s) "
                                      f"(first: {missing[0]!r}); add them, or score with --take.")
         scored.append(ModelScores(name, *score_answers(examples, [answers[e.id] for e in examples], task,
-                                                        cfg.generation(), cfg, notices)))
+                                                        cfg.generation, cfg, notices)))
     return write_scores(cfg, task, examples, scored, notices, bad_log, family.sampling_rate)
 
 
@@ -312,5 +314,5 @@ def with_benchmark(cfg: EvalConfig) -> EvalConfig:
 def _run_key(cfg: EvalConfig, variants: list[tuple[str, str, str | None]], examples: Sequence[Example],
              settings: GenerationSettings) -> dict[str, Any]:
     """What the saved answers depend on: resuming with anything else different is refused (``answer_log.py``)."""
-    return {"models": [list(v) for v in variants], "dataset": cfg.dataset, "split": cfg.split,
-            "rows": [e.id for e in examples], "generation": settings.as_kwargs(), "backend": cfg.backend}
+    return {"models": [list(v) for v in variants], "dataset": cfg.data.dataset, "split": cfg.split,
+            "rows": [e.id for e in examples], "generation": settings.as_kwargs(), "backend": cfg.engine.backend}

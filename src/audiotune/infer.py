@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -77,8 +77,9 @@ def answer_files(engine, files: Sequence[str | Path], prompt: str = "Describe th
 
 
 def _settings(generation: GenerationSettings | None, max_new_tokens: int | None) -> GenerationSettings:
-    """``generation`` (default: :class:`~audiotune.config.GenerationSettings`'s defaults), ``max_new_tokens`` on top."""
-    settings = generation.generation() if generation is not None else GenerationSettings()
+    """A copy of ``generation`` (default: :class:`~audiotune.config.GenerationSettings`'s defaults), ``max_new_tokens``
+    on top: the caller's settings are never changed."""
+    settings = replace(generation) if generation is not None else GenerationSettings()
     if max_new_tokens is not None:
         settings.max_new_tokens = max_new_tokens
     return settings

@@ -15,11 +15,11 @@ docs/evaluation.md says, per preset, where audiotune's strict number differs fro
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .config import flat_values, replace_flat
 from .errors import ConfigError
 
 LMMS_EVAL = "EvolvingLMMs-Lab/lmms-eval@75571cfe lmms_eval/tasks"
@@ -38,7 +38,7 @@ class Benchmark:
     prompt: str
     source: str  # the harness file (or release) the layout, prompt and scoring come from
     dataset_config: str | None = None
-    options: dict[str, Any] = field(default_factory=dict)  # EvalConfig fields the layout needs (columns, format…)
+    options: dict[str, Any] = field(default_factory=dict)  # EvalConfig options the layout needs (columns, format…)
     max_new_tokens: int = 128
     breakdown: tuple[str, ...] = ()  # row columns the metrics are also reported by
     # classify: lmms-eval's reading of an answer, (keyword, label) in its order: the first keyword found wins
@@ -116,26 +116,28 @@ def benchmark(name: str) -> Benchmark:
 
 def apply_benchmark(cfg: Any, defaults: Any) -> Any:
     """``cfg`` (an EvalConfig) with its preset's settings wherever the user kept ``defaults``' value (a flag given on
-    the command line wins), and a local ``--dataset`` folder resolved to the preset split's files."""
+    the command line wins), and a local ``--dataset`` folder resolved to the preset split's files. A preset names
+    options flat, as flags do; :func:`~audiotune.config.replace_flat` routes each to the part that declares it."""
     bench = benchmark(cfg.benchmark)
     preset: dict[str, Any] = {"split": bench.split, "task": bench.task, "prompt": bench.prompt,
                               "max_new_tokens": bench.max_new_tokens, "dataset_config": bench.dataset_config,
                               **bench.options}
-    changes = {k: v for k, v in preset.items() if getattr(cfg, k) == getattr(defaults, k)}
-    dataset = cfg.dataset or bench.hub_id
+    given, kept = flat_values(cfg), flat_values(defaults)
+    changes = {k: v for k, v in preset.items() if given[k] == kept[k]}
+    dataset = given["dataset"] or bench.hub_id
     if not dataset:
         raise ConfigError(f"--benchmark {bench.name}: it has no Hub copy; pass --dataset with the release's files "
                           f"({bench.source}).")
-    if cfg.dataset and Path(cfg.dataset).is_dir():
-        folder = Path(cfg.dataset)
-        if changes.get("format", cfg.format) == "clotho":  # the release: the captions CSV and the audio folder
-            dataset, audio_dir = clotho_release(folder, changes.get("split", cfg.split))
-            if cfg.audio_dir is None:
+    if given["dataset"] and Path(given["dataset"]).is_dir():
+        folder = Path(given["dataset"])
+        if changes.get("format", given["format"]) == "clotho":  # the release: the captions CSV and the audio folder
+            dataset, audio_dir = clotho_release(folder, changes.get("split", given["split"]))
+            if given["audio_dir"] is None:
                 changes["audio_dir"] = audio_dir
         else:
-            dataset, split = local_split(folder, changes.get("split", cfg.split))
+            dataset, split = local_split(folder, changes.get("split", given["split"]))
             changes.update(split=split, dataset_config=None)
-    return dataclasses.replace(cfg, **changes, dataset=dataset)
+    return replace_flat(cfg, **changes, dataset=dataset)
 
 
 def clotho_release(folder: Path, split: str) -> tuple[str, str]:

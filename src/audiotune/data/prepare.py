@@ -3,8 +3,8 @@
 Training, evaluation and ``data check`` all go through :func:`prepare_split`, so a column name is
 resolved (flag, else auto-detected), a fatal problem (no such split, missing column, empty split)
 is raised, and relative paths are resolved, the same way everywhere, before any model loads.
-``spec`` is any object with the data fields of :class:`~audiotune.train_config.TrainConfig` (``EvalConfig``
-has the same names).
+``spec`` is a :class:`~audiotune.config.DataConfig`: the ``data`` part every command config composes
+(``TrainConfig.data``, ``EvalConfig.data``, ``DataCheckConfig.data``), so each reads the dataset the same way.
 """
 
 from __future__ import annotations

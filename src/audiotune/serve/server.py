@@ -52,7 +52,7 @@ def build_app(cfg: ServeConfig):
 
     api_key = resolve_api_key(cfg.validate())  # a bad flag, a missing or empty key file: before the model loads
     engine = open_engine("transformers", cfg.model, cfg.adapter_paths, served_name=cfg.served_name, device=cfg.device,
-                         encoder_frames=cfg.encoder_frames, generation=cfg.generation())
+                         encoder_frames=cfg.engine.encoder_frames, generation=cfg.generation)
     family = engine.family
     limits = Limits(max_request_bytes=cfg.max_request_bytes,
                     max_audio_seconds=min(cfg.max_audio_seconds or family.max_audio_seconds, family.max_audio_seconds),
@@ -65,7 +65,7 @@ def build_app(cfg: ServeConfig):
 
 def serve(cfg: ServeConfig) -> None:
     """Run until SIGTERM/SIGINT; in-flight requests finish first (30 s grace)."""
-    if cfg.validate().backend == "vllm":
+    if cfg.validate().engine.backend == "vllm":
         serve_vllm(cfg)
         return
     import uvicorn

@@ -54,7 +54,7 @@ def vllm_command(cfg: "ServeConfig", python: str = "python", adapters: dict[str,
         command += ["--allowed-media-domains", *cfg.remote_audio_allow_hosts]
     # A request's unset max_tokens/temperature/top_p get our settings, not the checkpoint's generation_config
     # (vLLM reads max_new_tokens there as the default max_tokens).
-    defaults = vllm_sampling(cfg)
+    defaults = vllm_sampling(cfg.generation)
     defaults.pop("max_tokens")
     defaults["max_new_tokens"] = cfg.request_default_tokens
     command += ["--override-generation-config", json.dumps(defaults)]
@@ -69,7 +69,7 @@ class VllmServer:
     def __init__(self, cfg: "ServeConfig", api_key: str | None = None, python: str | None = None) -> None:
         family = require_vllm_family(cfg.model)  # resolved once: the export and the command reuse it
         self.cfg, self.api_key = cfg, api_key
-        self.python = find_vllm_python(python or cfg.vllm_python)
+        self.python = find_vllm_python(python or cfg.engine.vllm_python)
         self.process: subprocess.Popen | None = None
         self._folder = Path(tempfile.mkdtemp(prefix="audiotune-vllm-"))
         self.adapters = {name: str(export_adapter(cfg.model, path, self._folder / name, family))

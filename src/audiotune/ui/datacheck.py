@@ -33,11 +33,11 @@ class CheckRequest:
 
     def spec(self, root: Root) -> DataCheckConfig:
         """The same spec the CLI builds, with the dataset (and model) confined to the root."""
-        return DataCheckConfig(model=root.local_or_hub(self.model, "model") if self.model.strip() else None,
-                               split=self.split, family=self.family,
-                               dataset=root.local_or_hub(self.dataset, "dataset"), task=self.task,
-                               audio_column=self.audio_column.strip() or None,
-                               text_column=self.text_column.strip() or None, long_audio=self.long_audio)
+        return DataCheckConfig.from_flat(model=root.local_or_hub(self.model, "model") if self.model.strip() else None,
+                                         split=self.split, family=self.family,
+                                         dataset=root.local_or_hub(self.dataset, "dataset"), task=self.task,
+                                         audio_column=self.audio_column.strip() or None,
+                                         text_column=self.text_column.strip() or None, long_audio=self.long_audio)
 
 
 def resolve(request: CheckRequest, root: Root) -> tuple[DataCheckConfig, Family, object]:
@@ -52,7 +52,7 @@ def resolve(request: CheckRequest, root: Root) -> tuple[DataCheckConfig, Family,
 def check(request: CheckRequest, root: Root, on_row: Callable[[int], None] | None = None) -> CheckReport:
     """Run ``data check``; a dataset-level problem is in ``report.fatal``, as the CLI shows it."""
     spec, family, tokenizer = resolve(request, root)
-    return check_dataset(spec, request.split, family, tokenizer, on_row=on_row)
+    return check_dataset(spec.data, request.split, family, tokenizer, on_row=on_row)
 
 
 def rows_audio(request: CheckRequest, root: Root, indices: list[int]) -> tuple[dict[int, np.ndarray | str], int]:
@@ -61,7 +61,7 @@ def rows_audio(request: CheckRequest, root: Root, indices: list[int]) -> tuple[d
     from ..data.prepare import prepare_split
 
     spec, family, _ = resolve(request, root)
-    rows, build = prepare_split(spec, request.split, family, check_rows=False)
+    rows, build = prepare_split(spec.data, request.split, family, check_rows=False)
     out: dict[int, np.ndarray | str] = {}
     for index in indices:
         try:

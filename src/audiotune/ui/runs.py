@@ -152,8 +152,9 @@ class ClipAudio:
         self.problem: str | None = None
 
     def _open(self) -> None:
-        from types import SimpleNamespace
+        import dataclasses
 
+        from ..config import flat_fields
         from ..data.prepare import prepare_split
         from ..data.sources import row_id
         from ..errors import AudiotuneError
@@ -166,12 +167,13 @@ class ClipAudio:
             self.problem = f"{self.run.folder / METRICS} names no dataset or model; audio players are off."
             return
         try:
-            defaults = EvalConfig(model=cfg["model"], dataset=cfg["dataset"]).__dict__
-            spec = SimpleNamespace(**{**defaults, **{k: v for k, v in cfg.items() if k in defaults}})
-            spec.streaming = False
-            spec.dataset = self.root.local_or_hub(str(cfg["dataset"]), "the run's dataset")
+            # metrics.json's config is flat (the flags' names): the options this version knows, each to its part
+            known = {f.name for f in flat_fields(EvalConfig)}
+            ran = EvalConfig.from_flat(**{k: v for k, v in cfg.items() if k in known})
+            spec = dataclasses.replace(ran.data, streaming=False,
+                                       dataset=self.root.local_or_hub(str(cfg["dataset"]), "the run's dataset"))
             family = resolve_family(self.root.local_or_hub(str(cfg["model"]), "the run's model"))
-            rows, build = prepare_split(spec, spec.split, family, check_rows=False)
+            rows, build = prepare_split(spec, ran.split, family, check_rows=False)
         except Exception as error:  # noqa: BLE001 - players are optional: say why they are off
             if not isinstance(error, AudiotuneError):
                 error = f"{type(error).__name__}: {error}"

@@ -141,9 +141,10 @@ def build(ctx: Context) -> None:
         paths = [str(ctx.root.confine(line.strip(), "adapter")) for line in (adapter_lines or "").splitlines()
                  if line.strip()]
         target = ctx.root.confine(out_dir, "out folder", must_exist=False)
-        cfg = EvalConfig(model=ctx.root.local_or_hub(model_path, "model"), dataset=ctx.root.local_or_hub(data, "dataset"),
-                         out=str(target), adapters=paths, compare=with_base, split=split_name.strip() or "test",
-                         task=task_name, take=_rows(first))
+        cfg = EvalConfig.from_flat(model=ctx.root.local_or_hub(model_path, "model"),
+                                   dataset=ctx.root.local_or_hub(data, "dataset"), out=str(target), adapters=paths,
+                                   compare=with_base, split=split_name.strip() or "test", task=task_name,
+                                   take=_rows(first))
         state = {"name": "", "total": 1, "done": 0}
 
         def on_model(name: str, total: int) -> None:
