@@ -231,6 +231,36 @@ def test_eval_with_vllm_scores_the_same_rows_as_the_native_backend(tiny_af3, tra
     assert agree >= len(rows["vllm"]) // 2
 
 
+@pytest.mark.slow
+def test_eval_with_vllm_answers_the_good_rows_as_a_clean_run_and_names_the_bad(tiny_af3, tmp_path):
+    """A manifest with a truncated WAV and a missing file between good clips: the vLLM run answers every good row as
+    a run without the bad ones does, and lists each bad one (decoding happens before the engine starts)."""
+    import soundfile as sf
+
+    from audiotune.evaluate import EvalConfig, run_evaluation
+
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    sf.write(clips / "ok.wav", tone(1.0, 440), 16000)
+    sf.write(clips / "ok2.wav", tone(1.5, 880), 16000)
+    good = (clips / "ok.wav").read_bytes()
+    (clips / "truncated.wav").write_bytes(good[: len(good) // 2])
+    rows = [("ok", "ok.wav"), ("truncated", "truncated.wav"), ("ok2", "ok2.wav"), ("missing", "missing.wav")]
+    mixed, clean = tmp_path / "mixed.jsonl", tmp_path / "clean.jsonl"
+    mixed.write_text("".join(json.dumps({"id": i, "audio_path": str(clips / f), "text": "a tone"}) + "\n"
+                             for i, f in rows))
+    clean.write_text("".join(line for line in mixed.read_text().splitlines(keepends=True) if '"ok' in line))
+    runs = {name: run_evaluation(EvalConfig.from_flat(
+        model=str(tiny_af3), dataset=str(data), split="train", task="asr", out=str(tmp_path / name),
+        max_new_tokens=8, with_meteor=False, backend="vllm", vllm_python=str(_vllm_python())))
+        for name, data in (("mixed", mixed), ("clean", clean))}
+    answers = {name: [(r["id"], r["prediction"]) for r in report.models[0].predictions]
+               for name, report in runs.items()}
+    assert [i for i, _ in answers["mixed"]] == ["ok", "ok2"] and answers["mixed"] == answers["clean"]
+    skipped = {entry["id"]: entry["message"] for entry in runs["mixed"].skipped}
+    assert set(skipped) == {"truncated", "missing"} and "truncated WAV" in skipped["truncated"]
+
+
 # Families a test starts vLLM on besides AF3: one engine start each, through `audiotune infer --backend vllm`.
 VLLM_FAMILIES = ("qwen2audio", "glmasr", "granite_speech", "granite_speech_plus")
 
