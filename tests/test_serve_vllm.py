@@ -194,6 +194,24 @@ def test_vllm_serves_base_and_adapter_through_openai_then_stops_on_sigterm(tiny_
             client.chat.completions.create(model="tuned", max_tokens=4, messages=[{"role": "user", "content": [
                 {"type": "input_audio", "input_audio": {"data": "not base64 audio", "format": "wav"}}]}])
         assert 400 <= bad.value.status_code < 500
+        # Bad requests sent at the same time as good ones cost only themselves: each good one gets the answer it
+        # got alone, each bad one its 4xx.
+        from concurrent.futures import ThreadPoolExecutor
+
+        broken = [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "not base64 audio",
+                                                                                        "format": "wav"}},
+                                                messages[0]["content"][1]]}]
+
+        def ask(conversation):
+            try:
+                return client.chat.completions.create(model="tuned", messages=conversation, temperature=0,
+                                                      max_tokens=16).choices[0].message.content
+            except APIStatusError as error:
+                return error.status_code
+
+        with ThreadPoolExecutor(4) as pool:
+            mixed = list(pool.map(ask, [messages, broken, messages, broken]))
+        assert mixed[0] == mixed[2] == answers["tuned"] and all(400 <= code < 500 for code in mixed[1::2]), mixed
         with pytest.raises(AuthenticationError):
             OpenAI(base_url=f"{base_url}/v1", api_key="wrong", max_retries=0).models.list()
         # OpenAI's audio API on vLLM is vLLM's own: served only for models whose vLLM code implements
