@@ -46,6 +46,50 @@ def kept_sections(path: Path) -> str:
     return "".join("\n" + k for k in kept)
 
 
+def serving_section(srv: dict) -> list[str]:
+    """The serving section of BENCHMARKS.md from one ``bench_serving.run()``."""
+    lines = [
+        f"## Serving ({srv['requests']} caption requests per level, 1–6 s clips, greedy, max_tokens 24)",
+        "",
+        "`audiotune serve` one request at a time (`--max-batch-size 1`), with dynamic batching (max batch 16, 10 ms",
+        "window), and `--backend vllm` (vLLM's CPU build, max 64 sequences, `--enforce-eager`, float32) when",
+        "`make vllm-env` was run; all on 127.0.0.1 with the same checkpoint, measured alternately. Ratios are req/s",
+        "against one at a time. Every level sends clips no server has seen (real traffic rarely repeats audio);",
+        "the last row repeats the first level's clips at the top concurrency, to show what vLLM's caches add.",
+        "",
+    ]
+    names = list(next(iter(srv["levels"].values())))
+    lines += ["| clients | " + " | ".join(f"{n}: req/s | p50 / p95 (s)" for n in names) + " | "
+              + " | ".join(f"{n} ratio" for n in names[1:]) + " |",
+              "|---|" + "---|---|" * len(names) + "---|" * (len(names) - 1)]
+    for level, by_name in srv["levels"].items():
+        base = by_name["one at a time"]["rps"]
+        cells = [f"{r['rps']:.2f} | {r['p50']:.2f} / {r['p95']:.2f}" for r in by_name.values()]
+        ratios = [f"**{by_name[n]['rps'] / base:.2f}×**" for n in names[1:]]
+        lines.append(f"| {level} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+    for kind, rates in srv.get("vllm_cache", {}).items():
+        shown = ", ".join(f"{name.replace('_', ' ')} {value:.1%}" for name, value in rates.items() if value is not None)
+        lines.append(f"\nvLLM's cache hit rates with {kind} (its /metrics counters): {shown or 'no queries'}.")
+    return lines
+
+
+SERVING = "## Serving"
+FOOTER = ("Timings are benchmarks only; the tests check that each optimisation leaves results unchanged "
+          "(cache vs no cache, batched vs single generation).")
+
+
+def rewrite_serving(path: Path) -> list[str]:
+    """``run.py --only serving``: measure serving alone and replace its section of BENCHMARKS.md, the rest kept."""
+    lines = serving_section(bench_serving.run()) + ["", FOOTER]
+    lines.insert(1, f"\nMeasured {date.today().isoformat()} on {machine()} with `python benchmarks/run.py --only "
+                    "serving` (the other sections are `make bench`'s).")
+    text = path.read_text()
+    start = text.index(SERVING)
+    end = text.find("\n## ", start + len(SERVING))
+    path.write_text(text[:start] + "\n".join(lines) + "\n" + (text[end:] if end >= 0 else ""))
+    return lines
+
+
 def main() -> None:
     from transformers.utils import logging as hf_logging
 
@@ -54,6 +98,10 @@ def main() -> None:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     datasets.disable_progress_bars()
+    path = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
+    if sys.argv[1:] == ["--only", "serving"]:
+        print("\n".join(rewrite_serving(path)))
+        return
     training = bench_training.run()
     data = bench_data.run()
     gen = bench_generation.run()
@@ -134,30 +182,8 @@ def main() -> None:
         "The audio-embedding cache removes the encoder cost from every later pass over the same clips (evaluation "
         "during training, `--compare`).",
         "",
-        f"## Serving ({srv['requests']} caption requests per level, 1–6 s clips, greedy, max_tokens 24)",
-        "",
-        "`audiotune serve` one request at a time (`--max-batch-size 1`), with dynamic batching (max batch 16, 10 ms",
-        "window), and `--backend vllm` (vLLM's CPU build, max 64 sequences, `--enforce-eager`, float32) when",
-        "`make vllm-env` was run; all on 127.0.0.1 with the same checkpoint, measured alternately. Ratios are req/s",
-        "against one at a time. Every level sends clips no server has seen (real traffic rarely repeats audio);",
-        "the last row repeats the first level's clips at the top concurrency, to show what vLLM's caches add.",
-        "",
     ]
-    names = list(next(iter(srv["levels"].values())))
-    lines += ["| clients | " + " | ".join(f"{n}: req/s | p50 / p95 (s)" for n in names) + " | "
-              + " | ".join(f"{n} ratio" for n in names[1:]) + " |",
-              "|---|" + "---|---|" * len(names) + "---|" * (len(names) - 1)]
-    for level, by_name in srv["levels"].items():
-        base = by_name["one at a time"]["rps"]
-        cells = [f"{r['rps']:.2f} | {r['p50']:.2f} / {r['p95']:.2f}" for r in by_name.values()]
-        ratios = [f"**{by_name[n]['rps'] / base:.2f}×**" for n in names[1:]]
-        lines.append(f"| {level} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
-    for kind, rates in srv.get("vllm_cache", {}).items():
-        shown = ", ".join(f"{name.replace('_', ' ')} {value:.1%}" for name, value in rates.items() if value is not None)
-        lines.append(f"\nvLLM's cache hit rates with {kind} (its /metrics counters): {shown or 'no queries'}.")
-    lines += ["", "Timings are benchmarks only; the tests check that each optimisation leaves results unchanged "
-              "(cache vs no cache, batched vs single generation)."]
-    path = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
+    lines += serving_section(srv) + ["", FOOTER]
     path.write_text("\n".join(lines) + "\n" + kept_sections(path))
     print("\n".join(lines))
 
