@@ -167,7 +167,7 @@ def run_evaluation(cfg: EvalConfig, on_model: Callable[[str, int], None] | None 
     ``on_model(name, n_examples)`` is called before each model, ``on_batch(n)`` after each batch
     (the CLI's progress bar).
     """
-    from .engines import engine_class
+    from .engines import ONE_ADAPTER, engine_class
     from .models.loading import resolve_family
 
     opener = engine_class(cfg.engine.backend)  # an unknown backend: before any work
@@ -195,7 +195,7 @@ def run_evaluation(cfg: EvalConfig, on_model: Callable[[str, int], None] | None 
             on_batch(len(examples) - len(todo))  # answered before the interruption
         if todo:
             # A merged checkpoint is another checkpoint (its own family facts); the base and its adapters share one.
-            engine = opener(model_path, {"adapter": adapter} if adapter else None,
+            engine = opener(model_path, {ONE_ADAPTER: adapter} if adapter else None,
                             family=family if model_path == cfg.model else None, batch_size=cfg.batch_size,
                             vllm_python=cfg.engine.vllm_python, encoder_frames=cfg.engine.encoder_frames,
                             audio_cache=audio_cache)
@@ -204,7 +204,7 @@ def run_evaluation(cfg: EvalConfig, on_model: Callable[[str, int], None] | None 
                 todo.sort(key=audio_length, reverse=True)
                 for start in range(0, len(todo), engine.rows_per_call):
                     chunk = todo[start: start + engine.rows_per_call]
-                    answers = engine.generate(chunk, settings, model="adapter" if adapter else None,
+                    answers = engine.generate(chunk, settings, model=ONE_ADAPTER if adapter else None,
                                               on_batch=on_batch)
                     log.append(name, [(e.id, prompts[e.id], a) for e, a in zip(chunk, answers)])
             finally:

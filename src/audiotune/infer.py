@@ -99,7 +99,7 @@ def infer(files: Sequence[str | Path], model: str, adapter: str | None = None, p
     ``"fail"``: the first bad file raises its :class:`~audiotune.errors.AudiotuneError` before the
     model loads. The model is not loaded at all when no file is usable.
     """
-    from .engines import engine_class
+    from .engines import ONE_ADAPTER, engine_class
     from .models.loading import resolve_family
 
     opener = engine_class(backend)  # an unknown backend: before any work
@@ -107,16 +107,13 @@ def infer(files: Sequence[str | Path], model: str, adapter: str | None = None, p
     audios, results = decode_files(files, family.sampling_rate, _limits(family), on_bad_file)  # before loading
     if not any(r.ok for r in results):
         return results
-    engine = opener(model, {ADAPTER: str(adapter)} if adapter else None, family=family, batch_size=batch_size,
+    engine = opener(model, {ONE_ADAPTER: str(adapter)} if adapter else None, family=family, batch_size=batch_size,
                     vllm_python=vllm_python, encoder_frames=encoder_frames)
     try:
         return _fill(engine, audios, results, prompt, system_prompt, _settings(generation, max_new_tokens),
-                     ADAPTER if adapter else None, on_batch)
+                     ONE_ADAPTER if adapter else None, on_batch)
     finally:
         engine.close()
-
-
-ADAPTER = "adapter"  # the name infer gives its one adapter inside the engine
 
 
 def _limits(family) -> AudioLimits:

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..config import BACKENDS
 from ..errors import ConfigError
-from .base import Engine, GenerationRequest, Sample
+from .base import ONE_ADAPTER, Engine, GenerationRequest, Sample
 
 # backend name → "module:class", imported on first use
 ENGINES: dict[str, str] = {
@@ -20,7 +20,7 @@ ENGINES: dict[str, str] = {
     "vllm": "audiotune.engines.vllm_engine:VllmEngine",
 }
 
-__all__ = ["ENGINES", "Engine", "GenerationRequest", "Sample", "engine_class", "open_engine"]
+__all__ = ["ENGINES", "ONE_ADAPTER", "Engine", "GenerationRequest", "Sample", "engine_class", "open_engine"]
 
 
 def engine_class(backend: str) -> type[Engine]:

@@ -55,6 +55,9 @@ class Sample:
     text: str
 
 
+ONE_ADAPTER = "adapter"  # the name infer and eval give the single adapter they open an engine with
+
+
 class Engine(ABC):
     """Answers conversations for one checkpoint: its base model and the adapters it was opened with, by name.
 
@@ -93,8 +96,10 @@ class Engine(ABC):
                           "streaming here); use --backend transformers, or serve with vLLM's own server.")
 
     def sample(self, examples: Sequence[Example], *, max_tokens: int, temperature: float, top_p: float,
-               suppress_tokens: Sequence[int] | None = None) -> list[Sample]:
-        """One sampled completion per example from the base model (GRPO repeats each prompt for its group)."""
+               suppress_tokens: Sequence[int] | None = None, inputs: dict | None = None) -> list[Sample]:
+        """One sampled completion per example from the base model (GRPO repeats each prompt for its group).
+        ``inputs``: the examples already collated for this engine's model (GRPO needs them for its log-probs too),
+        so they are not collated twice; an engine that cannot use them ignores them."""
         raise ConfigError(f"the {self.backend} engine cannot sample rollouts yet; use the transformers engine.")
 
     def close(self) -> None:

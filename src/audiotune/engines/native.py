@@ -86,12 +86,12 @@ class NativeEngine(Engine):
             return generate(self.model, self.processor, self.family, examples, batch_size=self.batch_size,
                             settings=settings, on_batch=on_batch)
 
-    def sample(self, examples, *, max_tokens, temperature, top_p, suppress_tokens=None) -> list[Sample]:
+    def sample(self, examples, *, max_tokens, temperature, top_p, suppress_tokens=None, inputs=None) -> list[Sample]:
         """Sampled with the model's ``generate`` and the global torch generator (a run's seed makes it
         reproducible), in eval mode without gradients, the model's mode restored after: the model may be a policy
         in training."""
-        batch = to_model_inputs(ConversationCollator(self.processor, self.family, training=False)(list(examples)),
-                                self.model)
+        batch = inputs if inputs is not None else to_model_inputs(
+            ConversationCollator(self.processor, self.family, training=False)(list(examples)), self.model)
         stop_ids = stop_token_ids(self.processor, self.family)
         was_training = self.model.training
         self.model.eval()

@@ -3,8 +3,8 @@
 A standalone script for vLLM's own interpreter (its own torch and transformers, no audiotune installed):
 ``python vllm_worker.py request.json answers.json``. The request holds the model, an optional exported
 LoRA adapter, sampling settings and OpenAI-format conversations (audio as WAV data URIs); the answers
-file gets one string per conversation, in order, and the engine's load and generation times. vLLM renders each conversation with the checkpoint's
-chat template and schedules them all together (continuous batching).
+file gets one string per conversation, in order, and the engine's load and generation times. vLLM renders each
+conversation with the checkpoint's chat template and schedules them all together (continuous batching).
 """
 
 import json

@@ -127,10 +127,10 @@ class GrpoTrainer(MetricsLogMixin, AudiotuneTrainer):
         group = args.num_generations
         model = self._unwrapped()
         repeated = [e for e in examples for _ in range(group)]
+        batch = to_model_inputs(self.prompt_collator(repeated), model)  # sampled from, and the log-probs' prompts
         samples = self.rollout_engine(model).sample(repeated, max_tokens=args.max_completion_length,
                                                     temperature=args.temperature, top_p=args.top_p,
-                                                    suppress_tokens=self.suppress_ids)
-        batch = to_model_inputs(self.prompt_collator(repeated), model)  # the prompts the log-probs are taken on
+                                                    suppress_tokens=self.suppress_ids, inputs=batch)
         prompt_ids, prompt_mask = batch["input_ids"], batch["attention_mask"]
         features = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")}
         pad_id = self.processor.tokenizer.pad_token_id
