@@ -186,10 +186,10 @@ def run_evaluation(cfg: EvalConfig, on_model: Callable[[str, int], None] | None 
     log = AnswerLog(out, _run_key(cfg, variants, examples, settings), cfg.resume)
     scored: list[ModelScores] = []
     audio_cache = AudioEmbeddingCache()  # models with the same frozen encoder share the clips' embeddings
+    prompts = {e.id: _prompt_text(e) for e in examples}
     for name, model_path, adapter in variants:
         if on_model:
             on_model(name, len(examples))
-        prompts = {e.id: _prompt_text(e) for e in examples}
         todo = [e for e in examples if log.answer(name, e.id, prompts[e.id]) is None]
         if on_batch and len(todo) < len(examples):
             on_batch(len(examples) - len(todo))  # answered before the interruption
