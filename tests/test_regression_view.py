@@ -42,6 +42,13 @@ def test_a_difference_counts_only_outside_its_paired_interval():
     assert views["mcq-better"]["base"].verdict == "" and views["mcq-better"]["base"].difference is None
 
 
+def test_benchmarks_are_given_comma_separated_as_the_readme_writes_them():
+    from audiotune.cli_args import parse
+
+    cfg, _ = parse(EvalConfig, ["--model", "m", "--benchmarks", "mmau-test-mini,librispeech-test-clean"], "eval")
+    assert cfg.benchmarks == ["mmau-test-mini", "librispeech-test-clean"]
+
+
 def test_wer_is_resampled_as_a_corpus_ratio():
     """Two clips: 1 error in 1 word (WER 1.0) and 0 in 9 (WER 0). A resample holds the short clip twice (WER 1,
     a quarter of them), the long one twice (0, a quarter) or one of each: 1 error in 10 words, 0.1, where a mean

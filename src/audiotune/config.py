@@ -461,6 +461,7 @@ class EvalConfig:
     from_flat = classmethod(from_flat_names)
 
     def __post_init__(self) -> None:
+        self.benchmarks = split_commas(self.benchmarks)  # --benchmarks a,b,c as the README writes it
         check_choices(self)
 
     def validate(self) -> "EvalConfig":
