@@ -133,7 +133,7 @@ def main() -> None:
         f"- audiotune (defaults) vs the guide: **{a['epoch1'] / g['epoch1']:.2f}×** in epoch 1 (target ≥ 1.4×), "
         f"**{a['epoch2'] / g['epoch2']:.2f}×** from epoch 2 (target ≥ 2×), eval loss {a['eval_loss']:.4f} vs "
         f"{g['eval_loss']:.4f}, peak RSS {100 * (a['peak_rss_mb'] / g['peak_rss_mb'] - 1):+.0f}%.",
-        f"- audiotune with `--gradient-checkpointing` (the guide's memory setting): {c['epoch1'] / g['epoch1']:.2f}× / "
+        f"- audiotune with `--activation-checkpointing` (the guide's memory setting): {c['epoch1'] / g['epoch1']:.2f}× / "
         f"{c['epoch2'] / g['epoch2']:.2f}×, peak RSS {100 * (c['peak_rss_mb'] / g['peak_rss_mb'] - 1):+.0f}%.",
         f"- Utilisation: {training['flops_per_sample'] / 1e9:.1f} GFLOP of model work per training sample "
         f"(encoder {training['flops']['encoder'] / 1e9:.1f} + LM forward and backward {training['flops']['lm'] / 1e9:.1f}, "
