@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup system-deps vllm-env demo test test-fast bench rl-bench soak models-doc config-doc clean
+.PHONY: setup system-deps vllm-env torch-floor-env demo test test-fast bench rl-bench soak models-doc config-doc clean
 
 setup: system-deps $(VENV)/.installed
 
@@ -27,12 +27,18 @@ $(VENV)/.installed: pyproject.toml
 vllm-env:
 	bash scripts/vllm-env.sh .venv-vllm
 
+# The lowest torch pyproject claims (torch>=2.11), in its own environment: `make test` runs the tests not marked slow
+# in it after the full suite, so the floor is tested, not hoped for.
+torch-floor-env:
+	bash scripts/torch-floor-env.sh .venv-torch-floor
+
 demo: setup
 	$(VENV)/bin/audiotune demo --out runs/demo
 
-test: setup vllm-env
+test: setup vllm-env torch-floor-env
 	@bash scripts/system-deps.sh --test
 	$(PY) -m pytest $(PYTEST_ARGS)
+	.venv-torch-floor/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
