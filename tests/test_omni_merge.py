@@ -94,7 +94,7 @@ def complete_class(family_name: str):
 
 
 def test_tiny_complete_checkpoint_names_the_real_architecture(family_name, complete):
-    """The tiny complete checkpoint's metadata is the real one's (published/<hub id>.full.json cites it)."""
+    """The tiny complete checkpoint's metadata is the real one's (published/complete/<hub id>.json cites it)."""
     config = json.loads((complete / "config.json").read_text())
     expected = {"qwen25omni": ("qwen2_5_omni", ["Qwen2_5OmniModel"], "qwen2_5_omni_thinker"),
                 "qwen3omni": ("qwen3_omni_moe", ["Qwen3OmniMoeForConditionalGeneration"], "qwen3_omni_moe_thinker")}

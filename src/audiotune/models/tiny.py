@@ -43,6 +43,7 @@ from .family import Family
 
 PUBLISHED_DIR = Path(__file__).parent / "published"
 PROCESSORS_DIR = PUBLISHED_DIR / "processors"
+COMPLETE_DIR = PUBLISHED_DIR / "complete"  # what a complete checkpoint adds around the part a family trains
 
 PRESETS: dict[str, dict] = {
     "default": {
@@ -369,11 +370,11 @@ def build_tiny(family: str, out_dir: str | Path, seed: int = 0, preset: str = "d
 
 def published_complete_config(family: Family) -> dict:
     """The family's complete published checkpoint as a config dict (class defaults filled in): what
-    ``published/<hub id>.full.json`` adds around the part the family trains (Qwen Omni's talker and vocoder around its
-    thinker), with that part's published architecture as its sub-config."""
+    ``published/complete/<hub id>.json`` adds around the part the family trains (Qwen Omni's talker and vocoder
+    around its thinker), with that part's published architecture as its sub-config."""
     from transformers import AutoConfig
 
-    path = PUBLISHED_DIR / f"{family.hub_id.replace('/', '--')}.full.json"
+    path = COMPLETE_DIR / f"{family.hub_id.replace('/', '--')}.json"
     if family.complete_model_class is None or not path.exists():
         raise ModelFamilyError(f"The {family.name} family has no complete checkpoint beyond its "
                                f"{family.model_class}: build its tiny checkpoint with build_tiny.")
@@ -388,10 +389,11 @@ def build_tiny_full(family: str, out_dir: str | Path, seed: int = 0, preset: str
 
     Why: ``audiotune merge`` of an adapter on such a base must write the complete checkpoint back, and only a real
     complete checkpoint (the real class's ``from_pretrained``, ``generate(..., return_audio=True)``) can show it did.
-    How: the part is :func:`build_tiny`'s, weights and all (same seed, same files); the rest is ``<hub id>.full.json``
-    shrunk by :func:`shrink_config` with the same preset, then tiny.json's ``full`` section: ``token_ids`` (config
-    key -> token of the tiny vocabulary, or a negative int: a row counted from its end, for ids the real tokenizer
-    has no token for), ``sizes`` per preset, and ``speakers`` (name -> text bos row) for a ``spk_dict.pt``.
+    How: the part is :func:`build_tiny`'s, weights and all (same seed, same files); the rest is
+    ``published/complete/<hub id>.json`` shrunk by :func:`shrink_config` with the same preset, then tiny.json's
+    ``full`` section: ``token_ids`` (config key -> token of the tiny vocabulary, or a negative int: a row counted
+    from its end, for ids the real tokenizer has no token for), ``sizes`` per preset, and ``speakers`` (name -> text
+    bos row) for a ``spk_dict.pt``.
     """
     import torch
     import transformers
@@ -517,7 +519,7 @@ def builder_files(family: Family) -> list[Path]:
     files."""
     models = Path(__file__).parent
     stem = family.hub_id.replace("/", "--")
-    published = [PUBLISHED_DIR / f"{stem}.json", PUBLISHED_DIR / f"{stem}.full.json",
+    published = [PUBLISHED_DIR / f"{stem}.json", COMPLETE_DIR / f"{stem}.json",
                  *sorted((PROCESSORS_DIR / stem).rglob("*"))]
     words = models.parent / "caption_words.py"
     return sorted(models.glob("*.py")) + [words] + [f for f in published if f.is_file()]
