@@ -48,7 +48,10 @@ def merge_adapter(model: str, adapter: str, out: str | Path, dtype: torch.dtype 
     if base is None:
         merged.save_pretrained(str(out_dir))
     else:
-        write_complete(merged, family, base, out_dir)
+        with tempfile.TemporaryDirectory(dir=out_dir, prefix=".part-") as part_dir:
+            merged.save_pretrained(part_dir)
+            del peft_model, merged  # the part's tensors are read back from its files: one copy in memory, not two
+            write_complete(Path(part_dir), family, base, out_dir)
         logger.warning(TALKER_WARNING, out_dir, family.complete_model_part, family.complete_model_class)
     from .checkpoints import processor_folder
 
@@ -84,10 +87,11 @@ def weight_files(folder: Path) -> list[Path]:
     return [single] if single.exists() else []
 
 
-def write_complete(merged: torch.nn.Module, family: Family, base: Path, out_dir: Path) -> None:
-    """Write the complete checkpoint: ``merged`` (the tuned part) under the base's ``<part>.`` names, every other
-    tensor of the base's safetensors copied as stored (dtype and bytes), the base's non-weight files (config.json,
-    generation_config.json, Qwen2.5-Omni's spk_dict.pt, ...) copied, shards and index written afresh.
+def write_complete(part_dir: Path, family: Family, base: Path, out_dir: Path) -> None:
+    """Write the complete checkpoint: the tuned part (as ``save_pretrained`` wrote it in ``part_dir``) under the
+    base's ``<part>.`` names, every other tensor of the base's safetensors copied as stored (dtype and bytes), the
+    base's non-weight files (config.json, generation_config.json, Qwen2.5-Omni's spk_dict.pt, ...) copied, shards
+    and index written afresh (peak memory: the part plus the other parts, no model).
 
     Why copy rather than load the complete model and save it: the untouched parts stay bit for bit the base's, in
     the base's dtype and names, and nothing but the part is ever instantiated. The part's names are what
@@ -103,29 +107,24 @@ def write_complete(merged: torch.nn.Module, family: Family, base: Path, out_dir:
         raise CheckpointError(f"{base}: no model.safetensors (or sharded index) to copy the "
                               f"{family.complete_model_class}'s other parts from. Convert the checkpoint to "
                               "safetensors and merge again.")
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".part-") as tmp:
-        merged.save_pretrained(tmp)
-        part: dict[str, torch.Tensor] = {}
-        for path in weight_files(Path(tmp)):
-            with safe_open(str(path), "pt") as handle:
-                part.update({key.removeprefix(prefix): handle.get_tensor(key) for key in handle.keys()})
-    state: dict[str, torch.Tensor] = {f"{prefix}{key}": tensor for key, tensor in part.items()}
-    base_part: set[str] = set()
-    for path in base_files:
-        with safe_open(str(path), "pt") as handle:
-            for key in handle.keys():
-                if key.startswith(prefix):
-                    base_part.add(key.removeprefix(prefix))
-                else:
-                    state[key] = handle.get_tensor(key)
-    if base_part != set(part):
-        only_base, only_merged = sorted(base_part - set(part)), sorted(set(part) - base_part)
+    part_files = weight_files(part_dir)
+    part_keys = {key.removeprefix(prefix) for key in _keys(part_files)}
+    base_part = {key.removeprefix(prefix) for key in _keys(base_files) if key.startswith(prefix)}
+    if base_part != part_keys:
+        only_base, only_merged = sorted(base_part - part_keys), sorted(part_keys - base_part)
         raise CheckpointError(
             f"{base}: the merged {family.complete_model_part}'s weight names differ from the base's "
             f"(only in the base: {only_base[:3]}{' ...' if len(only_base) > 3 else ''}; only in the merge: "
             f"{only_merged[:3]}{' ...' if len(only_merged) > 3 else ''}), so they cannot go back under its "
             f"'{prefix}' names. Merge onto a {family.complete_model_part}-only base instead (save the base's "
             f"{family.complete_model_part} with transformers first) and report the checkpoint.")
+    state: dict[str, torch.Tensor] = {}
+    for path in part_files:
+        with safe_open(str(path), "pt") as handle:
+            state.update({f"{prefix}{key.removeprefix(prefix)}": handle.get_tensor(key) for key in handle.keys()})
+    for path in base_files:
+        with safe_open(str(path), "pt") as handle:
+            state.update({key: handle.get_tensor(key) for key in handle.keys() if not key.startswith(prefix)})
     for path in sorted(base.iterdir()):
         if path.is_file() and not path.name.endswith(WEIGHT_SUFFIXES):
             shutil.copyfile(path, out_dir / path.name)
@@ -133,3 +132,13 @@ def write_complete(merged: torch.nn.Module, family: Family, base: Path, out_dir:
         if stale.is_file() and stale.name.startswith("model") and stale.name.endswith(WEIGHT_SUFFIXES):
             stale.unlink()
     save_torch_state_dict(state, out_dir, metadata={"format": "pt"})
+
+
+def _keys(files: list[Path]) -> list[str]:
+    from safetensors import safe_open
+
+    keys: list[str] = []
+    for path in files:
+        with safe_open(str(path), "pt") as handle:
+            keys.extend(handle.keys())
+    return keys
