@@ -101,6 +101,23 @@ def test_tiny_complete_checkpoint_names_the_real_architecture(family_name, compl
     assert (config["model_type"], config["architectures"], config["thinker_config"]["model_type"]) == \
         expected[family_name]
     assert config["enable_audio_output"] is True
+    # Ids the complete model reads from the thinker's vocabulary name the same tokens as the real ones do (remapped
+    # to the tiny vocabulary, as the thinker's own ids are).
+    from transformers import AutoTokenizer
+
+    ids = AutoTokenizer.from_pretrained(str(complete)).convert_tokens_to_ids
+    if family_name == "qwen25omni":
+        talker = config["talker_config"]
+        assert (talker["audio_token_index"], talker["audio_start_token_id"], talker["audio_end_token_id"]) == \
+            (ids("<|AUDIO|>"), ids("<|audio_bos|>"), ids("<|audio_eos|>"))
+        assert talker["audio_token_index"] == config["thinker_config"]["audio_token_index"]
+        assert talker["tts_codec_end_token_id"] == 8294  # the talker's own codec vocabulary, as published
+    else:
+        assert (config["im_start_token_id"], config["user_token_id"], config["assistant_token_id"]) == \
+            (ids("<|im_start|>"), ids("user"), ids("assistant"))
+        assert config["talker_config"]["audio_token_id"] == config["thinker_config"]["audio_token_id"] == \
+            ids("<|audio_pad|>")
+        assert config["talker_config"]["speaker_id"] == {"chelsie": 2301, "ethan": 2302, "aiden": 2303}
     stored = tensors(complete)
     assert {key.split(".")[0] for key in stored} == {"thinker", *(p.rstrip(".") for p in OTHER_PARTS[family_name])}
 

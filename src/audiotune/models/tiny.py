@@ -19,6 +19,11 @@ How (the same for every family, :func:`build_tiny`):
    ``tiny.json``'s ``sizes`` apply what a config cannot say generically (data, per preset), a family's
    ``tiny_hook`` (``families.py``) the rare rest, and everything is saved with ``save_pretrained``.
 
+A family whose published checkpoint is more than the part it trains (Qwen Omni: a talker and a vocoder around the
+thinker) also gets a tiny *complete* checkpoint (:func:`build_tiny_full`): the same tiny part inside the complete
+architecture of ``published/complete/<hub id>.json``, shrunk alike; ``audiotune merge``'s tests load it with the real
+complete class.
+
 Same seed → identical files. Compute proportions (the benchmarks depend on them): the real Audio Flamingo 3 pairs a
 Whisper-large-v3 encoder (32 layers, d=1280, always run over full 30 s windows of 1500 positions) with Qwen2.5-7B.
 For a typical 10 s AudioCaps clip the encoder costs ≈2.3 TFLOP per window (linear ≈1.9 + attention ≈0.4) while the
