@@ -87,6 +87,8 @@ QWEN25_OMNI = Family(
     hub_id="Qwen/Qwen2.5-Omni-7B",
     # The full model adds a talker and a vocoder; audio in, text out is the thinker alone.
     model_class="Qwen2_5OmniThinkerForConditionalGeneration",
+    # The Hub checkpoint is the complete model (published/complete/Qwen--Qwen2.5-Omni-7B.json): merge writes it back.
+    complete_model_class="Qwen2_5OmniForConditionalGeneration",
     projector_prefixes=("model.audio_tower.proj",),  # the projector sits inside the audio tower
     requires_audio=False,
     max_audios=8,
@@ -305,6 +307,8 @@ QWEN3_OMNI = Family(
     aliases=("qwen3-omni", "qwen3_omni", "qwen3-omni-moe", "qwen3_omni_moe"),
     hub_id="Qwen/Qwen3-Omni-30B-A3B-Instruct",
     model_class="Qwen3OmniMoeThinkerForConditionalGeneration",  # the thinker: audio in, text out
+    # The Hub checkpoint is the complete model (published/complete/Qwen--Qwen3-Omni-30B-A3B-Instruct.json).
+    complete_model_class="Qwen3OmniMoeForConditionalGeneration",
     **_SEES_IMAGES,
 )
 

@@ -115,6 +115,11 @@ class Family:
     # model begins each answer with <|im_start|>assistant): training appends header + answer + end of turn to the
     # rendered prompt and keeps the header in the labels, as upstream fine-tuning does.
     model_writes_header: bool = False
+    # The class of the complete checkpoint when ``model_class`` is one part of it (Qwen Omni: the thinker, beside a
+    # talker and a vocoder that speak its answers), and that part's attribute and config key stem (``thinker``):
+    # training tunes the part; ``audiotune merge`` of a complete base writes the complete checkpoint back (merge.py).
+    complete_model_class: str | None = None
+    complete_model_part: str = "thinker"
     # Constant model inputs every batch carries (the collator adds them to what the processor returns).
     model_inputs: tuple[tuple[str, Any], ...] = ()
     # Tiny-builder hook for what a config cannot say generically (``models/tiny.py``): ``(config, tokenizer,

@@ -40,6 +40,7 @@ def resolve_family(model_id_or_path: str) -> Family:
     key = (str(model_id_or_path), stamp)  # config.json's mtime: a rebuilt folder resolves afresh
     if key not in _BOUND:
         entry = family_for_config(config)
+        config = trained_part_config(entry, config)
         try:
             processor = _auto_processor(model_id_or_path, entry)
         except OSError:  # a config-only folder: processor facts then come from the registry entry's tiny checkpoint
@@ -50,6 +51,16 @@ def resolve_family(model_id_or_path: str) -> Family:
 
 
 _BOUND: dict[tuple[str, int], Family] = {}
+
+
+def trained_part_config(family: Family, config):
+    """The config of the model ``family`` trains: a complete checkpoint's part (Qwen Omni's ``thinker_config``
+    inside the full model's config), else ``config`` itself. The one rule for "this checkpoint is complete":
+    ``config`` is complete exactly when this returns something else (merge writes such a base back whole)."""
+    if family.complete_model_class is None:
+        return config
+    part = getattr(config, f"{family.complete_model_part}_config", None)
+    return config if part is None else part
 
 
 def offline_facts(family: Family) -> Family:

@@ -19,6 +19,11 @@ How (the same for every family, :func:`build_tiny`):
    ``tiny.json``'s ``sizes`` apply what a config cannot say generically (data, per preset), a family's
    ``tiny_hook`` (``families.py``) the rare rest, and everything is saved with ``save_pretrained``.
 
+A family whose published checkpoint is more than the part it trains (Qwen Omni: a talker and a vocoder around the
+thinker) also gets a tiny *complete* checkpoint (:func:`build_tiny_full`): the same tiny part inside the complete
+architecture of ``published/complete/<hub id>.json``, shrunk alike; ``audiotune merge``'s tests load it with the real
+complete class.
+
 Same seed → identical files. Compute proportions (the benchmarks depend on them): the real Audio Flamingo 3 pairs a
 Whisper-large-v3 encoder (32 layers, d=1280, always run over full 30 s windows of 1500 positions) with Qwen2.5-7B.
 For a typical 10 s AudioCaps clip the encoder costs ≈2.3 TFLOP per window (linear ≈1.9 + attention ≈0.4) while the
@@ -43,6 +48,7 @@ from .family import Family
 
 PUBLISHED_DIR = Path(__file__).parent / "published"
 PROCESSORS_DIR = PUBLISHED_DIR / "processors"
+COMPLETE_DIR = PUBLISHED_DIR / "complete"  # what a complete checkpoint adds around the part a family trains
 
 PRESETS: dict[str, dict] = {
     "default": {
@@ -367,6 +373,100 @@ def build_tiny(family: str, out_dir: str | Path, seed: int = 0, preset: str = "d
     return out
 
 
+def published_complete_config(family: Family) -> dict:
+    """The family's complete published checkpoint as a config dict (class defaults filled in): what
+    ``published/complete/<hub id>.json`` adds around the part the family trains (Qwen Omni's talker and vocoder
+    around its thinker), with that part's published architecture as its sub-config."""
+    from transformers import AutoConfig
+
+    path = COMPLETE_DIR / f"{family.hub_id.replace('/', '--')}.json"
+    if family.complete_model_class is None or not path.exists():
+        raise ModelFamilyError(f"The {family.name} family has no complete checkpoint beyond its "
+                               f"{family.model_class}: build its tiny checkpoint with build_tiny.")
+    data = {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
+    data[f"{family.complete_model_part}_config"] = published_config(family)
+    return AutoConfig.for_model(**data).to_dict()
+
+
+def build_tiny_full(family: str, out_dir: str | Path, seed: int = 0, preset: str = "micro") -> Path:
+    """The tiny *complete* checkpoint of a family whose trained model is one part of the published one (Qwen Omni:
+    thinker + talker + vocoder), in ``out_dir``.
+
+    Why: ``audiotune merge`` of an adapter on such a base must write the complete checkpoint back, and only a real
+    complete checkpoint (the real class's ``from_pretrained``, ``generate(..., return_audio=True)``) can show it did.
+    How: the part is :func:`build_tiny`'s, weights and all (same seed, same files); the rest is
+    ``published/complete/<hub id>.json`` shrunk by :func:`shrink_config` with the same preset, then tiny.json's
+    ``full`` section: ``token_ids`` (config key -> token of the tiny vocabulary, or a negative int: a row counted
+    from its end, for ids the real tokenizer has no token for), ``sizes`` per preset, and ``speakers`` (name -> text
+    bos row) for a ``spk_dict.pt``.
+    """
+    import torch
+    import transformers
+    from transformers import AutoConfig, AutoTokenizer
+
+    entry = family_by_name(family)
+    full_spec = tiny_spec(entry)[1].get("full")
+    published = published_complete_config(entry)
+    if full_spec is None:
+        raise ModelFamilyError(f"No 'full' section in the {entry.name} family's tiny.json: add its token ids and "
+                               "sizes (see the Qwen Omni entries).")
+    out = build_tiny(family, out_dir, seed=seed, preset=preset)
+    part_key = f"{entry.complete_model_part}_config"
+    part_config = json.loads((out / "config.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(str(out))
+    vocab = AutoConfig.for_model(**part_config).get_text_config(decoder=True).vocab_size
+
+    def token_id(token: str | int) -> int:
+        return vocab + token if isinstance(token, int) else tokenizer.convert_tokens_to_ids(token)
+
+    config = shrink_config(published, PRESETS[preset])
+    config[part_key] = part_config
+    for key, token in full_spec.get("token_ids", {}).items():
+        _set_path(config, key, token_id(token))
+    _merge(config, full_spec.get("sizes", {}).get(preset, {}))
+    _set_dtypes(config, "float32")  # the weights' (the published bfloat16 would load some sub-models in it)
+    config = AutoConfig.for_model(**config)
+
+    part = getattr(transformers, model_class_of(entry)).from_pretrained(str(out))
+    torch.manual_seed(seed + 1)
+    model = getattr(transformers, entry.complete_model_class)(config)
+    getattr(model, entry.complete_model_part).load_state_dict(part.state_dict())
+    model.generation_config = part.generation_config
+    for stale in out.glob("model*.safetensors*"):
+        stale.unlink()
+    model.save_pretrained(out)
+    saved = json.loads((out / "config.json").read_text())
+    saved["architectures"] = published["architectures"]  # the real checkpoint's name (save writes the class's)
+    (out / "config.json").write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
+    speakers = full_spec.get("speakers")
+    if speakers:
+        write_speakers(model, {name: token_id(row) for name, row in speakers.items()}, out, seed)
+    return out
+
+
+def _set_dtypes(config: dict, dtype: str) -> None:
+    for key, value in config.items():
+        if key in ("dtype", "torch_dtype") and value is not None:
+            config[key] = dtype
+        elif isinstance(value, dict):
+            _set_dtypes(value, dtype)
+
+
+def write_speakers(model, bos_ids: dict[str, int], out: Path, seed: int) -> None:
+    """``spk_dict.pt`` as Qwen2.5-Omni ships it beside its weights: per voice, the text bos id the talker starts
+    from, a speaker embedding (``cond``) and a reference mel (``ref_mel``) for the vocoder's DiT, random here
+    (``Qwen2_5OmniForConditionalGeneration.from_pretrained`` loads it; ``generate`` reads the three keys)."""
+    import torch
+
+    dit = model.config.token2wav_config.dit_config
+    generator = torch.Generator().manual_seed(seed + 2)
+    voices = {name: {"bos_token": bos,
+                     "cond": torch.randn(1, dit.enc_emb_dim, generator=generator),
+                     "ref_mel": torch.randn(1, 2 * dit.block_size, dit.mel_dim, generator=generator)}
+              for name, bos in bos_ids.items()}
+    torch.save(voices, out / "spk_dict.pt")
+
+
 def write_modality_adapter(model, spec: dict, out: Path, seed: int) -> None:
     """Write a LoRA the real checkpoint ships beside its weights (``spec``: tiny.json's ``modality_adapters`` entry:
     subfolder, LoraConfig fields, and whether the keys drop PEFT's ``base_model.model.`` prefix as transformers'
@@ -424,7 +524,8 @@ def builder_files(family: Family) -> list[Path]:
     files."""
     models = Path(__file__).parent
     stem = family.hub_id.replace("/", "--")
-    published = [PUBLISHED_DIR / f"{stem}.json", *sorted((PROCESSORS_DIR / stem).rglob("*"))]
+    published = [PUBLISHED_DIR / f"{stem}.json", COMPLETE_DIR / f"{stem}.json",
+                 *sorted((PROCESSORS_DIR / stem).rglob("*"))]
     words = models.parent / "caption_words.py"
     return sorted(models.glob("*.py")) + [words] + [f for f in published if f.is_file()]
 
