@@ -211,3 +211,45 @@ def test_preference_objectives_train_end_to_end(micro_af3, beeps, tmp_path, loss
         assert logged[0]["rewards/chosen"] < 0 and logged[0]["rewards/rejected"] < 0
     if loss_type == "orpo":
         assert "nll_loss" in logged[0]
+
+
+@pytest.mark.slow
+def test_the_trainer_computes_the_configured_grpo_objective(micro_af3, beeps, tmp_path):
+    """--importance-sampling-level and --grpo-loss-type reach the loss the trainer backpropagates."""
+    from audiotune.rl.losses import grpo_loss
+
+    trainer, train_ds = _grpo_trainer(micro_af3, beeps, tmp_path, importance_sampling_level="sequence",
+                                      grpo_loss_type="dapo", num_iterations=2)
+    rollout = trainer.rollout([train_ds[0], train_ds[1]])
+    generator = torch.Generator().manual_seed(0)
+    rollout["old_logps"] = rollout["old_logps"] + 0.3 * torch.randn(rollout["old_logps"].shape, generator=generator)
+    rollout["advantages"] = torch.linspace(-1, 1, 8)
+    rollout["completion_mask"] = rollout["completion_mask"].clone()
+    rollout["completion_mask"][::2, 1:] = 0  # unequal lengths, so that dapo's token sum and grpo's mean differ
+    loss = trainer.compute_loss(trainer.model, rollout)
+    with torch.no_grad():
+        logps = trainer.per_token_logps(trainer.model, rollout)
+    args = (logps, rollout["old_logps"], None, rollout["advantages"], rollout["completion_mask"])
+    expected = grpo_loss(*args, beta=0.0, loss_type="dapo", importance_sampling_level="sequence").loss.item()
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    for other in ({"loss_type": "dapo"}, {"loss_type": "grpo", "importance_sampling_level": "sequence"}):
+        assert grpo_loss(*args, beta=0.0, **other).loss.item() != pytest.approx(expected, rel=1e-3), other
+
+
+@pytest.mark.parametrize("settings,message", [
+    ({"method": "grpo", "task": "mcq", "grpo_loss_type": "dapo", "gradient_accumulation_steps": 2},
+     "--gradient-accumulation-steps 1"),
+    ({"method": "grpo", "task": "mcq", "dynamic_sampling": True, "max_refill_draws": -1}, "--max-refill-draws -1"),
+    ({"method": "dpo", "dpo_loss_type": "kto", "full": True}, "reference-free loss (orpo, simpo)"),
+])
+def test_settings_that_cannot_work_are_refused(settings, message):
+    from audiotune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        TrainConfig.from_flat(model="m", dataset="d", **settings).validate()
+
+
+@pytest.mark.parametrize("loss_type", ["orpo", "simpo"])
+def test_reference_free_losses_train_full_models(loss_type):
+    cfg = TrainConfig.from_flat(model="m", dataset="d", method="dpo", dpo_loss_type=loss_type, full=True).validate()
+    assert cfg.trainer_arguments(has_eval=False).loss_type == [loss_type]
