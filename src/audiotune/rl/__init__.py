@@ -1,6 +1,6 @@
-"""Reinforcement learning and preference optimisation for audio-language models: GRPO with verifiable rewards,
-and DPO on preference pairs, on the same data, collator, audio cache, checkpoints and CLI as supervised training.
-See docs/rl.md."""
+"""Reinforcement learning and preference optimisation for audio-language models: GRPO with verifiable rewards
+(and GSPO, DAPO), and DPO on preference pairs (and KTO, ORPO, SimPO), on the same data, collator, audio cache,
+checkpoints and CLI as supervised training. See docs/rl.md."""
 
 from __future__ import annotations
 
@@ -20,8 +20,10 @@ def make_rl_trainer(args, rl, model, processor, family, train_ds, callbacks: lis
                               f"{window} prompts (batch size × accumulation); lower --per-device-train-batch-size.")
         rewards = build_rewards(rl.rewards, rl.reward_weights, train_ds.build.task.name)
         return GrpoTrainer(model=model, args=args, train_dataset=train_ds, processor=processor, family=family,
-                           task=train_ds.build.task.name, rewards=rewards, callbacks=callbacks)
+                           task=train_ds.build.task.name, rewards=rewards, callbacks=callbacks,
+                           dynamic_sampling=rl.dynamic_sampling, max_refill_draws=rl.max_refill_draws)
     from .dpo import DpoTrainer, PreferenceCollator
 
     return DpoTrainer(model=model, args=args, train_dataset=train_ds,
-                      data_collator=PreferenceCollator(processor, family), callbacks=callbacks)
+                      data_collator=PreferenceCollator(processor, family, kto=rl.dpo_loss_type == "kto"),
+                      callbacks=callbacks, simpo_gamma=rl.simpo_gamma)

@@ -13,7 +13,7 @@ from typing import Any, Literal, get_args
 
 from ..config import GenerationSettings, check_choices, option, split_commas
 from ..errors import ConfigError
-from .losses import DpoLossType, GrpoLossType, ScaleRewards
+from .losses import REFERENCE_FREE, DpoLossType, GrpoLossType, ImportanceSamplingLevel, ScaleRewards
 
 Method = Literal["sft", "grpo", "dpo"]
 METHODS = get_args(Method)
@@ -41,11 +41,20 @@ class RLConfig:
     reward_weights: list[float] | None = option(None, "grpo: comma-separated weights, one per reward (empty: all 1).")
     scale_rewards: ScaleRewards = option("group", "grpo: divide advantages by the group's or the batch's std, or "
                                                   "not.")
-    grpo_loss_type: GrpoLossType = option("grpo", "grpo: loss normalisation: per sequence (grpo), per token (bnpo) "
-                                                  "or dr_grpo.")
-    dpo_beta: float = option(0.1, "dpo: temperature of the implicit reward; lower strays further from the "
-                                  "reference.")
-    dpo_loss_type: DpoLossType = option("sigmoid", "dpo: sigmoid (DPO), hinge (SLiC) or ipo.")
+    grpo_loss_type: GrpoLossType = option("grpo", "grpo: loss normalisation: per sequence (grpo), per token (bnpo), "
+                                                  "dr_grpo, or over the batch's tokens (dapo).")
+    importance_sampling_level: ImportanceSamplingLevel = option(
+        "token", "grpo: probability ratio per token, or per completion (sequence: GSPO).")
+    mask_truncated_completions: bool = option(False, "grpo: completions cut at --max-completion-length get no loss "
+                                                     "(DAPO's overlong filtering).")
+    dynamic_sampling: bool = option(False, "grpo: drop groups whose rewards are all equal and sample more prompts "
+                                           "to refill the batch (DAPO).")
+    max_refill_draws: int = option(3, "grpo --dynamic-sampling: most extra batches of prompts drawn per batch.")
+    dpo_beta: float = option(0.1, "dpo: β of the preference loss (DPO, KTO, SimPO temperature; ORPO's λ), TRL's "
+                                  "beta.")
+    dpo_loss_type: DpoLossType = option("sigmoid", "dpo: sigmoid (DPO), hinge (SLiC), ipo, kto (unpaired), orpo or "
+                                                   "simpo (both reference-free).")
+    simpo_gamma: float = option(0.5, "dpo --dpo-loss-type simpo: the target reward margin γ.")
 
     def __post_init__(self) -> None:
         self.rewards = split_commas(self.rewards)
@@ -73,6 +82,12 @@ def validate_rl(cfg) -> None:
             raise ConfigError("--temperature must be > 0 and --top-p in (0, 1].")
         if rl.beta < 0:
             raise ConfigError(f"--beta {rl.beta}: the KL weight cannot be negative.")
+        if rl.grpo_loss_type == "dapo" and cfg.gradient_accumulation_steps > 1:
+            raise ConfigError("--grpo-loss-type dapo divides by the completion tokens of the whole generation batch, "
+                              "and audiotune generates one micro-batch at a time: use --gradient-accumulation-steps "
+                              "1 (raise --per-device-train-batch-size instead), or --grpo-loss-type bnpo.")
+        if rl.max_refill_draws < 0:
+            raise ConfigError(f"--max-refill-draws {rl.max_refill_draws}: must be 0 or more.")
         if data.streaming:
             raise ConfigError("--method grpo reads a map-style dataset (it replays each batch --num-iterations "
                               "times): drop --streaming, or take a slice with --train-take.")
@@ -87,9 +102,10 @@ def validate_rl(cfg) -> None:
     if rl.method == "dpo":
         if rl.dpo_beta <= 0:
             raise ConfigError(f"--dpo-beta {rl.dpo_beta}: must be > 0.")
-        if adapter.full:
-            raise ConfigError("--method dpo with --full needs a second copy of the model as the reference; train "
-                              "LoRA instead (the reference is then the base with the adapter off).")
+        if adapter.full and rl.dpo_loss_type not in REFERENCE_FREE:
+            raise ConfigError(f"--method dpo --dpo-loss-type {rl.dpo_loss_type} with --full needs a second copy of the "
+                              "model as the reference; train LoRA instead (the reference is then the base with the "
+                              f"adapter off), or use a reference-free loss ({', '.join(REFERENCE_FREE)}).")
     if rl.method != "sft" and adapter.qlora:
         raise ConfigError(f"--method {rl.method} with --qlora is untested here; train plain LoRA.")
 
@@ -109,8 +125,11 @@ def rl_arguments(rl: RLConfig, generation: GenerationSettings, trainer: dict[str
                           epsilon=rl.epsilon, epsilon_high=rl.epsilon_high, beta=rl.beta,
                           temperature=generation.temperature, top_p=generation.top_p,
                           max_completion_length=rl.max_completion_length, reward_weights=rl.reward_weights,
-                          scale_rewards=rl.scale_rewards, loss_type=rl.grpo_loss_type, log_completions=False)
+                          scale_rewards=rl.scale_rewards, loss_type=rl.grpo_loss_type, log_completions=False,
+                          importance_sampling_level=rl.importance_sampling_level,
+                          mask_truncated_completions=rl.mask_truncated_completions)
     from trl import DPOConfig
 
-    # per_device_train_batch_size counts preference pairs.
+    # per_device_train_batch_size counts preference pairs. DPOConfig carries every preference loss's settings here
+    # (TRL has separate KTO/ORPO/CPO configs, whose beta means the same); simpo_gamma reaches the trainer from rl.
     return DPOConfig(**common, beta=rl.dpo_beta, loss_type=[rl.dpo_loss_type], precompute_ref_log_probs=False)

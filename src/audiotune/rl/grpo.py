@@ -78,7 +78,8 @@ class GrpoTrainer(MetricsLogMixin, AudiotuneTrainer):
     """``args`` is a TRL ``GRPOConfig``; ``per_device_train_batch_size`` counts completions (prompts × group)."""
 
     def __init__(self, *, model, args, train_dataset, processor, family: Family, task: str,
-                 rewards: Sequence[Reward], **kwargs: Any) -> None:
+                 rewards: Sequence[Reward], dynamic_sampling: bool = False, max_refill_draws: int = 3,
+                 **kwargs: Any) -> None:
         super().__init__(model=model, args=args, train_dataset=train_dataset, data_collator=_as_list, **kwargs)
         if args.disable_dropout:  # sampled and trained log-probs must come from the same function
             from trl.trainer.utils import disable_dropout_in_model
@@ -93,6 +94,8 @@ class GrpoTrainer(MetricsLogMixin, AudiotuneTrainer):
         self.suppress_ids = [audio_id] if isinstance(audio_id, int) and audio_id >= 0 else None
         self.prompts_per_step = args.per_device_train_batch_size // args.num_generations
         self.model_accepts_loss_kwargs = False  # the loss is ours; the Trainer scales it for accumulation
+        self.dynamic_sampling, self.max_refill_draws = dynamic_sampling, max_refill_draws
+        self.mask_truncated = args.mask_truncated_completions
         self._rollouts: dict[int, dict[str, Any]] = {}
         self._window_step, self._micro = -1, 0
 
@@ -122,24 +125,29 @@ class GrpoTrainer(MetricsLogMixin, AudiotuneTrainer):
         return self.accelerator.unwrap_model(self.model)
 
     def rollout(self, examples: list[Example]) -> dict[str, Any]:
-        """Generate a group per prompt, score it, and compute advantages and the old/reference log-probs."""
+        """Generate a group per prompt, score it (with ``dynamic_sampling``: keep only groups whose rewards differ,
+        refilling from the data), and compute advantages and the old/reference log-probs."""
         args = self.args
         group = args.num_generations
         model = self._unwrapped()
-        repeated = [e for e in examples for _ in range(group)]
-        batch = to_model_inputs(self.prompt_collator(repeated), model)  # sampled from, and the log-probs' prompts
-        samples = self.rollout_engine(model).sample(repeated, max_tokens=args.max_completion_length,
-                                                    temperature=args.temperature, top_p=args.top_p,
-                                                    suppress_tokens=self.suppress_ids, inputs=batch)
+        drawn = self.generate_and_score(model, examples)
+        refill: dict[str, float] = {}
+        if self.dynamic_sampling:
+            drawn, refill = self.refill(model, drawn, len(examples))
+        repeated, batch, samples, rewards_per_func = drawn
+        if batch is None:  # groups kept from several draws: collate their prompts together
+            batch = to_model_inputs(self.prompt_collator(repeated), model)
         prompt_ids, prompt_mask = batch["input_ids"], batch["attention_mask"]
         features = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")}
         pad_id = self.processor.tokenizer.pad_token_id
         keep = max(max(len(s.tokens) for s in samples), 1)  # the end-of-turn token is learned too
         completion_ids = torch.tensor([s.tokens + [pad_id] * (keep - len(s.tokens)) for s in samples],
                                       device=prompt_ids.device)
-        completion_mask = torch.tensor([[1] * len(s.tokens) + [0] * (keep - len(s.tokens)) for s in samples],
-                                       device=prompt_ids.device)
-        texts = [s.text for s in samples]
+        # --mask-truncated-completions (DAPO's overlong filtering, TRL's ``mask_truncated_completions`` in
+        # ``GRPOTrainer._generate_and_score_completions``): a completion that never stopped gets an all-zero mask,
+        # so it is neither attended to nor trained on; it still counted towards its group's mean and std.
+        completion_mask = torch.tensor([[int(s.stopped or not self.mask_truncated)] * len(s.tokens)
+                                        + [0] * (keep - len(s.tokens)) for s in samples], device=prompt_ids.device)
 
         rollout = {"input_ids": torch.cat([prompt_ids, completion_ids], 1),
                    "attention_mask": torch.cat([prompt_mask, completion_mask], 1),
@@ -152,19 +160,73 @@ class GrpoTrainer(MetricsLogMixin, AudiotuneTrainer):
             else:
                 rollout["ref_logps"] = None
 
-        rewards_per_func = self.score(repeated, texts).to(completion_ids.device)
-        weights = torch.tensor([r.weight for r in self.rewards], device=completion_ids.device)
-        rewards = (rewards_per_func * weights).sum(1)
+        rewards_per_func = rewards_per_func.to(completion_ids.device)
+        rewards = self.weighted(rewards_per_func)
         advantages, std = group_advantages(rewards, group, args.scale_rewards)
         rollout["advantages"] = advantages
         stats = {"reward": rewards.mean().item(), "reward_std": std.view(-1, group)[:, 0].mean().item(),
                  "frac_reward_zero_std": torch.isclose(std, torch.zeros_like(std)).float().mean().item(),
-                 "completion_length": completion_mask.sum(1).float().mean().item(),
-                 "completions_clipped": sum(not s.stopped for s in samples) / len(samples)}
+                 "completion_length": torch.tensor([len(s.tokens) for s in samples]).float().mean().item(),
+                 "completions_clipped": sum(not s.stopped for s in samples) / len(samples), **refill}
         for i, reward in enumerate(self.rewards):
             stats[f"rewards/{reward.name}"] = rewards_per_func[:, i].mean().item()
         rollout["stats"] = stats
         return rollout
+
+    def weighted(self, rewards_per_func: torch.Tensor) -> torch.Tensor:
+        weights = torch.tensor([r.weight for r in self.rewards], device=rewards_per_func.device)
+        return (rewards_per_func * weights).sum(1)
+
+    def generate_and_score(self, model, examples: list[Example]) -> tuple[list[Example], dict | None, list, Any]:
+        """A group of completions per prompt: (the repeated prompts, their collated batch, the samples, the
+        completions × rewards matrix)."""
+        args = self.args
+        repeated = [e for e in examples for _ in range(args.num_generations)]
+        batch = to_model_inputs(self.prompt_collator(repeated), model)  # sampled from, and the log-probs' prompts
+        samples = self.rollout_engine(model).sample(repeated, max_tokens=args.max_completion_length,
+                                                    temperature=args.temperature, top_p=args.top_p,
+                                                    suppress_tokens=self.suppress_ids, inputs=batch)
+        return repeated, batch, samples, self.score(repeated, [s.text for s in samples])
+
+    def refill(self, model, drawn, prompts: int) -> tuple[tuple, dict[str, float]]:
+        """DAPO's dynamic sampling (arXiv:2503.14476, §3.2): a group whose rewards are all equal has zero advantages
+        and teaches nothing, so it is dropped, and further batches of ``prompts`` prompts — drawn at random from the
+        train split, seeded by the run's seed, the step and the micro-batch — are sampled and scored until
+        ``prompts`` informative groups are found or ``max_refill_draws`` extra batches have been drawn. If the
+        data cannot refill the batch, the shortfall is made up with the first draw's all-equal groups (they add only
+        the KL term), a warning is logged, and ``dynamic_sampling/unfilled`` counts them."""
+        group = self.args.num_generations
+        informative, spare, dropped, draws = [], [], 0, 0
+        while True:
+            repeated, _, samples, rewards_per_func = drawn
+            grouped = self.weighted(rewards_per_func).view(-1, group)
+            for g, flat in enumerate((grouped == grouped[:, :1]).all(1).tolist()):
+                span = slice(g * group, (g + 1) * group)
+                part = (repeated[span], samples[span], rewards_per_func[span])
+                if flat:
+                    dropped += 1
+                    if draws == 0:
+                        spare.append(part)
+                else:
+                    informative.append(part)
+            if len(informative) >= prompts or draws >= self.max_refill_draws:
+                break
+            draws += 1
+            seed = self.args.seed * 1_000_003 + self.state.global_step * 1_009 + self._micro * 31 + draws
+            order = torch.randperm(len(self.train_dataset), generator=torch.Generator().manual_seed(seed))
+            drawn = self.generate_and_score(model, [self.train_dataset[i] for i in order[:prompts].tolist()])
+        unfilled = max(prompts - len(informative), 0)
+        if unfilled:
+            logger.warning("dynamic sampling: %d of %d groups still have all-equal rewards after %d extra draws; "
+                           "training on them (only their KL term counts). Raise --max-refill-draws, or check that "
+                           "the rewards can tell completions apart.", unfilled, prompts, draws)
+        parts = (informative + spare)[:prompts]
+        stats = {"dynamic_sampling/dropped_groups": float(dropped), "dynamic_sampling/draws": float(draws),
+                 "dynamic_sampling/unfilled": float(unfilled)}
+        if draws == 0 and not dropped:  # nothing dropped: the first draw as it was, its collated batch reused
+            return (repeated, drawn[1], samples, rewards_per_func), stats
+        return ([e for p in parts for e in p[0]], None, [s for p in parts for s in p[1]],
+                torch.cat([p[2] for p in parts])), stats
 
     def score(self, examples: list[Example], completions: list[str]) -> torch.Tensor:
         """(completions × rewards) matrix. Row fields reach user rewards as lists aligned with the completions."""
@@ -194,7 +256,8 @@ class GrpoTrainer(MetricsLogMixin, AudiotuneTrainer):
         epsilon_high = self.args.epsilon_high if self.args.epsilon_high is not None else self.args.epsilon
         result = grpo_loss(logps, old, inputs["ref_logps"], inputs["advantages"], inputs["completion_mask"],
                            epsilon_low=self.args.epsilon, epsilon_high=epsilon_high, beta=self.args.beta,
-                           loss_type=self.args.loss_type, max_completion_length=self.args.max_completion_length)
+                           loss_type=self.args.loss_type, max_completion_length=self.args.max_completion_length,
+                           importance_sampling_level=self.args.importance_sampling_level)
         self.record("kl", result.kl)
         self.record("clip_ratio", result.clip_ratio)
         return (result.loss, None) if return_outputs else result.loss

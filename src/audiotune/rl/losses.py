@@ -1,9 +1,12 @@
-"""The GRPO and DPO objectives as plain functions of log-probabilities.
+"""The GRPO (with GSPO and DAPO) and preference (DPO, KTO, ORPO, SimPO) objectives as plain functions of
+log-probabilities.
 
 Why not call TRL's trainers directly: their ``_compute_loss`` methods run the model themselves and take text or
 image batches, not an audio collator's. The formulas are TRL's (same names, same constants, same reductions),
-and ``tests/test_rl_losses.py`` runs TRL's own ``GRPOTrainer._compute_loss`` and ``DPOTrainer._compute_loss``
-on the same log-probabilities and checks the values agree.
+and ``tests/test_rl_losses.py`` runs TRL's own code on the same log-probabilities and checks the values agree:
+``GRPOTrainer._compute_loss`` (token and sequence importance sampling, every loss type), ``DPOTrainer._compute_loss``,
+``KTOTrainer._compute_loss``, ``experimental.orpo.ORPOTrainer.odds_ratio_loss`` and
+``experimental.cpo.CPOTrainer.cpo_loss`` (``loss_type="simpo"``).
 """
 
 from __future__ import annotations
@@ -15,12 +18,17 @@ import torch
 import torch.nn.functional as F
 
 # The types of RLConfig's choices (rl/config.py), and the values these functions accept.
-GrpoLossType = Literal["grpo", "bnpo", "dr_grpo"]
-DpoLossType = Literal["sigmoid", "hinge", "ipo"]
+GrpoLossType = Literal["grpo", "bnpo", "dr_grpo", "dapo"]
+ImportanceSamplingLevel = Literal["token", "sequence"]
+DpoLossType = Literal["sigmoid", "hinge", "ipo", "kto", "orpo", "simpo"]
 ScaleRewards = Literal["group", "batch", "none"]
 GRPO_LOSS_TYPES = get_args(GrpoLossType)
 DPO_LOSS_TYPES = get_args(DpoLossType)
 SCALE_REWARDS = get_args(ScaleRewards)
+# Preference losses that never look at a reference model (no second forward pass, and --full can train them).
+REFERENCE_FREE = ("orpo", "simpo")
+# Preference losses on the mean log-probability per answer token rather than the sum (TRL's average_log_prob=True).
+LENGTH_NORMALISED = ("orpo", "simpo")
 
 
 def group_advantages(rewards: torch.Tensor, num_generations: int, scale: str = "group"
@@ -57,19 +65,30 @@ class GrpoLoss:
 def grpo_loss(per_token_logps: torch.Tensor, old_per_token_logps: torch.Tensor,
               ref_per_token_logps: torch.Tensor | None, advantages: torch.Tensor, mask: torch.Tensor,
               epsilon_low: float = 0.2, epsilon_high: float = 0.2, beta: float = 0.04, loss_type: str = "grpo",
-              max_completion_length: int | None = None) -> GrpoLoss:
+              max_completion_length: int | None = None, importance_sampling_level: str = "token",
+              num_items: float | torch.Tensor | None = None) -> GrpoLoss:
     """The clipped surrogate with a KL penalty, per completion token, reduced as ``loss_type`` says.
 
     ``per_token_logps`` (B, T) are the policy's (with grad), ``old_per_token_logps`` those the completions
     were sampled with (equal to the policy's on the first iteration, so the ratio is 1), ``ref_per_token_logps``
     the reference's; ``mask`` marks real completion tokens. KL is the k3 estimator
     ``exp(ref - logp) - (ref - logp) - 1``. ``grpo`` averages per sequence then over sequences, ``bnpo`` over all
-    tokens, ``dr_grpo`` divides the token sum by ``B * max_completion_length``.
+    tokens, ``dr_grpo`` divides the token sum by ``B * max_completion_length``, ``dapo`` divides it by
+    ``num_items``, the completion tokens of the whole generation batch (default: this batch's, ``mask.sum()``).
+
+    ``importance_sampling_level="sequence"`` is GSPO (arXiv:2507.18071): one ratio per completion,
+    ``exp(mean over its tokens of (logp - old))``, the geometric mean of its token ratios, clipped as a whole —
+    TRL's ``GRPOTrainer._compute_loss`` (``log_importance_weights``), followed here.
     """
     if advantages.dim() == 1:
         advantages = advantages.unsqueeze(1)
     mask = mask.to(per_token_logps.dtype)
-    coef_1 = torch.exp(per_token_logps - old_per_token_logps)
+    log_ratio = per_token_logps - old_per_token_logps
+    if importance_sampling_level == "sequence":
+        log_ratio = ((log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).unsqueeze(-1)  # (B, 1)
+    elif importance_sampling_level != "token":
+        raise ValueError(f"unknown importance sampling level {importance_sampling_level!r}; token or sequence")
+    coef_1 = torch.exp(log_ratio)
     coef_2 = torch.clamp(coef_1, 1 - epsilon_low, 1 + epsilon_high)
     per_token_loss = -torch.min(coef_1 * advantages, coef_2 * advantages)
     per_token_kl = None
@@ -86,10 +105,15 @@ def grpo_loss(per_token_logps: torch.Tensor, old_per_token_logps: torch.Tensor,
     elif loss_type == "dr_grpo":
         length = max_completion_length or per_token_logps.size(1)
         loss = (per_token_loss * mask).sum() / (per_token_loss.size(0) * length)
+    elif loss_type == "dapo":
+        loss = (per_token_loss * mask).sum() / torch.as_tensor(mask.sum() if num_items is None else num_items,
+                                                                 dtype=mask.dtype).clamp(min=1.0)
     else:
         raise ValueError(f"unknown GRPO loss type {loss_type!r}; choose one of {', '.join(GRPO_LOSS_TYPES)}")
 
     def masked_mean(x: torch.Tensor) -> float:
+        if x.shape[1] == 1:  # sequence level: one value per completion, averaged over completions (as TRL does)
+            return float(x.mean())
         return float((x * mask).sum() / mask.sum().clamp(min=1.0))
 
     low = (coef_1 < 1 - epsilon_low) & (advantages < 0)
@@ -135,4 +159,61 @@ def dpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, ref_chose
     else:
         raise ValueError(f"unknown DPO loss type {loss_type!r}; choose one of {', '.join(DPO_LOSS_TYPES)}")
     return DpoLoss(loss=losses.mean(), chosen_rewards=beta * chosen_logratios.detach(),
+                   rejected_rewards=beta * rejected_logratios.detach())
+
+
+def simpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, beta: float = 0.1,
+               gamma: float = 0.5) -> DpoLoss:
+    """SimPO (arXiv:2405.14734): ``-log σ(β (mean log π(chosen) - mean log π(rejected)) - γ)``, reference-free.
+
+    ``*_logps`` are each answer's **mean** log-probability per token (the length normalisation that replaces
+    DPO's reference). TRL keeps it in ``trl.experimental.cpo.CPOTrainer.cpo_loss`` with ``loss_type="simpo"``,
+    which writes the margin as ``β (Δ - γ/β)``; this is that formula with ``label_smoothing=0`` and without the
+    CPO NLL term (``cpo_alpha=0``: the paper's SimPO). The rewards are ``β · mean log π``, TRL's.
+    """
+    losses = -F.logsigmoid(beta * (chosen_logps - rejected_logps) - gamma)
+    return DpoLoss(loss=losses.mean(), chosen_rewards=beta * chosen_logps.detach(),
+                   rejected_rewards=beta * rejected_logps.detach())
+
+
+def orpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, chosen_nll: torch.Tensor,
+              beta: float = 0.1) -> DpoLoss:
+    """ORPO (arXiv:2403.07691): the chosen answer's NLL plus ``β · -log σ(log odds(chosen) - log odds(rejected))``,
+    where ``odds(y) = p / (1 - p)`` and ``p = exp(mean log π(y))``; reference-free.
+
+    Follows ``trl.experimental.orpo.ORPOTrainer.odds_ratio_loss`` and ``get_batch_loss_metrics`` (``loss =
+    nll - mean(β · log σ(log odds ratio))``; TRL's ``beta`` is the paper's λ), with ``log(1 - p)`` computed as
+    TRL does (``log1mexp``). ``*_logps`` are mean log-probabilities per answer token; ``chosen_nll`` is the mean
+    token NLL of the chosen answers. One deviation, on purpose: TRL's NLL covers prompt and answer, ours the answer
+    tokens only (the paper's L_SFT is on the response, and audiotune's loss never covers the prompt).
+    """
+    import warnings
+
+    with warnings.catch_warnings():  # TRL warns on every import from trl.experimental; the function is stable
+        warnings.simplefilter("ignore")
+        from trl.experimental.orpo.orpo_trainer import log1mexp
+
+    log_odds = (chosen_logps - rejected_logps) - (log1mexp(chosen_logps) - log1mexp(rejected_logps))
+    loss = chosen_nll - (beta * F.logsigmoid(log_odds)).mean()
+    return DpoLoss(loss=loss, chosen_rewards=beta * chosen_logps.detach(),
+                   rejected_rewards=beta * rejected_logps.detach())
+
+
+def kto_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, ref_chosen_logps: torch.Tensor,
+             ref_rejected_logps: torch.Tensor, kl: torch.Tensor, beta: float = 0.1, desirable_weight: float = 1.0,
+             undesirable_weight: float = 1.0) -> DpoLoss:
+    """KTO (arXiv:2402.01306, eq. 7) on unpaired examples: a desirable answer's loss is
+    ``1 - σ(β (log-ratio - z))``, an undesirable one's ``1 - σ(β (z - log-ratio))``, averaged over all of them.
+
+    ``z`` (``kl``) is the reference point: the batch's mean policy-minus-reference log-probability of mismatched
+    (prompt, answer) pairs, clamped at 0 and detached — TRL's ``KTOTrainer._compute_loss`` (``loss_type="kto"``),
+    followed here; the log-probabilities are sums over the answer tokens, as there. The two sides need not have
+    the same count.
+    """
+    chosen_logratios = chosen_logps - ref_chosen_logps
+    rejected_logratios = rejected_logps - ref_rejected_logps
+    z = kl.detach().clamp(min=0)
+    losses = torch.cat([desirable_weight * (1 - torch.sigmoid(beta * (chosen_logratios - z))),
+                        undesirable_weight * (1 - torch.sigmoid(beta * (z - rejected_logratios)))])
+    return DpoLoss(loss=losses.nanmean(), chosen_rewards=beta * chosen_logratios.detach(),
                    rejected_rewards=beta * rejected_logratios.detach())
