@@ -133,6 +133,67 @@ def _key_of(model: Path, adapter: Path, root: Path) -> str:
     return merged_copy(str(model), adapter, root.with_name(root.name + "-scratch")).name
 
 
+def _upstream(tag: str, names: list[str]):
+    """A stand-in for one vLLM server (its routes' shapes): says which server answered, and for which model."""
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse, Response, StreamingResponse
+    from starlette.routing import Route
+
+    async def models(request):
+        if request.headers.get("authorization") != "Bearer k":
+            return JSONResponse({"error": "Unauthorized"}, 401)
+        return JSONResponse({"object": "list", "data": [{"id": n} for n in names]})
+
+    async def answer(request):
+        kind = request.headers.get("content-type", "")
+        body = await request.json() if kind.startswith("application/json") else dict(await request.form())
+        if body.get("stream"):
+            async def chunks():
+                for i in range(3):
+                    yield f"data: {tag}{i}\n\n".encode()
+            return StreamingResponse(chunks(), media_type="text/event-stream")
+        return JSONResponse({"server": tag, "model": body.get("model"), "query": dict(request.query_params)})
+
+    async def health(request):
+        return Response(status_code=200)
+
+    return Starlette(routes=[Route("/v1/models", models), Route("/health", health),
+                             Route("/v1/chat/completions", answer, methods=["POST"]),
+                             Route("/v1/audio/transcriptions", answer, methods=["POST"])])
+
+
+def test_the_router_sends_each_request_to_the_server_of_its_model():
+    """Beyond what the real-vLLM test reaches: an audio upload (multipart form) routed by its model field, a query
+    string kept, an unknown model sent to the base's server (whose 404 names the models), a refusal passed on."""
+    import threading
+
+    import uvicorn
+
+    from audiotune.serve.vllm_server import router_app
+
+    def run(app) -> str:
+        port = _free_port()
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        threading.Thread(target=server.run, daemon=True).start()
+        while not server.started:
+            time.sleep(0.05)
+        return f"http://127.0.0.1:{port}"
+
+    main, merged = run(_upstream("main", ["base", "lm"])), run(_upstream("merged", ["proj"]))
+    router = run(router_app({"base": main, "lm": main, "proj": merged}, main))
+    key = {"Authorization": "Bearer k"}
+    assert [m["id"] for m in httpx.get(f"{router}/v1/models", headers=key).json()["data"]] == ["base", "lm", "proj"]
+    assert httpx.get(f"{router}/v1/models").status_code == 401
+    for model, server in (("base", "main"), ("lm", "main"), ("proj", "merged"), ("other", "main")):
+        answer = httpx.post(f"{router}/v1/chat/completions?trace=1", json={"model": model}).json()
+        assert answer == {"server": server, "model": model, "query": {"trace": "1"}}
+    upload = httpx.post(f"{router}/v1/audio/transcriptions", data={"model": "proj"}, files={"file": ("a.wav", b"x")})
+    assert upload.json()["server"] == "merged"
+    with httpx.stream("POST", f"{router}/v1/chat/completions", json={"model": "proj", "stream": True}) as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        assert stream.read() == b"data: merged0\n\ndata: merged1\n\ndata: merged2\n\n"
+
+
 # --- real vLLM ------------------------------------------------------------------------------------------------
 
 PROMPT = "Describe the audio."
@@ -243,8 +304,9 @@ def test_a_second_start_reuses_the_merged_copy(mixed_server, tiny_af3, trained_a
     written = (Path(made[0]) / "model.safetensors").stat().st_mtime_ns
     monkeypatch.setenv("AUDIOTUNE_CACHE", str(cache))
     with caplog.at_level(logging.INFO, logger="audiotune"):
-        server = VllmServer(ServeConfig.from_flat(model=str(tiny_af3), adapters={
-            "lm": str(trained_adapter), "proj": str(projector_adapter)}, served_name="base"), python=str(_vllm_python()))
+        cfg = ServeConfig.from_flat(model=str(tiny_af3), served_name="base",
+                                    adapters={"lm": str(trained_adapter), "proj": str(projector_adapter)})
+        server = VllmServer(cfg, python=str(_vllm_python()))
     try:
         assert server.merged == {"proj": made[0]} and set(server.adapters) == {"lm"}
         assert [c.names for c in server.children] == [["base", "lm"], ["proj"]]
