@@ -222,7 +222,7 @@ def mixed_server(tiny_af3, trained_adapter, projector_adapter, tmp_path_factory)
     root = tmp_path_factory.mktemp("mixed-server")
     (root / "key").write_text("mixed-key\n")
     log = root / "serve.log"  # vLLM logs a lot: a pipe nobody reads would fill and stall it
-    env = {**os.environ, "AUDIOTUNE_CACHE": str(root / "cache")}
+    env = {**os.environ, "AUDIOTUNE_CACHE": str(root / "cache"), "COLUMNS": "1000"}  # log lines unwrapped
     process = subprocess.Popen([sys.executable, "-m", "audiotune", "serve", "--backend", "vllm", "--vllm-python",
                                 str(python), "--model", str(tiny_af3), "--adapter", f"lm={trained_adapter}",
                                 "--adapter", f"proj={projector_adapter}", "--served-name", "base", "--port",
@@ -299,7 +299,7 @@ def test_a_second_start_reuses_the_merged_copy(mixed_server, tiny_af3, trained_a
     from audiotune.serve.vllm_server import VllmServer
 
     _, log, cache = mixed_server
-    made = re.findall(r"merging \S+ into \S+ for vLLM into (\S+)", log.read_text())
+    made = re.findall(r"merging adapter \S+ with base \S+ for vLLM into (\S+)", log.read_text())
     assert len(made) == 1 and Path(made[0]).parent == cache / "vllm-merged", log.read_text()[-3000:]
     written = (Path(made[0]) / "model.safetensors").stat().st_mtime_ns
     monkeypatch.setenv("AUDIOTUNE_CACHE", str(cache))

@@ -231,7 +231,7 @@ def merged_copy(model: str, adapter: str | Path, root: str | Path | None = None)
             shutil.rmtree(stale, ignore_errors=True)
     tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    logger.info("merging %s into %s for vLLM into %s", adapter, model, out)
+    logger.info("merging adapter %s with base %s for vLLM into %s", adapter, model, out)
     try:
         merge_adapter(model, str(adapter), tmp)
         tmp.rename(out)
