@@ -21,7 +21,7 @@ from ..conversation import Example
 from ..errors import ConfigError
 from ..models.family import Family
 from .base import Engine
-from .vllm_env import (export_adapter, find_vllm_python, lora_rank, modality_lora, on_cpu_only, require_vllm_family,
+from .vllm_env import (find_vllm_python, lora_rank, on_cpu_only, require_vllm_family, vllm_adapters,
                        vllm_environment)
 
 logger = logging.getLogger(__name__)
@@ -78,23 +78,25 @@ class VllmEngine(Engine):
         self.model_path = model
         self.family = require_vllm_family(model, family)
         self.adapters = dict(adapters or {})
-        self.audio_lora = modality_lora(model, self.family, list(self.adapters.values()))
         self.base_name = served_name or Path(model.rstrip("/")).name or model
         self.python = find_vllm_python(vllm_python)  # a missing environment fails here, before any work
         self.batch_size, self.extra_args = batch_size, list(extra_args)
         self.rows_per_call = max(batch_size, ROWS_PER_CALL)
         self.timings: dict[str, float] = {}  # the last call's load_seconds (engine start) and generate_seconds
         self._folder = tempfile.TemporaryDirectory(prefix="audiotune-vllm-")
-        self.exported = {name: str(export_adapter(model, path, Path(self._folder.name) / name, self.family))
-                         for name, path in self.adapters.items()}
+        # LM-only LoRA is exported and applied per request; any other adapter becomes a merged copy of the base,
+        # which a call for that name opens instead of the base (vllm_env.vllm_adapters decides).
+        plan = vllm_adapters(model, self.adapters, self.family, self._folder.name)
+        self.exported, self.merged, self.audio_lora = plan.lora, plan.merged, plan.audio_lora
 
     def generate(self, examples: Sequence[Example], settings: GenerationSettings, *, model: str | None = None,
                  on_batch: Callable[[int], None] | None = None) -> list[str]:
         name = self.check_model(model)
-        adapter = self.adapters.get(name)
-        request = {"model": self.model_path, "adapter": self.exported.get(name),
-                   "lora_rank": lora_rank(adapter) if adapter else self.audio_lora[1] if self.audio_lora else None,
-                   "default_mm_loras": {"audio": self.audio_lora[0]} if self.audio_lora else None,
+        adapter = self.exported.get(name)
+        audio_lora = None if name in self.merged else self.audio_lora  # the base's own; a merged copy folds it in
+        request = {"model": self.merged.get(name, self.model_path), "adapter": adapter,
+                   "lora_rank": lora_rank(adapter) if adapter else audio_lora[1] if audio_lora else None,
+                   "default_mm_loras": {"audio": audio_lora[0]} if audio_lora else None,
                    "max_num_seqs": self.batch_size, "cpu": on_cpu_only(), "extra_args": self.extra_args,
                    "sampling": vllm_sampling(settings),
                    "conversations": [openai_messages(e, self.family.sampling_rate) for e in examples]}

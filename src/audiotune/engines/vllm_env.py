@@ -11,16 +11,25 @@ Adapters need one conversion. PEFT saves LoRA weights under transformers' *in-me
 rewrites the names with transformers' own reverse conversion (the one ``save_pretrained`` applies to the base
 weights), lists ``target_modules`` by name (vLLM takes no regex), and checks every module against the base
 checkpoint's weights when they are on disk.
+
+Some adapters vLLM's LoRA cannot apply: one that saves whole modules (``modules_to_save``, e.g. a trained projector)
+or puts LoRA on the audio encoder (vLLM applies LoRA to the language model only). :func:`vllm_adapters` decides per
+adapter: LM-only LoRA is exported for vLLM's LoRA path; any other is merged into a copy of the base
+(:func:`merged_copy`, cached by a hash of the adapter's files and the base's identity), which vLLM loads as a model
+of its own.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,6 +37,8 @@ from ..errors import CheckpointError, ConfigError
 
 if TYPE_CHECKING:
     from ..models.family import Family
+
+logger = logging.getLogger(__name__)
 
 VLLM_ENV_DIR = ".venv-vllm"  # what `make vllm-env` builds
 VLLM_PYTHON_ENV = "AUDIOTUNE_VLLM_PYTHON"
@@ -99,23 +110,18 @@ def export_adapter(model: str, adapter: str | Path, out: str | Path, family: "Fa
 
     adapter, out = Path(adapter), Path(out)
     weights_file = adapter / "adapter_model.safetensors"
-    if not weights_file.exists():
-        raise CheckpointError(f"{adapter}: no adapter_model.safetensors; pass a LoRA folder saved by audiotune train.")
-    config = json.loads((adapter / "adapter_config.json").read_text())
-    if config.get("modules_to_save"):
-        raise ConfigError(f"{adapter}: vLLM's LoRA cannot load modules_to_save ({config['modules_to_save']}), e.g. a "
-                          "trained projector; merge it (`audiotune merge`) and serve the merged folder.")
+    check_adapter_files(adapter)
     family = require_vllm_family(model, family)
+    why = merge_reason(adapter, family)
+    if why:  # vLLM would drop these weights silently and serve the untrained modules
+        raise ConfigError(f"{adapter}: {why}, which vLLM's LoRA does not load; serve and eval/infer --backend vllm "
+                          "merge it by themselves (or run `audiotune merge` and pass the merged folder).")
+    config = json.loads((adapter / "adapter_config.json").read_text())
     architecture, _ = load_architecture(model)
     meta_model, _ = instantiate_on_meta(architecture, family)
     prefix = "base_model.model."
     weights = load_file(weights_file)
     inner = {k.removeprefix(prefix): v for k, v in weights.items()}
-    in_encoder = sorted({k.split(".lora_", 1)[0] for k in inner if family.is_encoder_module(k.split(".lora_", 1)[0])})
-    if in_encoder:  # vLLM applies LoRA to the language model only and would serve the untrained encoder silently
-        raise ConfigError(f"{adapter}: it trains the audio encoder ({len(in_encoder)} LoRA modules, first: "
-                          f"{in_encoder[0]}), which vLLM's LoRA does not reach; merge it (`audiotune merge`) and "
-                          "serve the merged folder.")
     renamed = revert_weight_conversion(meta_model, inner)
     if len(renamed) != len(inner):
         raise CheckpointError(f"{adapter}: {len(inner)} LoRA tensors became {len(renamed)} under the checkpoint's "
@@ -133,6 +139,118 @@ def export_adapter(model: str, adapter: str | Path, out: str | Path, family: "Fa
     config["target_modules"] = sorted({m.rsplit(".", 1)[-1] for m in modules})
     (out / "adapter_config.json").write_text(json.dumps(config, indent=2))
     return out
+
+
+def merge_reason(adapter: str | Path, family: "Family") -> str | None:
+    """Why vLLM's LoRA cannot apply ``adapter`` (``None``: it can): it saves whole modules (``modules_to_save``, e.g.
+    a trained projector) or has LoRA on the audio encoder. The one rule :func:`export_adapter` refuses by and
+    :func:`vllm_adapters` merges by."""
+    from safetensors import safe_open
+
+    adapter = Path(adapter)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    if config.get("modules_to_save"):
+        return f"it saves whole modules (modules_to_save: {config['modules_to_save']}, e.g. a trained projector)"
+    with safe_open(str(adapter / "adapter_model.safetensors"), "pt") as handle:
+        modules = {k.removeprefix("base_model.model.").split(".lora_", 1)[0] for k in handle.keys()}
+    in_encoder = sorted(m for m in modules if family.is_encoder_module(m))
+    if in_encoder:
+        return f"it trains the audio encoder ({len(in_encoder)} LoRA modules, first: {in_encoder[0]})"
+    return None
+
+
+@dataclass
+class VllmAdapters:
+    """How vLLM serves each named adapter: ``lora`` (exported folders, applied per request on the base) and
+    ``merged`` (checkpoint folders, each one vLLM model of its own)."""
+
+    audio_lora: tuple[str, int] | None = None  # the checkpoint's own audio LoRA (modality_lora), on the base only
+    lora: dict[str, str] = field(default_factory=dict)
+    merged: dict[str, str] = field(default_factory=dict)
+
+
+def vllm_adapters(model: str, adapters: dict[str, str], family: "Family", folder: str | Path) -> VllmAdapters:
+    """Each adapter on the path vLLM can serve it by: LM-only LoRA exported into ``folder``, any other merged into a
+    cached copy of the base (:func:`merged_copy`). The one place that decides; the offline engine and the server
+    both ask it."""
+    reasons = {}
+    for name, path in adapters.items():
+        check_adapter_files(path)
+        reasons[name] = merge_reason(path, family)
+    # A family that takes no LoRA, or ships its own audio LoRA, refuses the LoRA-path ones before any merge starts.
+    plan = VllmAdapters(audio_lora=modality_lora(model, family, [adapters[n] for n, why in reasons.items() if not why]))
+    for name, path in adapters.items():
+        if reasons[name]:
+            logger.info("adapter %s (%s): %s, which vLLM's LoRA does not load; serving a merged copy", name, path,
+                        reasons[name])
+            plan.merged[name] = str(merged_copy(model, path))
+        else:
+            plan.lora[name] = str(export_adapter(model, path, Path(folder) / name, family))
+    return plan
+
+
+def check_adapter_files(adapter: str | Path) -> None:
+    adapter = Path(adapter)
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        if not (adapter / name).is_file():
+            raise CheckpointError(f"{adapter}: no {name}; pass a LoRA folder saved by audiotune train.")
+
+
+def merged_copy(model: str, adapter: str | Path, root: str | Path | None = None) -> Path:
+    """``adapter`` merged into ``model`` (float32, as ``audiotune merge`` writes), in the cache: made once per adapter
+    and base, reused while neither changes.
+
+    The folder is ``<cache>/vllm-merged/<key>``, the key a hash of the adapter folder's files (names and bytes:
+    a retrained adapter gets a new copy) and of the base's identity (a local folder: its path and its files' names,
+    sizes and modification times; a Hub id: the id). The merge writes into a temporary sibling renamed into place
+    when complete, so a killed merge never leaves a folder that is later taken for a finished one.
+    """
+    from ..cache_dir import cache_root
+    from ..merge import merge_adapter
+
+    adapter = Path(adapter)
+    key = hashlib.sha256()
+    base = Path(model)
+    if base.is_dir():
+        key.update(str(base.resolve()).encode() + b"\0")
+        for file in sorted(p for p in base.iterdir() if p.is_file()):
+            stat = file.stat()
+            key.update(f"{file.name}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
+    else:
+        key.update(model.encode() + b"\0")
+    for file in sorted(p for p in adapter.iterdir() if p.is_file()):
+        key.update(file.name.encode() + b"\0" + file.read_bytes() + b"\0")
+    out = Path(root or cache_root() / "vllm-merged") / key.hexdigest()[:24]
+    if (out / "config.json").is_file():
+        logger.info("merged copy of %s reused: %s", adapter, out)
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f"{out.name}.tmp*"):  # left by a merge that was killed
+        pid = stale.name.rsplit(".tmp", 1)[1]
+        if not pid.isdigit() or not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    logger.info("merging adapter %s with base %s for vLLM into %s", adapter, model, out)
+    try:
+        merge_adapter(model, str(adapter), tmp)
+        tmp.rename(out)
+    except OSError:
+        if not (out / "config.json").is_file():  # not another process that finished the same merge first
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _checkpoint_keys(folder: Path) -> set[str] | None:

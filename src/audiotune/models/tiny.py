@@ -547,7 +547,9 @@ def cached_tiny(family: str) -> Path:
     import os
 
     entry = family_by_name(family)
-    root = Path(os.environ.get("AUDIOTUNE_CACHE", Path.home() / ".cache" / "audiotune")) / "tiny-facts"
+    from ..cache_dir import cache_root
+
+    root = cache_root() / "tiny-facts"
     out = root / f"{entry.name}-{builder_digest(entry)}"
     if not (out / "config.json").exists():
         tmp = out.with_name(out.name + f".tmp{os.getpid()}")
