@@ -292,8 +292,8 @@ def test_infer_with_vllm_answers_what_the_native_backend_answers(name, tmp_path,
     The adapter is ten LoRA steps on the two clips asked about: an untrained random model answers near logit ties
     (where two float32 kernels may part) or, for the tiny Granite models, its last prompt token (special, decoded
     as ""); trained, the answers are clear. Granite Speech ships its own audio LoRA, which vLLM applies per request
-    and so cannot stack ours on, and vLLM's Qwen2-Audio takes no LoRA: `infer` says to merge, and vLLM then runs
-    the merged folder."""
+    and so cannot stack ours on, and vLLM's Qwen2-Audio takes no LoRA: `infer --backend vllm --adapter` then runs a
+    merged copy of base and adapter (engines/vllm_env.py vllm_adapters), logged as such."""
     import soundfile
 
     from audiotune.models.families import family_by_name
@@ -310,15 +310,6 @@ def test_infer_with_vllm_answers_what_the_native_backend_answers(name, tmp_path,
                           "--learning-rate", 1e-2, "--max-steps", 10, "--save-steps", 10, "--eval-generate-take", 0)
     assert code == 0, stderr[-2000:]
     adapter = ["--adapter", tmp_path / "run"]
-    own_lora = family.modality_adapter is not None and (model / "adapter_config.json").exists()
-    if own_lora or not family.vllm_lora:  # Granite Speech's audio LoRA; Qwen2-Audio's vLLM code takes no LoRA
-        code, _, stderr = cli("infer", tmp_path / "fixed" / "a.wav", "--model", model, *adapter, "--backend", "vllm",
-                              "--vllm-python", python)
-        refusal = "ships its own audio LoRA" if own_lora else "does not implement SupportsLoRA"
-        assert code == 1 and refusal in stderr and "Merge first" in stderr, stderr[-2000:]
-        code, _, stderr = cli("merge", "--model", model, "--adapter", tmp_path / "run", "--out", tmp_path / "merged")
-        assert code == 0, stderr[-2000:]
-        model, adapter = tmp_path / "merged", []
     rate = family.sampling_rate
     files = [tmp_path / "a.wav", tmp_path / "bad.wav", tmp_path / "b.wav"]
     soundfile.write(files[0], tone(1.0, 440, rate), rate)

@@ -75,6 +75,27 @@ def test_lm_only_lora_is_exported_and_the_others_merged(micro_af3, family, micro
     assert tower and not torch.equal(merged.state_dict()[tower[0]], base_state[tower[0]])
 
 
+@pytest.mark.parametrize("name", ["qwen2audio", "granite_speech"])
+def test_a_family_without_vllm_lora_serves_even_an_lm_only_adapter_merged(name, tmp_path, monkeypatch):
+    """Qwen2-Audio's vLLM code takes no LoRA; Granite Speech 3.3's own audio LoRA takes the one vLLM applies per
+    request: an LM-only adapter, which AF3 serves on the LoRA path, is merged for them (it used to be refused)."""
+    from audiotune.models.loading import resolve_family
+    from audiotune.models.tiny import cached_tiny
+
+    monkeypatch.setenv("AUDIOTUNE_CACHE", str(tmp_path / "cache"))
+    model = cached_tiny(name)
+    family = resolve_family(str(model))
+    assert (not family.vllm_lora) if name == "qwen2audio" else (model / "adapter_config.json").is_file()
+    adapter = _adapter(model, family, tmp_path / "lm", AdaptationPlan(lora_r=4))
+    plan = vllm_adapters(str(model), {"lm": str(adapter)}, family, tmp_path / "export")
+    assert plan.lora == {} and set(plan.merged) == {"lm"}
+    # The base keeps its own audio LoRA for requests to the base; the merged copy has it folded in, so vLLM must not
+    # apply it a second time (no adapter_config.json in the copy).
+    assert plan.audio_lora == (None if name == "qwen2audio" else (str(model), 8))
+    assert (Path(plan.merged["lm"]) / "config.json").is_file()
+    assert not (Path(plan.merged["lm"]) / "adapter_config.json").exists()
+
+
 def test_the_merged_copy_is_reused_until_the_adapter_changes(micro_af3, micro_adapters, tmp_path, caplog,
                                                              monkeypatch):
     adapter = tmp_path / "adapter"

@@ -173,11 +173,18 @@ def vllm_adapters(model: str, adapters: dict[str, str], family: "Family", folder
     """Each adapter on the path vLLM can serve it by: LM-only LoRA exported into ``folder``, any other merged into a
     cached copy of the base (:func:`merged_copy`). The one place that decides; the offline engine and the server
     both ask it."""
+    from ..models.loading import modality_adapter_path
+
+    # A family whose vLLM code takes no LoRA (Qwen2-Audio), or whose checkpoint's own audio LoRA takes vLLM's one
+    # LoRA per request (Granite Speech 3.3), serves every adapter merged: the merged copy holds both LoRAs.
+    no_lora_path = (f"vLLM's {family.name} model code takes no LoRA (it does not implement SupportsLoRA)"
+                    if not family.vllm_lora else
+                    "the checkpoint's own audio LoRA takes the one LoRA vLLM applies per request"
+                    if adapters and modality_adapter_path(model, family) is not None else None)
     reasons = {}
     for name, path in adapters.items():
         check_adapter_files(path)
-        reasons[name] = merge_reason(path, family)
-    # A family that takes no LoRA, or ships its own audio LoRA, refuses the LoRA-path ones before any merge starts.
+        reasons[name] = merge_reason(path, family) or no_lora_path
     plan = VllmAdapters(audio_lora=modality_lora(model, family, [adapters[n] for n, why in reasons.items() if not why]))
     for name, path in adapters.items():
         if reasons[name]:

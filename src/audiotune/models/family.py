@@ -71,7 +71,7 @@ class Family:
     max_audios: int = 1  # audios per conversation (AF3's processor pairs each text with exactly one audio)
     vllm_supported: bool = False  # vLLM's model code runs this family (``serve --backend vllm`` accepts it)
     vllm_tested: bool = False  # a test starts vLLM on this family's tiny checkpoint (tests/test_serve_vllm.py)
-    vllm_lora: bool = True  # vLLM's model code takes LoRA adapters (implements SupportsLoRA); False: merge first
+    vllm_lora: bool = True  # vLLM's model code takes LoRA adapters (implements SupportsLoRA); False: served merged
     # Why vLLM does not serve the family, or is not tested on it, when vLLM has model code for it (the upstream fact).
     vllm_note: str | None = None
     # How the shipped published files (published/<hub id>.json, processors/<hub id>/) compare with the public record
