@@ -8,10 +8,11 @@ model one token per 40 ms (its stride-2 convolution and 2× average pooling over
 frozen encoder the direction survives only as whatever its untrained filters happen to mix into that average; a
 trained first convolution (its 30 ms kernel sees the order) can make it explicit before the pooling.
 
-The three arms train from the same tiny AF3 (default preset: a random encoder, the stand-in for "features that were
-never trained on this"), with the same seed, data order, steps, batch and learning rate; the projector trains in
-every arm (``--train-projector``), so the LM-only arm has a trained linear read-out of the frozen features and any
-gain of the encoder arms is the encoder's own. Held-out accuracy: ``audiotune eval --task classify`` (greedy) on
+The three arms train from the same tiny AF3 (micro preset: a random encoder, the stand-in for "features that were
+never trained on this"), with the same seed, data order, steps, batch and learning rate (the whole tower's own,
+lower: ``FULL_ENCODER_LR``); the projector trains in every arm (``--train-projector``) and LoRA covers the LM head
+(as in bench_rl.py), so the LM-only arm has a trained linear read-out of the frozen features and any gain of the
+encoder arms is the encoder's own. Held-out accuracy: ``audiotune eval --task classify`` (greedy) on
 test clips no arm saw; chance is 0.5.
 
 Usage: python benchmarks/bench_encoder.py [--out runs/bench-encoder] [--steps 60] [--write]   (``make encoder-bench``)
@@ -33,6 +34,9 @@ SECTION = "## Training the audio encoder"
 RATE = 16000
 LABELS = ("rising", "falling")
 ARMS = {"LM-only LoRA (encoder frozen)": "none", "encoder LoRA": "lora", "full encoder": "full"}
+# LoRA on the LM's linears and its head (bench_rl.py's finding: the micro model's head is too small to move without it).
+WITH_HEAD = r".*language_model\..*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)|lm_head"
+FULL_ENCODER_LR = 1e-3  # a whole tower under Adam at the LoRA rate (1e-2) moves every weight 1% per step
 
 
 def chirp_clip(label: str, rng: np.random.Generator, seconds: float = 1.5, chirp_ms: float = 40.0,
@@ -88,7 +92,7 @@ def main() -> None:
     parser.add_argument("--test-clips", type=int, default=80)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=5e-3)
+    parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--write", action="store_true", help="Update the encoder section of BENCHMARKS.md.")
     opts = parser.parse_args()
 
@@ -115,7 +119,8 @@ def main() -> None:
             model=model, dataset=str(data), task="classify", output_dir=str(root / mode), eval_split=None,
             eval_generate_take=0, per_device_train_batch_size=opts.batch, gradient_accumulation_steps=1,
             learning_rate=opts.lr, warmup_steps=5, max_steps=opts.steps, logging_steps=10, save_steps=100_000,
-            seed=0, train_projector=True, train_audio_encoder=mode, disable_tqdm=True))
+            seed=0, lora_targets=WITH_HEAD, train_projector=True, train_audio_encoder=mode, disable_tqdm=True,
+            encoder_learning_rate=FULL_ENCODER_LR if mode == "full" else None))
         seconds = time.perf_counter() - start
         results[name] = {"mode": mode, "train_seconds": round(seconds, 1), "trainable": run.trainable_parameters,
                          "train_loss": run.train_loss,
@@ -142,9 +147,11 @@ def write_section(table: str, result: dict) -> None:
     frozen, best = arms[0]["accuracy"], max(a["accuracy"] for a in arms[1:])
     path = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
     body = (f"{SECTION}\n\nMeasured {date.today()} with `make encoder-bench` (`benchmarks/bench_encoder.py`) on "
-            f"{result['machine']}. Tiny AF3 ({result['preset']} preset, random weights), synthetic task: 1.5 s clips of 3–5 "
+            f"{result['machine']}. Tiny AF3 ({result['preset']} preset, random weights), synthetic task: 1.5 s "
+            "clips of 3–5 "
             "40 ms chirps, label `rising` or `falling` (the same mel bins either way; only their order within one "
-            "40 ms encoder token differs), chance 0.5. Each arm: LoRA r=16 on the LM plus the trained projector, "
+            "40 ms encoder token differs), chance 0.5. Each arm: LoRA r=16 on the LM and its head plus the trained "
+            f"projector (the full tower at lr {FULL_ENCODER_LR}), "
             f"{result['steps']} steps of batch {result['batch']}, lr {result['lr']}, seed 0, the same "
             f"{result['train_clips']} training clips; held-out accuracy by `audiotune eval --task classify` "
             f"(greedy) on {result['test_clips']} test clips.\n\n{table}\n\n"
