@@ -57,9 +57,10 @@ soak: setup
 rl-bench: setup
 	$(PY) benchmarks/bench_rl.py --write
 
-# LM-only LoRA vs encoder LoRA vs the whole encoder on a task the frozen encoder blurs (updates its BENCHMARKS.md section).
+# LM-only LoRA vs encoder LoRA vs the whole encoder on two tasks a frozen encoder blurs (updates its BENCHMARKS.md section).
 encoder-bench: setup
-	$(PY) benchmarks/bench_encoder.py --write
+	$(PY) benchmarks/bench_encoder.py --design chirps
+	$(PY) benchmarks/bench_encoder.py --design tone-in-noise --write
 
 # The wheels benchmarks/gpu_check.py needs on the GPU machine, in benchmarks/gpu-wheels/ (git-ignored, under 64 MiB).
 gpu-wheels: setup

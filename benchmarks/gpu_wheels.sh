@@ -8,7 +8,7 @@
 # The machine (docs: the device's KINDS.md) is Python 3.12 with torch 2.11, transformers 5.17, peft, accelerate,
 # huggingface-hub 1.33, tokenizers 0.23.2, safetensors 0.8, pandas, pyarrow, fsspec, xxhash, numpy, pyyaml and jinja2.
 # gpu_check.py's path (audiotune.train: data via `datasets`, decoding via soundfile + soxr) needs besides those:
-# transformers 5.24 (pyproject's pin; transformers 5.17's AF3 differs), datasets with dill and multiprocess, soundfile
+# transformers 5.24 (the version pyproject pins and CI tests), datasets with dill and multiprocess, soundfile
 # with cffi and pycparser, soxr, and audiotune itself (a wheel built from this checkout). Versions are this repo's
 # tested ones (.venv). --no-deps: each is named here; --target keeps the machine's own packages untouched.
 # --ignore-requires-python: pyproject says <3.12 (the tested Python); the machine's is 3.12.
