@@ -18,7 +18,9 @@ The three arms train from the same tiny AF3 (micro preset, random weights), with
 batch and learning rate (the whole tower's own, lower: ``FULL_ENCODER_LR``); the projector trains in every arm
 (``--train-projector``) and LoRA covers the LM head (as in bench_rl.py), so the LM-only arm has a trained read-out of
 the frozen features and any gain of the encoder arms is the encoder's own. Held-out accuracy: ``audiotune eval
---task classify`` (greedy) on test clips no arm saw; chance is 0.5.
+--task classify`` (greedy) on test clips no arm saw; chance is 0.5. Beside the arms, linear probes (logistic
+regression on time-averaged log-mel input vs frozen encoder output) say whether the frozen features hold the class
+at all, which separates "the encoder blurs it" from "the LM has not learned to read it yet".
 
 Usage: python benchmarks/bench_encoder.py [--design tone-in-noise] [--out runs/bench-encoder] [--steps 60] [--write]
 (``make encoder-bench``). ``--write`` puts a table for each design whose result is in ``--out`` into BENCHMARKS.md.
