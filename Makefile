@@ -57,7 +57,8 @@ soak: setup
 rl-bench: setup
 	$(PY) benchmarks/bench_rl.py --write
 
-# LM-only LoRA vs encoder LoRA vs the whole encoder on two tasks a frozen encoder blurs (updates its BENCHMARKS.md section).
+# LM-only LoRA vs encoder LoRA vs the whole encoder on two tasks built to hide the label from a frozen encoder
+# (updates its BENCHMARKS.md section).
 encoder-bench: setup
 	$(PY) benchmarks/bench_encoder.py --design chirps
 	$(PY) benchmarks/bench_encoder.py --design tone-in-noise --write
