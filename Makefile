@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup system-deps vllm-env torch-floor-env demo test test-fast bench rl-bench soak models-doc config-doc clean
+.PHONY: setup system-deps vllm-env torch-floor-env demo test test-fast bench rl-bench encoder-bench gpu-wheels soak models-doc config-doc clean
 
 setup: system-deps $(VENV)/.installed
 
@@ -62,6 +62,16 @@ soak: setup
 # GRPO vs the supervised adapter it starts from, on the synthetic beep-count task (updates its BENCHMARKS.md section).
 rl-bench: setup
 	$(PY) benchmarks/bench_rl.py --write
+
+# LM-only LoRA vs encoder LoRA vs the whole encoder on two tasks built to hide the label from a frozen encoder
+# (updates its BENCHMARKS.md section).
+encoder-bench: setup
+	$(PY) benchmarks/bench_encoder.py --design chirps
+	$(PY) benchmarks/bench_encoder.py --design tone-in-noise --write
+
+# The wheels benchmarks/gpu_check.py needs on the GPU machine, in benchmarks/gpu-wheels/ (git-ignored, under 64 MiB).
+gpu-wheels: setup
+	PY=$(PY) bash benchmarks/gpu_wheels.sh
 
 clean:
 	rm -rf runs .pytest_cache

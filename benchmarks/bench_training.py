@@ -138,9 +138,25 @@ def common_eval_loss(model, processor, data: str) -> float:
     return total / count
 
 
+def analytic_flops(config, tokens: float, windows: float, encoder_backward: bool = False) -> dict:
+    """Model FLOPs of one AF3 training sample (the MFU numerator, here and in ``gpu_check.py``): the encoder's
+    forward over ``windows`` 30 s windows (twice more when gradients flow back through it: LoRA in the encoder or a
+    trained tower) + the LM's forward and activation backward over ``tokens`` (LoRA's own weight gradients are
+    negligible). Recomputation by activation checkpointing is not model work, so it does not count."""
+    enc, txt = config.audio_config, config.text_config
+    positions = 1500
+    encoder = (enc.num_hidden_layers * (24 * enc.hidden_size**2 * positions + 4 * positions**2 * enc.hidden_size)
+               + 2 * 3 * (enc.num_mel_bins * enc.hidden_size * 3000 + enc.hidden_size**2 * positions))
+    kv = txt.num_key_value_heads * (txt.hidden_size // txt.num_attention_heads)
+    per_token = 2 * (txt.num_hidden_layers * (2 * txt.hidden_size**2 + 2 * txt.hidden_size * kv
+                                              + 3 * txt.hidden_size * txt.intermediate_size)
+                     + txt.hidden_size * txt.vocab_size)
+    return {"encoder": encoder * windows * (3 if encoder_backward else 1), "lm": 2 * per_token * tokens,
+            "tokens": tokens}
+
+
 def model_flops_per_sample(model_path: str, data: str) -> dict:
-    """Analytic FLOPs for one training sample: encoder forward over its 30 s window(s) + LM forward and
-    activation backward (LoRA's own weight gradients are negligible) over the sample's tokens."""
+    """:func:`analytic_flops` for this benchmark's clips: tokens and windows per sample as the collator makes them."""
     from transformers import AudioFlamingo3Config
 
     from audiotune.config import DataConfig
@@ -150,33 +166,29 @@ def model_flops_per_sample(model_path: str, data: str) -> dict:
     from audiotune.models.loading import load_processor, offline_facts
 
     af3 = offline_facts(AUDIO_FLAMINGO_3)
-    config = AudioFlamingo3Config.from_pretrained(model_path)
-    enc, txt = config.audio_config, config.text_config
-    positions = 1500
-    encoder = (enc.num_hidden_layers * (24 * enc.hidden_size**2 * positions + 4 * positions**2 * enc.hidden_size)
-               + 2 * 3 * (enc.num_mel_bins * enc.hidden_size * 3000 + enc.hidden_size**2 * positions))
-    kv = txt.num_key_value_heads * (txt.hidden_size // txt.num_attention_heads)
-    per_token = 2 * (txt.num_hidden_layers * (2 * txt.hidden_size**2 + 2 * txt.hidden_size * kv
-                                              + 3 * txt.hidden_size * txt.intermediate_size)
-                     + txt.hidden_size * txt.vocab_size)
     rows, build = prepare_split(DataConfig(dataset=data), "train", af3)
     batch = ConversationCollator(load_processor(model_path), af3)([build(rows[i], i) for i in range(TRAIN_CLIPS)])
     tokens = float(batch["attention_mask"].sum()) / TRAIN_CLIPS
     windows = batch["input_features"].shape[0] / TRAIN_CLIPS
-    return {"encoder": encoder * windows, "lm": 2 * per_token * tokens, "tokens": tokens}
+    return analytic_flops(AudioFlamingo3Config.from_pretrained(model_path), tokens, windows)
 
 
-def matmul_peak() -> float:
-    """Dense fp32 matmul FLOP/s on this machine, with torch's threads (best of several)."""
+def matmul_peak(device: str = "cpu", dtype=None, n: int = 1024) -> float:
+    """Dense matmul FLOP/s on ``device`` in ``dtype`` (default float32), best of several: the MFU denominator
+    measured, not a datasheet's (on the CPU, with torch's threads)."""
     import torch
 
-    n = 1024
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    sync = torch.cuda.synchronize if a.is_cuda else (lambda: None)
+    torch.mm(a, b)
     best = 0.0
     for _ in range(5):
+        sync()
         start = time.perf_counter()
         for _ in range(10):
             torch.mm(a, b)
+        sync()
         best = max(best, 10 * 2 * n**3 / (time.perf_counter() - start))
     return best
 

@@ -30,7 +30,8 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
-KEPT = ("## GRPO on a verifiable task",)  # written by their own commands (`make rl-bench`), kept as they are
+KEPT = ("## GRPO on a verifiable task", "## Training the audio encoder", "## GPU check")  # written by their own
+# commands (`make rl-bench`, `make encoder-bench`, a GPU session's `benchmarks/gpu_check.py`), kept as they are
 
 
 def kept_sections(path: Path) -> str:
