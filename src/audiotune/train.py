@@ -27,6 +27,7 @@ from .config import DataConfig
 from .train_config import TrainConfig, gpu_only_message
 from .trainer import AudiotuneTrainer
 from .data.collator import ConversationCollator
+from .data.packing import PackingCollator, check_packing
 from .data.examples import BadSampleLog, ExampleDataset, ExampleStream, streaming_workers
 from .data.prepare import prepare_split
 from .data.sources import first_row
@@ -201,6 +202,10 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> TrainResult:
     if main_process:
         clean_staging(out_dir)
     family = resolve_family(cfg.model)
+    if cfg.packing:  # refused before the data is read or the model loads
+        from transformers import AutoConfig
+
+        check_packing(family, AutoConfig.from_pretrained(cfg.model))
     rl, adapter = cfg.rl, cfg.adapter
     # DPO reads preference pairs (audio, prompt, chosen, rejected) whatever --task says; the user's config keeps its.
     data = dataclasses.replace(cfg.data, task="preference") if rl.method == "dpo" else cfg.data
@@ -261,7 +266,7 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> TrainResult:
             args=args,
             train_dataset=train_ds,
             eval_dataset=eval_ds,
-            data_collator=ConversationCollator(processor, family, training=True),
+            data_collator=training_collator(cfg, processor, family),
             callbacks=callbacks,
         )
     else:  # grpo | dpo: see rl/; evaluation is the generated metrics at the end
@@ -305,6 +310,13 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> TrainResult:
             {k: v for k, v in dataclasses.asdict(result).items() if k != "out_dir"}, indent=2, default=str))
         write_model_card(out_dir, cfg, family, result, train_ds.build.task.prompt, final_metrics)
     return result
+
+
+def training_collator(cfg: TrainConfig, processor, family: Family):
+    """The supervised collator: padded batches, or packed rows with ``--packing`` (the same examples per batch, so
+    the schedule and the loss normalisation are unchanged)."""
+    collator = ConversationCollator(processor, family, training=True)
+    return PackingCollator(collator, max_length=cfg.max_length) if cfg.packing else collator
 
 
 def start_from_adapter(model, cfg: TrainConfig):
