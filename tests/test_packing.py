@@ -154,7 +154,7 @@ def test_packed_training_with_accumulation_matches_the_padded_run(cli, micro_af3
     """num_items_in_batch (the label tokens of the accumulated batches) is the same packed or padded, so each step's
     loss and update are too: a wrong count (a padding label counted, a label lost) changes the loss and the weights."""
     padded, padded_weights = _run(cli, micro_af3, synth_data, tmp_path / "padded")
-    packed, packed_weights = _run(cli, micro_af3, synth_data, tmp_path / "packed", "--packing", "--max-length", 300)
+    packed, packed_weights = _run(cli, micro_af3, synth_data, tmp_path / "packed", "--packing", "--max-length", 160)
 
     losses = [e["loss"] for e in padded["log_history"] if "loss" in e]
     assert len(losses) == 3 and np.isfinite(losses).all()
