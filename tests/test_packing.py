@@ -73,6 +73,28 @@ def test_packed_rows_fit_max_length_restart_positions_and_keep_every_label(af3_p
         sorted(padded["labels"][padded["labels"] != IGNORE_INDEX].tolist())
 
 
+def test_flash_attention_gets_the_whole_batch_in_one_row(af3_parts):
+    """flash-attention's varlen path finds packed examples only in a batch of one row (transformers
+    modeling_flash_attention_utils._is_packed_sequence), so its packer ignores --max-length for rows."""
+    from audiotune.train import training_collator
+    from audiotune.train_config import TrainConfig
+
+    family, processor = af3_parts
+    examples = _examples(family)
+    config = TrainConfig.from_flat(model="m", dataset="d", packing=True, max_length=64)
+
+    class Flash(torch.nn.Module):
+        config = type("Config", (), {"_attn_implementation": "flash_attention_2"})()
+
+    class Sdpa(torch.nn.Module):
+        config = type("Config", (), {"_attn_implementation": "sdpa"})()
+
+    one = training_collator(config, processor, family, Flash())(examples)
+    assert one["input_ids"].shape[0] == 1 and (one["position_ids"] == 0).sum() == len(examples)
+    assert (one["labels"] != IGNORE_INDEX).sum() > 0 and one["input_ids"].shape[1] > 64
+    assert training_collator(config, processor, family, Sdpa())(examples)["input_ids"].shape[0] == len(examples)
+
+
 def _per_token_losses(model, batch) -> torch.Tensor:
     """Cross-entropy of every label token (next-token shift), computed here, not by the model's loss."""
     logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits[:, :-1]

@@ -266,7 +266,7 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> TrainResult:
             args=args,
             train_dataset=train_ds,
             eval_dataset=eval_ds,
-            data_collator=training_collator(cfg, processor, family),
+            data_collator=training_collator(cfg, processor, family, model),
             callbacks=callbacks,
         )
     else:  # grpo | dpo: see rl/; evaluation is the generated metrics at the end
@@ -312,11 +312,15 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> TrainResult:
     return result
 
 
-def training_collator(cfg: TrainConfig, processor, family: Family):
+def training_collator(cfg: TrainConfig, processor, family: Family, model=None):
     """The supervised collator: padded batches, or packed rows with ``--packing`` (the same examples per batch, so
-    the schedule and the loss normalisation are unchanged)."""
+    the schedule and the loss normalisation are unchanged); one row per batch under flash attention, which finds
+    packed examples only in a single row (``PackingCollator.single_row``)."""
     collator = ConversationCollator(processor, family, training=True)
-    return PackingCollator(collator, max_length=cfg.max_length) if cfg.packing else collator
+    if not cfg.packing:
+        return collator
+    attention = str(getattr(getattr(model, "config", None), "_attn_implementation", "") or "")
+    return PackingCollator(collator, max_length=cfg.max_length, single_row="flash" in attention)
 
 
 def start_from_adapter(model, cfg: TrainConfig):

@@ -11,7 +11,8 @@ How it stays exact (what the tests check against the padded batch):
   ``attention_mask``; transformers then builds a block-diagonal causal mask from the restarts for sdpa/eager
   (``masking_utils.find_packed_sequence_indices`` → ``packed_sequence_mask_function``, only when the 2-D mask is
   None and there is no cache, hence ``use_cache=False``), and its flash-attention path reads the same restarts as
-  varlen boundaries (``modeling_flash_attention_utils``). TRL's padding-free collator builds its rows the same way
+  varlen boundaries (``modeling_flash_attention_utils.prepare_fa_kwargs_from_position_ids``) from a single row, so
+  with flash attention a batch is one row (:attr:`PackingCollator.single_row`). TRL's padding-free collator builds its rows the same way
   (``trl/trainer/sft_trainer.py``, ``DataCollatorForLanguageModeling.get_position_ids_from_packed_seq_lengths``).
 - **Labels per example.** Each example keeps its own labels (assistant tokens only); the first token of each
   example is never a target, so no example is trained to predict the next one's start.
@@ -91,6 +92,11 @@ class PackingCollator:
 
     collator: ConversationCollator
     max_length: int = 2048
+    # All of a batch in one row, whatever its length: flash-attention's varlen path reads the restarts only from a
+    # single flattened row (transformers ``modeling_flash_attention_utils._is_packed_sequence``: batch_size != 1 →
+    # not packed, and the examples of a row would attend to each other). Its kernels skip the masked blocks, so one
+    # long row costs no more than several short ones there; sdpa/eager compute a full row × row mask, hence rows.
+    single_row: bool = False
     # Template tokens beyond prompt + answer text (role markers, BOS...): the largest seen, for planning only.
     overhead: int = field(default=0, init=False)
     rows_built: int = field(default=0, init=False)  # totals for the padding report (bench, logs)
@@ -123,7 +129,7 @@ class PackingCollator:
         lengths = real.sum(1).tolist()
         self.overhead = max(self.overhead, *(n - (e - self.overhead) for n, e in
                                              zip(lengths, (estimates[i] for i in order))))
-        rows = next_fit(lengths, self.max_length)
+        rows = [list(range(len(lengths)))] if self.single_row else next_fit(lengths, self.max_length)
         width = max(sum(lengths[i] for i in row) for row in rows)
         pad_id = self.collator.processor.tokenizer.pad_token_id or 0
         packed: dict[str, Any] = {}
