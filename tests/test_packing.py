@@ -19,6 +19,7 @@ from audiotune.data.packing import PackingCollator, check_packing, first_fit, ne
 from audiotune.errors import ConfigError
 from audiotune.models.loading import (AdaptationPlan, load_base_model, load_processor, prepare_for_training,
                                       resolve_family)
+from audiotune.models.packed_attention import use_packed_attention
 from audiotune.models.tiny import cached_tiny
 from tests.conftest import tone
 
@@ -110,13 +111,18 @@ def _gradients(model, losses: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("attention", ["sdpa", "per-example"])
 @pytest.mark.parametrize("name", ["af3", "qwen2audio", "voxtral", "gemma3n"])
-def test_packed_batch_gives_the_padded_batchs_losses_and_gradients(name):
+def test_packed_batch_gives_the_padded_batchs_losses_and_gradients(name, attention):
+    """sdpa: transformers' block-diagonal mask from the restarting positions; per-example: the language model on
+    models/packed_attention.py (one sdpa call per example span), as ``train --packing`` runs it."""
     path = cached_tiny(name)
     family = resolve_family(str(path))
     processor = load_processor(path)
     torch.manual_seed(0)
     model, _ = load_base_model(str(path))
+    if attention == "per-example":
+        assert use_packed_attention(model, family)
     model = prepare_for_training(model, family, AdaptationPlan(lora_dropout=0.0))
     for parameter_name, parameter in model.named_parameters():
         if "lora_B" in parameter_name:  # LoRA starts at B = 0: give the adapter a non-zero path to differentiate

@@ -35,6 +35,7 @@ from .distributed import rank_and_world_size
 from .errors import AudiotuneError, ConfigError
 from .metrics import GENERATION_PREFIX
 from .models.family import Family
+from .models.packed_attention import use_packed_attention
 from .models.loading import (AdaptationPlan, count_parameters, load_base_model, load_processor,
                              prepare_for_training, resolve_family)
 
@@ -231,6 +232,8 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> TrainResult:
     model, _ = load_base_model(cfg.model, dtype=dtype, quantize_lm_4bit=adapter.qlora)
     if not family.loss_uses_num_items:
         model.accepts_loss_kwargs = False  # the Trainer then averages over accumulation steps itself
+    if cfg.packing and use_packed_attention(model, family):  # sdpa without the other examples' blocks
+        logger.info("--packing: the language model attends one example at a time (models/packed_attention.py).")
     plan = AdaptationPlan(full=adapter.full, lora_r=adapter.lora_r, lora_alpha=adapter.lora_alpha,
                           lora_dropout=adapter.lora_dropout, lora_targets=adapter.lora_targets,
                           train_projector=adapter.train_projector, train_audio_encoder=adapter.train_audio_encoder)
