@@ -12,7 +12,9 @@ How it stays exact (what the tests check against the padded batch):
   (``masking_utils.find_packed_sequence_indices`` → ``packed_sequence_mask_function``, only when the 2-D mask is
   None and there is no cache, hence ``use_cache=False``), and its flash-attention path reads the same restarts as
   varlen boundaries (``modeling_flash_attention_utils.prepare_fa_kwargs_from_position_ids``) from a single row, so
-  with flash attention a batch is one row (:attr:`PackingCollator.single_row`). TRL's padding-free collator builds its rows the same way
+  with flash attention a batch is one row (:attr:`PackingCollator.single_row`). On sdpa, ``train`` switches the
+  language model to ``models/packed_attention.py`` (one sdpa call per example span: the dense mask would compute
+  every other example's block too). TRL's padding-free collator builds its rows the same way
   (``trl/trainer/sft_trainer.py``, ``DataCollatorForLanguageModeling.get_position_ids_from_packed_seq_lengths``).
 - **Labels per example.** Each example keeps its own labels (assistant tokens only); the first token of each
   example is never a target, so no example is trained to predict the next one's start.
