@@ -194,3 +194,13 @@ def test_packed_training_with_accumulation_matches_the_padded_run(cli, micro_af3
         torch.testing.assert_close(packed_weights[name], weight, rtol=1e-4, atol=1e-5, msg=name)
         moved += int("lora_B" in name and weight.abs().max() > 1e-3)
     assert moved  # the runs trained (B left zero would make the comparison empty)
+
+
+def test_packing_is_refused_with_an_rl_method_and_a_bad_max_length():
+    from audiotune.train_config import TrainConfig
+
+    with pytest.raises(ConfigError, match="--packing packs supervised batches; --method grpo"):
+        TrainConfig.from_flat(model="m", dataset="d", packing=True, method="grpo").validate()
+    with pytest.raises(ConfigError, match="max_length must be at least 1"):
+        TrainConfig.from_flat(model="m", dataset="d", packing=True, max_length=0).validate()
+    TrainConfig.from_flat(model="m", dataset="d", packing=True).validate()
