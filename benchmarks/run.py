@@ -94,11 +94,11 @@ def rewrite_serving(path: Path) -> list[str]:
 PACKING = "## Packing"
 
 
-def rewrite_packing(path: Path) -> list[str]:
-    """``run.py --only packing``: measure packing alone and replace (or add, after Training) its section."""
-    lines = bench_packing.section(bench_packing.run())
+def rewrite_packing(path: Path, repeats: int = 2) -> list[str]:
+    """``run.py --only packing [REPEATS]``: measure packing alone and replace (or add, after Training) its section."""
+    lines = bench_packing.section(bench_packing.run(repeats))
     lines.insert(1, f"\nMeasured {date.today().isoformat()} on {machine()} with `python benchmarks/run.py --only "
-                    "packing` (the other sections are `make bench`'s).")
+                    f"packing {repeats}` (the other sections are `make bench`'s).")
     text = path.read_text()
     start = text.find(PACKING)
     if start < 0:
@@ -122,8 +122,8 @@ def main() -> None:
     if sys.argv[1:] == ["--only", "serving"]:
         print("\n".join(rewrite_serving(path)))
         return
-    if sys.argv[1:] == ["--only", "packing"]:
-        print("\n".join(rewrite_packing(path)))
+    if sys.argv[1:3] == ["--only", "packing"]:
+        print("\n".join(rewrite_packing(path, *map(int, sys.argv[3:4]))))
         return
     training = bench_training.run()
     packing = bench_packing.run()

@@ -46,14 +46,15 @@ def packed_sdpa_attention(module, query: torch.Tensor, key: torch.Tensor, value:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       sliding_window=sliding_window, **kwargs)
     gqa = query.shape[1] != key.shape[1]
-    out = query.new_empty(batch, length, query.shape[1], value.shape[-1])
-    for b, spans in enumerate(rows):
-        for start, end in spans:
-            span = torch.nn.functional.scaled_dot_product_attention(
-                query[b:b + 1, :, start:end], key[b:b + 1, :, start:end], value[b:b + 1, :, start:end],
-                dropout_p=dropout, scale=scaling, is_causal=True, enable_gqa=gqa)
-            out[b, start:end] = span[0].transpose(0, 1)
-    return out, None
+    # split/cat, not slicing and writing into an output: their backward is one concatenation, where each slice's
+    # backward would zero-fill a gradient of the whole tensor (per example, per layer).
+    out = []
+    for (spans, q_row, k_row, v_row) in zip(rows, query.split(1), key.split(1), value.split(1)):
+        sizes = [end - start for start, end in spans]
+        out.append(torch.cat([torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, dropout_p=dropout, scale=scaling, is_causal=True, enable_gqa=gqa)
+            for q, k, v in zip(q_row.split(sizes, 2), k_row.split(sizes, 2), v_row.split(sizes, 2))], dim=2))
+    return torch.cat(out).transpose(1, 2).contiguous(), None
 
 
 def register() -> None:
