@@ -208,6 +208,13 @@ class Family:
             return (f"the {self.name} language model uses 3-D multimodal rotary positions (mrope_section "
                     f"{next(p['mrope_section'] for p in nested if isinstance(p, dict) and p.get('mrope_section'))}), "
                     "computed from the whole row, so positions cannot restart per packed example")
+        # Recurrent layers (Nemotron-H's Mamba-2 "linear_attention" blocks) carry their state along the row, across
+        # the examples' boundaries: positions and masks never reach them.
+        kinds = [str(k) for key in ("layers_block_type", "layer_types", "hybrid_override_pattern")
+                 for k in (getattr(rope, key, None) or [])]
+        if any(k in ("mamba", "linear_attention", "M") for k in kinds):
+            return (f"the {self.name} language model has recurrent (Mamba / linear-attention) layers whose state runs "
+                    "along the whole row, from one packed example into the next")
         return None
 
     def lm_config(self, config):
