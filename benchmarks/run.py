@@ -14,6 +14,7 @@ import torch  # noqa: E402
 
 import bench_data  # noqa: E402
 import bench_generation  # noqa: E402
+import bench_packing  # noqa: E402
 import bench_serving  # noqa: E402
 import bench_training  # noqa: E402
 
@@ -91,6 +92,25 @@ def rewrite_serving(path: Path) -> list[str]:
     return lines
 
 
+PACKING = "## Packing"
+
+
+def rewrite_packing(path: Path, repeats: int = 2) -> list[str]:
+    """``run.py --only packing [REPEATS]``: measure packing alone and replace (or add, after Training) its section."""
+    lines = bench_packing.section(bench_packing.run(repeats))
+    lines.insert(1, f"\nMeasured {date.today().isoformat()} on {machine()} with `python benchmarks/run.py --only "
+                    f"packing {repeats}` (the other sections are `make bench`'s).")
+    text = path.read_text()
+    start = text.find(PACKING)
+    if start < 0:
+        start = end = text.index("\n## Generation") + 1
+    else:
+        end = text.find("\n## ", start + len(PACKING))
+        end = len(text) if end < 0 else end + 1
+    path.write_text(text[:start] + "\n".join(lines) + "\n\n" + text[end:])
+    return lines
+
+
 def main() -> None:
     from transformers.utils import logging as hf_logging
 
@@ -103,7 +123,11 @@ def main() -> None:
     if sys.argv[1:] == ["--only", "serving"]:
         print("\n".join(rewrite_serving(path)))
         return
+    if sys.argv[1:3] == ["--only", "packing"]:
+        print("\n".join(rewrite_packing(path, *map(int, sys.argv[3:4]))))
+        return
     training = bench_training.run()
+    packing = bench_packing.run()
     data = bench_data.run()
     gen = bench_generation.run()
     srv = bench_serving.run()
@@ -141,6 +165,8 @@ def main() -> None:
         f"{training['flops']['tokens']:.0f} tokens); audiotune's epoch 1 achieves "
         f"{training['flops_per_sample'] * a['epoch1'] / 1e9:.1f} GFLOP/s against a dense fp32 matmul peak of "
         f"{training['peak_flops'] / 1e9:.1f} GFLOP/s measured in the same run: **{100 * training['utilisation_epoch1']:.0f}%**.",
+        "",
+        *bench_packing.section(packing),
         "",
         "## Generation, data preparation",
         "",

@@ -69,3 +69,17 @@ def test_events_are_long_enough_to_tell_apart():
             if event.kind == "beeps" and event.count > 2:
                 assert event.seconds / event.count >= MIN_BEEP_SLOT_SECONDS, clip.clip_id
     assert any(len(c.events) == 1 for c in clips if len(c.audio) / c.sampling_rate < 1.6)
+
+
+def test_caption_words_sizes_captions_and_keeps_the_audio():
+    """The packing benchmark's length mix: each caption has a word count drawn from the range, the clip's audio and
+    events are those of the default clip, and the default captions are unchanged by the option's existence."""
+    counts = []
+    for index in range(30):
+        sized, plain = make_clip(index, 5, 1.0, 30.0, caption_words=(3, 60)), make_clip(index, 5, 1.0, 30.0)
+        np.testing.assert_array_equal(sized.audio, plain.audio)
+        assert sized.events == plain.events and sized.captions != plain.captions
+        counts += [len(caption.split()) for caption in sized.captions]
+        assert all(caption.endswith(".") for caption in sized.captions)
+    assert min(counts) >= 3 and max(counts) <= 60 and max(counts) - min(counts) > 40
+    assert make_clip(0, 5).captions == make_clip(0, 5, caption_words=None).captions

@@ -27,6 +27,7 @@ from .config import DataConfig
 from .train_config import TrainConfig, gpu_only_message
 from .trainer import AudiotuneTrainer
 from .data.collator import ConversationCollator
+from .data.packing import PackingCollator, check_packing
 from .data.examples import BadSampleLog, ExampleDataset, ExampleStream, streaming_workers
 from .data.prepare import prepare_split
 from .data.sources import first_row
@@ -34,6 +35,7 @@ from .distributed import rank_and_world_size
 from .errors import AudiotuneError, ConfigError
 from .metrics import GENERATION_PREFIX
 from .models.family import Family
+from .models.packed_attention import use_packed_attention
 from .models.loading import (AdaptationPlan, count_parameters, load_base_model, load_processor,
                              prepare_for_training, resolve_family)
 
@@ -201,6 +203,10 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> TrainResult:
     if main_process:
         clean_staging(out_dir)
     family = resolve_family(cfg.model)
+    if cfg.packing:  # refused before the data is read or the model loads
+        from transformers import AutoConfig
+
+        check_packing(family, AutoConfig.from_pretrained(cfg.model))
     rl, adapter = cfg.rl, cfg.adapter
     # DPO reads preference pairs (audio, prompt, chosen, rejected) whatever --task says; the user's config keeps its.
     data = dataclasses.replace(cfg.data, task="preference") if rl.method == "dpo" else cfg.data
@@ -226,6 +232,8 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> TrainResult:
     model, _ = load_base_model(cfg.model, dtype=dtype, quantize_lm_4bit=adapter.qlora)
     if not family.loss_uses_num_items:
         model.accepts_loss_kwargs = False  # the Trainer then averages over accumulation steps itself
+    if cfg.packing and use_packed_attention(model, family):  # sdpa without the other examples' blocks
+        logger.info("--packing: the language model attends one example at a time (models/packed_attention.py).")
     plan = AdaptationPlan(full=adapter.full, lora_r=adapter.lora_r, lora_alpha=adapter.lora_alpha,
                           lora_dropout=adapter.lora_dropout, lora_targets=adapter.lora_targets,
                           train_projector=adapter.train_projector, train_audio_encoder=adapter.train_audio_encoder)
@@ -261,7 +269,7 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> TrainResult:
             args=args,
             train_dataset=train_ds,
             eval_dataset=eval_ds,
-            data_collator=ConversationCollator(processor, family, training=True),
+            data_collator=training_collator(cfg, processor, family, model),
             callbacks=callbacks,
         )
     else:  # grpo | dpo: see rl/; evaluation is the generated metrics at the end
@@ -305,6 +313,17 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> TrainResult:
             {k: v for k, v in dataclasses.asdict(result).items() if k != "out_dir"}, indent=2, default=str))
         write_model_card(out_dir, cfg, family, result, train_ds.build.task.prompt, final_metrics)
     return result
+
+
+def training_collator(cfg: TrainConfig, processor, family: Family, model=None):
+    """The supervised collator: padded batches, or packed rows with ``--packing`` (the same examples per batch, so
+    the schedule and the loss normalisation are unchanged); one row per batch under flash attention, which finds
+    packed examples only in a single row (``PackingCollator.single_row``)."""
+    collator = ConversationCollator(processor, family, training=True)
+    if not cfg.packing:
+        return collator
+    attention = str(getattr(getattr(model, "config", None), "_attn_implementation", "") or "")
+    return PackingCollator(collator, max_length=cfg.max_length, single_row="flash" in attention)
 
 
 def start_from_adapter(model, cfg: TrainConfig):

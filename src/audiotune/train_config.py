@@ -74,6 +74,11 @@ class TrainConfig(TrainingArguments):
     resume: bool = option(False, "Continue from the newest complete checkpoint in the run folder.")
     group_by_length: bool = option(False, "Batch clips of similar length together (less padding); changes the "
                                            "sample order.")
+    packing: bool = option(False, "Pack each batch's examples end to end into rows of at most --max-length tokens "
+                                  "(first-fit by length; positions restart per example, attention stays inside "
+                                  "it): no padding, same loss (data/packing.py).")
+    max_length: int = option(2048, "--packing: most tokens in a packed row (an example longer than this gets a row of "
+                                   "its own; it is never cut).")
     audio_cache: AudioCache = option("memory", "Reuse the frozen encoder's audio embeddings across epochs and "
                                                "evaluations: in memory, on disk, or off (see audio_cache.py).")
     audio_cache_dir: str | None = option(None, "Disk cache folder (default: the run folder's audio-cache).")
@@ -144,6 +149,11 @@ class TrainConfig(TrainingArguments):
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1 (got {getattr(self, name)}).")
+        if self.packing and self.rl.method != "sft":
+            raise ConfigError(f"--packing packs supervised batches; --method {self.rl.method} builds its own batches "
+                              "(TRL's). Drop --packing for it.")
+        if self.max_length < 1:
+            raise ConfigError(f"max_length must be at least 1 (got {self.max_length}).")
         if self.max_steps == 0 or self.max_steps < -1:
             raise ConfigError(f"max_steps must be at least 1, or -1 to train for --num-train-epochs "
                               f"(got {self.max_steps}).")

@@ -147,8 +147,19 @@ class SyntheticClip:
     captions: tuple[str, ...]
 
 
-def make_clip(index: int, seed: int, min_seconds: float = 1.0, max_seconds: float = 10.0) -> SyntheticClip:
-    """Render clip ``index`` of the dataset seeded by ``seed``: same arguments, same clip."""
+def sized_caption(events: list[SoundEvent], rng: random.Random, words: int) -> str:
+    """A description of exactly ``words`` words: faithful wordings of ``events`` one after another, the last cut
+    short (the lengths of a real caption mix, for benchmarks of padding; ``make_clip``'s ``caption_words``)."""
+    out: list[str] = []
+    while len(out) < words:
+        out += caption_for(events, rng).split()
+    return " ".join(out[:words]).rstrip(".,;") + "."
+
+
+def make_clip(index: int, seed: int, min_seconds: float = 1.0, max_seconds: float = 10.0,
+              caption_words: tuple[int, int] | None = None) -> SyntheticClip:
+    """Render clip ``index`` of the dataset seeded by ``seed``: same arguments, same clip. ``caption_words``: each
+    caption's word count drawn uniformly from this range (default: one natural wording, 3–20 words)."""
     rng = random.Random(seed * 1_000_003 + index)
     nrng = np.random.default_rng(seed * 1_000_003 + index)
     seconds = round(rng.uniform(min_seconds, max_seconds), 2)
@@ -158,7 +169,11 @@ def make_clip(index: int, seed: int, min_seconds: float = 1.0, max_seconds: floa
     wave = np.concatenate([_render_event(e, sr, nrng) for e in events]).astype(np.float32)
     if channels == 2:
         wave = np.stack([wave, 0.8 * wave], axis=1)
-    captions = tuple(caption_for(events, rng) for _ in range(N_REFERENCES))
+    if caption_words is None:
+        captions = tuple(caption_for(events, rng) for _ in range(N_REFERENCES))
+    else:
+        words = random.Random(f"words-{seed}-{index}")  # the clip's audio and events stay the default's
+        captions = tuple(sized_caption(events, words, words.randint(*caption_words)) for _ in range(N_REFERENCES))
     return SyntheticClip(f"synth{seed:03d}-{index:05d}", wave, sr, tuple(events), captions)
 
 
@@ -169,6 +184,7 @@ def write_synthetic_audiocaps(
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
     min_seconds: float = 1.0,
     max_seconds: float = 10.0,
+    caption_words: tuple[int, int] | None = None,
 ) -> dict[str, int]:
     """Write train/validation/test parquet shards under ``out_dir/data``; return rows per split.
 
@@ -190,7 +206,7 @@ def write_synthetic_audiocaps(
         rows: dict[str, list] = {"audiocap_id": [], "youtube_id": [], "start_time": [], "caption": [], "audio": [],
                                  "captions": []}
         for index in range(start, stop):
-            clip = make_clip(index, seed, min_seconds, max_seconds)
+            clip = make_clip(index, seed, min_seconds, max_seconds, caption_words)
             fmt = "FLAC" if index % 3 == 2 else "WAV"
             rows["audiocap_id"].append(index)
             rows["youtube_id"].append(clip.clip_id)

@@ -120,6 +120,10 @@ class Family:
     # training tunes the part; ``audiotune merge`` of a complete base writes the complete checkpoint back (merge.py).
     complete_model_class: str | None = None
     complete_model_part: str = "thinker"
+    # Several examples can share one training row (``--packing``, data/packing.py): None infers it from the language
+    # model's config (3-D multimodal rotary positions, ``mrope_section``, cannot restart per example: Qwen2.5-Omni and
+    # Qwen3-Omni compute them from the whole row); True/False overrides that, with a comment saying why.
+    packs: bool | None = None
     # Constant model inputs every batch carries (the collator adds them to what the processor returns).
     model_inputs: tuple[tuple[str, Any], ...] = ()
     # Tiny-builder hook for what a config cannot say generically (``models/tiny.py``): ``(config, tokenizer,
@@ -190,6 +194,33 @@ class Family:
 
     def lm_lora_targets(self) -> str:
         return self.lm_lora_regex
+
+    def packing_refusal(self, config) -> str | None:
+        """Why this family cannot pack several examples into one row (``--packing``), or None when it can.
+
+        Packing gives each example ``position_ids`` that restart at 0, from which transformers builds a block-diagonal
+        causal mask (``masking_utils.find_packed_sequence_indices``). A language model with 3-D rotary positions
+        (``mrope_section`` in its rope parameters) derives its positions from the whole row (``get_rope_index``), so
+        the restart never reaches it and examples would attend to each other."""
+        if self.packs is True:
+            return None
+        if self.packs is False:
+            return f"the {self.name} family is marked as unable to pack (models/families.py)"
+        rope = self.lm_config(config)
+        parameters = getattr(rope, "rope_parameters", None) or getattr(rope, "rope_scaling", None) or {}
+        nested = [parameters, *(v for v in parameters.values() if isinstance(v, dict))]
+        if any(isinstance(p, dict) and p.get("mrope_section") for p in nested):
+            return (f"the {self.name} language model uses 3-D multimodal rotary positions (mrope_section "
+                    f"{next(p['mrope_section'] for p in nested if isinstance(p, dict) and p.get('mrope_section'))}), "
+                    "computed from the whole row, so positions cannot restart per packed example")
+        # Recurrent layers (Nemotron-H's Mamba-2 "linear_attention" blocks) carry their state along the row, across
+        # the examples' boundaries: positions and masks never reach them.
+        kinds = [str(k) for key in ("layers_block_type", "layer_types", "hybrid_override_pattern")
+                 for k in (getattr(rope, key, None) or [])]
+        if any(k in ("mamba", "linear_attention", "M") for k in kinds):
+            return (f"the {self.name} language model has recurrent (Mamba / linear-attention) layers whose state runs "
+                    "along the whole row, from one packed example into the next")
+        return None
 
     def lm_config(self, config):
         """The language model's config inside the full one (its sizes drive the plan)."""
