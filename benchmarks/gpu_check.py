@@ -45,7 +45,6 @@ from unittest import mock
 sys.path.insert(0, str(Path(__file__).parent))
 
 PUBLISHED = "nvidia--audio-flamingo-3-hf.json"
-NOT_AVAILABLE = "packing not available"
 COLUMNS = ("arm", "packing", "steps/s", "tokens/s", "peak memory (GB)", "plan (GB)", "MFU (%)")
 
 
@@ -156,8 +155,7 @@ def data_shape(folder: Path, data: Path, clips: int) -> dict[str, float]:
 
 
 def arm_config(arm: Arm, folder: Path, data: Path, out: Path, opts, clips: int):
-    """The arm's TrainConfig. The packing arms pass ``packing=True`` as any caller would: where this audiotune has no
-    such option, that is a ConfigError naming it, which the caller reports as a row."""
+    """The arm's TrainConfig: the guide's LoRA recipe or audiotune's defaults, ``--packing`` off or on."""
     from audiotune.models.family import GUIDE_LORA_TARGETS
     from audiotune.train_config import TrainConfig
 
@@ -195,22 +193,16 @@ def plan_gb(arm: Arm, folder: Path, opts, shape: dict[str, float]) -> float:
 
 def run_arm(arm: Arm, folder: Path, data: Path, out: Path, opts, clips: int, shape: dict[str, float],
             flops_config, peak_flops: float, attention: str) -> dict[str, Any]:
-    """One arm through ``audiotune.train.train``: its measurements, or the reason packing could not run."""
+    """One arm through ``audiotune.train.train``: its measurements."""
     import gc
 
     import torch
 
     import audiotune.train
-    from audiotune.errors import ConfigError
     from bench_training import analytic_flops
 
     row: dict[str, Any] = {"arm": arm.name, "packing": "on" if arm.packing else "off"}
-    try:
-        cfg = arm_config(arm, folder, data, out, opts, clips)
-    except ConfigError as error:
-        if arm.packing and "'packing'" in str(error):  # TrainConfig's unknown-keyword error names it so
-            return {**row, "error": f"{NOT_AVAILABLE}: this audiotune's TrainConfig has no `packing` option"}
-        raise
+    cfg = arm_config(arm, folder, data, out, opts, clips)
     if opts.device == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -233,9 +225,6 @@ def run_arm(arm: Arm, folder: Path, data: Path, out: Path, opts, clips: int, sha
 def table(rows: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for row in rows:
-        if "error" in row:
-            lines.append(f"| {row['arm']} | {row['packing']} | {row['error']} |" + " |" * (len(COLUMNS) - 3))
-            continue
         cells = [row["arm"], row["packing"]] + [f"{row[c]:.3g}" if row[c] < 100 else f"{row[c]:.0f}"
                                                  for c in COLUMNS[2:]]
         lines.append("| " + " | ".join(cells) + " |")

@@ -4,7 +4,6 @@ token ids (checked on the meta device, no storage)."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import subprocess
@@ -18,9 +17,6 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import gpu_check  # noqa: E402
 
-from audiotune.train_config import TrainConfig  # noqa: E402
-
-PACKING_MERGED = "packing" in {f.name for f in dataclasses.fields(TrainConfig)}
 ROWS = [("guide LoRA recipe", "off"), ("guide LoRA recipe", "on"), ("audiotune defaults", "off"),
         ("audiotune defaults", "on")]
 
@@ -49,21 +45,7 @@ def test_every_row_and_column_is_there(table):
     assert [(row[0], row[1]) for row in rows] == ROWS
     for row in rows:
         assert len(row) == len(header)
-        if row[1] == "off":
-            assert all(math.isfinite(value) and value > 0 for value in _numbers(row)), row
-        else:  # packing runs, or the row says clearly why it cannot (until the packing branch is merged)
-            assert row[2].startswith(gpu_check.NOT_AVAILABLE) or all(
-                math.isfinite(value) and value > 0 for value in _numbers(row)), row
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(not PACKING_MERGED, strict=True, reason="TrainConfig has no `packing` yet (branch `packing`): the "
-                                                            "arm passes packing=True and must run once it is merged")
-def test_the_packing_arms_run(table):
-    packed = [row for row in table[2:] if row[1] == "on"]
-    assert len(packed) == 2
-    for row in packed:
-        assert all(math.isfinite(value) and value > 0 for value in _numbers(row)), row
+        assert all(math.isfinite(value) and value > 0 for value in _numbers(row)), row  # packing on too
 
 
 def test_the_real_size_model_is_the_published_architecture(micro_af3, tmp_path):
