@@ -181,7 +181,6 @@ def section(result: dict) -> list[str]:
 
 
 if __name__ == "__main__":
-    import torch
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()

@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -17,6 +16,7 @@ import torch
 from audiotune.engines.base import Sample
 from audiotune.rl.grpo import GrpoTrainer
 from audiotune.train_config import TrainConfig
+from tests.test_grpo import _trainer, beeps  # noqa: F401 (a fixture)
 
 GROUP = 4
 INFORMATIVE = [1.0, 0.0, 0.0, 1.0]  # rewards that differ within the group
@@ -88,32 +88,9 @@ def test_dynamic_sampling_keeps_a_batch_with_no_all_equal_group_as_it_is():
                      "dynamic_sampling/unfilled": 0.0}
 
 
-@pytest.fixture(scope="module")
-def beeps(tmp_path_factory) -> Path:
-    from audiotune.data.synthetic_rl import write_beep_count_dataset
-
-    out = tmp_path_factory.mktemp("beeps")
-    write_beep_count_dataset(out, n_clips=24, seed=3, slot_seconds=0.25)
-    return out
-
-
 def _grpo_trainer(micro_af3, beeps, tmp_path, **overrides):
-    """The GRPO trainer as ``train()`` assembles it (tests/test_grpo.py's recipe)."""
-    from audiotune.audio_cache import AudioEmbeddingCache, install_audio_cache
-    from audiotune.models.loading import AdaptationPlan, load_base_model, load_processor, prepare_for_training
-    from audiotune.rl import make_rl_trainer
-    from audiotune.train import build_datasets
-
-    cfg = TrainConfig.from_flat(model=str(micro_af3), dataset=str(beeps), output_dir=str(tmp_path), task="mcq",
-                                method="grpo", per_device_train_batch_size=2, gradient_accumulation_steps=1,
-                                num_generations=4, max_completion_length=3, max_steps=2, seed=0, beta=0.0,
-                                **overrides).validate()
-    base, family = load_base_model(micro_af3)
-    train_ds, _, _ = build_datasets(cfg, family, tmp_path)
-    model = prepare_for_training(base, family, AdaptationPlan(lora_r=4, lora_alpha=8))
-    install_audio_cache(model, family, AudioEmbeddingCache())
-    trainer = make_rl_trainer(cfg.trainer_arguments(has_eval=False), cfg.rl, model, load_processor(micro_af3), family,
-                              train_ds, [])
+    """The GRPO trainer as ``train()`` assembles it (tests/test_grpo.py's recipe), with no KL term."""
+    trainer, _, _, train_ds = _trainer(micro_af3, beeps, tmp_path, **{"beta": 0.0, **overrides})
     return trainer, train_ds
 
 

@@ -20,7 +20,6 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from audiotune.engines.vllm_env import merged_copy, vllm_adapters

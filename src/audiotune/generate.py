@@ -9,7 +9,7 @@ family's end-of-turn token. Greedy results are identical to one-at-a-time genera
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
