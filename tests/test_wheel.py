@@ -98,8 +98,8 @@ def wheel_venv(tmp_path_factory):
     venv = tmp / "venv"
     _run([sys.executable, "-m", "venv", str(venv)], env, tmp)
     python = venv / "bin" / "python"
-    _run([str(python), "-m", "pip", "install", "-q", "--no-compile", *USER_TORCH], env, tmp)
-    _run([str(python), "-m", "pip", "install", "-q", "--no-compile", str(wheel)], env, tmp)
+    _run([str(python), "-m", "pip", "install", "-q", *USER_TORCH], env, tmp)
+    _run([str(python), "-m", "pip", "install", "-q", str(wheel)], env, tmp)
     return venv, wheel, env, tmp
 
 
@@ -140,7 +140,7 @@ def test_the_wheel_installs_into_a_clean_venv_and_every_family_plans_and_builds(
     assert {"gemma3n", "fun_asr_nano", "qwen25omni", "phi4mm"} <= needs_extras  # the declared needs were exercised
 
     # Stage 2, with [vision-audio]: the torch stays, every family's main checkpoint plans and every family builds.
-    _run([str(python), "-m", "pip", "install", "-q", "--no-compile", f"{wheel}[vision-audio]", *USER_EXTRAS,
+    _run([str(python), "-m", "pip", "install", "-q", f"{wheel}[vision-audio]", *USER_EXTRAS,
           *USER_TORCH], env, tmp)
     assert _torch_version(python, env, tmp).startswith("2.11.0")
     plans = {name: ["plan", "--model", family.hub_id, "--json"] for name, family in FAMILIES.items()}
