@@ -90,7 +90,7 @@ def run_variant(variant: str, data: str, model_path: str, out: str) -> dict:
 
 def eval_loss(model, model_path: str, data: str) -> float:
     """Mean loss over the assistant tokens of the validation rows, padded batches: the same for both variants."""
-    import torch
+    from bench_training import assistant_loss
 
     from audiotune.config import DataConfig
     from audiotune.data.collator import ConversationCollator
@@ -101,18 +101,7 @@ def eval_loss(model, model_path: str, data: str) -> float:
     rows, build = prepare_split(DataConfig(dataset=data), "validation", family)
     examples = [build(rows[i], i) for i in range(min(EVAL_CLIPS, len(rows)))]
     collate = ConversationCollator(load_processor(model_path), family, training=True)
-    model.eval()
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for start in range(0, len(examples), BATCH):
-            batch = collate(examples[start:start + BATCH])
-            logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits[:, :-1]
-            labels = batch["labels"][:, 1:]
-            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                                                     ignore_index=-100, reduction="sum")
-            total += float(loss)
-            count += int((labels != -100).sum())
-    return total / count
+    return assistant_loss(model, collate, examples, BATCH)
 
 
 def run(repeats: int = 2) -> dict:

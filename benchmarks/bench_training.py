@@ -110,10 +110,27 @@ def run_audiotune(data: str, model_path: str, out: str, checkpointing: bool = Fa
     return {"epochs": clock.epochs(), "eval_loss": common_eval_loss(captured["model"], load_processor(model_path), data)}
 
 
-def common_eval_loss(model, processor, data: str) -> float:
-    """Mean loss over the assistant tokens of the eval rows (the guide's skip/take), the same for both."""
+def assistant_loss(model, collate, examples: list, batch: int) -> float:
+    """Mean next-token loss over the assistant tokens of ``examples``, in padded batches of ``batch``: the eval loss
+    both training benchmarks report (bench_packing's too)."""
     import torch
 
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(examples), batch):
+            batch = collate(examples[start:start + batch])
+            logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits[:, :-1]
+            labels = batch["labels"][:, 1:]
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                                     ignore_index=-100, reduction="sum")
+            total += float(loss)
+            count += int((labels != -100).sum())
+    return total / count
+
+
+def common_eval_loss(model, processor, data: str) -> float:
+    """Mean loss over the assistant tokens of the eval rows (the guide's skip/take), the same for both."""
     from audiotune.config import DataConfig
     from audiotune.data.collator import ConversationCollator
     from audiotune.data.prepare import prepare_split
@@ -124,18 +141,7 @@ def common_eval_loss(model, processor, data: str) -> float:
     rows, build = prepare_split(DataConfig(dataset=data), "train", af3)
     examples = [build(rows[i], i) for i in range(TRAIN_CLIPS, TRAIN_CLIPS + EVAL_CLIPS)]
     collate = ConversationCollator(processor, af3, training=True)
-    model.eval()
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for start in range(0, len(examples), BATCH):
-            batch = collate(examples[start:start + BATCH])
-            logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits[:, :-1]
-            labels = batch["labels"][:, 1:]
-            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                                                     ignore_index=-100, reduction="sum")
-            total += float(loss)
-            count += int((labels != -100).sum())
-    return total / count
+    return assistant_loss(model, collate, examples, BATCH)
 
 
 def analytic_flops(config, tokens: float, windows: float, encoder_backward: bool = False) -> dict:
