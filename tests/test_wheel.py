@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from packaging.utils import canonicalize_name
 from transformers import AutoConfig
 
 from audiotune.models.families import FAMILIES
@@ -76,6 +77,58 @@ def _commands(python: Path, env, cwd: Path, commands: list[list[str]], name: str
     return {tuple(r["args"]): r for r in json.loads((cwd / f"{name}-out.json").read_text())}
 
 
+# Lists, in an environment, the installed files of the given distributions and of everything they require (extras
+# and environment markers followed), relative to its site-packages: {name: [relative paths]}.
+CLOSURE = r"""
+import json, os, sys, sysconfig
+from importlib.metadata import distribution
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+site, found, todo = sysconfig.get_paths()["purelib"], {}, [(n, ("",)) for n in sys.argv[1:]]
+while todo:
+    name, extras = todo.pop()
+    dist = distribution(name)
+    key = canonicalize_name(name)
+    found.setdefault(key, [os.path.relpath(dist.locate_file(f), site) for f in dist.files])
+    for text in dist.requires or []:
+        requirement = Requirement(text)
+        if requirement.marker is None or any(requirement.marker.evaluate({"extra": e}) for e in extras):
+            todo.append((requirement.name, ("", *requirement.extras)))
+json.dump(found, sys.stdout)
+"""
+FLOOR_VENV = ROOT / ".venv-torch-floor"
+
+
+def _seed_from_floor_venv(venv: Path, env, cwd) -> bool:
+    """Give ``venv`` the user's torch by hard-linking the installed files of ``USER_TORCH`` and its requirements from
+    ``.venv-torch-floor`` (`make test` builds it; the same releases), dist-info included, so pip sees them installed
+    exactly as after ``pip install`` there: seconds instead of unpacking 4.7 GB of CUDA wheels again. Nothing else of
+    that venv comes along (audiotune's own dependencies must still come from the wheel's metadata). False when the
+    floor venv is absent or holds other releases; the caller installs from PyPI then."""
+    floor_python = FLOOR_VENV / "bin" / "python"
+    if not floor_python.exists():
+        return False
+    names = [spec.split("==")[0] for spec in USER_TORCH]
+    versions = _run([str(floor_python), "-c", "import json, sys; from importlib.metadata import version; "
+                     "print(json.dumps([version(n) for n in sys.argv[1:]]))", *names], env, cwd).stdout
+    if json.loads(versions) != [spec.split("==")[1] for spec in USER_TORCH]:
+        return False
+    files = json.loads(_run([str(floor_python), "-c", CLOSURE, *names], env, cwd).stdout)
+    floor_site, = FLOOR_VENV.glob("lib/python*/site-packages")
+    site, = venv.glob("lib/python*/site-packages")
+    present = {canonicalize_name(d.name.split("-")[0]) for d in site.glob("*.dist-info")}  # the venv's own pip
+    for relative in (r for name, paths in files.items() if name not in present for r in paths):
+        source, target = floor_site / relative, site / relative
+        if relative.startswith("..") or not source.is_file():  # console scripts name the floor venv's python
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(source, target)
+        except OSError:  # another filesystem
+            shutil.copy2(source, target)
+    return True
+
+
 @pytest.fixture(scope="module")
 def wheel_venv(tmp_path_factory):
     """``(venv, wheel, env, folder)``: a clean venv holding the user's torch and the wheel with its dependencies."""
@@ -98,7 +151,8 @@ def wheel_venv(tmp_path_factory):
     venv = tmp / "venv"
     _run([sys.executable, "-m", "venv", str(venv)], env, tmp)
     python = venv / "bin" / "python"
-    _run([str(python), "-m", "pip", "install", "-q", *USER_TORCH], env, tmp)
+    if not _seed_from_floor_venv(venv, env, tmp):
+        _run([str(python), "-m", "pip", "install", "-q", *USER_TORCH], env, tmp)
     _run([str(python), "-m", "pip", "install", "-q", str(wheel)], env, tmp)
     return venv, wheel, env, tmp
 
