@@ -111,6 +111,94 @@ def rewrite_packing(path: Path, repeats: int = 2) -> list[str]:
     return lines
 
 
+GENERATION = "## Generation, data preparation"
+
+
+def generation_section(gen: dict, data: dict) -> list[str]:
+    """The generation and data-preparation section of BENCHMARKS.md from ``bench_generation.run()`` and
+    ``bench_data.run()``."""
+    feats = gen["features"]
+    paths = list(dict.fromkeys(path for _, path in feats["clips_per_s"]))
+    families = list(dict.fromkeys(family for family, _ in feats["clips_per_s"]))
+    af3_whole = feats["clips_per_s"][("AF3", "torch, batched, whole windows")]
+    tower_only = gen["ratios"]["audiotune (valid frames, whole-window features)"]  # the valid tower, 30 s features
+    return [
+        GENERATION,
+        "",
+        "| benchmark | guide | audiotune | ratio | notes |",
+        "|---|---|---|---|---|",
+        f"| generation, {gen['clips']} clips, greedy | {gen['clips_per_s']['guide']:.2f} clips/s | "
+        f"{gen['clips_per_s']['audiotune']:.2f} clips/s | **{gen['ratio']:.2f}×** | batch {gen['batch_size']}, "
+        f"median of {gen['repeats']}; identical answers {gen['identical_answers']['audiotune']} |",
+        f"| data preparation: decode + resample to 16 kHz, {data['clips']} clips | "
+        f"{data['clips_per_s']['guide decode']:.0f} clips/s | {data['clips_per_s']['ours decode']:.0f} clips/s | "
+        f"**{data['decode_ratio']:.2f}×** | datasets' torchcodec cast vs soundfile + soxr; median of {data['repeats']} |",
+        f"| data preparation: decode + features + labels, batch {data['batch_size']} | "
+        f"{data['clips_per_s']['guide full']:.0f} clips/s | {data['clips_per_s']['ours full']:.0f} clips/s | "
+        f"**{data['full_ratio']:.2f}×** | the Whisper feature extractor over 30 s windows dominates both |",
+        "",
+        "Generation by backend, same clips and settings (clips/s; ratio against the guide; answers equal to the guide's):",
+        "",
+        "| backend | clips/s | ratio | identical answers |",
+        "|---|---|---|---|",
+        f"| the guide (one clip at a time) | {gen['clips_per_s']['guide']:.2f} | 1.00× | — |",
+        *[f"| {name} | {gen['clips_per_s'][name]:.2f} | **{gen['ratios'][name]:.2f}×** | "
+          f"{gen['identical_answers'][name]} |" for name in gen["ratios"]],
+        "",
+        f"Generation target (≥ 4× the guide with the best backend): "
+        f"{'met' if max(gen['ratios'].values()) >= 4 else 'missed'} ({max(gen['ratios'].values()):.2f}×). "
+        f"\"audiotune\" (the default) runs AF3's encoder over whole 30 s windows as the guide must: the features, that "
+        f"encoder and one prefill of every prompt take {gen['seconds']['encoder']:.1f} s of the guide's "
+        f"{gen['seconds']['guide']:.1f} s, so batching alone cannot pass {gen['encoder_bound']:.2f}× here. "
+        "\"audiotune (valid frames)\" (`--encoder-frames valid`, encoder_frames.py) computes the features and runs "
+        "the encoder only as far as each batch's longest clip reaches (plus the two frames its convolutions read past "
+        "it), which is what moves past that bound; the row fed whole-window features splits that gain between the "
+        f"encoder ({tower_only / gen['ratio']:.2f}× over \"audiotune\") and the features "
+        f"({gen['ratios']['audiotune (valid frames)'] / tower_only:.2f}× more)."
+        + (f" vLLM's time is its generation only; its engine takes {gen['vllm_load_seconds']:.0f} s to start "
+           "(once per `eval`/`infer` run, once per server)." if gen["vllm_load_seconds"] else
+           " vLLM was not measured (no `make vllm-env`)."),
+        "",
+        (f"Quality of valid frames vs whole windows, the demo's tuned adapter on its {gen['quality']['rows']} held-out "
+         f"clips: CIDEr-D {gen['quality']['window']:.4f} (windows) vs {gen['quality']['valid']:.4f} (valid frames); "
+         f"{gen['quality']['identical']} of {gen['quality']['rows']} captions identical."
+         if gen["quality"] else "Quality of valid frames vs whole windows: run `make demo` first (it scores the "
+         "demo's tuned adapter both ways)."),
+        "The audio-embedding cache removes the encoder cost from every later pass over the same clips (evaluation "
+        "during training, `--compare`).",
+        "",
+        f"Log-mel features alone, the same {feats['clips']} clips (clips/s, batches of {feats['batch_size']} longest "
+        "first as generation forms them; ratio against AF3's batched whole windows, transformers' own path):",
+        "",
+        "| features | " + " | ".join(families) + " | AF3 ratio |",
+        "|---|" + "---|" * len(families) + "---|",
+        *[f"| {path} | " + " | ".join(f"{feats['clips_per_s'][(f, path)]:.1f}" if (f, path) in feats["clips_per_s"]
+                                       else "—" for f in families)
+          + f" | {feats['clips_per_s'][('AF3', path)] / af3_whole:.2f}× |" for path in paths],
+        "",
+        "transformers 5.24's Whisper extractor (AF3, Music Flamingo, Qwen2-Audio, Qwen2.5-Omni, Qwen3-Omni, Voxtral, "
+        "GLM-ASR) already takes its batched torch path whenever torch is installed, on the CPU unless given a device; "
+        "audiotune's generation collator gives it the model's device (a GPU's, where there is one) and computes each "
+        "clip's features once per batch. What is left to remove is the padding: features only as far as the batch "
+        "reaches, which `--encoder-frames valid` does for AF3, Music Flamingo and Qwen2-Audio (their towers then run "
+        "that far too) and audiotune always does for Qwen2.5-Omni, whose model keeps only each clip's valid frames "
+        "of its 300 s windows (models/encoder_frames.py).",
+        "",
+    ]
+
+
+def rewrite_generation(path: Path) -> list[str]:
+    """``run.py --only generation``: measure data preparation and generation alone and replace their section."""
+    lines = generation_section(bench_generation.run(), bench_data.run())
+    lines.insert(1, f"\nMeasured {date.today().isoformat()} on {machine()} with `python benchmarks/run.py --only "
+                    "generation` (the other sections are `make bench`'s).")
+    text = path.read_text()
+    start = text.index(GENERATION)
+    end = text.find("\n## ", start + len(GENERATION))
+    path.write_text(text[:start] + "\n".join(lines).rstrip() + "\n" + (text[end:] if end >= 0 else ""))
+    return lines
+
+
 def main() -> None:
     from transformers.utils import logging as hf_logging
 
@@ -122,6 +210,9 @@ def main() -> None:
     path = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
     if sys.argv[1:] == ["--only", "serving"]:
         print("\n".join(rewrite_serving(path)))
+        return
+    if sys.argv[1:] == ["--only", "generation"]:
+        print("\n".join(rewrite_generation(path)))
         return
     if sys.argv[1:3] == ["--only", "packing"]:
         print("\n".join(rewrite_packing(path, *map(int, sys.argv[3:4]))))
@@ -168,47 +259,7 @@ def main() -> None:
         "",
         *bench_packing.section(packing),
         "",
-        "## Generation, data preparation",
-        "",
-        "| benchmark | guide | audiotune | ratio | notes |",
-        "|---|---|---|---|---|",
-        f"| generation, {gen['clips']} clips, greedy | {gen['clips_per_s']['guide']:.2f} clips/s | "
-        f"{gen['clips_per_s']['audiotune']:.2f} clips/s | **{gen['ratio']:.2f}×** | batch {gen['batch_size']}, "
-        f"median of {gen['repeats']}; identical answers {gen['identical_answers']['audiotune']} |",
-        f"| data preparation: decode + resample to 16 kHz, {data['clips']} clips | "
-        f"{data['clips_per_s']['guide decode']:.0f} clips/s | {data['clips_per_s']['ours decode']:.0f} clips/s | "
-        f"**{data['decode_ratio']:.2f}×** | datasets' torchcodec cast vs soundfile + soxr; median of {data['repeats']} |",
-        f"| data preparation: decode + features + labels, batch {data['batch_size']} | "
-        f"{data['clips_per_s']['guide full']:.0f} clips/s | {data['clips_per_s']['ours full']:.0f} clips/s | "
-        f"**{data['full_ratio']:.2f}×** | the Whisper feature extractor over 30 s windows dominates both |",
-        "",
-        "Generation by backend, same clips and settings (clips/s; ratio against the guide; answers equal to the guide's):",
-        "",
-        "| backend | clips/s | ratio | identical answers |",
-        "|---|---|---|---|",
-        f"| the guide (one clip at a time) | {gen['clips_per_s']['guide']:.2f} | 1.00× | — |",
-        *[f"| {name} | {gen['clips_per_s'][name]:.2f} | **{gen['ratios'][name]:.2f}×** | "
-          f"{gen['identical_answers'][name]} |" for name in gen["ratios"]],
-        "",
-        f"Generation target (≥ 4× the guide with the best backend): "
-        f"{'met' if max(gen['ratios'].values()) >= 4 else 'missed'} ({max(gen['ratios'].values()):.2f}×). "
-        f"\"audiotune\" (the default) runs AF3's encoder over whole 30 s windows as the guide must: the features, that "
-        f"encoder and one prefill of every prompt take {gen['seconds']['encoder']:.1f} s of the guide's "
-        f"{gen['seconds']['guide']:.1f} s, so batching alone cannot pass {gen['encoder_bound']:.2f}× here. "
-        "\"audiotune (valid frames)\" (`--encoder-frames valid`, encoder_frames.py) runs the encoder over each batch's "
-        "valid frames only, which is what moves past that bound."
-        + (f" vLLM's time is its generation only; its engine takes {gen['vllm_load_seconds']:.0f} s to start "
-           "(once per `eval`/`infer` run, once per server)." if gen["vllm_load_seconds"] else
-           " vLLM was not measured (no `make vllm-env`)."),
-        "",
-        (f"Quality of valid frames vs whole windows, the demo's tuned adapter on its {gen['quality']['rows']} held-out "
-         f"clips: CIDEr-D {gen['quality']['window']:.4f} (windows) vs {gen['quality']['valid']:.4f} (valid frames); "
-         f"{gen['quality']['identical']} of {gen['quality']['rows']} captions identical."
-         if gen["quality"] else "Quality of valid frames vs whole windows: run `make demo` first (it scores the "
-         "demo's tuned adapter both ways)."),
-        "The audio-embedding cache removes the encoder cost from every later pass over the same clips (evaluation "
-        "during training, `--compare`).",
-        "",
+        *generation_section(gen, data),
     ]
     lines += serving_section(srv) + ["", FOOTER]
     path.write_text("\n".join(lines) + "\n" + kept_sections(path))

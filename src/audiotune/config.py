@@ -292,9 +292,11 @@ class BackendConfig:
                                               "own environment, `make vllm-env`).")
     vllm_python: str | None = option(None, "Interpreter with vLLM (default: $AUDIOTUNE_VLLM_PYTHON, ./.venv-vllm, "
                                            "or this one).")
-    encoder_frames: EncoderFrames = option("window", "window: the audio tower over whole 30 s windows; valid: over "
-                                                     "each batch's valid frames (faster; AF3 only; see "
-                                                     "models/encoder_frames.py).")
+    encoder_frames: EncoderFrames = option("window", "window: features and the audio tower over whole 30 s windows "
+                                                     "(the checkpoint's own answers); valid: only as far as each "
+                                                     "batch's clips reach (faster, equal up to float rounding; "
+                                                     "families whose tower masks the padding, valid_frames \"masked\" "
+                                                     "in `audiotune models --json`; see models/encoder_frames.py).")
 
 
 # The parts the command configs compose (each declared once; TrainConfig's data and generation parts are the same).

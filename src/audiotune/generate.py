@@ -85,6 +85,12 @@ def audio_length(example: Example) -> int:
     return sum(len(a) for a in example.audios())
 
 
+def prompt_batch(model, processor, family: Family, examples: Sequence[Example]) -> dict[str, Any]:
+    """``examples``' prompts as ``model``'s inputs, on its device: each clip's features computed once, batched, on
+    that device, and only as far as its audio tower reads them (``ConversationCollator.for_model``)."""
+    return to_model_inputs(ConversationCollator.for_model(processor, family, model)(list(examples)), model)
+
+
 @dataclass
 class Generation:
     """One answer with what an API reports about it."""
@@ -99,10 +105,11 @@ class Generation:
 @torch.inference_mode()
 def generate_batch(model, processor, family: Family, examples: Sequence[Example],
                    settings: GenerationSettings | None = None, streamer=None,
-                   rows: Sequence[RowSampling] | None = None) -> list[Generation]:
+                   rows: Sequence[RowSampling] | None = None, inputs: dict[str, Any] | None = None) -> list[Generation]:
     """One ``model.generate`` call over ``examples`` (no sorting or splitting), with token accounting.
 
     ``rows``: each example's own sampling (see :class:`PerRowSampler`); then ``settings`` gives only the length.
+    ``inputs``: the examples already collated for the model (default: :func:`prompt_batch`).
     """
     settings = settings or GenerationSettings()
     extra: dict[str, Any] = {}
@@ -113,8 +120,7 @@ def generate_batch(model, processor, family: Family, examples: Sequence[Example]
         from transformers import LogitsProcessorList
 
         extra["logits_processor"] = LogitsProcessorList([PerRowSampler(rows)])
-    batch = ConversationCollator(processor, family, training=False)(list(examples))
-    batch = to_model_inputs(batch, model)
+    batch = inputs if inputs is not None else prompt_batch(model, processor, family, examples)
     stop_ids = stop_token_ids(processor, family)
     pad_id = processor.tokenizer.pad_token_id
     output = model.generate(**batch, **settings.as_kwargs(), eos_token_id=stop_ids, pad_token_id=pad_id,

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from ..models.facts import feature_extractor_of
 from ..models.family import Family
 from ..conversation import Example
 
@@ -61,11 +62,46 @@ class ConversationCollator:
     processor: Any
     family: Family
     training: bool = True
+    # Where the feature extractor computes (the model's device when generating, :meth:`for_model`), where it takes a
+    # ``device`` (Whisper's batched torch STFT does) and the family allows it (``features_on_device``). None: its
+    # default, the CPU, as training's DataLoader workers need (a worker process must not touch the GPU).
+    device: str | None = None
+    # How the model runs its audio tower (models/encoder_frames.py): "valid" computes features only as far as it reads.
+    encoder_frames: str = "window"
 
     def __post_init__(self) -> None:
+        import inspect
+
         tokenizer = self.processor.tokenizer
         self.header_ids = token_ids_of(tokenizer, self.family.assistant_header)
         self.end_id = tokenizer.convert_tokens_to_ids(self.family.end_of_turn)
+        self.extractor = feature_extractor_of(self.processor)
+        self.extractor_takes_device = self.extractor is not None and self.family.features_on_device and \
+            "device" in inspect.signature(self.extractor.__call__).parameters
+
+    @classmethod
+    def for_model(cls, processor, family: Family, model) -> "ConversationCollator":
+        """The generation collator for ``model``: features computed on its device, as far as its tower reads."""
+        from ..models.encoder_frames import encoder_frames_of
+
+        return cls(processor, family, training=False, device=str(next(model.parameters()).device),
+                   encoder_frames=encoder_frames_of(model))
+
+    def audio_kwargs(self, audios: list) -> dict[str, Any]:
+        """The feature extractor's options for one batch's clips: its device, and how far to pad them
+        (``encoder_frames.feature_samples``; whole windows otherwise). The processor computes each clip's features
+        once, batched, and counts its audio tokens from the same call's frame mask."""
+        from ..models.encoder_frames import feature_samples
+
+        options: dict[str, Any] = {}
+        if not audios:
+            return options
+        if self.device not in (None, "cpu") and self.extractor_takes_device:  # the CPU is every extractor's default
+            options["device"] = self.device
+        span = feature_samples(self.family, self.extractor, [len(a) for a in audios], self.encoder_frames)
+        if span is not None:
+            options["max_length"] = span
+        return options
 
     def _answer(self, example: Example) -> str:
         """The training target as the real model writes it (``Family.format_answer``)."""
@@ -93,10 +129,11 @@ class ConversationCollator:
         else:
             texts = self.render(examples)
             audios = [self.family.prepare_audio(a) for e in examples for a in e.audios()]
-            # Padding options go to the text side only: the audio side must keep its fixed 30 s windows.
+            # Padding options go to the text side only: the audio side keeps its windows unless audio_kwargs cuts them.
             side = "right" if self.training else "left"
             batch = self.processor(text=texts, audio=audios or None,
-                                   text_kwargs={"padding": True, "padding_side": side}, return_tensors="pt")
+                                   text_kwargs={"padding": True, "padding_side": side},
+                                   audio_kwargs=self.audio_kwargs(audios), return_tensors="pt")
         # Every tensor the processor returns is a model input (features, their masks, per-family extras).
         batch = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
         batch.update(self.family.model_inputs)
@@ -113,8 +150,9 @@ class ConversationCollator:
         folded into the first user turn (Voxtral's tokenizer refuses a system turn next to audio)."""
         conversations = [_as_encoded_chat(self._chat(e), self.family.sampling_rate, self.family.prepare_audio)
                          for e in examples]
-        return self.processor.apply_chat_template(conversations, tokenize=True, return_dict=True,
-                                                  return_tensors="pt")
+        audio = self.audio_kwargs([self.family.prepare_audio(a) for e in examples for a in e.audios()])
+        return self.processor.apply_chat_template(conversations, tokenize=True, return_dict=True, return_tensors="pt",
+                                                  **({"processor_kwargs": {"audio_kwargs": audio}} if audio else {}))
 
 
 def token_ids_of(tokenizer, text: str) -> list[int]:

@@ -20,9 +20,8 @@ import torch
 
 from ..checkpoints import processor_folder
 from ..errors import CheckpointError
-from ..data.collator import ConversationCollator
-from ..generate import Generation, GenerationSettings, RowSampling, generate, generate_batch, stop_token_ids
-from ..models.loading import to_model_inputs
+from ..generate import (Generation, GenerationSettings, RowSampling, generate, generate_batch, prompt_batch,
+                        stop_token_ids)
 from ..models.family import Family
 from .base import Engine, GenerationRequest, Sample
 
@@ -90,8 +89,7 @@ class NativeEngine(Engine):
         """Sampled with the model's ``generate`` and the global torch generator (a run's seed makes it
         reproducible), in eval mode without gradients, the model's mode restored after: the model may be a policy
         in training."""
-        batch = inputs if inputs is not None else to_model_inputs(
-            ConversationCollator(self.processor, self.family, training=False)(list(examples)), self.model)
+        batch = inputs if inputs is not None else prompt_batch(self.model, self.processor, self.family, examples)
         stop_ids = stop_token_ids(self.processor, self.family)
         was_training = self.model.training
         self.model.eval()

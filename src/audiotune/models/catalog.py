@@ -47,6 +47,7 @@ def family_info(family: Family) -> dict[str, Any]:
         "vllm_note": family.vllm_note,
         "vllm_lora": family.vllm_lora,  # vLLM applies audiotune's LoRA adapters (else: merge first)
         "modality_adapter": family.modality_adapter,  # the LoRA the checkpoint ships for audio (folded on load)
+        "valid_frames": family.valid_frames,  # how far features and the tower run (models/encoder_frames.py)
         "public_record": family.public_record,  # the shipped files against the real checkpoint's public record
         "overridden": overridden,
         "inferred": [f for f in FACTS if f not in overridden],

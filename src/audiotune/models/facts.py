@@ -172,17 +172,27 @@ def infer_template_facts(family: Family, processor) -> dict[str, Any]:
     return facts
 
 
-def _measured_audio_tokens(processor, audio_token: str, rate: int) -> Callable[[float], int]:
-    """The processor's own count: a silent clip of that length through the processor, placeholders counted."""
+def _measured_audio_tokens(family: Family, processor, audio_token: str, rate: int) -> Callable[[float], int]:
+    """The processor's own count: a silent clip of that length through the processor, placeholders counted.
+
+    Every distinct length is one processor call (a length-grouped sampler or packing asks for each clip's), so where
+    the count comes from the frame mask alone (``encoder_frames.feature_samples``) the features are computed only as
+    far as the clip reaches, not over a whole 30 s (Qwen2.5-Omni: 300 s) window."""
     import numpy as np
 
+    from .encoder_frames import feature_samples
+
     audio_id = processor.tokenizer.convert_tokens_to_ids(audio_token)
+    extractor = feature_extractor_of(processor)
     cache: dict[int, int] = {}
 
     def count(seconds: float) -> int:
         samples = max(1, round(seconds * rate))
         if samples not in cache:
-            batch = processor(text=[audio_token], audio=[np.zeros(samples, dtype=np.float32)], return_tensors="pt")
+            span = feature_samples(family, extractor, [samples], "valid")
+            options = {"audio_kwargs": {"max_length": span}} if span else {}
+            batch = processor(text=[audio_token], audio=[np.zeros(samples, dtype=np.float32)], return_tensors="pt",
+                              **options)
             cache[samples] = int((batch["input_ids"] == audio_id).sum())
         return cache[samples]
 
@@ -210,7 +220,7 @@ def infer_processor_facts(family: Family, processor, facts: dict[str, Any]) -> d
     out["window_seconds"] = window or 30.0
     max_len = getattr(processor, "max_audio_len", None)
     out["max_audio_seconds"] = float(max_len) if max_len else out["window_seconds"]
-    out["audio_token_count"] = _measured_audio_tokens(processor, audio_token, rate)
+    out["audio_token_count"] = _measured_audio_tokens(family, processor, audio_token, rate)
     return out
 
 

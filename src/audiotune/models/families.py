@@ -32,7 +32,7 @@ AUDIO_FLAMINGO_3 = Family(
     model_types=("audioflamingo3",),
     aliases=("audioflamingo3", "audio-flamingo-3"),
     hub_id="nvidia/audio-flamingo-3-hf",
-    encoder_trims_to_valid_frames=True,
+    valid_frames="masked",
     vllm_supported=True,
     vllm_tested=True,
     audio_cache=True,
@@ -44,6 +44,8 @@ MUSIC_FLAMINGO = Family(
     model_types=("musicflamingo",),
     aliases=("music-flamingo", "music_flamingo"),
     hub_id="nvidia/music-flamingo-2601-hf",
+    # AF3's tower; its rotary time embeddings restart at every 30 s window, and a cut batch holds no second window.
+    valid_frames="masked",
     vllm_note=("vLLM 0.32 lists MusicFlamingoForConditionalGeneration among its previously supported models (last "
                "in 0.24.0, vllm/model_executor/models/registry.py); its Transformers-backend fallback calls "
                "get_audio_features without the input_ids MusicFlamingoModel needs and the engine dies"),
@@ -68,6 +70,7 @@ QWEN2_AUDIO = Family(
     model_types=("qwen2_audio",),
     aliases=("qwen2-audio", "qwen2_audio", "qwen2-audio-7b-instruct"),
     hub_id="Qwen/Qwen2-Audio-7B-Instruct",
+    valid_frames="masked",  # its model masks the padding out of the tower's attention (Qwen2AudioModel.forward)
     requires_audio=False,
     max_audios=8,
     vllm_supported=True,
@@ -90,6 +93,8 @@ QWEN25_OMNI = Family(
     # The Hub checkpoint is the complete model (published/complete/Qwen--Qwen2.5-Omni-7B.json): merge writes it back.
     complete_model_class="Qwen2_5OmniForConditionalGeneration",
     projector_prefixes=("model.audio_tower.proj",),  # the projector sits inside the audio tower
+    # get_audio_features keeps the frames its feature_attention_mask marks; the extractor pads to 300 s windows.
+    valid_frames="selected",
     requires_audio=False,
     max_audios=8,
     vllm_supported=True,
@@ -184,6 +189,9 @@ PHI4_MULTIMODAL = Family(
     model_types=("phi4_multimodal",),
     aliases=("phi-4-multimodal", "phi4-multimodal", "phi4_multimodal", "phi-4-multimodal-instruct"),
     hub_id="microsoft/Phi-4-multimodal-instruct",
+    # phi4_multimodal/feature_extraction_phi4_multimodal.py builds its window and masks on the device and leaves the
+    # waveform's frames on the CPU.
+    features_on_device=False,
     window_seconds=40.0,
     max_audio_seconds=40.0,  # a batch with a longer clip crashes the encoder's unfold in transformers 5.24
     # transformers' convert_phi4_multimodal_weights_to_hf.py writes speech-lora/ (and vision-lora/); the model doc
@@ -298,6 +306,9 @@ NEMOTRON_TRANSCRIBE = Family(
     aliases=("nemotron-3.5-transcribe", "nemotron3_5_transcribe", "nemo_speechlm", "nemotron-transcribe"),
     hub_id="nvidia/NVIDIA-Nemotron-3.5-Transcribe-30B-A4B",
     task="asr",
+    # nemotron_asr_streaming/feature_extraction_nemotron_asr_streaming.py puts the STFT window on the device and
+    # leaves the waveform on the CPU: torch.stft refuses the pair.
+    features_on_device=False,
     tiny_hook=_alignment_vocabulary,
 )
 

@@ -99,9 +99,16 @@ class Family:
     # Python packages the family needs beyond audiotune's own dependencies; checked when the processor loads, so a
     # missing one is a one-line error, not an ImportError deep inside transformers.
     requires_packages: tuple[str, ...] = ()
-    # The audio tower is Whisper-style and can run over a batch's valid frames instead of the whole 30 s window
-    # (encoder_frames.py); False where the tower checks the input length or adds window-wide time embeddings.
-    encoder_trims_to_valid_frames: bool = False
+    # How much of each padded feature window the audio path reads (models/encoder_frames.py, which applies it):
+    # None: all of it, padding included (the tower attends over the padding: Voxtral, GLM-ASR), so only whole windows
+    # give the checkpoint's answers; "masked": a Whisper-style tower that masks the padding out of its attention, which
+    # ``--encoder-frames valid`` runs over each batch's valid frames, features computed only that far (equal up to
+    # float error); "selected": the model itself keeps each clip's valid frames and drops the rest, so features are
+    # always computed only as far as the batch's longest clip (identical answers, no flag needed).
+    valid_frames: str | None = None
+    # The feature extractor computes on the model's device when it takes a ``device`` (data/collator.py); False where
+    # its torch path leaves the waveform on the CPU and fails on any other device (transformers 5.24).
+    features_on_device: bool = True
     # The processor tokenises only inside ``apply_chat_template`` (Voxtral's mistral-common backend): the collator
     # then hands it whole conversations, audio as base64 WAV parts.
     processor_tokenizes_chat: bool = False

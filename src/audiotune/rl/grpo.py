@@ -23,11 +23,10 @@ from typing import Any
 
 import torch
 
-from ..data.collator import ConversationCollator
 from ..engines.native import NativeEngine
+from ..generate import prompt_batch
 from ..conversation import Example
 from ..models.family import Family
-from ..models.loading import to_model_inputs
 from ..trainer import AudiotuneTrainer
 from .common import MetricsLogMixin, no_grad_eval, reference_context, token_logps
 from .losses import group_advantages, grpo_loss
@@ -86,7 +85,6 @@ class GrpoTrainer(MetricsLogMixin, AudiotuneTrainer):
 
             disable_dropout_in_model(model)
         self.processor, self.family, self.task, self.rewards = processor, family, task, list(rewards)
-        self.prompt_collator = ConversationCollator(processor, family, training=False)
         # Rollouts are sampled through an engine over the current policy (its weights change every step).
         self.rollout_engine = lambda policy: NativeEngine.wrap(policy, processor, family)
         # A sampled audio placeholder would ask the model for audio features it was never given.
@@ -136,7 +134,7 @@ class GrpoTrainer(MetricsLogMixin, AudiotuneTrainer):
             drawn, refill = self.refill(model, drawn, len(examples))
         repeated, batch, samples, rewards_per_func = drawn
         if batch is None:  # groups kept from several draws: collate their prompts together
-            batch = to_model_inputs(self.prompt_collator(repeated), model)
+            batch = prompt_batch(model, self.processor, self.family, repeated)
         prompt_ids, prompt_mask = batch["input_ids"], batch["attention_mask"]
         features = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")}
         pad_id = self.processor.tokenizer.pad_token_id
@@ -182,7 +180,7 @@ class GrpoTrainer(MetricsLogMixin, AudiotuneTrainer):
         completions × rewards matrix)."""
         args = self.args
         repeated = [e for e in examples for _ in range(args.num_generations)]
-        batch = to_model_inputs(self.prompt_collator(repeated), model)  # sampled from, and the log-probs' prompts
+        batch = prompt_batch(model, self.processor, self.family, repeated)  # sampled from; the log-probs' prompts
         samples = self.rollout_engine(model).sample(repeated, max_tokens=args.max_completion_length,
                                                     temperature=args.temperature, top_p=args.top_p,
                                                     suppress_tokens=self.suppress_ids, inputs=batch)
