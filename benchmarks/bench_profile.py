@@ -13,6 +13,7 @@ the server's handler time is the HTTP transport, the client and the ASGI stack.
 from __future__ import annotations
 
 import io
+import os
 import statistics
 import tempfile
 import time
@@ -144,57 +145,62 @@ def serving(model_dir: Path) -> dict:
 def run() -> dict:
     from audiotune.models.tiny import build_tiny
 
+    load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         model = build_tiny("af3", Path(tmp) / "tiny")
-        return {"generation": generation(model), "serving": serving(model)}
+        return {"generation": generation(model), "serving": serving(model), "load": load}
 
 
-def _rows(seconds: dict[str, float], wall: float, scale: float, unit: str) -> tuple[list[str], float]:
-    """Table rows (stage order of profiling.STAGES, the rest after) with an "other" row; the named stages' coverage."""
+def _rows(seconds: dict[str, float], wall: float) -> list[tuple[str, float]]:
+    """(stage, seconds) in profiling.STAGES order (any other stage after), then "other": what no stage covers."""
     from audiotune.profiling import STAGES
 
     names = [s for s in STAGES if s in seconds] + [s for s in seconds if s not in STAGES and not s.startswith("other")]
-    other = wall - sum(seconds[n] for n in names)
-    rows = [f"| {name} | {scale * seconds[name]:.{2 if unit == 's' else 0}f} | {seconds[name] / wall:.1%} |"
-            for name in names]
-    rows.append(f"| other | {scale * other:.{2 if unit == 's' else 0}f} | {other / wall:.1%} |")
-    return rows, 1 - other / wall
+    rows = [(name, seconds[name]) for name in names]
+    return rows + [("other", wall - sum(value for _, value in rows))]
+
+
+def _coverage(seconds: dict[str, float], wall: float) -> float:
+    return 1 - dict(_rows(seconds, wall))["other"] / wall
 
 
 def section(result: dict) -> list[str]:
     """The profile section of BENCHMARKS.md."""
     gen, srv = result["generation"], result["serving"]
     paths = gen["paths"]
+    tables = {name: dict(_rows(run["seconds"], run["wall"])) for name, run in paths.items()}
+    names = list(dict.fromkeys(stage for table in tables.values() for stage in table if stage != "other"))
     lines = [
         TITLE,
         "",
         "Stage timers at the boundaries of each hot path (`audiotune/profiling.py`: exclusive times, the model's",
         "stages from forward hooks, off unless a profile collects; `benchmarks/bench_profile.py`). \"other\" is the",
-        "wall time no stage covers; \"coverage\" is the named stages' share of the wall time.",
+        "wall time no stage covers; \"coverage\" is the named stages' share of the wall time. One-minute load average",
+        f"of this shared machine when the profile started: {result['load']:.1f} ({os.cpu_count()} cores).",
         "",
         f"**Generation**, {gen['clips']} WAV clips (bench_generation's), greedy, {gen['max_new_tokens']} new tokens; "
-        f"the guide one clip at a time, audiotune in batches of {gen['batch_size']}; both decode and resample the "
-        "same way (soundfile + soxr). Seconds for all clips:",
+        f"the guide one clip at a time, audiotune in batches of {gen['batch_size']} (sorted by length); both decode "
+        "and resample the same way (soundfile + soxr). Seconds for all clips, and each stage's share of the wall time:",
         "",
         "| stage | " + " | ".join(f"{name} (s) | share" for name in paths) + " |",
         "|---|" + "---|---|" * len(paths),
     ]
-    columns, coverage = [], []
-    for run in paths.values():
-        rows, covered = _rows(run["seconds"], run["wall"], 1.0, "s")
-        columns.append({row.split(" | ")[0].lstrip("| "): row.split(" | ", 1)[1].rstrip(" |") for row in rows})
-        coverage.append(covered)
-    names = list(dict.fromkeys(name for column in columns for name in column))
-    names.append(names.pop(names.index("other")))
-    for name in names:
-        lines.append(f"| {name} | " + " | ".join(c.get(name, "— | —") for c in columns) + " |")
-    lines.append("| **wall** | " + " | ".join(f"**{run['wall']:.2f}** | 100%" for run in paths.values()) + " |")
-    lines += ["", "Coverage: " + ", ".join(f"{name} {c:.1%}" for name, c in zip(paths, coverage)) + "; decode steps: "
-              + ", ".join(f"{name} {run['calls'].get('decode steps', 0)} forwards" for name, run in paths.items())
-              + "; encoder calls: " + ", ".join(f"{name} {run['calls'].get('encoder', 0)}"
-                                               for name, run in paths.items()) + ".", ""]
+    for stage in [*names, "other"]:
+        cells = [f"{t[stage]:.2f} | {t[stage] / run['wall']:.1%}" if stage in t else "— | —"
+                 for t, run in zip(tables.values(), paths.values())]
+        lines.append(f"| {stage} | " + " | ".join(cells) + " |")
+    lines += [
+        "| **wall** | " + " | ".join(f"**{run['wall']:.2f}** | 100%" for run in paths.values()) + " |",
+        "",
+        "Coverage: " + ", ".join(f"{name} {_coverage(run['seconds'], run['wall']):.1%}" for name, run in paths.items())
+        + ". Model forwards: " + "; ".join(f"{name} {run['calls'].get('encoder', 0)} encoder calls, "
+                                          f"{run['calls'].get('prefill', 0)} prefills, "
+                                          f"{run['calls'].get('decode steps', 0)} decode steps"
+                                          for name, run in paths.items()) + ".",
+        "",
+    ]
     for name, run in srv.items():
-        rows, covered = _rows(run["seconds"], run["latency"], 1000.0, "ms")
+        rows = _rows(run["seconds"], run["latency"])
         lines += [
             f"**Serving, {name}** (`audiotune serve --server-timing`, dynamic batching, max batch 16, 10 ms window; "
             f"{run['requests']} distinct 1–6 s clips, {run['clients']} client{'s' if run['clients'] > 1 else ''}): "
@@ -204,11 +210,12 @@ def section(result: dict) -> list[str]:
             "",
             "| stage | ms per request | share of latency |",
             "|---|---|---|",
-            *rows,
+            *[f"| {stage} | {1000 * value:.0f} | {value / run['latency']:.1%} |" for stage, value in rows],
             f"| **latency** | **{1000 * run['latency']:.0f}** | 100% |",
             "",
-            f"Coverage {covered:.1%}. A batch's stages (features to detokenisation) count in full for each of its "
-            "requests: each waited for all of it.",
+            f"Coverage {_coverage(run['seconds'], run['latency']):.1%}. \"HTTP client + transport + ASGI\" is the "
+            "client's time less the server's (its `Server-Timing` total); a batch's stages (chat template to "
+            "detokenisation) count in full for each of its requests, which each waited for all of it.",
             "",
         ]
     return lines
