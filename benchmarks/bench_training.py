@@ -82,7 +82,7 @@ def run_guide(data: str, model_path: str, out: str) -> dict:
     return {"epochs": clock.epochs(), "eval_loss": common_eval_loss(model, processor, data)}
 
 
-def run_audiotune(data: str, model_path: str, out: str, checkpointing: bool = False) -> dict:
+def run_audiotune(data: str, model_path: str, out: str, checkpointing: bool = False, compile_: bool = False) -> dict:
     from audiotune.train_config import TrainConfig
     from audiotune.models.loading import load_processor
     from audiotune.train import train
@@ -105,7 +105,8 @@ def run_audiotune(data: str, model_path: str, out: str, checkpointing: bool = Fa
                       eval_take=EVAL_CLIPS, per_device_train_batch_size=BATCH, per_device_eval_batch_size=BATCH,
                       gradient_accumulation_steps=ACCUMULATION, learning_rate=1e-4,
                       max_steps=STEPS_PER_EPOCH * EPOCHS, eval_steps=100, save_steps=250, logging_steps=10,
-                      eval_generate_take=0, audio_cache="memory", gradient_checkpointing=checkpointing),
+                      eval_generate_take=0, audio_cache="memory", activation_checkpointing=checkpointing,
+                      torch_compile=compile_),
           callbacks=[clock.callback, keep.callback])
     return {"epochs": clock.epochs(), "eval_loss": common_eval_loss(captured["model"], load_processor(model_path), data)}
 
@@ -119,9 +120,9 @@ def assistant_loss(model, collate, examples: list, batch: int) -> float:
     total, count = 0.0, 0
     with torch.no_grad():
         for start in range(0, len(examples), batch):
-            batch = collate(examples[start:start + batch])
-            logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits[:, :-1]
-            labels = batch["labels"][:, 1:]
+            inputs = collate(examples[start:start + batch])
+            logits = model(**{k: v for k, v in inputs.items() if k != "labels"}).logits[:, :-1]
+            labels = inputs["labels"][:, 1:]
             loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
                                                      ignore_index=-100, reduction="sum")
             total += float(loss)
@@ -244,6 +245,7 @@ if __name__ == "__main__":
     if variant == "guide":
         result = run_guide(data_dir, model_dir, out_dir)
     else:
-        result = run_audiotune(data_dir, model_dir, out_dir, checkpointing=variant == "audiotune-gc")
+        result = run_audiotune(data_dir, model_dir, out_dir, checkpointing=variant == "audiotune-gc",
+                               compile_=variant == "audiotune-compile")
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(result))

@@ -15,6 +15,7 @@ import torch  # noqa: E402
 import bench_data  # noqa: E402
 import bench_generation  # noqa: E402
 import bench_packing  # noqa: E402
+import bench_profile  # noqa: E402
 import bench_serving  # noqa: E402
 import bench_training  # noqa: E402
 
@@ -48,29 +49,41 @@ def kept_sections(path: Path) -> str:
     return "".join("\n" + k for k in kept)
 
 
+def _spread(value: dict, fmt: str = ".2f", suffix: str = "") -> str:
+    """A median with its min–max over the passes: ``1.75× [1.43–2.36]``."""
+    return f"{value['median']:{fmt}}{suffix} [{value['min']:{fmt}}–{value['max']:{fmt}}]"
+
+
 def serving_section(srv: dict) -> list[str]:
     """The serving section of BENCHMARKS.md from one ``bench_serving.run()``."""
     lines = [
-        f"## Serving ({srv['requests']} caption requests per level, 1–6 s clips, greedy, max_tokens 24)",
+        f"## Serving ({srv['requests']} caption requests per level, twice the clients where more, 1–6 s clips, "
+        "greedy, max_tokens 24)",
         "",
         "`audiotune serve` one request at a time (`--max-batch-size 1`), with dynamic batching (max batch 16, 10 ms",
-        "window), and `--backend vllm` (vLLM's CPU build, max 64 sequences, `--enforce-eager`, float32) when",
-        "`make vllm-env` was run; all on 127.0.0.1 with the same checkpoint, measured alternately. Ratios are req/s",
-        "against one at a time. Every level sends clips no server has seen (real traffic rarely repeats audio);",
-        "the last row repeats the first level's clips at the top concurrency, to show what vLLM's caches add.",
+        "window, length buckets) over whole 30 s encoder windows (the default) and with `--encoder-frames valid`, and",
+        "`--backend vllm` (vLLM's CPU build, max 64 sequences, `--enforce-eager`, float32) when `make vllm-env` was",
+        "run; all on 127.0.0.1 with the same checkpoint. Every level runs in "
+        f"{srv['passes']} passes, the servers alternated (each pass starts with another); figures are the median",
+        "[min–max] over the passes, a ratio is req/s against one at a time in the same pass. Every level of every",
+        "pass sends clips no server has seen (real traffic rarely repeats audio); the last row repeats each pass's",
+        "first clips at the top concurrency, to show what vLLM's caches add.",
         "",
     ]
     names = list(next(iter(srv["levels"].values())))
-    lines += ["| clients | " + " | ".join(f"{n}: req/s | p50 / p95 (s)" for n in names) + " | "
-              + " | ".join(f"{n} ratio" for n in names[1:]) + " |",
-              "|---|" + "---|---|" * len(names) + "---|" * (len(names) - 1)]
+    lines += ["| clients | " + " | ".join(f"{n}: req/s" for n in names) + " | "
+              + " | ".join(f"{n}: ratio" for n in names[1:]) + " |",
+              "|---|" + "---|" * (2 * len(names) - 1)]
     for level, by_name in srv["levels"].items():
-        base = by_name["one at a time"]["rps"]
-        cells = [f"{r['rps']:.2f} | {r['p50']:.2f} / {r['p95']:.2f}" for r in by_name.values()]
-        ratios = [f"**{by_name[n]['rps'] / base:.2f}×**" for n in names[1:]]
+        cells = [_spread(r["rps"]) for r in by_name.values()]
+        ratios = [f"**{_spread(by_name[n]['ratio'], suffix='×')}**" for n in names[1:]]
         lines.append(f"| {level} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+    lines += ["", "Latency, p50 / p95 in seconds (median over the passes):", "",
+              "| clients | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for level, by_name in srv["levels"].items():
+        lines.append(f"| {level} | " + " | ".join(f"{r['p50']:.2f} / {r['p95']:.2f}" for r in by_name.values()) + " |")
     for kind, rates in srv.get("vllm_cache", {}).items():
-        shown = ", ".join(f"{name.replace('_', ' ')} {value:.1%}" for name, value in rates.items() if value is not None)
+        shown = ", ".join(f"{name} cache hit rate {value:.1%}" for name, value in rates.items() if value is not None)
         lines.append(f"\nvLLM's cache hit rates with {kind} (its /metrics counters): {shown or 'no queries'}.")
     return lines
 
@@ -80,15 +93,29 @@ FOOTER = ("Timings are benchmarks only; the tests check that each optimisation l
           "(cache vs no cache, batched vs single generation).")
 
 
+def replace_section(path: Path, title: str, lines: list[str], before: str | None = None) -> None:
+    """Replace the section of BENCHMARKS.md that starts with ``title`` by ``lines``, the rest kept; where there is
+    none yet, insert them before the section titled ``before`` (else at the end)."""
+    text = path.read_text()
+    start = text.find(title)
+    if start >= 0:
+        end = text.find("\n## ", start + len(title))
+        end = len(text) if end < 0 else end + 1
+    else:
+        start = end = text.find(before) if before and before in text else len(text)
+    path.write_text(text[:start] + "\n".join(lines) + "\n\n" + text[end:])
+
+
+def measured_alone(lines: list[str], command: str) -> list[str]:
+    """A section measured by ``run.py --only ...``: its date, machine and command under its title."""
+    return [lines[0], f"\nMeasured {date.today().isoformat()} on {machine()} with `python benchmarks/run.py --only "
+                      f"{command}` (the other sections are `make bench`'s).", *lines[1:]]
+
+
 def rewrite_serving(path: Path) -> list[str]:
     """``run.py --only serving``: measure serving alone and replace its section of BENCHMARKS.md, the rest kept."""
-    lines = serving_section(bench_serving.run()) + ["", FOOTER]
-    lines.insert(1, f"\nMeasured {date.today().isoformat()} on {machine()} with `python benchmarks/run.py --only "
-                    "serving` (the other sections are `make bench`'s).")
-    text = path.read_text()
-    start = text.index(SERVING)
-    end = text.find("\n## ", start + len(SERVING))
-    path.write_text(text[:start] + "\n".join(lines) + "\n" + (text[end:] if end >= 0 else ""))
+    lines = measured_alone(serving_section(bench_serving.run()) + ["", FOOTER], "serving")
+    replace_section(path, SERVING, lines)
     return lines
 
 
@@ -97,17 +124,15 @@ PACKING = "## Packing"
 
 def rewrite_packing(path: Path, repeats: int = 2) -> list[str]:
     """``run.py --only packing [REPEATS]``: measure packing alone and replace (or add, after Training) its section."""
-    lines = bench_packing.section(bench_packing.run(repeats))
-    lines.insert(1, f"\nMeasured {date.today().isoformat()} on {machine()} with `python benchmarks/run.py --only "
-                    f"packing {repeats}` (the other sections are `make bench`'s).")
-    text = path.read_text()
-    start = text.find(PACKING)
-    if start < 0:
-        start = end = text.index("\n## Generation") + 1
-    else:
-        end = text.find("\n## ", start + len(PACKING))
-        end = len(text) if end < 0 else end + 1
-    path.write_text(text[:start] + "\n".join(lines) + "\n\n" + text[end:])
+    lines = measured_alone(bench_packing.section(bench_packing.run(repeats)), f"packing {repeats}")
+    replace_section(path, PACKING, lines, before="## Generation")
+    return lines
+
+
+def rewrite_profile(path: Path) -> list[str]:
+    """``run.py --only profile``: measure the profile alone and replace (or add, after Serving) its section."""
+    lines = measured_alone(bench_profile.section(bench_profile.run()), "profile")
+    replace_section(path, bench_profile.TITLE, lines, before=KEPT[0])
     return lines
 
 
@@ -217,11 +242,15 @@ def main() -> None:
     if sys.argv[1:3] == ["--only", "packing"]:
         print("\n".join(rewrite_packing(path, *map(int, sys.argv[3:4]))))
         return
+    if sys.argv[1:] == ["--only", "profile"]:
+        print("\n".join(rewrite_profile(path)))
+        return
     training = bench_training.run()
     packing = bench_packing.run()
     data = bench_data.run()
     gen = bench_generation.run()
     srv = bench_serving.run()
+    profile = bench_profile.run()
     lines = [
         "# Benchmarks",
         "",
@@ -261,7 +290,7 @@ def main() -> None:
         "",
         *generation_section(gen, data),
     ]
-    lines += serving_section(srv) + ["", FOOTER]
+    lines += serving_section(srv) + ["", FOOTER, "", *bench_profile.section(profile)]
     path.write_text("\n".join(lines) + "\n" + kept_sections(path))
     print("\n".join(lines))
 

@@ -288,6 +288,7 @@ def test_a_request_that_sets_nothing_gets_the_servers_generation_settings(micro_
     def ask(http, **fields):
         reply = http.post("/v1/chat/completions", json={"model": "micro", "messages": messages, **fields})
         assert reply.status_code == 200, reply.text
+        assert "server-timing" not in reply.headers  # only with --server-timing
         return reply.json()
 
     cfg = ServeConfig.from_flat(model=str(micro_af3), served_name="micro", max_new_tokens=3, max_tokens=40)
@@ -307,3 +308,58 @@ def test_a_request_that_sets_nothing_gets_the_servers_generation_settings(micro_
         explicit = ask(http, seed=7, temperature=1.5, top_p=0.9, max_tokens=8)["choices"][0]["message"]["content"]
         greedy = ask(http, temperature=0, max_tokens=8)["choices"][0]["message"]["content"]
     assert by_default == explicit != greedy  # unset temperature/top_p are the server's, not greedy
+
+
+def test_length_buckets_batch_similar_clips_and_answers_stay_those_of_one_at_a_time(micro_af3, micro_processor,
+                                                                                   family):
+    """More requests queued than one batch holds: each batch takes clips of similar length (little audio padding),
+    the oldest request always among them, and every answer is the one its request gets alone."""
+    import asyncio
+
+    from audiotune.engines import GenerationRequest
+    from audiotune.engines.native import NativeEngine
+    from audiotune.serve.batcher import DynamicBatcher
+
+    model, _ = load_model(micro_af3)
+    engine = NativeEngine.wrap(model, micro_processor, family, name="micro")
+    seconds = [0.5, 3.0, 0.6, 2.8, 0.7, 2.6]  # short and long alternate in arrival order
+    requests = [GenerationRequest(examples_from_audio([tone(s, 200 + 90 * i)], "Describe the audio.")[0], "micro",
+                                  max_tokens=4, temperature=0) for i, s in enumerate(seconds)]
+    alone = [engine.run([request])[0].text for request in requests]
+
+    async def queued_then_batched():
+        batcher = DynamicBatcher(engine, max_batch_size=3, max_wait_ms=0)
+        answers = [asyncio.ensure_future(batcher.submit(request)) for request in requests]
+        while batcher.queue.qsize() < len(requests):  # every request waits before the worker starts
+            await asyncio.sleep(0)
+        batcher.start()
+        texts = [result.text for result in await asyncio.gather(*answers)]
+        await batcher.stop()
+        return texts, batcher
+
+    together, batcher = asyncio.run(queued_then_batched())
+    assert together == alone and len(set(alone)) > 1
+    # Arrival order would batch short with long clips (over 40% padding); buckets batch the 3 short, then the 3 long.
+    assert batcher.batches_run == 2 and batcher.audio_padding < 0.1, batcher.audio_padding
+
+
+def test_server_timing_adds_up_to_the_request_time(micro_af3):
+    """--server-timing: each answer says where its time went, stage by stage, and the stages (exclusive times)
+    cover the server's time for the request without counting any of it twice."""
+    from fastapi.testclient import TestClient
+
+    from audiotune.config import ServeConfig
+    from audiotune.profiling import parse_server_timing
+    from audiotune.serve.server import build_app
+
+    body = {"model": "micro", "messages": _messages(tone(1.0, 330)), "max_tokens": 4, "temperature": 0}
+    with TestClient(build_app(ServeConfig.from_flat(model=str(micro_af3), served_name="micro",
+                                                    server_timing=True))) as http:
+        reply = http.post("/v1/chat/completions", json=body)
+    assert reply.status_code == 200, reply.text
+    stages = parse_server_timing(reply.headers["server-timing"])
+    total = stages.pop("total")
+    assert {"HTTP/JSON", "audio decode", "resample", "waiting in the batcher", "feature extraction", "encoder",
+            "projector", "prefill", "decode steps", "detokenisation"} <= set(stages), stages
+    assert all(seconds >= 0 for seconds in stages.values())
+    assert 0.8 * total <= sum(stages.values()) <= total

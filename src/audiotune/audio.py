@@ -21,6 +21,7 @@ import soundfile as sf
 import soxr
 
 from .errors import AudioDecodeError, AudioTooLongError
+from .profiling import AUDIO_DECODE, RESAMPLE, stage
 
 logger = logging.getLogger(__name__)
 
@@ -279,16 +280,19 @@ def load_audio(item: Any, target_rate: int, name: str, limits: AudioLimits | Non
     :class:`AudioTooLongError` when the long-audio policy says so. ``max_seconds`` (encoded bytes, e.g. a server's
     request) refuses a longer clip from its header, before its samples are decoded.
     """
-    if max_seconds is not None and isinstance(item, (bytes, bytearray)):
-        wave, rate = _decode_bytes(bytes(item), name, max_seconds)
-    else:
-        wave, rate = decode_any(item, name, default_rate=target_rate)
-    if wave.shape[0] == 0:
-        raise AudioDecodeError(f"{name}: the audio has no samples. Drop the row or replace the file.")
-    if not np.isfinite(wave).all():
-        bad = int((~np.isfinite(wave)).sum())
-        raise AudioDecodeError(f"{name}: the audio holds {bad} NaN/Inf samples. Re-export the file or drop the row.")
-    mono = resample(to_mono(wave), rate, target_rate)
+    with stage(AUDIO_DECODE):
+        if max_seconds is not None and isinstance(item, (bytes, bytearray)):
+            wave, rate = _decode_bytes(bytes(item), name, max_seconds)
+        else:
+            wave, rate = decode_any(item, name, default_rate=target_rate)
+        if wave.shape[0] == 0:
+            raise AudioDecodeError(f"{name}: the audio has no samples. Drop the row or replace the file.")
+        if not np.isfinite(wave).all():
+            bad = int((~np.isfinite(wave)).sum())
+            raise AudioDecodeError(f"{name}: the audio holds {bad} NaN/Inf samples. Re-export the file or drop the "
+                                   "row.")
+    with stage(RESAMPLE):
+        mono = resample(to_mono(wave), rate, target_rate)
     return apply_length_policy(mono, target_rate, name, limits) if limits else mono
 
 

@@ -360,6 +360,10 @@ class ServeConfig:
                                                       "--backend vllm, the only hosts vLLM fetches from.",
                                                  factory=list)
     allow_text_only: bool = option(False, "Accept requests without audio (the model's text-only path).")
+    server_timing: bool = option(False, "Answer each (non-streamed) chat request with a Server-Timing header: its "
+                                        "time in audio decode, resampling, waiting in the batcher, feature "
+                                        "extraction, encoder, prefill, decode steps, ... (benchmarks/bench_profile.py"
+                                        " reads it).")
     device: str | None = option(None, "Device for the model (empty: CUDA when available, else the CPU).")
     vllm_args: list[str] = option(help="--backend vllm: more arguments for vLLM's server, as one string each.",
                                   factory=list)
@@ -407,6 +411,9 @@ class ServeConfig:
             raise ConfigError("--allow-remote-audio with --backend vllm: vLLM fetches audio URLs itself and cannot "
                               "refuse addresses inside the network; name the hosts it may fetch from with "
                               "--remote-audio-allow-hosts HOST[,HOST].")
+        if self.engine.backend == "vllm" and self.server_timing:
+            raise ConfigError("--server-timing times audiotune's own server (--backend transformers); vLLM's server "
+                              "has its own metrics at /metrics.")
         self.adapter_paths  # noqa: B018  (NAME=PATH checked before the model loads)
         return self
 

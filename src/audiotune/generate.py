@@ -20,6 +20,7 @@ from .data.collator import ConversationCollator
 from .conversation import Example, prompt_messages
 from .models.family import Family
 from .models.loading import to_model_inputs
+from .profiling import DETOKENISE, GENERATE_LOOP, TOKENISE, stage
 
 
 @dataclass(frozen=True)
@@ -120,20 +121,23 @@ def generate_batch(model, processor, family: Family, examples: Sequence[Example]
         from transformers import LogitsProcessorList
 
         extra["logits_processor"] = LogitsProcessorList([PerRowSampler(rows)])
-    batch = inputs if inputs is not None else prompt_batch(model, processor, family, examples)
+    with stage(TOKENISE):  # feature extraction inside it is timed on its own (profiling.instrument)
+        batch = inputs if inputs is not None else prompt_batch(model, processor, family, examples)
     stop_ids = stop_token_ids(processor, family)
     pad_id = processor.tokenizer.pad_token_id
-    output = model.generate(**batch, **settings.as_kwargs(), eos_token_id=stop_ids, pad_token_id=pad_id,
-                            use_cache=True, streamer=streamer, **extra)
+    with stage(GENERATE_LOOP):  # the model's forwards inside it are timed apart (profiling.instrument)
+        output = model.generate(**batch, **settings.as_kwargs(), eos_token_id=stop_ids, pad_token_id=pad_id,
+                                use_cache=True, streamer=streamer, **extra)
     new_tokens = output[:, batch["input_ids"].shape[1]:].tolist()
     prompt_lengths = batch["attention_mask"].sum(dim=1).tolist()
     results = []
-    for tokens, prompt_length in zip(new_tokens, prompt_lengths):
-        stop_at = next((i for i, t in enumerate(tokens) if t in stop_ids), None)
-        kept = tokens if stop_at is None else tokens[:stop_at]
-        text = family.parse_answer(processor.tokenizer.decode(kept, skip_special_tokens=True).strip())
-        results.append(Generation(text, int(prompt_length), len(kept) + (stop_at is not None),
-                                  "stop" if stop_at is not None else "length", kept))
+    with stage(DETOKENISE):
+        for tokens, prompt_length in zip(new_tokens, prompt_lengths):
+            stop_at = next((i for i, t in enumerate(tokens) if t in stop_ids), None)
+            kept = tokens if stop_at is None else tokens[:stop_at]
+            text = family.parse_answer(processor.tokenizer.decode(kept, skip_special_tokens=True).strip())
+            results.append(Generation(text, int(prompt_length), len(kept) + (stop_at is not None),
+                                      "stop" if stop_at is not None else "length", kept))
     return results
 
 

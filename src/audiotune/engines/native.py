@@ -23,6 +23,7 @@ from ..errors import CheckpointError
 from ..generate import (Generation, GenerationSettings, RowSampling, generate, generate_batch, prompt_batch,
                         stop_token_ids)
 from ..models.family import Family
+from ..profiling import DETOKENISE, stage
 from .base import Engine, GenerationRequest, Sample
 
 logger = logging.getLogger(__name__)
@@ -149,7 +150,9 @@ class NativeEngine(Engine):
         text, reason, completion = result.text, result.finish_reason, result.completion_tokens
         if completion > request.max_tokens:  # what generating with its own limit would have returned
             tokens = result.tokens[: request.max_tokens]
-            text = self.family.parse_answer(self.processor.tokenizer.decode(tokens, skip_special_tokens=True).strip())
+            with stage(DETOKENISE):
+                text = self.family.parse_answer(
+                    self.processor.tokenizer.decode(tokens, skip_special_tokens=True).strip())
             reason, completion = "length", request.max_tokens
         for stop in request.stop:
             cut = text.find(stop)
@@ -190,7 +193,8 @@ class _BatchStreamer:
             if len(self.tokens[row]) > request.max_tokens:
                 self.done[row] = True
                 continue
-            text = self.tokenizer.decode(self.tokens[row], skip_special_tokens=True).lstrip()
+            with stage(DETOKENISE):
+                text = self.tokenizer.decode(self.tokens[row], skip_special_tokens=True).lstrip()
             if text.endswith("\ufffd"):
                 continue
             delta, self.sent[row] = text[len(self.sent[row]):], text

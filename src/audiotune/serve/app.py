@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
+from .. import profiling
 from .batcher import DynamicBatcher
 from ..engines import Engine
 from .protocol import ApiError, Limits, parse_chat_request, parse_json
@@ -33,6 +34,7 @@ class ServerSettings:
     max_wait_ms: float = 10.0
     api_key: str | None = None
     limits: Limits = field(default_factory=Limits)
+    server_timing: bool = False  # a Server-Timing header on each chat answer (profiling.py; the engine instrumented)
 
 
 def create_app(engine: Engine, settings: ServerSettings | None = None) -> FastAPI:
@@ -88,7 +90,8 @@ def create_app(engine: Engine, settings: ServerSettings | None = None) -> FastAP
         if state["draining"]:
             return JSONResponse({"status": "shutting down"}, status_code=503)
         return {"status": "ok", "models": engine.model_names(), "in_flight": state["in_flight"],
-                "batches_run": batcher.batches_run, "largest_batch": batcher.largest_batch}
+                "batches_run": batcher.batches_run, "largest_batch": batcher.largest_batch,
+                "audio_padding": round(batcher.audio_padding, 4), "busy_seconds": round(batcher.busy_seconds, 3)}
 
     @app.get("/v1/models")
     async def models(request: Request):
@@ -110,17 +113,30 @@ def create_app(engine: Engine, settings: ServerSettings | None = None) -> FastAP
         authorise(request)
         if state["draining"]:
             raise ApiError(503, "The server is shutting down; retry on another replica.", type_="server_error")
-        body = parse_json(await request.body(), settings.limits)  # BodyLimit has refused oversized bodies
+        if not settings.server_timing:
+            return await chat(request)
+        started = time.perf_counter()
+        with profiling.collecting() as profile:
+            response = await chat(request)
+        if not isinstance(response, StreamingResponse):  # a stream's headers leave before its time is known
+            response.headers["Server-Timing"] = profile.server_timing(time.perf_counter() - started)
+        return response
+
+    async def chat(request: Request):
+        with profiling.stage(profiling.HTTP):
+            body = parse_json(await request.body(), settings.limits)  # BodyLimit has refused oversized bodies
         generation, stream, include_usage = await asyncio.to_thread(
             parse_chat_request, body, engine.model_names(), engine.family.sampling_rate, settings.limits)
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
         if not stream:
             result = await batcher.submit(generation)
-            return {"id": completion_id, "object": "chat.completion", "created": created, "model": generation.model,
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
-                                 "finish_reason": result.finish_reason}],
-                    "usage": _usage(result)}
+            with profiling.stage(profiling.HTTP):
+                return JSONResponse({"id": completion_id, "object": "chat.completion", "created": created,
+                                     "model": generation.model,
+                                     "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
+                                                  "finish_reason": result.finish_reason}],
+                                     "usage": _usage(result)})
         return StreamingResponse(_stream(batcher, generation, completion_id, created, include_usage),
                                  media_type="text/event-stream")
 

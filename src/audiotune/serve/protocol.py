@@ -18,6 +18,7 @@ from ..audio import base64_bytes, data_uri_bytes, load_audio
 from ..errors import AudioDecodeError, AudiotuneError, AudioTooLongError
 from ..conversation import Example
 from ..engines import GenerationRequest
+from ..profiling import AUDIO_DECODE, stage
 
 AUDIO_FORMATS = {"wav", "mp3", "flac", "ogg"}
 
@@ -118,7 +119,8 @@ def _content(message: dict[str, Any], index: int, rate: int, limits: Limits) -> 
                 raise ApiError(400, f"{param}.text must be a string.", param)
             parts.append({"type": "text", "text": part["text"]})
         elif kind in ("input_audio", "audio_url"):
-            data = _audio_bytes(part, limits, param)
+            with stage(AUDIO_DECODE):  # base64 (or a fetch); the container's decoding is timed in load_audio
+                data = _audio_bytes(part, limits, param)
             try:  # a clip longer than the limit is refused from its header, before its samples are decoded
                 audio = load_audio(data, rate, param, max_seconds=limits.max_audio_seconds)
             except AudioTooLongError as error:

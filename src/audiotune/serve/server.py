@@ -60,7 +60,11 @@ def build_app(cfg: ServeConfig):
                     allow_remote_audio=cfg.allow_remote_audio, remote_max_bytes=cfg.max_request_bytes,
                     remote_allow_hosts=tuple(cfg.remote_audio_allow_hosts),
                     require_audio=family.requires_audio and not cfg.allow_text_only)
-    return create_app(engine, ServerSettings(cfg.max_batch_size, cfg.max_wait_ms, api_key, limits))
+    if cfg.server_timing:
+        from ..profiling import instrument
+
+        instrument(engine.model, engine.processor, family)
+    return create_app(engine, ServerSettings(cfg.max_batch_size, cfg.max_wait_ms, api_key, limits, cfg.server_timing))
 
 
 def serve(cfg: ServeConfig) -> None:
