@@ -3,8 +3,8 @@ server at chosen calls: a real death, mid-run, for tests/test_vllm_rollouts.py.
 
 ``$AUDIOTUNE_TEST_KILL_VLLM`` holds JSON: ``server_file`` (the trainer's ``vllm-rollouts/server.json``: the server's
 pid and URL), ``at`` (the 1-based calls after which to kill it) and ``record`` (a JSON file of the calls so far and
-the pids killed, so the count survives the reward module being loaded twice). After the kill it waits until the server's port refuses
-connections: the next request meets a dead server, whatever the timing.
+the pids killed, so the count survives the reward module being loaded twice). After the kill it waits until the
+server's port refuses connections: the next request meets a dead server, whatever the timing.
 """
 
 from __future__ import annotations

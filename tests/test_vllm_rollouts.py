@@ -18,6 +18,7 @@ import torch
 
 from audiotune.errors import ConfigError, RolloutServerError
 from audiotune.train_config import TrainConfig
+from tests.conftest import tone
 from tests.test_serve_vllm import _vllm_python
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,7 +75,7 @@ def test_a_policy_vllm_lora_cannot_apply_is_refused_before_training(plan, match,
 
 # --- real vLLM ------------------------------------------------------------------------------------------------
 
-def _hf_greedy(policy, processor, family, examples, max_tokens: int) -> list[list[int]]:
+def _hf_greedy(policy, processor, family, examples, max_tokens: int, suppress=None) -> list[list[int]]:
     """The reference: transformers' own greedy ``generate`` on the policy, cut after the first stop token."""
     from audiotune.data.collator import ConversationCollator
     from audiotune.generate import stop_token_ids
@@ -84,7 +85,7 @@ def _hf_greedy(policy, processor, family, examples, max_tokens: int) -> list[lis
     stops = stop_token_ids(processor, family)
     with torch.no_grad():
         out = policy.generate(**batch, do_sample=False, max_new_tokens=max_tokens, eos_token_id=stops,
-                              pad_token_id=processor.tokenizer.pad_token_id)
+                              pad_token_id=processor.tokenizer.pad_token_id, suppress_tokens=suppress)
     rows = []
     for tokens in out[:, batch["input_ids"].shape[1]:].tolist():
         end = next((i + 1 for i, t in enumerate(tokens) if t in stops), len(tokens))
@@ -99,6 +100,7 @@ def test_grpo_samples_each_step_from_its_own_adapter_and_survives_one_server_dea
     from safetensors.torch import load_file
 
     from audiotune.audio_cache import AudioEmbeddingCache, install_audio_cache
+    from audiotune.generate import examples_from_audio
     from audiotune.models.loading import load_base_model, load_processor
     from audiotune.rl import make_rl_trainer
     from audiotune.rl.vllm_rollouts import SERVER_FILE, VllmRollouts
@@ -123,15 +125,20 @@ def test_grpo_samples_each_step_from_its_own_adapter_and_survives_one_server_dea
     vllm = trainer.vllm.start()
     first_pid = vllm.pid
 
-    # The same server as a user's (--vllm-url): greedy rollouts equal transformers' greedy decoding of the policy.
+    # The same server as a user's (--vllm-url): greedy rollouts equal transformers' greedy decoding of the policy,
+    # on a beep question and a caption prompt. The caption adapter answers one word and stops; with the stop tokens
+    # suppressed it writes 16 tokens, each chosen by a margin of at least 0.2 logits (no near-ties).
     user = VllmRollouts(str(tiny_af3), family, processor, tmp_path / "user", url=vllm.url, api_key=vllm.api_key)
-    examples = [train_ds[0], train_ds[1]]
-    expected, batch = _hf_greedy(policy, processor, family, examples, max_tokens=12)
+    examples = [train_ds[0], examples_from_audio([tone(2.0, 220)], "Describe the audio.")[0]]
     name = user.sync(policy, 0)
     assert name.startswith("policy-") and name.endswith("-step-0") and name != vllm.name_for(0)
-    greedy = user.sample(examples, model=name, seed=0, max_tokens=12, temperature=0.0, inputs=batch)
-    assert [s.tokens for s in greedy] == expected
-    assert {s.model for s in greedy} == {name} and all(len(s.logprobs) == len(s.tokens) for s in greedy)
+    for suppress in (None, user.stop_ids):
+        expected, batch = _hf_greedy(policy, processor, family, examples, max_tokens=16, suppress=suppress)
+        greedy = user.sample(examples, model=name, seed=0, max_tokens=16, temperature=0.0, suppress_tokens=suppress,
+                             inputs=batch)
+        assert [s.tokens for s in greedy] == expected
+        assert [s.stopped for s in greedy] == [suppress is None] * 2
+        assert {s.model for s in greedy} == {name} and all(len(s.logprobs) == len(s.tokens) for s in greedy)
     # Seeds: a group (one example, 4 completions) drawn twice with one seed is the same; another seed differs.
     group = [examples[0]] * 4
     draws = [[s.tokens for s in user.sample(group, model=name, seed=seed, max_tokens=6, temperature=1.0)]
@@ -170,4 +177,4 @@ def test_grpo_samples_each_step_from_its_own_adapter_and_survives_one_server_dea
     for pid in killed:
         with pytest.raises(ProcessLookupError):
             os.killpg(pid, 0)
-    assert not (out / "vllm-rollouts" / SERVER_FILE).exists()
+    assert sorted(p.name for p in (out / "vllm-rollouts").iterdir()) == ["server.log"]  # no adapter, no server.json

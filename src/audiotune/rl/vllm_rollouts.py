@@ -14,8 +14,8 @@ The contract:
   (:func:`~audiotune.engines.vllm_env.export_adapter`) and loaded as ``policy-step-<global step>``; the previous one
   is unloaded. A name is never reused, so vLLM's prefix cache (keyed by adapter) cannot serve an older step's
   blocks; on a server given by ``--vllm-url``, which other runs may share, the names carry a random run tag
-  (``policy-<tag>-step-<n>``). Each completion carries the name vLLM answered with (:attr:`Sample.model`), which the trainer checks
-  against its step.
+  (``policy-<tag>-step-<n>``). Each completion carries the name vLLM answered with (:attr:`Sample.model`), which the
+  trainer checks against its step.
 - **Log-probabilities.** vLLM returns each sampled token's log-probability after temperature and top-p
   (``--logprobs-mode processed_logprobs``, as TRL starts it); the trainer recomputes the policy's own and corrects
   the gap by truncated importance sampling (:func:`audiotune.rl.losses.sampler_correction`).
@@ -176,7 +176,8 @@ class VllmRollouts:
         return self
 
     def close(self) -> None:
-        """Stop the server started here (a ``--vllm-url`` server is left running, its last adapter unloaded)."""
+        """Stop the server started here (a ``--vllm-url`` server is left running, its last adapter unloaded) and
+        remove the last exported adapter (the run's checkpoints hold the policy)."""
         import httpx
 
         if self.external and self.current is not None:
@@ -184,6 +185,9 @@ class VllmRollouts:
                 self._post("/v1/unload_lora_adapter", {"lora_name": self.current.name})
             except (RolloutServerError, httpx.HTTPError):
                 pass
+        if self.current is not None:
+            shutil.rmtree(self.current.folder, ignore_errors=True)
+            self.current = None
         self._stop_server()
         self.client.close()
         (self.folder / SERVER_FILE).unlink(missing_ok=True)
@@ -279,7 +283,11 @@ class VllmRollouts:
         finally:
             shutil.rmtree(raw, ignore_errors=True)
         synced = Synced(name, step, folder)
-        self._call(f"loading {name}", lambda: self._load(synced))
+        try:
+            self._call(f"loading {name}", lambda: self._load(synced))
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         previous, self.current = self.current, synced
         if previous is not None:
             self._call(f"unloading {previous.name}",
@@ -333,6 +341,9 @@ class VllmRollouts:
                 raise RolloutServerError(f"vLLM returned {len(choices)} completions for a request of {size}.")
             for choice in choices:
                 logprobs = [entry["logprob"] for entry in choice["logprobs"]["content"]]
+                if len(logprobs) != len(choice["token_ids"]):
+                    raise RolloutServerError(f"vLLM returned {len(logprobs)} log-probabilities for "
+                                             f"{len(choice['token_ids'])} tokens.")
                 samples.append(Sample.from_tokens(choice["token_ids"], self.stop_ids, self.processor.tokenizer,
                                                   logprobs=logprobs, model=answer["model"]))
         return samples
