@@ -11,7 +11,15 @@ gradient's size, and at 3e-3 the group's noisy gradients undid what SFT had lear
 supervised run is also continued for as many steps as GRPO took ("SFT, continued"), with the same warm-up. Prints a markdown table and a JSON line; ``--write`` puts the table into
 BENCHMARKS.md's "GRPO" section.
 
-Usage: python benchmarks/bench_rl.py [--out runs/bench-rl] [--write]   (``make rl-bench``)
+Then (when vLLM's environment is there, `make vllm-env`) rollouts native vs vLLM (:func:`rollout_speed`): the same
+policy (the default tiny AF3, whose vLLM attention kernels exist on CPU, with a fresh LM-only LoRA: vLLM's LoRA takes
+no projector or LM head), the same 4 prompts × a group of 8, 32 new tokens at temperature 1. Completions per second
+of the sampling call GRPO makes (``engine.sample``; the vLLM server started and the adapter synced before the
+clock), and the median GRPO step time of a short ``train()`` run each way (the vLLM run's steps include the
+per-step adapter sync; its first step, which starts the server, is reported apart). ``--write`` puts it under the
+GRPO section's "Rollouts: native vs vLLM"; ``--rollouts-only`` runs this part alone.
+
+Usage: python benchmarks/bench_rl.py [--out runs/bench-rl] [--write] [--rollouts-only]   (``make rl-bench``)
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import time
 from pathlib import Path
 
 SECTION = "## GRPO on a verifiable task"
+ROLLOUT_SECTION = "### Rollouts: native vs vLLM"
 COUNTS = (2, 5)
 SFT_LR, GRPO_LR, BETA = 1e-2, 1e-4, 0.04
 WITH_HEAD = r".*language_model\..*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)|lm_head"
@@ -49,6 +58,11 @@ def main() -> None:
     parser.add_argument("--beta", type=float, default=BETA)
     parser.add_argument("--reuse-sft", action="store_true", help="Start from OUT/sft if an earlier run left it.")
     parser.add_argument("--write", action="store_true", help="Update the GRPO section of BENCHMARKS.md.")
+    parser.add_argument("--rollouts-only", action="store_true", help="Only the native vs vLLM rollout comparison.")
+    parser.add_argument("--group", type=int, default=8, help="Rollouts: completions per prompt.")
+    parser.add_argument("--rollout-tokens", type=int, default=32, help="Rollouts: new tokens per completion.")
+    parser.add_argument("--rollout-repeats", type=int, default=3, help="Rollouts: timed sampling calls per backend.")
+    parser.add_argument("--rollout-steps", type=int, default=4, help="Rollouts: GRPO steps per backend.")
     opts = parser.parse_args()
 
     import torch
@@ -65,10 +79,12 @@ def main() -> None:
     datasets.disable_progress_bars()
     torch.manual_seed(0)
     root = Path(opts.out)
-    model = str(build_tiny("af3", root / f"{opts.preset}-af3", seed=0, preset=opts.preset))
     data = root / "beeps"
     if not (data / "data").exists():
         write_beep_count_dataset(data, n_clips=opts.clips, seed=0, counts=COUNTS)
+    if opts.rollouts_only:
+        return rollouts_part(root, data, opts)
+    model = str(build_tiny("af3", root / f"{opts.preset}-af3", seed=0, preset=opts.preset))
     common = dict(model=model, dataset=str(data), task="mcq", eval_take=8, eval_generate_take=0, logging_steps=5,
                   seed=0, save_steps=10_000, lora_targets=WITH_HEAD, train_projector=True)
 
@@ -121,6 +137,111 @@ def main() -> None:
     print(json.dumps(result))
     if opts.write:
         write_section(table, result, opts)
+    rollouts_part(root, data, opts)
+
+
+def rollouts_part(root: Path, data: Path, opts) -> None:
+    from audiotune.engines.vllm_env import VLLM_ENV_DIR
+
+    if not (Path(VLLM_ENV_DIR) / "bin" / "python").exists() and not os.environ.get("AUDIOTUNE_VLLM_PYTHON"):
+        print(f"rollouts native vs vLLM: skipped (no {VLLM_ENV_DIR}; `make vllm-env` builds it)")
+        return
+    result = rollout_speed(root, data, opts)
+    table = "\n".join([
+        "| rollout backend | completions/s (sampling) | GRPO step (s, median) | first step (s) |", "|---|---|---|---|",
+        *[f"| {name} | {r['completions_per_s']:.2f} | {r['step_s']:.2f} | {r['first_step_s']:.1f} |"
+          for name, r in result["backends"].items()]])
+    print(table)
+    print(json.dumps(result))
+    if opts.write:
+        write_rollout_section(table, result, opts)
+
+
+def rollout_speed(root: Path, data: Path, opts) -> dict:
+    """Native vs vLLM rollouts on one policy and one set of prompts, then a short GRPO run each way."""
+    import statistics
+
+    import torch
+    from transformers import TrainerCallback
+
+    from audiotune.audio_cache import AudioEmbeddingCache, install_audio_cache
+    from audiotune.data.collator import ConversationCollator
+    from audiotune.engines.native import NativeEngine
+    from audiotune.models.loading import (AdaptationPlan, load_base_model, load_processor, prepare_for_training,
+                                          to_model_inputs)
+    from audiotune.models.tiny import build_tiny
+    from audiotune.rl.vllm_rollouts import VllmRollouts
+    from audiotune.train import build_datasets, train
+    from audiotune.train_config import TrainConfig
+
+    model = str(build_tiny("af3", root / "tiny-af3", seed=0))
+    common = dict(model=model, dataset=str(data), task="mcq", method="grpo", per_device_train_batch_size=4,
+                  gradient_accumulation_steps=1, num_generations=opts.group,
+                  max_completion_length=opts.rollout_tokens, learning_rate=1e-5, beta=0.04, temperature=1.0,
+                  logging_steps=1, save_steps=10_000, eval_split=None, seed=0)
+    cfg = TrainConfig.from_flat(**common, output_dir=str(root / "rollouts")).validate()
+    base, family = load_base_model(model)
+    processor = load_processor(model)
+    policy = prepare_for_training(base, family, AdaptationPlan(lora_r=16))
+    install_audio_cache(policy, family, AudioEmbeddingCache())
+    train_ds, _, _ = build_datasets(cfg, family, root / "rollouts")
+    prompts = [train_ds[i] for i in range(4)]
+    repeated = [e for e in prompts for _ in range(opts.group)]
+    batch = to_model_inputs(ConversationCollator(processor, family, training=False)(repeated), policy)
+    audio_id = processor.tokenizer.convert_tokens_to_ids(family.audio_token)
+    sampling = dict(max_tokens=opts.rollout_tokens, temperature=1.0, top_p=1.0, suppress_tokens=[audio_id],
+                    inputs=batch)
+
+    def timed(sampler) -> tuple[float, int]:
+        sampler.sample(repeated, **sampling)  # warm-up: caches, first-call allocations
+        start, tokens = time.perf_counter(), 0
+        for _ in range(opts.rollout_repeats):
+            tokens += sum(len(s.tokens) for s in sampler.sample(repeated, **sampling))
+        return time.perf_counter() - start, tokens
+
+    results: dict[str, dict] = {}
+    native_s, native_tokens = timed(NativeEngine.wrap(policy, processor, family))
+    results["native"] = {"sampling_s": native_s, "tokens": native_tokens}
+    vllm = VllmRollouts(model, family, processor, root / "rollouts" / "vllm", max_num_seqs=len(repeated))
+    try:
+        start = time.perf_counter()
+        vllm.start()
+        server_start = time.perf_counter() - start
+        start = time.perf_counter()
+        name = vllm.sync(policy, 0)
+        sync_s = time.perf_counter() - start
+        vllm_s, vllm_tokens = timed(vllm.for_policy(policy, 0, seed=0))
+    finally:
+        vllm.close()
+    results["vllm"] = {"sampling_s": vllm_s, "tokens": vllm_tokens, "server_start_s": server_start,
+                       "adapter_sync_s": sync_s, "adapter": name}
+    completions = len(repeated) * opts.rollout_repeats
+    for r in results.values():
+        r["completions_per_s"] = completions / r["sampling_s"]
+
+    class StepClock(TrainerCallback):
+        def __init__(self) -> None:
+            self.ends: list[float] = []
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.ends.append(time.perf_counter())
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.ends.append(time.perf_counter())
+
+    for backend in ("native", "vllm"):
+        clock = StepClock()
+        train(TrainConfig.from_flat(**common, output_dir=str(root / f"grpo-{backend}"), rollout_backend=backend,
+                                    max_steps=opts.rollout_steps), callbacks=[clock])
+        steps = [b - a for a, b in zip(clock.ends, clock.ends[1:])]
+        results[backend].update(first_step_s=steps[0], step_s=statistics.median(steps[1:]))
+    ratio = {"sampling": results["vllm"]["completions_per_s"] / results["native"]["completions_per_s"],
+             "step": results["native"]["step_s"] / results["vllm"]["step_s"]}
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    return {"backends": results, "speedup": ratio, "group": opts.group, "prompts": len(prompts),
+            "tokens": opts.rollout_tokens, "repeats": opts.rollout_repeats, "steps": opts.rollout_steps,
+            "load_average": load, "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+                                               f"{torch.get_num_threads()} threads"}
 
 
 def write_section(table: str, result: dict, opts) -> None:
@@ -142,7 +263,37 @@ def write_section(table: str, result: dict, opts) -> None:
             f"for as many steps gives {result['accuracy']['sft_continued']:.3f}: where every row has its exact answer, "
             "supervision is the cheaper signal; GRPO is for tasks where only a verifier exists.\n")
     pattern = re.compile(re.escape(SECTION) + r".*?(?=\n## |\Z)", re.DOTALL)
-    text = pattern.sub(body.rstrip("\n"), text) if SECTION in text else text.rstrip("\n") + "\n\n" + body
+    kept = re.search(re.escape(ROLLOUT_SECTION) + r".*?(?=\n## |\n### |\Z)", text, re.DOTALL)  # its own writer's
+    body = body.rstrip("\n") + ("\n\n" + kept.group(0).rstrip("\n") if kept else "")
+    text = pattern.sub(lambda _: body, text) if SECTION in text else text.rstrip("\n") + "\n\n" + body
+    path.write_text(text if text.endswith("\n") else text + "\n")
+
+
+def write_rollout_section(table: str, result: dict, opts) -> None:
+    """The GRPO section's rollout subsection, replaced in place (or added at the section's end)."""
+    from datetime import date
+
+    path = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
+    text = path.read_text()
+    vllm, speed = result["backends"]["vllm"], result["speedup"]
+    target = "met" if speed["sampling"] >= 2 else "not met"
+    body = (f"{ROLLOUT_SECTION}\n\nMeasured {date.today()} with `python benchmarks/bench_rl.py --rollouts-only "
+            f"--write` (part of `make rl-bench`) on {result['machine']}, a machine shared with other jobs (load "
+            f"average {result['load_average']:.1f} when it ended), under `nice`. The default tiny AF3, a fresh "
+            f"LM-only LoRA (r=16), the same {result['prompts']} prompts × a group of {result['group']}, "
+            f"{result['tokens']} new tokens at temperature 1. Sampling: the call GRPO makes, timed over "
+            f"{result['repeats']} calls after a warm-up (vLLM: server started and adapter synced before the "
+            f"clock: {vllm['server_start_s']:.0f} s and {vllm['adapter_sync_s']:.2f} s). GRPO step: the median of "
+            f"{result['steps']} `train()` steps after the first (vLLM's include the per-step adapter sync; its first "
+            f"step starts the server).\n\n{table}\n\nvLLM vs native: **{speed['sampling']:.2f}×** completions/s, "
+            f"{speed['step']:.2f}× per GRPO step. Target (vLLM rollouts ≥ 2× native at group size ≥ 8): "
+            f"{target}.\n")
+    pattern = re.compile(re.escape(ROLLOUT_SECTION) + r".*?(?=\n## |\n### |\Z)", re.DOTALL)
+    if ROLLOUT_SECTION in text:
+        text = pattern.sub(lambda _: body.rstrip("\n"), text)
+    else:
+        grpo = re.compile(re.escape(SECTION) + r".*?(?=\n## |\Z)", re.DOTALL)
+        text = grpo.sub(lambda m: m.group(0).rstrip("\n") + "\n\n" + body.rstrip("\n") + "\n", text)
     path.write_text(text if text.endswith("\n") else text + "\n")
 
 

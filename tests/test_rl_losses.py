@@ -14,7 +14,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from audiotune.rl.losses import dpo_loss, group_advantages, grpo_loss, kto_loss, orpo_loss, simpo_loss
+from audiotune.rl.losses import (dpo_loss, group_advantages, grpo_loss, kto_loss, orpo_loss, sampler_correction,
+                                 simpo_loss)
 
 
 @pytest.fixture(scope="module")
@@ -50,15 +51,15 @@ def test_clipped_loss_by_hand():
 
 
 def _trl_grpo_loss(accelerator, logps, old, ref, advantages, mask, beta, loss_type, epsilon, max_length,
-                   level="token"):
+                   level="token", is_ratio=None):
     from trl import GRPOTrainer
 
     batch, length = logps.shape
     host = SimpleNamespace(
         _get_per_token_logps_and_entropies=lambda *a, **k: (logps, torch.zeros_like(logps), None),
         top_entropy_quantile=1.0, off_policy_mask_threshold=None, importance_sampling_level=level,
-        beta=beta, loss_type=loss_type, epsilon_low=epsilon, epsilon_high=epsilon, use_vllm=False,
-        vllm_importance_sampling_correction=False, model=SimpleNamespace(training=True),
+        beta=beta, loss_type=loss_type, epsilon_low=epsilon, epsilon_high=epsilon, use_vllm=is_ratio is not None,
+        vllm_importance_sampling_correction=is_ratio is not None, model=SimpleNamespace(training=True),
         current_gradient_accumulation_steps=1, max_completion_length=max_length, _entropy_bonus_enabled=False,
         aux_loss_enabled=False, _metrics=defaultdict(lambda: defaultdict(list)), accelerator=accelerator,
         args=SimpleNamespace(delta=None, use_bias_correction_kl=False, steps_per_generation=1))
@@ -66,6 +67,8 @@ def _trl_grpo_loss(accelerator, logps, old, ref, advantages, mask, beta, loss_ty
               "completion_ids": torch.ones(batch, length, dtype=torch.long), "completion_mask": mask,
               "advantages": advantages, "old_per_token_logps": old, "ref_per_token_logps": ref,
               "num_items_in_batch": mask.sum()}  # dapo: the generation batch's tokens (here the whole batch)
+    if is_ratio is not None:  # a vLLM sampler's correction, as _generate_and_score_completions leaves it
+        inputs["importance_sampling_ratio"] = is_ratio
     loss = GRPOTrainer._compute_loss(host, None, inputs)
     return loss, host._metrics["train"]
 
@@ -93,6 +96,51 @@ def test_grpo_loss_matches_trl(accelerator, loss_type, beta, level):
     assert ours.clip_ratio > 0
     if beta:
         assert ours.kl == pytest.approx(metrics["kl"][0], rel=1e-5)
+
+
+@pytest.mark.parametrize("loss_type,beta,mode", [("grpo", 0.04, "token_truncate"), ("bnpo", 0.0, "token_mask"),
+                                                  ("dapo", 0.04, "sequence_truncate"), ("grpo", 0.0, "sequence_mask")])
+def test_grpo_loss_with_the_vllm_sampler_correction_matches_trl(accelerator, loss_type, beta, mode):
+    """The truncated importance-sampling weight multiplies each token's clipped term before the KL, as TRL's
+    ``_compute_loss`` does with ``use_vllm`` and ``vllm_importance_sampling_correction``."""
+    generator = torch.Generator().manual_seed(1)
+    logps = -torch.rand(4, 5, generator=generator) * 3
+    old = logps + 0.3 * torch.randn(4, 5, generator=generator)
+    ref = logps + 0.2 * torch.randn(4, 5, generator=generator)
+    sampler = old + 0.8 * torch.randn(4, 5, generator=generator)  # a sampler far off, so the cap bites
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 0]], dtype=torch.float32)
+    advantages, _ = group_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0]), num_generations=2)
+    ratio = sampler_correction(old, sampler, mask, mode, clip_max=2.0).ratio
+    assert ratio.shape == ((4, 1) if mode.startswith("sequence") else (4, 5))
+    ours = grpo_loss(logps, old, ref, advantages, mask, beta=beta, loss_type=loss_type,
+                     importance_sampling_ratio=ratio)
+    theirs, _ = _trl_grpo_loss(accelerator, logps, old, ref, advantages, mask, beta, loss_type, 0.2, 8,
+                               is_ratio=ratio)
+    assert ours.loss.item() == pytest.approx(theirs.item(), rel=1e-5, abs=1e-7)
+    plain = grpo_loss(logps, old, ref, advantages, mask, beta=beta, loss_type=loss_type)
+    assert ours.loss.item() != pytest.approx(plain.loss.item(), abs=1e-4)  # the weight changed the loss
+
+
+def test_sampler_correction_by_hand():
+    """TRL's four modes on learner − sampler log-prob gaps of log 2, log 4 and a padded token (gap log 8, masked),
+    cap 3: per token 2 and 4 → truncated to 2, 3 or masked to 2, 0; per completion exp(log 2 + log 4) = 8 → 3 or 0."""
+    policy = torch.log(torch.tensor([[2.0, 4.0, 8.0]]))
+    sampler = torch.zeros(1, 3)
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    expected = {"token_truncate": [[2.0, 3.0, 1.0]], "token_mask": [[2.0, 0.0, 1.0]],
+                "sequence_truncate": [[3.0]], "sequence_mask": [[0.0]]}
+    for mode, ratio in expected.items():
+        result = sampler_correction(policy, sampler, mask, mode, clip_max=3.0)
+        assert torch.allclose(result.ratio, torch.tensor(ratio)), mode
+    stats = sampler_correction(policy, sampler, mask, "token_truncate", clip_max=3.0).stats
+    assert stats["sampling/sampling_logp_difference/mean"] == pytest.approx((math.log(2) + math.log(4)) / 2)
+    assert stats["sampling/sampling_logp_difference/max"] == pytest.approx(math.log(4))
+    assert (stats["sampling/importance_sampling_ratio/min"], stats["sampling/importance_sampling_ratio/mean"],
+            stats["sampling/importance_sampling_ratio/max"]) == pytest.approx((2.0, 2.5, 3.0))
+    # A token vLLM could not score (NaN) counts as no gap: ratio 1, and left out of the gap's mean.
+    unscored = sampler_correction(policy, torch.tensor([[0.0, float("nan"), 0.0]]), mask, "token_truncate")
+    assert torch.allclose(unscored.ratio, torch.tensor([[2.0, 1.0, 1.0]]))
+    assert unscored.stats["sampling/sampling_logp_difference/mean"] == pytest.approx(math.log(2))
 
 
 def _trl_dpo_loss(accelerator, policy, reference, mask, beta, loss_type):

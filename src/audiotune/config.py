@@ -284,14 +284,17 @@ class GenerationSettings:
         return kwargs
 
 
+# The help of every --vllm-python (engines here, GRPO's rollout server in rl/config.py).
+VLLM_PYTHON_HELP = "Interpreter with vLLM (default: $AUDIOTUNE_VLLM_PYTHON, ./.venv-vllm, or this one)."
+
+
 @dataclass
 class BackendConfig:
     """Which engine generates, shared by ``infer``, ``eval`` and ``serve`` (whose vLLM engine is vLLM's own server)."""
 
     backend: Backend = option("transformers", "transformers (this process) or vllm (vLLM's offline engine in its "
                                               "own environment, `make vllm-env`).")
-    vllm_python: str | None = option(None, "Interpreter with vLLM (default: $AUDIOTUNE_VLLM_PYTHON, ./.venv-vllm, "
-                                           "or this one).")
+    vllm_python: str | None = option(None, VLLM_PYTHON_HELP)
     encoder_frames: EncoderFrames = option("window", "window: features and the audio tower over whole 30 s windows "
                                                      "(the checkpoint's own answers); valid: only as far as each "
                                                      "batch's clips reach (faster, equal up to float rounding; "

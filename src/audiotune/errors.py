@@ -48,3 +48,8 @@ class PathOutsideRootError(AudiotuneError):
 class RewardError(AudiotuneError):
     """A reward function (the user's ``module:function``) raised or returned something other than one float per
     completion."""
+
+
+class RolloutServerError(AudiotuneError):
+    """GRPO's vLLM rollout server stopped answering and could not be brought back (it died again after its one
+    restart, or it is the user's own server, given by ``--vllm-url``)."""

@@ -275,7 +275,7 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> TrainResult:
     else:  # grpo | dpo: see rl/; evaluation is the generated metrics at the end
         from .rl import make_rl_trainer
 
-        trainer = make_rl_trainer(args, rl, model, processor, family, train_ds, callbacks)
+        trainer = make_rl_trainer(args, rl, model, processor, family, train_ds, callbacks, model_path=cfg.model)
     trainer.rank_split_stream = cfg.data.streaming and world_size > 1
     trainer.learning_rate_of = group_learning_rates(family, adapter)
     if cfg.group_by_length and isinstance(train_ds, ExampleDataset):

@@ -48,11 +48,27 @@ class GenerationRequest:
 @dataclass
 class Sample:
     """One sampled completion (a GRPO rollout's): its token ids, the stop token included when the model stopped
-    (a policy-gradient loss learns to stop), whether it stopped, and its text as the model wrote it."""
+    (a policy-gradient loss learns to stop), whether it stopped, and its text as the model wrote it. A sampler in
+    another process also says what it sampled from: each token's log-probability there (``logprobs``) and the
+    weights' name (``model``, e.g. the adapter of an optimizer step)."""
 
     tokens: list[int]
     stopped: bool
     text: str
+    logprobs: list[float] | None = None
+    model: str | None = None
+
+    @classmethod
+    def from_tokens(cls, tokens: list[int], stop_ids: Sequence[int], tokenizer, **extra) -> "Sample":
+        """A completion as its sampler returned it: cut after its first stop token (kept), its text decoded without
+        special tokens; every sampler reads its tokens this one way. ``extra``: ``logprobs`` (cut the same way)
+        and ``model``."""
+        stop = next((i for i, t in enumerate(tokens) if t in stop_ids), None)
+        end = len(tokens) if stop is None else stop + 1
+        if extra.get("logprobs") is not None:
+            extra["logprobs"] = list(extra["logprobs"][:end])
+        text = tokenizer.decode(tokens[:stop], skip_special_tokens=True).strip()
+        return cls(list(tokens[:end]), stop is not None, text, **extra)
 
 
 ONE_ADAPTER = "adapter"  # the name infer and eval give the single adapter they open an engine with

@@ -102,12 +102,8 @@ class NativeEngine(Engine):
                                              suppress_tokens=suppress_tokens)
         finally:
             self.model.train(was_training)
-        samples = []
-        for tokens in output[:, batch["input_ids"].shape[1]:].tolist():
-            stop = next((i for i, t in enumerate(tokens) if t in stop_ids), None)
-            text = self.processor.tokenizer.decode(tokens[:stop], skip_special_tokens=True).strip()
-            samples.append(Sample(tokens if stop is None else tokens[: stop + 1], stop is not None, text))
-        return samples
+        return [Sample.from_tokens(tokens, stop_ids, self.processor.tokenizer)
+                for tokens in output[:, batch["input_ids"].shape[1]:].tolist()]
 
     def close(self) -> None:
         del self.model

@@ -12,11 +12,11 @@ rewrites the names with transformers' own reverse conversion (the one ``save_pre
 weights), lists ``target_modules`` by name (vLLM takes no regex), and checks every module against the base
 checkpoint's weights when they are on disk.
 
-Some adapters vLLM's LoRA cannot apply: one that saves whole modules (``modules_to_save``, e.g. a trained projector)
-or puts LoRA on the audio encoder (vLLM applies LoRA to the language model only). :func:`vllm_adapters` decides per
-adapter: LM-only LoRA is exported for vLLM's LoRA path; any other is merged into a copy of the base
-(:func:`merged_copy`, cached by a hash of the adapter's files and the base's identity), which vLLM loads as a model
-of its own.
+Some adapters vLLM's LoRA cannot apply: one that saves whole modules (``modules_to_save``, e.g. a trained projector),
+puts LoRA on the audio encoder (vLLM applies LoRA to the language model only) or on the LM head or embeddings.
+:func:`vllm_adapters` decides per adapter: LM-only LoRA is exported for vLLM's LoRA path; any other is merged into
+a copy of the base (:func:`merged_copy`, cached by a hash of the adapter's files and the base's identity), which vLLM
+loads as a model of its own.
 """
 
 from __future__ import annotations
@@ -143,8 +143,8 @@ def export_adapter(model: str, adapter: str | Path, out: str | Path, family: "Fa
 
 def merge_reason(adapter: str | Path, family: "Family") -> str | None:
     """Why vLLM's LoRA cannot apply ``adapter`` (``None``: it can): it saves whole modules (``modules_to_save``, e.g.
-    a trained projector) or has LoRA on the audio encoder. The one rule :func:`export_adapter` refuses by and
-    :func:`vllm_adapters` merges by."""
+    a trained projector), has LoRA on the audio encoder, or on the LM head or embeddings. The one rule
+    :func:`export_adapter` refuses by, :func:`vllm_adapters` merges by and GRPO's vLLM rollouts refuse by."""
     from safetensors import safe_open
 
     adapter = Path(adapter)
@@ -156,6 +156,13 @@ def merge_reason(adapter: str | Path, family: "Family") -> str | None:
     in_encoder = sorted(m for m in modules if family.is_encoder_module(m))
     if in_encoder:
         return f"it trains the audio encoder ({len(in_encoder)} LoRA modules, first: {in_encoder[0]})"
+    from peft.utils.constants import EMBEDDING_LAYER_NAMES
+
+    # vLLM takes LoRA on the LM head or the embeddings only where its model code lists them (``embedding_modules``;
+    # its Qwen2 LM, AF3's, does not: loading such an adapter fails with "expected target modules in ...").
+    on_embeddings = sorted(m for m in modules if set(m.split(".")) & set(EMBEDDING_LAYER_NAMES))
+    if on_embeddings:
+        return f"it puts LoRA on the LM head or the token embeddings ({on_embeddings[0]})"
     return None
 
 
@@ -274,11 +281,24 @@ def _checkpoint_keys(folder: Path) -> set[str] | None:
         return set(handle.keys())
 
 
+# The values vLLM's --max-lora-rank takes (vllm-project/vllm, vllm/config/lora.py, ``MaxLoRARanks``).
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
 def lora_rank(adapter: str | Path) -> int:
+    """The ``--max-lora-rank`` vLLM needs for ``adapter``: its ``r``, rounded up to a value vLLM takes."""
     try:
-        return int(json.loads((Path(adapter) / "adapter_config.json").read_text()).get("r", 16))
+        rank = int(json.loads((Path(adapter) / "adapter_config.json").read_text()).get("r", 16))
     except (OSError, ValueError):
         raise ConfigError(f"{adapter}: cannot read adapter_config.json to size vLLM's --max-lora-rank.") from None
+    return vllm_max_lora_rank(rank)
+
+
+def vllm_max_lora_rank(rank: int) -> int:
+    for allowed in VLLM_LORA_RANKS:
+        if allowed >= rank:
+            return allowed
+    raise ConfigError(f"LoRA rank {rank}: vLLM serves ranks up to {VLLM_LORA_RANKS[-1]}; train a lower --lora-r.")
 
 
 def on_cpu_only() -> bool:

@@ -11,12 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
-from ..config import GenerationSettings, check_choices, option, split_commas
+from ..config import VLLM_PYTHON_HELP, GenerationSettings, check_choices, option, split_commas
 from ..errors import ConfigError
-from .losses import REFERENCE_FREE, DpoLossType, GrpoLossType, ImportanceSamplingLevel, ScaleRewards
+from .losses import (REFERENCE_FREE, DpoLossType, GrpoLossType, ImportanceSamplingLevel, SamplerCorrectionMode,
+                     ScaleRewards)
 
 Method = Literal["sft", "grpo", "dpo"]
 METHODS = get_args(Method)
+RolloutBackend = Literal["native", "vllm"]
 
 
 @dataclass
@@ -50,6 +52,23 @@ class RLConfig:
     dynamic_sampling: bool = option(False, "grpo: drop groups whose rewards are all equal and sample more prompts "
                                            "to refill the batch (DAPO).")
     max_refill_draws: int = option(3, "grpo --dynamic-sampling: most extra batches of prompts drawn per batch.")
+    rollout_backend: RolloutBackend = option("native", "grpo: who samples the completions: native (the policy, HF "
+                                                       "generate) or vllm (a vLLM server given the policy's LoRA "
+                                                       "after every step; docs/rl.md).")
+    vllm_url: str | None = option(None, "grpo --rollout-backend vllm: an existing vLLM server (started with runtime "
+                                        "LoRA loading, docs/rl.md) instead of one the trainer starts.")
+    vllm_python: str | None = option(None, VLLM_PYTHON_HELP)
+    vllm_gpu_memory_utilization: float = option(0.3, "grpo --rollout-backend vllm, on a GPU: the share of its memory "
+                                                     "the server may take (the trainer needs the rest; TRL's "
+                                                     "default).")
+    vllm_importance_sampling_correction: bool = option(
+        True, "grpo --rollout-backend vllm: weight each token's loss by the learner/sampler probability ratio, "
+              "truncated (TRL's correction of vLLM's numerical mismatch).")
+    vllm_importance_sampling_mode: SamplerCorrectionMode = option(
+        "token_truncate", "grpo --rollout-backend vllm: the ratio per token or per completion, clipped at the cap "
+                          "(truncate) or zeroed above it (mask); TRL's modes.")
+    vllm_importance_sampling_clip_max: float = option(3.0, "grpo --rollout-backend vllm: the cap C of the sampler "
+                                                           "correction's ratio (TRL's default).")
     dpo_beta: float = option(0.1, "dpo: β of the preference loss (DPO, KTO, SimPO temperature; ORPO's λ), TRL's "
                                   "beta.")
     dpo_loss_type: DpoLossType = option("sigmoid", "dpo: sigmoid (DPO), hinge (SLiC), ipo, kto (unpaired), orpo or "
@@ -88,6 +107,12 @@ def validate_rl(cfg) -> None:
                               "1 (raise --per-device-train-batch-size instead), or --grpo-loss-type bnpo.")
         if rl.max_refill_draws < 0:
             raise ConfigError(f"--max-refill-draws {rl.max_refill_draws}: must be 0 or more.")
+        if rl.rollout_backend == "vllm":
+            from .vllm_rollouts import check_vllm_rollouts
+
+            check_vllm_rollouts(cfg)
+        elif rl.vllm_url:
+            raise ConfigError("--vllm-url is the server of --rollout-backend vllm; add that flag, or drop --vllm-url.")
         if data.streaming:
             raise ConfigError("--method grpo reads a map-style dataset (it replays each batch --num-iterations "
                               "times): drop --streaming, or take a slice with --train-take.")
@@ -127,7 +152,11 @@ def rl_arguments(rl: RLConfig, generation: GenerationSettings, trainer: dict[str
                           max_completion_length=rl.max_completion_length, reward_weights=rl.reward_weights,
                           scale_rewards=rl.scale_rewards, loss_type=rl.grpo_loss_type, log_completions=False,
                           importance_sampling_level=rl.importance_sampling_level,
-                          mask_truncated_completions=rl.mask_truncated_completions)
+                          mask_truncated_completions=rl.mask_truncated_completions,
+                          vllm_importance_sampling_correction=rl.vllm_importance_sampling_correction,
+                          vllm_importance_sampling_mode=rl.vllm_importance_sampling_mode,
+                          vllm_importance_sampling_clip_max=rl.vllm_importance_sampling_clip_max,
+                          vllm_gpu_memory_utilization=rl.vllm_gpu_memory_utilization)
     from trl import DPOConfig
 
     # per_device_train_batch_size counts preference pairs. DPOConfig carries every preference loss's settings here

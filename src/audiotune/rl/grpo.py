@@ -13,6 +13,11 @@ the first pass generates and remembers the rollout, the later passes reuse it, s
 moves and the clip matters. The audio encoder is frozen and its embeddings are cached per clip
 (:mod:`audiotune.audio_cache`), so the group's completions, the reference pass and the replayed iterations all
 reuse one encoder pass per clip.
+
+Rollouts come from the policy itself (``--rollout-backend native``, HF ``generate``) or from a vLLM server given
+the policy's adapter before each step's sampling (``vllm``, :mod:`audiotune.rl.vllm_rollouts`); with vLLM the old
+log-probs are always recomputed by the policy and the sampler's are used only for TRL's truncated importance
+sampling correction (:func:`audiotune.rl.losses.sampler_correction`).
 """
 
 from __future__ import annotations
@@ -27,9 +32,10 @@ from ..engines.native import NativeEngine
 from ..generate import prompt_batch
 from ..conversation import Example
 from ..models.family import Family
+from ..errors import RolloutServerError
 from ..trainer import AudiotuneTrainer
 from .common import MetricsLogMixin, no_grad_eval, reference_context, token_logps
-from .losses import group_advantages, grpo_loss
+from .losses import group_advantages, grpo_loss, sampler_correction
 from .rewards import Reward
 
 logger = logging.getLogger(__name__)
@@ -78,7 +84,9 @@ class GrpoTrainer(MetricsLogMixin, AudiotuneTrainer):
 
     def __init__(self, *, model, args, train_dataset, processor, family: Family, task: str,
                  rewards: Sequence[Reward], dynamic_sampling: bool = False, max_refill_draws: int = 3,
-                 **kwargs: Any) -> None:
+                 rollouts=None, **kwargs: Any) -> None:
+        """``rollouts``: a :class:`~audiotune.rl.vllm_rollouts.VllmRollouts` to sample with (else the policy's
+        own ``generate``); the trainer stops its server when training ends."""
         super().__init__(model=model, args=args, train_dataset=train_dataset, data_collator=_as_list, **kwargs)
         if args.disable_dropout:  # sampled and trained log-probs must come from the same function
             from trl.trainer.utils import disable_dropout_in_model
@@ -87,6 +95,12 @@ class GrpoTrainer(MetricsLogMixin, AudiotuneTrainer):
         self.processor, self.family, self.task, self.rewards = processor, family, task, list(rewards)
         # Rollouts are sampled through an engine over the current policy (its weights change every step).
         self.rollout_engine = lambda policy: NativeEngine.wrap(policy, processor, family)
+        self.vllm = rollouts
+        if rollouts is not None:  # synced with the policy's weights of this step, seeded per call
+            self.rollout_engine = lambda policy: rollouts.for_policy(policy, self.state.global_step,
+                                                                    self._rollout_seed())
+        self.sampled_from: list[tuple[int, list[str]]] = []  # (step, the adapters vLLM answered with) per rollout
+        self._draw = 0
         # A sampled audio placeholder would ask the model for audio features it was never given.
         audio_id = processor.tokenizer.convert_tokens_to_ids(family.audio_token)
         self.suppress_ids = [audio_id] if isinstance(audio_id, int) and audio_id >= 0 else None
@@ -113,12 +127,39 @@ class GrpoTrainer(MetricsLogMixin, AudiotuneTrainer):
         self._micro += 1
         first_pass = self.state.global_step % self.args.num_iterations == 0
         if first_pass or slot not in self._rollouts:  # after --resume mid-cycle: generate afresh
-            self._rollouts[slot] = self.rollout(inputs)
+            try:
+                self._rollouts[slot] = self.rollout(inputs)
+            except RolloutServerError as error:
+                raise self._stopped_by(error) from None
         for name, value in self._rollouts[slot]["stats"].items():  # logged at every step, replays included
             self.record(name, value)
         return self._rollouts[slot]
 
+    def train(self, *args, **kwargs):
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            if self.vllm is not None:
+                self.vllm.close()
+
+    def _stopped_by(self, error: RolloutServerError) -> RolloutServerError:
+        """The rollout server is gone for good: save what the optimizer steps so far trained (a whole checkpoint,
+        so ``--resume`` continues from it), and say so."""
+        step = self.state.global_step
+        if step == 0:
+            return RolloutServerError(f"{error} No step had been trained yet.")
+        self._save_checkpoint(self.model, trial=None)
+        return RolloutServerError(f"{error} Training stopped before step {step + 1}; checkpoint-{step} in "
+                                  f"{self.args.output_dir} holds the {step} steps trained: rerun with --resume.")
+
     # --- rollout ------------------------------------------------------------------------------------------------
+    def _rollout_seed(self) -> int:
+        """A seed for each sampling call (vLLM's requests add their prompt's index to it): from the run's seed, the
+        step, the micro-batch and the draw (DAPO's refills draw again), so a rerun asks for the same ones."""
+        self._draw += 1
+        call = self.args.seed * 1_000_003 + self.state.global_step * 1_009 + self._micro * 31 + self._draw
+        return (call % 2**31) * 4_096
+
     def _unwrapped(self):
         return self.accelerator.unwrap_model(self.model)
 
@@ -128,6 +169,7 @@ class GrpoTrainer(MetricsLogMixin, AudiotuneTrainer):
         args = self.args
         group = args.num_generations
         model = self._unwrapped()
+        self._draw = 0
         drawn = self.generate_and_score(model, examples)
         refill: dict[str, float] = {}
         if self.dynamic_sampling:
@@ -150,8 +192,15 @@ class GrpoTrainer(MetricsLogMixin, AudiotuneTrainer):
         rollout = {"input_ids": torch.cat([prompt_ids, completion_ids], 1),
                    "attention_mask": torch.cat([prompt_mask, completion_mask], 1),
                    "features": features, "completion_ids": completion_ids, "completion_mask": completion_mask}
+        # A sampler in another process (vLLM) says what each token's log-probability was there; TRL then always
+        # recomputes the old log-probs with the policy and corrects the gap (GRPOTrainer, use_vllm).
+        sampler_logps = None
+        if samples and all(s.logprobs is not None for s in samples):
+            sampler_logps = torch.tensor([s.logprobs + [0.0] * (keep - len(s.logprobs)) for s in samples],
+                                         device=prompt_ids.device)
+        correct = sampler_logps is not None and args.vllm_importance_sampling_correction
         with no_grad_eval(model):
-            rollout["old_logps"] = self.per_token_logps(model, rollout) if args.num_iterations > 1 else None
+            rollout["old_logps"] = self.per_token_logps(model, rollout) if args.num_iterations > 1 or correct else None
             if args.beta != 0.0:
                 with reference_context(model):
                     rollout["ref_logps"] = self.per_token_logps(model, rollout)
@@ -166,10 +215,28 @@ class GrpoTrainer(MetricsLogMixin, AudiotuneTrainer):
                  "frac_reward_zero_std": torch.isclose(std, torch.zeros_like(std)).float().mean().item(),
                  "completion_length": torch.tensor([len(s.tokens) for s in samples]).float().mean().item(),
                  "completions_clipped": sum(not s.stopped for s in samples) / len(samples), **refill}
+        if correct:
+            correction = sampler_correction(rollout["old_logps"], sampler_logps, completion_mask,
+                                            args.vllm_importance_sampling_mode, args.vllm_importance_sampling_clip_max,
+                                            args.vllm_importance_sampling_clip_min)
+            rollout["importance_sampling_ratio"] = correction.ratio
+            stats.update(correction.stats)
+        if self.vllm is not None:
+            self._check_fresh(samples, stats)
         for i, reward in enumerate(self.rewards):
             stats[f"rewards/{reward.name}"] = rewards_per_func[:, i].mean().item()
         rollout["stats"] = stats
         return rollout
+
+    def _check_fresh(self, samples: list, stats: dict[str, float]) -> None:
+        """Record which adapter each completion came from (vLLM's word); ``sampling/stale_completions`` is the share
+        not sampled from this step's weights (0 unless the sync is broken)."""
+        step, expected = self.state.global_step, self.vllm.name_for(self.state.global_step)
+        used = sorted({s.model for s in samples})
+        self.sampled_from.append((step, used))
+        stats["sampling/stale_completions"] = sum(s.model != expected for s in samples) / len(samples)
+        if used != [expected]:
+            logger.warning("step %d: completions sampled from %s, not %s", step, ", ".join(used), expected)
 
     def weighted(self, rewards_per_func: torch.Tensor) -> torch.Tensor:
         weights = torch.tensor([r.weight for r in self.rewards], device=rewards_per_func.device)
@@ -255,7 +322,8 @@ class GrpoTrainer(MetricsLogMixin, AudiotuneTrainer):
         result = grpo_loss(logps, old, inputs["ref_logps"], inputs["advantages"], inputs["completion_mask"],
                            epsilon_low=self.args.epsilon, epsilon_high=epsilon_high, beta=self.args.beta,
                            loss_type=self.args.loss_type, max_completion_length=self.args.max_completion_length,
-                           importance_sampling_level=self.args.importance_sampling_level)
+                           importance_sampling_level=self.args.importance_sampling_level,
+                           importance_sampling_ratio=inputs.get("importance_sampling_ratio"))
         self.record("kl", result.kl)
         self.record("clip_ratio", result.clip_ratio)
         return (result.loss, None) if return_outputs else result.loss

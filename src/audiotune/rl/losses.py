@@ -11,6 +11,7 @@ and ``tests/test_rl_losses.py`` runs TRL's own code on the same log-probabilitie
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -22,6 +23,7 @@ GrpoLossType = Literal["grpo", "bnpo", "dr_grpo", "dapo"]
 ImportanceSamplingLevel = Literal["token", "sequence"]
 DpoLossType = Literal["sigmoid", "hinge", "ipo", "kto", "orpo", "simpo"]
 ScaleRewards = Literal["group", "batch", "none"]
+SamplerCorrectionMode = Literal["token_truncate", "token_mask", "sequence_truncate", "sequence_mask"]
 GRPO_LOSS_TYPES = get_args(GrpoLossType)
 DPO_LOSS_TYPES = get_args(DpoLossType)
 SCALE_REWARDS = get_args(ScaleRewards)
@@ -66,7 +68,8 @@ def grpo_loss(per_token_logps: torch.Tensor, old_per_token_logps: torch.Tensor,
               ref_per_token_logps: torch.Tensor | None, advantages: torch.Tensor, mask: torch.Tensor,
               epsilon_low: float = 0.2, epsilon_high: float = 0.2, beta: float = 0.04, loss_type: str = "grpo",
               max_completion_length: int | None = None, importance_sampling_level: str = "token",
-              num_items: float | torch.Tensor | None = None) -> GrpoLoss:
+              num_items: float | torch.Tensor | None = None,
+              importance_sampling_ratio: torch.Tensor | None = None) -> GrpoLoss:
     """The clipped surrogate with a KL penalty, per completion token, reduced as ``loss_type`` says.
 
     ``per_token_logps`` (B, T) are the policy's (with grad), ``old_per_token_logps`` those the completions
@@ -79,6 +82,9 @@ def grpo_loss(per_token_logps: torch.Tensor, old_per_token_logps: torch.Tensor,
     ``importance_sampling_level="sequence"`` is GSPO (arXiv:2507.18071): one ratio per completion,
     ``exp(mean over its tokens of (logp - old))``, the geometric mean of its token ratios, clipped as a whole —
     TRL's ``GRPOTrainer._compute_loss`` (``log_importance_weights``), followed here.
+
+    ``importance_sampling_ratio`` (from :func:`sampler_correction`; (B, T) or (B, 1)) weights the clipped term of
+    each token, before the KL is added, where TRL multiplies ``inputs["importance_sampling_ratio"]`` in.
     """
     if advantages.dim() == 1:
         advantages = advantages.unsqueeze(1)
@@ -91,6 +97,8 @@ def grpo_loss(per_token_logps: torch.Tensor, old_per_token_logps: torch.Tensor,
     coef_1 = torch.exp(log_ratio)
     coef_2 = torch.clamp(coef_1, 1 - epsilon_low, 1 + epsilon_high)
     per_token_loss = -torch.min(coef_1 * advantages, coef_2 * advantages)
+    if importance_sampling_ratio is not None:
+        per_token_loss = per_token_loss * importance_sampling_ratio
     per_token_kl = None
     if beta != 0.0:
         if ref_per_token_logps is None:
@@ -121,6 +129,56 @@ def grpo_loss(per_token_logps: torch.Tensor, old_per_token_logps: torch.Tensor,
     return GrpoLoss(loss=loss, kl=masked_mean(per_token_kl.detach()) if per_token_kl is not None else 0.0,
                     clip_ratio=masked_mean((low | high).float()), clip_low=masked_mean(low.float()),
                     clip_high=masked_mean(high.float()))
+
+
+@dataclass
+class SamplerCorrection:
+    ratio: torch.Tensor  # (B, T) per token, or (B, 1) per completion: the weight of each token's clipped term
+    stats: dict[str, float]  # TRL's metric names: the log-probability gap and the ratio's spread
+
+
+def sampler_correction(policy_logps: torch.Tensor, sampler_logps: torch.Tensor, mask: torch.Tensor,
+                       mode: str = "token_truncate", clip_max: float | None = 3.0,
+                       clip_min: float | None = None) -> SamplerCorrection:
+    """Truncated (or masked) importance sampling between the sampler and the learner, TRL's correction for a vLLM
+    sampler (huggingface/trl, ``trl/trainer/grpo_trainer.py``, ``GRPOTrainer._generate_and_score_completions``:
+    ``vllm_importance_sampling_correction``, ``vllm_importance_sampling_mode``,
+    ``vllm_importance_sampling_clip_max``/``_min``, the latter once ``vllm_importance_sampling_cap``).
+
+    Why: vLLM's kernels compute slightly different probabilities than the training forward pass (and, with stale
+    weights, very different ones), so the completions are not quite samples of the policy being trained. Each
+    token's loss is weighted by ``π_learner / π_sampler = exp(policy − sampler)`` (the difference over masked
+    tokens; a NaN sampler value counts as no difference), per token or, in the ``sequence_*`` modes, one ratio per
+    completion from the summed difference; ``*_truncate`` clamps it to ``[clip_min, clip_max]``, ``*_mask`` zeroes
+    it outside. Stats as TRL logs them: ``sampling/sampling_logp_difference/{mean,max}`` (|difference| over real
+    tokens) and ``sampling/importance_sampling_ratio/{min,mean,max}`` (over real tokens, or over completions).
+    """
+    mask = mask.to(policy_logps.dtype)
+    diff = torch.nan_to_num((policy_logps - sampler_logps) * mask, nan=0.0)
+    sequence = mode in ("sequence_truncate", "sequence_mask")
+    ratio = torch.exp(diff.sum(-1, keepdim=True) if sequence else diff)
+    if mode.endswith("_truncate"):
+        ratio = torch.clamp(ratio, min=clip_min, max=clip_max)
+    elif mode.endswith("_mask"):
+        low = clip_min if clip_min is not None else -math.inf
+        high = clip_max if clip_max is not None else math.inf
+        ratio = ratio.masked_fill((ratio < low) | (ratio > high), 0.0)
+    else:
+        raise ValueError(f"unknown sampler correction mode {mode!r}; choose one of "
+                         f"{', '.join(get_args(SamplerCorrectionMode))}")
+    real = mask.bool()
+    gap = (policy_logps - sampler_logps).abs()[real & ~torch.isnan(sampler_logps)]
+    spread = ratio.flatten() if sequence else ratio[real]
+
+    def stat(x: torch.Tensor, reduce) -> float:
+        return float(reduce(x)) if x.numel() else 0.0
+
+    return SamplerCorrection(ratio, {
+        "sampling/sampling_logp_difference/mean": stat(gap, torch.mean),
+        "sampling/sampling_logp_difference/max": stat(gap, torch.max),
+        "sampling/importance_sampling_ratio/min": stat(spread, torch.min),
+        "sampling/importance_sampling_ratio/mean": stat(spread, torch.mean),
+        "sampling/importance_sampling_ratio/max": stat(spread, torch.max)})
 
 
 @dataclass

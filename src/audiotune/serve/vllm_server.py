@@ -90,7 +90,7 @@ class Child:
     process: subprocess.Popen | None = None
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -100,9 +100,12 @@ class VllmServer:
     """vLLM server children (the base with its LoRA adapters, one per merged adapter), and the router in front of
     them when there is more than one: started, healthy, stopped (SIGTERM)."""
 
-    def __init__(self, cfg: "ServeConfig", api_key: str | None = None, python: str | None = None) -> None:
+    def __init__(self, cfg: "ServeConfig", api_key: str | None = None, python: str | None = None, *,
+                 environ: dict[str, str] | None = None, log: str | Path | None = None) -> None:
+        """``environ``: more variables for the children (GRPO's rollout server turns on runtime LoRA loading);
+        ``log``: a file for their output (default: this process's)."""
         family = require_vllm_family(cfg.model)  # resolved once: the adapter plan and the commands reuse it
-        self.cfg, self.api_key = cfg, api_key
+        self.cfg, self.api_key, self.environ, self.log = cfg, api_key, dict(environ or {}), log
         self.python = find_vllm_python(python or cfg.engine.vllm_python)
         self._folder = Path(tempfile.mkdtemp(prefix="audiotune-vllm-"))
         try:
@@ -124,7 +127,7 @@ class VllmServer:
             models = [(base_name, cfg.model, self.adapters)] + [(n, m, {}) for n, m in self.merged.items()]
             self.children = []
             for name, model, adapters in models:
-                child = replace(cfg, model=model, served_name=name, adapters=[], host="127.0.0.1", port=_free_port(),
+                child = replace(cfg, model=model, served_name=name, adapters=[], host="127.0.0.1", port=free_port(),
                                 vllm_args=[*cfg.vllm_args, *share])
                 self.children.append(Child([name, *adapters], vllm_command(child, self.python, adapters,
                                                                            family=family),
@@ -134,11 +137,15 @@ class VllmServer:
     def start(self, timeout_s: float = 900.0) -> "VllmServer":
         import httpx
 
-        env = vllm_environment(self.api_key)
+        env = {**vllm_environment(self.api_key), **self.environ}
+        output = open(self.log, "ab") if self.log is not None else None  # noqa: SIM115  (the children keep it)
         for child in self.children:
             logger.info("starting: %s", " ".join(child.command))
             # Its own process group, so that a child that ignores SIGTERM can be killed with its engine processes.
-            child.process = subprocess.Popen(child.command, env=env, start_new_session=True)
+            child.process = subprocess.Popen(child.command, env=env, start_new_session=True, stdout=output,
+                                             stderr=subprocess.STDOUT if output else None)
+        if output is not None:
+            output.close()  # the children hold their own descriptors
         deadline = time.monotonic() + timeout_s
         waiting = list(self.children)
         while waiting and time.monotonic() < deadline:
@@ -147,7 +154,7 @@ class VllmServer:
                 if child.process.poll() is not None:
                     self.stop()
                     raise ConfigError(f"vLLM ({', '.join(child.names)}) exited with code {child.process.returncode} "
-                                      "before answering; see its log above.")
+                                      f"before answering; see {self.log or 'its log above'}.")
                 try:
                     if httpx.get(f"{child.url}/health", timeout=2).status_code == 200:
                         logger.info("vLLM answers on %s for %s", child.url, ", ".join(child.names))
