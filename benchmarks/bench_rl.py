@@ -16,8 +16,9 @@ policy (the default tiny AF3, whose vLLM attention kernels exist on CPU, with a 
 no projector or LM head), the same 4 prompts × a group of 8, 32 new tokens at temperature 1. Completions per second
 of the sampling call GRPO makes (``engine.sample``; the vLLM server started and the adapter synced before the
 clock), and the median GRPO step time of a short ``train()`` run each way (the vLLM run's steps include the
-per-step adapter sync; its first step, which starts the server, is reported apart). ``--write`` puts it under the
-GRPO section's "Rollouts: native vs vLLM"; ``--rollouts-only`` runs this part alone.
+per-step adapter sync; its first step, which starts the server, is reported apart). Both comparisons alternate the
+two backends (sampling calls; two ``train()`` runs each), so the load of a shared machine falls on both.
+``--write`` puts it under the GRPO section's "Rollouts: native vs vLLM"; ``--rollouts-only`` runs this part alone.
 
 Usage: python benchmarks/bench_rl.py [--out runs/bench-rl] [--write] [--rollouts-only]   (``make rl-bench``)
 """
@@ -192,32 +193,30 @@ def rollout_speed(root: Path, data: Path, opts) -> dict:
     sampling = dict(max_tokens=opts.rollout_tokens, temperature=1.0, top_p=1.0, suppress_tokens=[audio_id],
                     inputs=batch)
 
-    def timed(sampler) -> tuple[float, int]:
-        sampler.sample(repeated, **sampling)  # warm-up: caches, first-call allocations
-        start, tokens = time.perf_counter(), 0
-        for _ in range(opts.rollout_repeats):
-            tokens += sum(len(s.tokens) for s in sampler.sample(repeated, **sampling))
-        return time.perf_counter() - start, tokens
-
-    results: dict[str, dict] = {}
-    native_s, native_tokens = timed(NativeEngine.wrap(policy, processor, family))
-    results["native"] = {"sampling_s": native_s, "tokens": native_tokens}
+    results: dict[str, dict] = {"native": {"sampling_s": 0.0, "tokens": 0}, "vllm": {"sampling_s": 0.0, "tokens": 0}}
     vllm = VllmRollouts(model, family, processor, root / "rollouts" / "vllm", max_num_seqs=len(repeated))
     try:
         start = time.perf_counter()
         vllm.start()
-        server_start = time.perf_counter() - start
+        results["vllm"]["server_start_s"] = time.perf_counter() - start
         start = time.perf_counter()
-        name = vllm.sync(policy, 0)
-        sync_s = time.perf_counter() - start
-        vllm_s, vllm_tokens = timed(vllm.for_policy(policy, 0, seed=0))
+        results["vllm"]["adapter"] = vllm.sync(policy, 0)
+        results["vllm"]["adapter_sync_s"] = time.perf_counter() - start
+        samplers = {"native": NativeEngine.wrap(policy, processor, family), "vllm": vllm.for_policy(policy, 0, 0)}
+        for sampler in samplers.values():
+            sampler.sample(repeated, **sampling)  # warm-up: caches, first-call allocations
+        for _ in range(opts.rollout_repeats):  # alternated, so that the machine's other load falls on both
+            for name, sampler in samplers.items():
+                start = time.perf_counter()
+                tokens = sum(len(s.tokens) for s in sampler.sample(repeated, **sampling))
+                results[name]["sampling_s"] += time.perf_counter() - start
+                results[name]["tokens"] += tokens
     finally:
         vllm.close()
-    results["vllm"] = {"sampling_s": vllm_s, "tokens": vllm_tokens, "server_start_s": server_start,
-                       "adapter_sync_s": sync_s, "adapter": name}
     completions = len(repeated) * opts.rollout_repeats
     for r in results.values():
         r["completions_per_s"] = completions / r["sampling_s"]
+    print("sampling:", json.dumps(results), flush=True)  # before the longer GRPO runs
 
     class StepClock(TrainerCallback):
         def __init__(self) -> None:
@@ -229,12 +228,20 @@ def rollout_speed(root: Path, data: Path, opts) -> dict:
         def on_step_end(self, args, state, control, **kwargs):
             self.ends.append(time.perf_counter())
 
-    for backend in ("native", "vllm"):
-        clock = StepClock()
-        train(TrainConfig.from_flat(**common, output_dir=str(root / f"grpo-{backend}"), rollout_backend=backend,
-                                    max_steps=opts.rollout_steps), callbacks=[clock])
-        steps = [b - a for a, b in zip(clock.ends, clock.ends[1:])]
-        results[backend].update(first_step_s=steps[0], step_s=statistics.median(steps[1:]))
+    steps: dict[str, list[float]] = {"native": [], "vllm": []}
+    firsts: dict[str, list[float]] = {"native": [], "vllm": []}
+    for round_ in range(2):  # alternated, as above
+        for backend in ("native", "vllm"):
+            clock = StepClock()
+            train(TrainConfig.from_flat(**common, output_dir=str(root / f"grpo-{backend}-{round_}"),
+                                        rollout_backend=backend, max_steps=opts.rollout_steps), callbacks=[clock])
+            times = [b - a for a, b in zip(clock.ends, clock.ends[1:])]
+            firsts[backend].append(times[0])
+            steps[backend] += times[1:]
+            print(backend, "steps (s):", [round(t, 1) for t in times], flush=True)
+    for backend in steps:
+        results[backend].update(first_step_s=statistics.median(firsts[backend]),
+                                step_s=statistics.median(steps[backend]))
     ratio = {"sampling": results["vllm"]["completions_per_s"] / results["native"]["completions_per_s"],
              "step": results["native"]["step_s"] / results["vllm"]["step_s"]}
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
@@ -282,10 +289,11 @@ def write_rollout_section(table: str, result: dict, opts) -> None:
             f"average {result['load_average']:.1f} when it ended), under `nice`. The default tiny AF3, a fresh "
             f"LM-only LoRA (r=16), the same {result['prompts']} prompts × a group of {result['group']}, "
             f"{result['tokens']} new tokens at temperature 1. Sampling: the call GRPO makes, timed over "
-            f"{result['repeats']} calls after a warm-up (vLLM: server started and adapter synced before the "
-            f"clock: {vllm['server_start_s']:.0f} s and {vllm['adapter_sync_s']:.2f} s). GRPO step: the median of "
-            f"{result['steps']} `train()` steps after the first (vLLM's include the per-step adapter sync; its first "
-            f"step starts the server).\n\n{table}\n\nvLLM vs native: **{speed['sampling']:.2f}×** completions/s, "
+            f"{result['repeats']} calls each after a warm-up, the backends alternated (vLLM: server started and "
+            f"adapter synced before the clock: {vllm['server_start_s']:.0f} s and {vllm['adapter_sync_s']:.2f} s). "
+            f"GRPO step: the median of the steps after the first in two alternated `train()` runs of "
+            f"{result['steps']} steps each way (vLLM's include the per-step adapter sync; its first step starts the "
+            f"server).\n\n{table}\n\nvLLM vs native: **{speed['sampling']:.2f}×** completions/s, "
             f"{speed['step']:.2f}× per GRPO step. Target (vLLM rollouts ≥ 2× native at group size ≥ 8): "
             f"{target}.\n")
     pattern = re.compile(re.escape(ROLLOUT_SECTION) + r".*?(?=\n## |\n### |\Z)", re.DOTALL)

@@ -308,14 +308,23 @@ def on_cpu_only() -> bool:
 
 
 def cpu_arguments(given: Sequence[str]) -> list[str]:
-    """vLLM's CPU backend here: float32 (no bf16 kernels assumed), eager (compilation takes minutes)."""
+    """vLLM's CPU backend here: float32 (no bf16 kernels assumed), eager (compilation takes minutes), and no chunked
+    prefill: a seeded request whose prompt is split across engine steps makes vLLM 0.32 rewind its generator
+    (``gpu_model_runner._bookkeeping_sync``: ``gen.set_offset``), which a CPU generator cannot do, and the engine dies
+    ("CPU Generator does not use offset"); GRPO's rollouts seed every request. Unchunked, a step must hold a whole
+    prompt, so ``--max-num-batched-tokens`` is the model length."""
     args = []
     if "--dtype" not in given:
         args += ["--dtype", "float32"]
     if "--enforce-eager" not in given:
         args.append("--enforce-eager")
+    model_len = given[list(given).index("--max-model-len") + 1] if "--max-model-len" in given else "4096"
     if "--max-model-len" not in given:
-        args += ["--max-model-len", "4096"]
+        args += ["--max-model-len", model_len]
+    if not {"--enable-chunked-prefill", "--no-enable-chunked-prefill"} & set(given):
+        args.append("--no-enable-chunked-prefill")
+        if "--max-num-batched-tokens" not in given:
+            args += ["--max-num-batched-tokens", model_len]
     return args
 
 

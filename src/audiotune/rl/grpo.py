@@ -16,8 +16,8 @@ reuse one encoder pass per clip.
 
 Rollouts come from the policy itself (``--rollout-backend native``, HF ``generate``) or from a vLLM server given
 the policy's adapter before each step's sampling (``vllm``, :mod:`audiotune.rl.vllm_rollouts`); with vLLM the old
-log-probs are always recomputed by the policy and the sampler's are used only for TRL's truncated importance
-sampling correction (:func:`audiotune.rl.losses.sampler_correction`).
+log-probs are still the policy's own and the sampler's serve only TRL's truncated importance sampling correction
+(:func:`audiotune.rl.losses.sampler_correction`), applied in :meth:`GrpoTrainer.compute_loss`.
 """
 
 from __future__ import annotations
@@ -192,15 +192,16 @@ class GrpoTrainer(MetricsLogMixin, AudiotuneTrainer):
         rollout = {"input_ids": torch.cat([prompt_ids, completion_ids], 1),
                    "attention_mask": torch.cat([prompt_mask, completion_mask], 1),
                    "features": features, "completion_ids": completion_ids, "completion_mask": completion_mask}
-        # A sampler in another process (vLLM) says what each token's log-probability was there; TRL then always
-        # recomputes the old log-probs with the policy and corrects the gap (GRPOTrainer, use_vllm).
-        sampler_logps = None
-        if samples and all(s.logprobs is not None for s in samples):
-            sampler_logps = torch.tensor([s.logprobs + [0.0] * (keep - len(s.logprobs)) for s in samples],
-                                         device=prompt_ids.device)
-        correct = sampler_logps is not None and args.vllm_importance_sampling_correction
+        # A sampler in another process (vLLM) says what each token's log-probability was there: the loss corrects
+        # the gap to the policy's (compute_loss). TRL recomputes the old log-probs for it in an extra pass; with one
+        # iteration they are the loss pass's own (detached: the weights have not moved since sampling), so the
+        # loss pass serves, one forward fewer per step, with the same values.
+        rollout["sampler_logps"] = None
+        if args.vllm_importance_sampling_correction and samples and all(s.logprobs is not None for s in samples):
+            rollout["sampler_logps"] = torch.tensor([s.logprobs + [0.0] * (keep - len(s.logprobs)) for s in samples],
+                                                    device=prompt_ids.device)
         with no_grad_eval(model):
-            rollout["old_logps"] = self.per_token_logps(model, rollout) if args.num_iterations > 1 or correct else None
+            rollout["old_logps"] = self.per_token_logps(model, rollout) if args.num_iterations > 1 else None
             if args.beta != 0.0:
                 with reference_context(model):
                     rollout["ref_logps"] = self.per_token_logps(model, rollout)
@@ -215,12 +216,6 @@ class GrpoTrainer(MetricsLogMixin, AudiotuneTrainer):
                  "frac_reward_zero_std": torch.isclose(std, torch.zeros_like(std)).float().mean().item(),
                  "completion_length": torch.tensor([len(s.tokens) for s in samples]).float().mean().item(),
                  "completions_clipped": sum(not s.stopped for s in samples) / len(samples), **refill}
-        if correct:
-            correction = sampler_correction(rollout["old_logps"], sampler_logps, completion_mask,
-                                            args.vllm_importance_sampling_mode, args.vllm_importance_sampling_clip_max,
-                                            args.vllm_importance_sampling_clip_min)
-            rollout["importance_sampling_ratio"] = correction.ratio
-            stats.update(correction.stats)
         if self.vllm is not None:
             self._check_fresh(samples, stats)
         for i, reward in enumerate(self.rewards):
@@ -318,12 +313,21 @@ class GrpoTrainer(MetricsLogMixin, AudiotuneTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         logps = self.per_token_logps(model, inputs)
         old = inputs["old_logps"] if inputs["old_logps"] is not None else logps.detach()
+        ratio = None
+        if inputs.get("sampler_logps") is not None:  # TRL's truncated importance sampling for a vLLM sampler
+            correction = sampler_correction(old, inputs["sampler_logps"], inputs["completion_mask"],
+                                            self.args.vllm_importance_sampling_mode,
+                                            self.args.vllm_importance_sampling_clip_max,
+                                            self.args.vllm_importance_sampling_clip_min)
+            ratio = correction.ratio
+            for name, value in correction.stats.items():
+                self.record(name, value)
         epsilon_high = self.args.epsilon_high if self.args.epsilon_high is not None else self.args.epsilon
         result = grpo_loss(logps, old, inputs["ref_logps"], inputs["advantages"], inputs["completion_mask"],
                            epsilon_low=self.args.epsilon, epsilon_high=epsilon_high, beta=self.args.beta,
                            loss_type=self.args.loss_type, max_completion_length=self.args.max_completion_length,
                            importance_sampling_level=self.args.importance_sampling_level,
-                           importance_sampling_ratio=inputs.get("importance_sampling_ratio"))
+                           importance_sampling_ratio=ratio)
         self.record("kl", result.kl)
         self.record("clip_ratio", result.clip_ratio)
         return (result.loss, None) if return_outputs else result.loss
