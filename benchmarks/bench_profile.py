@@ -232,6 +232,13 @@ def section(result: dict) -> list[str]:
                                           for name, run in paths.items()) + ".",
         "",
     ]
+    per_clip = ("feature extraction", "encoder", "projector", "prefill")
+    work = {name: (sum(run["seconds"].get(k, 0) for k in per_clip), run["seconds"].get("decode steps", 0))
+            for name, run in paths.items()}
+    lines += [f"Per-clip work ({', '.join(per_clip)}) vs decode steps: " + "; ".join(
+        f"{name} {clip:.1f} s ({clip / paths[name]['wall']:.0%}) vs {steps:.1f} s ({steps / paths[name]['wall']:.0%})"
+        for name, (clip, steps) in work.items()) + ". Batches divide the decode steps' forwards by the batch size, "
+        "not the per-clip work, which is what `--encoder-frames valid` (the encoder) and batched features cut.", ""]
     lines += ["Decode step (ms, median of 2, alternated) by torch's intra-op threads and batch size, 16 clips of "
               "1–6 s: " + ", ".join(f"{name} {ms:.0f}" for name, ms in result["threads"].items()) + ".", ""]
     for name, run in srv.items():

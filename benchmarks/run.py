@@ -112,9 +112,11 @@ def measured_alone(lines: list[str], command: str) -> list[str]:
                       f"{command}` (the other sections are `make bench`'s).", *lines[1:]]
 
 
-def rewrite_serving(path: Path) -> list[str]:
-    """``run.py --only serving``: measure serving alone and replace its section of BENCHMARKS.md, the rest kept."""
-    lines = measured_alone(serving_section(bench_serving.run()) + ["", FOOTER], "serving")
+def rewrite_serving(path: Path, *args: int) -> list[str]:
+    """``run.py --only serving [REQUESTS [PASSES]]``: measure serving alone and replace its section of BENCHMARKS.md,
+    the rest kept."""
+    lines = measured_alone(serving_section(bench_serving.run(*args)) + ["", FOOTER],
+                           " ".join(["serving", *map(str, args)]))
     replace_section(path, SERVING, lines)
     return lines
 
@@ -145,8 +147,8 @@ def main() -> None:
     hf_logging.disable_progress_bar()
     datasets.disable_progress_bars()
     path = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
-    if sys.argv[1:] == ["--only", "serving"]:
-        print("\n".join(rewrite_serving(path)))
+    if sys.argv[1:3] == ["--only", "serving"]:
+        print("\n".join(rewrite_serving(path, *map(int, sys.argv[3:5]))))
         return
     if sys.argv[1:3] == ["--only", "packing"]:
         print("\n".join(rewrite_packing(path, *map(int, sys.argv[3:4]))))
