@@ -91,6 +91,39 @@ def generation(model_dir: Path) -> dict:
     return {"clips": CLIPS, "batch_size": BATCH, "max_new_tokens": MAX_NEW_TOKENS, "paths": results}
 
 
+def threads(model_dir: Path, repeats: int = 2) -> dict:
+    """Milliseconds per decode step at batch 1 and 16 with torch's intra-op threads at 1 and at this machine's
+    default, alternated (median of ``repeats``): where other processes share the cores, every parallel region of a
+    decode step waits for its slowest thread, and this line shows what that costs here."""
+    from audiotune import profiling
+    from audiotune.audio import load_audio
+    from audiotune.data.synthetic import make_clip
+    from audiotune.generate import GenerationSettings, examples_from_audio, generate_batch
+    from audiotune.models.loading import load_model, load_processor
+
+    model, family = load_model(model_dir)
+    processor = load_processor(model_dir)
+    profiling.instrument(model, processor, family)
+    audios = [load_audio((c.audio, c.sampling_rate), family.sampling_rate, c.clip_id)
+              for c in (make_clip(i, seed=5, max_seconds=6.0) for i in range(16))]
+    examples = examples_from_audio(audios, "Describe the audio.")
+    default = torch.get_num_threads()
+    times: dict[str, list[float]] = {}
+    try:
+        for _ in range(repeats):
+            for count in sorted({1, default}):
+                torch.set_num_threads(count)
+                for batch in (1, 16):
+                    with profiling.collecting() as profile:
+                        generate_batch(model, processor, family, examples[:batch],
+                                       GenerationSettings(max_new_tokens=MAX_NEW_TOKENS))
+                    step = profile.seconds["decode steps"] / profile.calls["decode steps"]
+                    times.setdefault(f"{count} thread{'s' if count > 1 else ''}, batch {batch}", []).append(step)
+    finally:
+        torch.set_num_threads(default)
+    return {name: 1000 * statistics.median(values) for name, values in times.items()}
+
+
 def _ask(url: str, body: dict) -> tuple[float, dict[str, float]]:
     """One chat request: the client's wall time and the server's stages (its ``Server-Timing``)."""
     from audiotune.profiling import parse_server_timing
@@ -148,7 +181,7 @@ def run() -> dict:
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         model = build_tiny("af3", Path(tmp) / "tiny")
-        return {"generation": generation(model), "serving": serving(model), "load": load}
+        return {"generation": generation(model), "serving": serving(model), "threads": threads(model), "load": load}
 
 
 def _rows(seconds: dict[str, float], wall: float) -> list[tuple[str, float]]:
@@ -199,6 +232,15 @@ def section(result: dict) -> list[str]:
                                           for name, run in paths.items()) + ".",
         "",
     ]
+    per_clip = ("feature extraction", "encoder", "projector", "prefill")
+    work = {name: (sum(run["seconds"].get(k, 0) for k in per_clip), run["seconds"].get("decode steps", 0))
+            for name, run in paths.items()}
+    lines += [f"Per-clip work ({', '.join(per_clip)}) vs decode steps: " + "; ".join(
+        f"{name} {clip:.1f} s ({clip / paths[name]['wall']:.0%}) vs {steps:.1f} s ({steps / paths[name]['wall']:.0%})"
+        for name, (clip, steps) in work.items()) + ". Batches divide the decode steps' forwards by the batch size, "
+        "not the per-clip work, which is what `--encoder-frames valid` (the encoder) and batched features cut.", ""]
+    lines += ["Decode step (ms, median of 2, alternated) by torch's intra-op threads and batch size, 16 clips of "
+              "1–6 s: " + ", ".join(f"{name} {ms:.0f}" for name, ms in result["threads"].items()) + ".", ""]
     for name, run in srv.items():
         rows = _rows(run["seconds"], run["latency"])
         lines += [

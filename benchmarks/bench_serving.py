@@ -121,7 +121,7 @@ def _spread(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "values": values}
 
 
-def run(requests: int = 64, levels: tuple[int, ...] = (1, 4, 16, 64), passes: int = 3) -> dict:
+def run(requests: int = 64, passes: int = 3, levels: tuple[int, ...] = (1, 4, 16, 64)) -> dict:
     """Each level ``passes`` times, the servers alternated (each pass starts with another); every pass and level
     sends its own clips (the same to every server: each sees a clip once). A level sends ``requests`` requests, or
     twice its clients where that is more (each client then sends more than one). Returns req/s, p50 and p95 per

@@ -112,9 +112,11 @@ def measured_alone(lines: list[str], command: str) -> list[str]:
                       f"{command}` (the other sections are `make bench`'s).", *lines[1:]]
 
 
-def rewrite_serving(path: Path) -> list[str]:
-    """``run.py --only serving``: measure serving alone and replace its section of BENCHMARKS.md, the rest kept."""
-    lines = measured_alone(serving_section(bench_serving.run()) + ["", FOOTER], "serving")
+def rewrite_serving(path: Path, *args: int) -> list[str]:
+    """``run.py --only serving [REQUESTS [PASSES]]``: measure serving alone and replace its section of BENCHMARKS.md,
+    the rest kept."""
+    lines = measured_alone(serving_section(bench_serving.run(*args)) + ["", FOOTER],
+                           " ".join(["serving", *map(str, args)]))
     replace_section(path, SERVING, lines)
     return lines
 
@@ -233,8 +235,8 @@ def main() -> None:
     hf_logging.disable_progress_bar()
     datasets.disable_progress_bars()
     path = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
-    if sys.argv[1:] == ["--only", "serving"]:
-        print("\n".join(rewrite_serving(path)))
+    if sys.argv[1:3] == ["--only", "serving"]:
+        print("\n".join(rewrite_serving(path, *map(int, sys.argv[3:5]))))
         return
     if sys.argv[1:] == ["--only", "generation"]:
         print("\n".join(rewrite_generation(path)))
@@ -272,7 +274,8 @@ def main() -> None:
     ]
     for name, v in training["variants"].items():
         lines.append(f"| {name} | {v['epoch1']:.2f} | {v['epoch2']:.2f} | {v['peak_rss_mb']:.0f} | {v['eval_loss']:.4f} |")
-    g, a, c = (training["variants"][k] for k in ("guide", "audiotune", "audiotune-gc"))
+    g, a, c, t = (training["variants"][k] for k in ("guide", "audiotune", "audiotune-gc", "audiotune-compile"))
+    use = training["utilisation"]
     lines += [
         "",
         f"- audiotune (defaults) vs the guide: **{a['epoch1'] / g['epoch1']:.2f}×** in epoch 1 (target ≥ 1.4×), "
@@ -284,7 +287,15 @@ def main() -> None:
         f"(encoder {training['flops']['encoder'] / 1e9:.1f} + LM forward and backward {training['flops']['lm'] / 1e9:.1f}, "
         f"{training['flops']['tokens']:.0f} tokens); audiotune's epoch 1 achieves "
         f"{training['flops_per_sample'] * a['epoch1'] / 1e9:.1f} GFLOP/s against a dense fp32 matmul peak of "
-        f"{training['peak_flops'] / 1e9:.1f} GFLOP/s measured in the same run: **{100 * training['utilisation_epoch1']:.0f}%**.",
+        f"{training['peak_flops'] / 1e9:.1f} GFLOP/s measured in the same run: **{100 * training['utilisation_epoch1']:.0f}%**"
+        f" ({100 * use['audiotune']['epoch2']:.0f}% in epoch 2, counting the language model's work only: the "
+        "audio cache holds the encoder's output).",
+        f"- `--torch-compile` (TrainingArguments' own: the Trainer compiles the model, CPU inductor here): "
+        f"{t['epoch1'] / a['epoch1']:.2f}× audiotune's samples/s in epoch 1 (compiling included), "
+        f"{t['epoch2'] / a['epoch2']:.2f}× in epoch 2; utilisation {100 * use['audiotune']['epoch1']:.0f}% → "
+        f"{100 * use['audiotune-compile']['epoch1']:.0f}% (epoch 1), {100 * use['audiotune']['epoch2']:.0f}% → "
+        f"{100 * use['audiotune-compile']['epoch2']:.0f}% (epoch 2); eval loss {t['eval_loss']:.4f} vs "
+        f"{a['eval_loss']:.4f}.",
         "",
         *bench_packing.section(packing),
         "",
