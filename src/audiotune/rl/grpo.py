@@ -10,7 +10,9 @@ advantages, the old and reference log-probs) and ``compute_loss`` evaluates TRL'
 Batches: the loader yields ``batch_size`` prompts (Examples); each becomes ``num_generations`` completions. A
 window of ``batch_size × gradient_accumulation_steps × processes`` prompts is replayed ``num_iterations`` times
 (TRL's μ): the first pass generates and remembers the rollout, the later passes reuse it, so the ratio to the old
-policy moves and the clip matters.
+policy moves and the clip matters. The audio encoder is frozen and its embeddings are cached per clip
+(:mod:`audiotune.audio_cache`), so the group's completions, the reference pass and the replayed iterations all
+reuse one encoder pass per clip.
 
 Several processes (``--nproc``): each process takes its own prompts of every micro-batch and samples their groups
 itself (a group never spans processes); the rewards are gathered so the advantages see the whole batch, as TRL's
@@ -18,9 +20,7 @@ itself (a group never spans processes); the rewards are gathered so the advantag
 by the run's seed, the window and the prompt's position in the global batch (:func:`completion_seed`), so the same
 global batch samples the same completions whichever process a prompt lands on, and a resumed run samples what the
 uninterrupted run did. A checkpoint taken inside a replay window carries that window's rollouts
-(``grpo_rollouts_<rank>.pt``), so ``--resume`` replays exactly what the uninterrupted run replayed. The audio encoder is frozen and its embeddings are cached per clip
-(:mod:`audiotune.audio_cache`), so the group's completions, the reference pass and the replayed iterations all
-reuse one encoder pass per clip.
+(``grpo_rollouts_<rank>.pt``), so ``--resume`` replays exactly what the uninterrupted run replayed.
 """
 
 from __future__ import annotations
@@ -237,8 +237,8 @@ class GrpoTrainer(MetricsLogMixin, AudiotuneTrainer):
     def refill(self, model, drawn, prompts: int, first: int = 0) -> tuple[tuple, dict[str, float]]:
         """DAPO's dynamic sampling (arXiv:2503.14476, §3.2): a group whose rewards are all equal has zero advantages
         and teaches nothing, so it is dropped, and further batches of ``prompts`` prompts — drawn at random from the
-        train split, seeded by the run's seed, the step, the micro-batch and the process — are sampled and scored until
-        ``prompts`` informative groups are found or ``max_refill_draws`` extra batches have been drawn. If the
+        train split, seeded by the run's seed, the step, the micro-batch and the process — are sampled and scored
+        until ``prompts`` informative groups are found or ``max_refill_draws`` extra batches have been drawn. If the
         data cannot refill the batch, the shortfall is made up with the first draw's all-equal groups (they add only
         the KL term), a warning is logged, and ``dynamic_sampling/unfilled`` counts them."""
         group = self.args.num_generations
