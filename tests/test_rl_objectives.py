@@ -26,13 +26,13 @@ def _refiller(dataset: list[str], flat: set[str], max_refill_draws: int):
     """A GrpoTrainer with only what ``refill`` reads, whose ``generate_and_score`` scores a prompt named in ``flat``
     with four equal rewards and any other with :data:`INFORMATIVE` (no model: the selection logic alone)."""
     trainer = GrpoTrainer.__new__(GrpoTrainer)
-    trainer.args = SimpleNamespace(num_generations=GROUP, seed=7)
+    trainer.args = SimpleNamespace(num_generations=GROUP, seed=7, num_iterations=1, process_index=0)
     trainer.state = SimpleNamespace(global_step=3)
     trainer._micro, trainer.train_dataset, trainer.max_refill_draws = 1, dataset, max_refill_draws
     trainer.rewards = [SimpleNamespace(weight=1.0)]
     trainer.calls = []
 
-    def generate_and_score(model, examples):
+    def generate_and_score(model, examples, seeds=None):
         trainer.calls.append(list(examples))
         repeated = [e for e in examples for _ in range(GROUP)]
         rewards = [r for e in examples for r in ([0.5] * GROUP if e in flat else INFORMATIVE)]

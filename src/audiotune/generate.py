@@ -61,7 +61,8 @@ class PerRowSampler:
                 probs = torch.zeros_like(probs).scatter_(0, order, ordered)
             cdf = probs.cumsum(0)
             u = torch.rand(1, generator=self.generators[i]).item() * cdf[-1].item()
-            chosen[i] = min(int(torch.searchsorted(cdf, torch.tensor([u], dtype=cdf.dtype)).item()), len(cdf) - 1)
+            point = torch.tensor([u], dtype=cdf.dtype, device=cdf.device)
+            chosen[i] = min(int(torch.searchsorted(cdf, point).item()), len(cdf) - 1)
         out = torch.full_like(scores, float("-inf"))
         return out.scatter_(1, chosen.unsqueeze(1), 0.0)
 

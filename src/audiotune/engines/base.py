@@ -112,10 +112,12 @@ class Engine(ABC):
                           "streaming here); use --backend transformers, or serve with vLLM's own server.")
 
     def sample(self, examples: Sequence[Example], *, max_tokens: int, temperature: float, top_p: float,
-               suppress_tokens: Sequence[int] | None = None, inputs: dict | None = None) -> list[Sample]:
+               suppress_tokens: Sequence[int] | None = None, inputs: dict | None = None,
+               seeds: Sequence[int] | None = None) -> list[Sample]:
         """One sampled completion per example from the base model (GRPO repeats each prompt for its group).
         ``inputs``: the examples already collated for this engine's model (GRPO needs them for its log-probs too),
-        so they are not collated twice; an engine that cannot use them ignores them."""
+        so they are not collated twice; an engine that cannot use them ignores them. ``seeds``: one per example,
+        each row's own random stream, so a completion does not depend on which rows share its batch."""
         raise ConfigError(f"the {self.backend} engine cannot sample rollouts yet; use the transformers engine.")
 
     def close(self) -> None:

@@ -20,8 +20,8 @@ import torch
 
 from ..checkpoints import processor_folder
 from ..errors import CheckpointError
-from ..generate import (Generation, GenerationSettings, RowSampling, generate, generate_batch, prompt_batch,
-                        stop_token_ids)
+from ..generate import (Generation, GenerationSettings, PerRowSampler, RowSampling, generate, generate_batch,
+                        prompt_batch, stop_token_ids)
 from ..models.family import Family
 from ..profiling import DETOKENISE, stage
 from .base import Engine, GenerationRequest, Sample
@@ -86,20 +86,26 @@ class NativeEngine(Engine):
             return generate(self.model, self.processor, self.family, examples, batch_size=self.batch_size,
                             settings=settings, on_batch=on_batch)
 
-    def sample(self, examples, *, max_tokens, temperature, top_p, suppress_tokens=None, inputs=None) -> list[Sample]:
-        """Sampled with the model's ``generate`` and the global torch generator (a run's seed makes it
-        reproducible), in eval mode without gradients, the model's mode restored after: the model may be a policy
-        in training."""
+    def sample(self, examples, *, max_tokens, temperature, top_p, suppress_tokens=None, inputs=None,
+               seeds=None) -> list[Sample]:
+        """Sampled in eval mode without gradients, the model's mode restored after (the model may be a policy in
+        training). Each row draws from its own generator (:class:`~audiotune.generate.PerRowSampler`): seeded by
+        ``seeds``, a row's completion does not depend on the batch it shares or its padding, so a GRPO run samples
+        the same whichever process a prompt lands on; unseeded rows take their seeds from the global generator."""
+        from transformers import LogitsProcessorList
+
         batch = inputs if inputs is not None else prompt_batch(self.model, self.processor, self.family, examples)
         stop_ids = stop_token_ids(self.processor, self.family)
+        seeds = list(seeds) if seeds is not None else [None] * len(examples)
+        sampler = PerRowSampler([RowSampling(temperature=temperature, top_p=top_p, seed=seed) for seed in seeds])
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.no_grad():
-                output = self.model.generate(**batch, do_sample=True, temperature=temperature, top_p=top_p, top_k=0,
-                                             max_new_tokens=max_tokens, eos_token_id=stop_ids,
-                                             pad_token_id=self.processor.tokenizer.pad_token_id, use_cache=True,
-                                             suppress_tokens=suppress_tokens)
+            with torch.no_grad():  # greedy over what the per-row sampler leaves: its one drawn token per row
+                output = self.model.generate(**batch, do_sample=False, max_new_tokens=max_tokens,
+                                             eos_token_id=stop_ids, pad_token_id=self.processor.tokenizer.pad_token_id,
+                                             use_cache=True, suppress_tokens=suppress_tokens,
+                                             logits_processor=LogitsProcessorList([sampler]))
         finally:
             self.model.train(was_training)
         return [Sample.from_tokens(tokens, stop_ids, self.processor.tokenizer)

@@ -15,10 +15,12 @@ def make_rl_trainer(args, rl, model, processor, family, train_ds, callbacks: lis
         from .grpo import GrpoTrainer
         from .rewards import build_rewards
 
-        window = args.per_device_train_batch_size // args.num_generations * args.gradient_accumulation_steps
+        window = (args.per_device_train_batch_size // args.num_generations * args.gradient_accumulation_steps
+                  * args.world_size)
         if hasattr(train_ds, "__len__") and len(train_ds) < window:
             raise ConfigError(f"--method grpo: the train split has {len(train_ds)} rows, fewer than one step's "
-                              f"{window} prompts (batch size × accumulation); lower --per-device-train-batch-size.")
+                              f"{window} prompts (batch size × accumulation × processes); lower "
+                              "--per-device-train-batch-size.")
         rewards = build_rewards(rl.rewards, rl.reward_weights, train_ds.build.task.name)
         rollouts = None
         if rl.rollout_backend == "vllm":

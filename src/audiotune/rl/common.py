@@ -47,9 +47,15 @@ class MetricsLogMixin:
             shutil.rmtree(reference)
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        """With several processes, each value is the mean over all of them (the Trainer logs on every process at
+        the same step, and every process records the same names), so rank 0's log describes the global batch."""
         metrics = getattr(self, "_rl_metrics", None)
         if metrics and "loss" in logs:
-            logs.update({name: sum(values) / len(values) for name, values in metrics.items() if values})
+            names = sorted(name for name, values in metrics.items() if values)
+            means = torch.tensor([sum(metrics[name]) / len(metrics[name]) for name in names], dtype=torch.float64)
+            if self.accelerator.num_processes > 1:
+                means = self.accelerator.reduce(means.to(self.accelerator.device), reduction="mean").cpu()
+            logs.update(zip(names, means.tolist()))
             metrics.clear()
         super().log(logs, *args, **kwargs)
 

@@ -96,8 +96,9 @@ class DpoTrainer(MetricsLogMixin, AudiotuneTrainer):
                 ref_mismatched = answer_logps(model, mismatched)[0] if loss_type == "kto" else None
             ref_chosen, ref_rejected = ref_logps.chunk(2)
             if loss_type == "kto":
-                with torch.no_grad():
-                    kl = (answer_logps(model, mismatched)[0] - ref_mismatched).mean().clamp(min=0)
+                with torch.no_grad():  # the mean over every process's rows, as TRL's KTOTrainer gathers it
+                    kl = (answer_logps(model, mismatched)[0] - ref_mismatched).mean().reshape(1)
+                    kl = self.accelerator.gather(kl).mean().clamp(min=0)
                 result = kto_loss(chosen, rejected, ref_chosen, ref_rejected, kl, beta=beta)
                 self.record("kl", kl.item())
             else:

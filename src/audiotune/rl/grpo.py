@@ -8,11 +8,19 @@ advantages, the old and reference log-probs) and ``compute_loss`` evaluates TRL'
 ``GRPOConfig``.
 
 Batches: the loader yields ``batch_size`` prompts (Examples); each becomes ``num_generations`` completions. A
-window of ``batch_size × gradient_accumulation_steps`` prompts is replayed ``num_iterations`` times (TRL's μ):
-the first pass generates and remembers the rollout, the later passes reuse it, so the ratio to the old policy
-moves and the clip matters. The audio encoder is frozen and its embeddings are cached per clip
+window of ``batch_size × gradient_accumulation_steps × processes`` prompts is replayed ``num_iterations`` times
+(TRL's μ): the first pass generates and remembers the rollout, the later passes reuse it, so the ratio to the old
+policy moves and the clip matters. The audio encoder is frozen and its embeddings are cached per clip
 (:mod:`audiotune.audio_cache`), so the group's completions, the reference pass and the replayed iterations all
 reuse one encoder pass per clip.
+
+Several processes (``--nproc``): each process takes its own prompts of every micro-batch and samples their groups
+itself (a group never spans processes); the rewards are gathered so the advantages see the whole batch, as TRL's
+``GRPOTrainer`` does, and each process keeps its own part. Every completion draws from its own generator, seeded
+by the run's seed, the window and the prompt's position in the global batch (:func:`completion_seed`), so the same
+global batch samples the same completions whichever process a prompt lands on, and a resumed run samples what the
+uninterrupted run did. A checkpoint taken inside a replay window carries that window's rollouts
+(``grpo_rollouts_<rank>.pt``), so ``--resume`` replays exactly what the uninterrupted run replayed.
 
 Rollouts come from the policy itself (``--rollout-backend native``, HF ``generate``) or from a vLLM server given
 the policy's adapter before each step's sampling (``vllm``, :mod:`audiotune.rl.vllm_rollouts`); with vLLM the old
@@ -24,6 +32,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -41,12 +50,22 @@ from .rewards import Reward
 logger = logging.getLogger(__name__)
 
 
-class WindowRepeatSampler(torch.utils.data.Sampler):
-    """Shuffled indices, in windows of ``window`` prompts, each window yielded ``repeats`` times in a row (TRL's
-    ``RepeatSampler`` idea). An incomplete last window is dropped. ``set_epoch`` reshuffles reproducibly."""
+ROLLOUTS = "grpo_rollouts_{rank}.pt"  # a checkpoint inside a replay window: that window's rollouts, per process
 
-    def __init__(self, size: int, window: int, repeats: int, seed: int) -> None:
-        self.size, self.window, self.repeats, self.seed, self.epoch = size, window, repeats, seed, 0
+
+class WindowRepeatSampler(torch.utils.data.Sampler):
+    """Shuffled indices in windows of one optimizer step's prompts over all processes (``batch × accumulation ×
+    world_size``), each window yielded ``repeats`` times in a row (TRL's ``RepeatSampler`` idea), of which this
+    process (``rank``) takes its own: micro-batch ``m`` of a window is the window's prompts ``m·batch·world_size``
+    onwards, and rank ``r`` takes the ``r``-th ``batch`` of them. Every process draws the same permutation, so the
+    global batch is the one a single process with ``batch × world_size`` prompts gets. An incomplete last window is
+    dropped. ``set_epoch`` reshuffles reproducibly."""
+
+    def __init__(self, size: int, batch: int, accumulation: int, repeats: int, seed: int, rank: int = 0,
+                 world_size: int = 1) -> None:
+        self.size, self.batch, self.accumulation, self.repeats = size, batch, accumulation, repeats
+        self.seed, self.rank, self.world_size, self.epoch = seed, rank, world_size, 0
+        self.window = batch * accumulation * world_size
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -57,10 +76,21 @@ class WindowRepeatSampler(torch.utils.data.Sampler):
         for start in range(0, self.size - self.window + 1, self.window):
             chunk = order[start : start + self.window]
             for _ in range(self.repeats):
-                yield from chunk
+                for micro in range(self.accumulation):
+                    first = (micro * self.world_size + self.rank) * self.batch
+                    yield from chunk[first : first + self.batch]
 
     def __len__(self) -> int:
-        return (self.size // self.window) * self.window * self.repeats
+        return (self.size // self.window) * self.batch * self.accumulation * self.repeats
+
+
+def completion_seed(*key: int) -> int:
+    """One completion's sampling seed from non-negative integers (the run's seed, the window, the prompt's position
+    in the global batch, the completion's place in its group, the refill draw): numpy's ``SeedSequence`` mixes
+    them, so neighbouring keys give unrelated streams. It depends on no process or batch layout."""
+    import numpy as np
+
+    return int(np.random.SeedSequence(list(key)).generate_state(1, np.uint64)[0]) >> 1
 
 
 class _EpochLoader(torch.utils.data.DataLoader):
@@ -113,8 +143,9 @@ class GrpoTrainer(MetricsLogMixin, AudiotuneTrainer):
 
     # --- data ---------------------------------------------------------------------------------------------------
     def get_train_dataloader(self):
-        window = self.prompts_per_step * self.args.gradient_accumulation_steps
-        sampler = WindowRepeatSampler(len(self.train_dataset), window, self.args.num_iterations, self.args.seed)
+        args = self.args
+        sampler = WindowRepeatSampler(len(self.train_dataset), self.prompts_per_step, args.gradient_accumulation_steps,
+                                      args.num_iterations, args.seed, args.process_index, args.world_size)
         return _EpochLoader(self.train_dataset, batch_size=self.prompts_per_step, sampler=sampler,
                             collate_fn=_as_list, num_workers=self.args.dataloader_num_workers)
 
@@ -126,9 +157,9 @@ class GrpoTrainer(MetricsLogMixin, AudiotuneTrainer):
         slot = self._micro
         self._micro += 1
         first_pass = self.state.global_step % self.args.num_iterations == 0
-        if first_pass or slot not in self._rollouts:  # after --resume mid-cycle: generate afresh
+        if first_pass or slot not in self._rollouts:  # (a resumed mid-window checkpoint restored its rollouts)
             try:
-                self._rollouts[slot] = self.rollout(inputs)
+                self._rollouts[slot] = self.rollout(inputs, slot)
             except RolloutServerError as error:
                 raise self._stopped_by(error) from None
         for name, value in self._rollouts[slot]["stats"].items():  # logged at every step, replays included
@@ -163,17 +194,19 @@ class GrpoTrainer(MetricsLogMixin, AudiotuneTrainer):
     def _unwrapped(self):
         return self.accelerator.unwrap_model(self.model)
 
-    def rollout(self, examples: list[Example]) -> dict[str, Any]:
+    def rollout(self, examples: list[Example], slot: int = 0) -> dict[str, Any]:
         """Generate a group per prompt, score it (with ``dynamic_sampling``: keep only groups whose rewards differ,
-        refilling from the data), and compute advantages and the old/reference log-probs."""
+        refilling from the data), and compute advantages (over the global batch) and the old/reference log-probs.
+        ``slot``: the micro-batch's place in the accumulation window (its prompts' positions, hence their seeds)."""
         args = self.args
         group = args.num_generations
         model = self._unwrapped()
         self._draw = 0
-        drawn = self.generate_and_score(model, examples)
+        first = (slot * args.world_size + args.process_index) * len(examples)  # in the window's global batch
+        drawn = self.generate_and_score(model, examples, seeds=self.completion_seeds(first, len(examples)))
         refill: dict[str, float] = {}
         if self.dynamic_sampling:
-            drawn, refill = self.refill(model, drawn, len(examples))
+            drawn, refill = self.refill(model, drawn, len(examples), first)
         repeated, batch, samples, rewards_per_func = drawn
         if batch is None:  # groups kept from several draws: collate their prompts together
             batch = prompt_batch(model, self.processor, self.family, repeated)
@@ -210,7 +243,12 @@ class GrpoTrainer(MetricsLogMixin, AudiotuneTrainer):
 
         rewards_per_func = rewards_per_func.to(completion_ids.device)
         rewards = self.weighted(rewards_per_func)
-        advantages, std = group_advantages(rewards, group, args.scale_rewards)
+        # The whole batch's rewards, every process's in rank order (TRL's GRPOTrainer gathers them in
+        # _calculate_rewards and keeps its process_slice of the advantages): a group's advantages need only its own
+        # process, --scale-rewards batch needs them all.
+        everyone = self.accelerator.gather(rewards)
+        mine = slice(args.process_index * len(rewards), (args.process_index + 1) * len(rewards))
+        advantages, std = (part[mine] for part in group_advantages(everyone, group, args.scale_rewards))
         rollout["advantages"] = advantages
         stats = {"reward": rewards.mean().item(), "reward_std": std.view(-1, group)[:, 0].mean().item(),
                  "frac_reward_zero_std": torch.isclose(std, torch.zeros_like(std)).float().mean().item(),
@@ -237,22 +275,30 @@ class GrpoTrainer(MetricsLogMixin, AudiotuneTrainer):
         weights = torch.tensor([r.weight for r in self.rewards], device=rewards_per_func.device)
         return (rewards_per_func * weights).sum(1)
 
-    def generate_and_score(self, model, examples: list[Example]) -> tuple[list[Example], dict | None, list, Any]:
+    def completion_seeds(self, first: int, prompts: int, draw: int = 0) -> list[int]:
+        """The sampling seed of each completion of ``prompts`` prompts from global position ``first`` of this
+        window's batch (``draw``: dynamic sampling's extra draws), group by group, as the rows are repeated."""
+        window = self.state.global_step // self.args.num_iterations
+        return [completion_seed(self.args.seed, window, position, j, draw)
+                for position in range(first, first + prompts) for j in range(self.args.num_generations)]
+
+    def generate_and_score(self, model, examples: list[Example], seeds: list[int] | None = None
+                           ) -> tuple[list[Example], dict | None, list, Any]:
         """A group of completions per prompt: (the repeated prompts, their collated batch, the samples, the
-        completions × rewards matrix)."""
+        completions × rewards matrix). ``seeds``: one per completion (:meth:`completion_seeds`)."""
         args = self.args
         repeated = [e for e in examples for _ in range(args.num_generations)]
         batch = prompt_batch(model, self.processor, self.family, repeated)  # sampled from; the log-probs' prompts
         samples = self.rollout_engine(model).sample(repeated, max_tokens=args.max_completion_length,
                                                     temperature=args.temperature, top_p=args.top_p,
-                                                    suppress_tokens=self.suppress_ids, inputs=batch)
+                                                    suppress_tokens=self.suppress_ids, inputs=batch, seeds=seeds)
         return repeated, batch, samples, self.score(repeated, [s.text for s in samples])
 
-    def refill(self, model, drawn, prompts: int) -> tuple[tuple, dict[str, float]]:
+    def refill(self, model, drawn, prompts: int, first: int = 0) -> tuple[tuple, dict[str, float]]:
         """DAPO's dynamic sampling (arXiv:2503.14476, §3.2): a group whose rewards are all equal has zero advantages
         and teaches nothing, so it is dropped, and further batches of ``prompts`` prompts — drawn at random from the
-        train split, seeded by the run's seed, the step and the micro-batch — are sampled and scored until
-        ``prompts`` informative groups are found or ``max_refill_draws`` extra batches have been drawn. If the
+        train split, seeded by the run's seed, the step, the micro-batch and the process — are sampled and scored
+        until ``prompts`` informative groups are found or ``max_refill_draws`` extra batches have been drawn. If the
         data cannot refill the batch, the shortfall is made up with the first draw's all-equal groups (they add only
         the KL term), a warning is logged, and ``dynamic_sampling/unfilled`` counts them."""
         group = self.args.num_generations
@@ -272,9 +318,10 @@ class GrpoTrainer(MetricsLogMixin, AudiotuneTrainer):
             if len(informative) >= prompts or draws >= self.max_refill_draws:
                 break
             draws += 1
-            seed = self.args.seed * 1_000_003 + self.state.global_step * 1_009 + self._micro * 31 + draws
+            seed = completion_seed(self.args.seed, self.state.global_step, self._micro, draws, self.args.process_index)
             order = torch.randperm(len(self.train_dataset), generator=torch.Generator().manual_seed(seed))
-            drawn = self.generate_and_score(model, [self.train_dataset[i] for i in order[:prompts].tolist()])
+            drawn = self.generate_and_score(model, [self.train_dataset[i] for i in order[:prompts].tolist()],
+                                            seeds=self.completion_seeds(first, prompts, draws))
         unfilled = max(prompts - len(informative), 0)
         if unfilled:
             logger.warning("dynamic sampling: %d of %d groups still have all-equal rewards after %d extra draws; "
@@ -323,11 +370,37 @@ class GrpoTrainer(MetricsLogMixin, AudiotuneTrainer):
             for name, value in correction.stats.items():
                 self.record(name, value)
         epsilon_high = self.args.epsilon_high if self.args.epsilon_high is not None else self.args.epsilon
+        num_items = None
+        if self.args.loss_type == "dapo":  # the whole batch's completion tokens per process (TRL's normaliser: the
+            # processes' gradients are averaged, so each divides by its share of the global token count)
+            tokens = self.accelerator.gather(inputs["completion_mask"].sum().reshape(1)).sum()
+            num_items = tokens.float() / self.args.world_size
         result = grpo_loss(logps, old, inputs["ref_logps"], inputs["advantages"], inputs["completion_mask"],
                            epsilon_low=self.args.epsilon, epsilon_high=epsilon_high, beta=self.args.beta,
                            loss_type=self.args.loss_type, max_completion_length=self.args.max_completion_length,
                            importance_sampling_level=self.args.importance_sampling_level,
-                           importance_sampling_ratio=ratio)
+                           importance_sampling_ratio=ratio,
+                           num_items=num_items)
         self.record("kl", result.kl)
         self.record("clip_ratio", result.clip_ratio)
         return (result.loss, None) if return_outputs else result.loss
+
+    # --- checkpoints ----------------------------------------------------------------------------------------------
+    def _save_rng_state(self, output_dir: str) -> None:
+        """Each process's random state, and, inside a replay window (the step is not a multiple of
+        ``num_iterations``), the window's rollouts: the steps left in it replay them, and regenerating them from the
+        moved policy would train on other completions and another old policy than the uninterrupted run."""
+        super()._save_rng_state(output_dir)
+        if self.state.global_step % self.args.num_iterations and self._rollouts:
+            torch.save(self._rollouts, Path(output_dir) / ROLLOUTS.format(rank=self.args.process_index))
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        super()._load_rng_state(checkpoint)
+        path = Path(checkpoint) / ROLLOUTS.format(rank=self.args.process_index) if checkpoint else None
+        if path is not None and path.is_file():
+            from accelerate.utils import send_to_device
+
+            self._rollouts = send_to_device(torch.load(path, weights_only=True), self.args.device)
+            logger.info("--resume: replaying the rollouts of %d micro-batch(es) saved inside the window.",
+                        len(self._rollouts))
+

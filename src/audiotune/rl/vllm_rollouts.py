@@ -307,10 +307,12 @@ class VllmRollouts:
     # --- sampling -----------------------------------------------------------------------------------------------
     def sample(self, examples: Sequence[Example], *, model: str, seed: int, max_tokens: int, temperature: float,
                top_p: float = 1.0, suppress_tokens: Sequence[int] | None = None,
-               inputs: dict | None = None) -> list[Sample]:
+               inputs: dict | None = None, seeds: Sequence[int] | None = None) -> list[Sample]:
         """One completion per example, from ``model`` (an adapter name or :data:`BASE_NAME`). A run of the same
         example object (GRPO's group) is one request with ``n`` completions. ``inputs``: the collated prompts, whose
-        token ids each answer's prompt must equal."""
+        token ids each answer's prompt must equal. ``seeds``: one per completion (GRPO's rank-independent
+        :func:`~audiotune.rl.grpo.completion_seed`); a group's request is seeded by its first completion's, since
+        vLLM seeds a request's ``n`` completions from one seed."""
         from ..engines.vllm_engine import openai_messages
 
         groups: list[tuple[int, int]] = []  # (first index, size) of each run of the same example
@@ -324,7 +326,7 @@ class VllmRollouts:
                 "return_token_ids": True, "ignore_eos": True, "stop_token_ids": self.stop_ids,
                 "logit_bias": {str(t): -100.0 for t in suppress_tokens or ()}}
         # The same seeds whichever group a request lands next to; vLLM seeds a request's n completions seed + i.
-        bodies = [{**base, "n": size, "seed": seed + first,
+        bodies = [{**base, "n": size, "seed": seeds[first] if seeds is not None else seed + first,
                    "messages": openai_messages(examples[first], self.family.sampling_rate)} for first, size in groups]
 
         def ask() -> list[dict]:
@@ -371,10 +373,11 @@ class PolicySampler:
     seed: int
 
     def sample(self, examples: Sequence[Example], *, max_tokens: int, temperature: float, top_p: float,
-               suppress_tokens: Sequence[int] | None = None, inputs: dict | None = None) -> list[Sample]:
+               suppress_tokens: Sequence[int] | None = None, inputs: dict | None = None,
+               seeds: Sequence[int] | None = None) -> list[Sample]:
         return self.rollouts.sample(examples, model=self.model, seed=self.seed, max_tokens=max_tokens,
                                     temperature=temperature, top_p=top_p, suppress_tokens=suppress_tokens,
-                                    inputs=inputs)
+                                    inputs=inputs, seeds=seeds)
 
 
 def _save_policy_adapter(policy, folder: Path) -> None:
