@@ -295,7 +295,10 @@ def write_rollout_section(table: str, result: dict, opts) -> None:
             f"{result['steps']} steps each way (vLLM's include the per-step adapter sync; its first step starts the "
             f"server).\n\n{table}\n\nvLLM vs native: **{speed['sampling']:.2f}×** completions/s, "
             f"{speed['step']:.2f}× per GRPO step. Target (vLLM rollouts ≥ 2× native at group size ≥ 8): "
-            f"{target}.\n")
+            f"{target}. On this CPU vLLM computes on one of the two cores (it keeps the other for its scheduler, "
+            "`VLLM_CPU_OMP_THREADS_BIND=auto`) where HF `generate` uses both; the step gains less than the sampling "
+            "because the learner's forward and backward passes, unchanged, are most of the rest. On a shared "
+            "machine single runs vary: see docs/rl.md for the spread.\n")
     pattern = re.compile(re.escape(ROLLOUT_SECTION) + r".*?(?=\n## |\n### |\Z)", re.DOTALL)
     if ROLLOUT_SECTION in text:
         text = pattern.sub(lambda _: body.rstrip("\n"), text)
