@@ -88,7 +88,7 @@ def test_a_model_that_selects_valid_frames_gets_features_only_that_far():
     longest clip's reach, with or without the flag, and the answers are plain transformers' over the whole window."""
     checkpoint = cached_tiny("qwen25omni")
     processor = load_processor(checkpoint)
-    model, family = load_model(checkpoint, encoder_frames="valid")
+    model, family = load_model(checkpoint)  # whole windows: the default
     examples = _examples()
     texts = ConversationCollator(processor, family, training=False).render(examples)
     whole = to_model_inputs(processor(text=texts, audio=[a for e in examples for a in e.audios()],
