@@ -11,13 +11,14 @@ same profile; a dynamic batch runs under a profile of its own, added to each of 
 Stages nest and each records its exclusive time (its own less the stages inside it), so a profile's stages add up to
 the time spent inside its outermost stages, and ``wall - sum`` is what no stage covers (a table's "other" row). The
 model's own stages (encoder, projector, prefill, decode steps) come from forward hooks that :func:`instrument`
-registers on a loaded model (torch's hook API; nothing in transformers is patched), and feature extraction from a
-timing wrapper around the processor's feature extractor.
+registers on a loaded model (torch's hook API; nothing in transformers is patched), and feature extraction from the
+processor's feature extractor made an instance of a subclass with a timed ``__call__`` (:func:`time_calls`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -141,26 +142,30 @@ def collecting(profile: Profile | None = None) -> Iterator[Profile]:
         _profile.reset(token)
 
 
-class _TimedFeatureExtractor:
-    """The processor's feature extractor, its calls timed as :data:`FEATURES`; everything else passes through."""
+def time_calls(obj: Any, name: str) -> Callable[[], None]:
+    """Time every call of ``obj`` (a feature extractor) as stage ``name``; returns a function that undoes it.
 
-    def __init__(self, inner: Any) -> None:
-        object.__setattr__(self, "_inner", inner)
+    ``obj`` becomes an instance of a subclass of its class whose ``__call__`` is timed (the same name, the wrapped
+    signature: code that inspects it, or checks the class, sees what it saw), so every holder of it is timed."""
+    cls = type(obj)
+    if getattr(cls, "_audiotune_timed", None) == name:  # timed already (two models sharing one processor)
+        return lambda: None
+    call = cls.__call__
 
-    def __call__(self, *args, **kwargs):
-        with stage(FEATURES):
-            return self._inner(*args, **kwargs)
+    @functools.wraps(call)
+    def timed(self, *args, **kwargs):
+        with stage(name):
+            return call(self, *args, **kwargs)
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        setattr(self._inner, name, value)
+    obj.__class__ = type(cls.__name__, (cls,), {"__call__": timed, "__module__": cls.__module__,
+                                                "__qualname__": cls.__qualname__, "_audiotune_timed": name})
+    return lambda: setattr(obj, "__class__", cls)
 
 
-def instrument(model, processor, family) -> Callable[[], None]:
-    """Time ``model``'s encoder, projector, prefill and decode steps, and ``processor``'s feature extraction, in the
-    profile collecting wherever they run; returns a function that removes the instrumentation.
+def instrument(model, family, extractor: Any = None) -> Callable[[], None]:
+    """Time ``model``'s encoder, projector, prefill and decode steps, and the calls of ``extractor`` (the processor's
+    feature extractor, ``models.facts.feature_extractor_of``) as feature extraction, in the profile collecting
+    wherever they run; returns a function that removes the instrumentation.
 
     Costs a few microseconds per forward while nothing collects: for benchmarks and ``--server-timing``, not for
     every run. The outer model's forward is the prefill when it sees more than one new position, else a decode step;
@@ -198,15 +203,12 @@ def instrument(model, processor, family) -> Callable[[], None]:
         timed(tower, lambda args, kwargs: ENCODER)
     for projector in projectors:
         timed(projector, lambda args, kwargs: PROJECTOR)
-    extractor = getattr(processor, "feature_extractor", None)
-    if extractor is not None and not isinstance(extractor, _TimedFeatureExtractor):
-        processor.feature_extractor = _TimedFeatureExtractor(extractor)
+    untime = time_calls(extractor, FEATURES) if extractor is not None else (lambda: None)
 
     def remove() -> None:
         for handle in handles:
             handle.remove()
-        if isinstance(getattr(processor, "feature_extractor", None), _TimedFeatureExtractor):
-            processor.feature_extractor = processor.feature_extractor._inner
+        untime()
 
     return remove
 

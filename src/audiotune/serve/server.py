@@ -61,9 +61,10 @@ def build_app(cfg: ServeConfig):
                     remote_allow_hosts=tuple(cfg.remote_audio_allow_hosts),
                     require_audio=family.requires_audio and not cfg.allow_text_only)
     if cfg.server_timing:
+        from ..models.facts import feature_extractor_of
         from ..profiling import instrument
 
-        instrument(engine.model, engine.processor, family)
+        instrument(engine.model, family, feature_extractor_of(engine.processor))
     return create_app(engine, ServerSettings(cfg.max_batch_size, cfg.max_wait_ms, api_key, limits, cfg.server_timing))
 
 
