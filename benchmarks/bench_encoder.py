@@ -12,23 +12,23 @@ clip; the bands between 850 and 1350 Hz (around the tones) are always flat.
 Why ``masked`` defeats a frozen random tower: a Whisper-style tower's first layer is a convolution over 3 frames of
 128 mel bins. In the micro AF3 it maps those 384 numbers to 32 channels with random weights, and every channel sums
 every band, so each of the 32 channels the LM can see carries the ~110 random band levels along with the two tone
-bins: a nuisance of more dimensions than the channels, so no read-out of them (projector, LM) can cancel it, whatever
-it learns. The log-mel input still holds the class plainly (the bands near the tones are clean), and a trained first
+bins: a nuisance of more dimensions than the channels, which no read-out of them (projector, LM) can fully cancel,
+whatever it learns. The log-mel input still holds the class plainly (the bands near the tones are clean), and a trained first
 convolution can weight those bands and ignore the rest. ``--train-audio-encoder lora`` reaches the tower's
 attention and MLP linears, which come after that convolution; ``full`` trains the convolution too. (A real
 Whisper-large's first convolution is 384 → 1280, not a bottleneck by width; what carries over is the kind of loss:
 detail the front end mixes away is out of reach of anything after it.) ``control`` checks the recipe: with the same
 steps every arm must learn it, or a "no gain" on ``masked`` would mean nothing. The earlier designs here (chirp
-direction, a faint tone in smoothly coloured noise) failed exactly that check: at lr 1e-2 and batch 8 the tiny LM
-learned no audio task that needs more than a gross spectral difference, and the frozen features held both classes
-anyway (linear probes ~0.8–0.99).
+direction, a faint tone in smoothly coloured noise) left every arm at chance with no such check, while linear probes
+found their classes in the frozen features (0.79, 0.99).
 
 Every arm: the micro AF3 (random weights), LoRA r=16 on the LM and its head (bench_rl.py's finding: the micro
 model's head is too small to move without it), the projector trained (so the LM-only arm has a trained read-out of
 the frozen features and any gain of the encoder arms is the encoder's own), ``--steps`` of ``--batch`` at ``--lr``,
-the encoder's parameters (its LoRA or the whole tower) at ``--encoder-lr``. What the earlier designs taught: at lr
-1e-2 with batch 8 the LM-only arm learned no tone finer than 500 vs 2000 Hz (the loss sat at the label prior, with
-spikes); at 3e-3 with batch 16 it learns the control in under 100 steps on every seed tried. A whole random tower
+the encoder's parameters (its LoRA or the whole tower) at ``--encoder-lr``. At the earlier recipe's lr 1e-2 (batch 8
+or 16) the LM-only arm learned a 1000 vs 1200 Hz tone in white noise on a minority of runs (the loss sat at the label
+prior, with spikes, for 100–200 steps); at 3e-3 with batch 16 it learned it in 50–100 steps on every run. A whole
+random tower
 moved at 3e-3 stayed at chance on one control run, and at 1e-2 or 3e-2 on every run tried, so the encoder learns at
 1e-3. The fourth arm (``--no-conv-lora`` leaves it out) is ``--train-audio-encoder lora`` with ``--lora-targets``
 adding the tower's two convolutions (PEFT wraps ``Conv1d``): whether LoRA gains what ``full`` gains once it reaches
@@ -39,12 +39,12 @@ interval over all its test answers (seeds pooled: it covers the test sample, the
 Linear probes (logistic regression on time-averaged features) say whether the class is linearly in the log-mel input
 and in the frozen encoder's output at all.
 
-Speed (the run is ~10 minutes on two shared cores, not hours):
+Speed (minutes on two shared cores, not hours):
 
 - the tower gets a 2 s window instead of AF3's 30 s: the processor pads a 1.5 s clip to its window and the tower
   masks the padding out of attention, so a window that still ends in padding computes the same audio embeddings
   (:func:`short_window`, checked bit for bit on every run by :func:`check_short_window`) at 1/15 of the tower's cost
-  (``models/encoder_frames.py`` trims the same way at inference, with a ~1e-7 difference at the last frame);
+  or less (``models/encoder_frames.py`` trims the same way at inference, with a ~1e-7 difference at the last frame);
 - one torch thread (``--threads``): on the shared 2-core machine the micro model's small matrix products ran 15×
   slower with two threads than with one (each op waits for a descheduled partner);
 - no activation checkpointing: the micro model's activations are small, and recomputing them cost ~40% of a step.
@@ -75,7 +75,7 @@ TONES_HZ = {"low": 1000.0, "high": 1200.0}
 FAR_DB = {"control": 0.0, "masked": 25.0}  # the spread of the band levels away from the tones, per design
 ARMS = {"LM-only LoRA (encoder frozen)": "none", "encoder LoRA": "lora", "full encoder": "full"}
 WITH_HEAD = r".*language_model\..*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)|lm_head"
-CONV_ARM = "encoder LoRA + its convolutions"  # --conv-lora: LoRA on the tower's convs too, via --lora-targets
+CONV_ARM = "encoder LoRA + its convolutions"  # LoRA on the tower's convs too, via --lora-targets (--no-conv-lora)
 WITH_CONVS = WITH_HEAD + r"|.*audio_tower\.conv[12]"
 
 
