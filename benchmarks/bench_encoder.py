@@ -13,31 +13,30 @@ Why ``masked`` defeats a frozen random tower: a Whisper-style tower's first laye
 128 mel bins. In the micro AF3 it maps those 384 numbers to 32 channels with random weights, and every channel sums
 every band, so each of the 32 channels the LM can see carries the ~110 random band levels along with the two tone
 bins: a nuisance of more dimensions than the channels, which no read-out of them (projector, LM) can fully cancel,
-whatever it learns. The log-mel input still holds the class plainly (the bands near the tones are clean), and a trained first
-convolution can weight those bands and ignore the rest. ``--train-audio-encoder lora`` reaches the tower's
-attention and MLP linears, which come after that convolution; ``full`` trains the convolution too. (A real
+whatever it learns. The log-mel input still holds the class plainly (the bands near the tones are clean), and a
+trained first convolution can weight those bands and ignore the rest. ``--train-audio-encoder lora`` reaches the
+tower's attention and MLP linears, which come after that convolution; ``full`` trains the convolution too. (A real
 Whisper-large's first convolution is 384 → 1280, not a bottleneck by width; what carries over is the kind of loss:
 detail the front end mixes away is out of reach of anything after it.) ``control`` checks the recipe: with the same
 steps every arm must learn it, or a "no gain" on ``masked`` would mean nothing. The earlier designs here (chirp
 direction, a faint tone in smoothly coloured noise) left every arm at chance with no such check, while linear probes
 found their classes in the frozen features (0.79, 0.99).
 
-Every arm: the micro AF3 (random weights), LoRA r=16 on the LM and its head (bench_rl.py's finding: the micro
-model's head is too small to move without it), the projector trained (so the LM-only arm has a trained read-out of
-the frozen features and any gain of the encoder arms is the encoder's own), ``--steps`` of ``--batch`` at ``--lr``,
-the encoder's parameters (its LoRA or the whole tower) at ``--encoder-lr``. At the earlier recipe's lr 1e-2 (batch 8
-or 16) the LM-only arm learned a 1000 vs 1200 Hz tone in white noise on a minority of runs (the loss sat at the label
+Every arm: the micro AF3 (random weights), LoRA r=16 on the LM and its head (bench_rl.py's finding: the micro model's
+head is too small to move without it), the projector trained (so the LM-only arm has a trained read-out of the frozen
+features and any gain of the encoder arms is the encoder's own), ``--steps`` of ``--batch`` at ``--lr``, the
+encoder's parameters (its LoRA or the whole tower) at ``--encoder-lr``. At the earlier recipe's lr 1e-2 (batch 8 or
+16) the LM-only arm learned a 1000 vs 1200 Hz tone in white noise on a minority of runs (the loss sat at the label
 prior, with spikes, for 100–200 steps); at 3e-3 with batch 16 it learned it in 50–100 steps on every run. A whole
-random tower
-moved at 3e-3 stayed at chance on one control run, and at 1e-2 or 3e-2 on every run tried, so the encoder learns at
-1e-3. The fourth arm (``--no-conv-lora`` leaves it out) is ``--train-audio-encoder lora`` with ``--lora-targets``
-adding the tower's two convolutions (PEFT wraps ``Conv1d``): whether LoRA gains what ``full`` gains once it reaches
-the layer that blurs. Seeds: 0..``--seeds``-1 on ``masked``, ``--control-seeds`` on ``control`` (the seed sets
-LoRA's init, the data order and dropout; the clips are fixed). Held-out accuracy: ``audiotune eval --task classify``
-(greedy) on ``--test-clips`` clips no arm saw; chance 0.5. Beside each arm's per-seed accuracies, a 95% Wilson
-interval over all its test answers (seeds pooled: it covers the test sample, the seeds' spread shows the rest).
-Linear probes (logistic regression on time-averaged features) say whether the class is linearly in the log-mel input
-and in the frozen encoder's output at all.
+random tower moved at 3e-3 stayed at chance on one of four runs (a control run), and at 1e-2 or 3e-2 on both runs
+tried, so the encoder learns at 1e-3. The fourth arm (``--no-conv-lora`` leaves it out) is
+``--train-audio-encoder lora`` with ``--lora-targets`` adding the tower's two convolutions (PEFT wraps ``Conv1d``):
+whether LoRA gains what ``full`` gains once it reaches the layer that blurs. Seeds: 0..``--seeds``-1 on ``masked``, ``--control-seeds`` on
+``control`` (the seed sets LoRA's init, the data order and dropout; the clips are fixed). Held-out accuracy:
+``audiotune eval --task classify`` (greedy) on ``--test-clips`` clips no arm saw; chance 0.5. Beside each arm's
+per-seed accuracies, a 95% Wilson interval over all its test answers (seeds pooled: it covers the test sample, the
+seeds' spread shows the rest). Linear probes (logistic regression on time-averaged features) say whether the class is
+linearly in the log-mel input and in the frozen encoder's output at all.
 
 Speed (minutes on two shared cores, not hours):
 
@@ -339,7 +338,8 @@ def main() -> None:
         print(table(results[-1]), flush=True)
     summary = {"results": results, "preset": opts.preset, "steps": opts.steps, "batch": opts.batch, "lr": opts.lr,
                "encoder_lr": opts.encoder_lr,
-               "seeds": opts.seeds, "control_seeds": opts.control_seeds, "train_clips": opts.train_clips, "test_clips": opts.test_clips,
+               "seeds": opts.seeds, "control_seeds": opts.control_seeds, "train_clips": opts.train_clips,
+               "test_clips": opts.test_clips,
                "total_seconds": round(time.perf_counter() - start), "date": date.today().isoformat(),
                "load_average": [round(load, 1), round(os.getloadavg()[0], 1)], "cpu_seconds": round(cpu_seconds()),
                "machine": f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch thread(s)"}
@@ -403,7 +403,8 @@ def write_section(summary: dict) -> None:
     lines = [SECTION, "", f"Measured {summary.get('date', date.today().isoformat())} with `make encoder-bench` "
              f"(`benchmarks/bench_encoder.py --write`) on {summary['machine']}, the machine shared with other "
              f"jobs{shared}: {summary['total_seconds'] / 60:.1f} min in all, "
-             f"{summary.get('cpu_seconds', 0) / 60:.1f} min of it on a CPU. Tiny AF3 (micro preset, random weights: the stand-in for an encoder that never heard such "
+             f"{summary.get('cpu_seconds', 0) / 60:.1f} min of it on a CPU. Tiny AF3 (micro preset, random weights: "
+             "the stand-in for an encoder that never heard such "
              "sounds). The task: 1.5 s of noise with a steady tone at 1000 Hz (`low`) or 1200 Hz (`high`), 20 dB "
              "above the noise in its own mel band; `--task classify`. Every arm: LoRA r=16 on the LM and its head, "
              f"the projector trained, lr {summary['lr']} (the encoder's parameters {summary['encoder_lr']}), "
