@@ -32,11 +32,11 @@ random tower moved at 3e-3 stayed at chance on one of four runs (a control run),
 tried, so the encoder learns at 1e-3. The fourth arm (``--no-conv-lora`` leaves it out) is
 ``--train-audio-encoder lora`` with ``--lora-targets`` adding the tower's two convolutions (PEFT wraps ``Conv1d``):
 whether LoRA gains what ``full`` gains once it reaches the layer that blurs. Seeds: 0..``--seeds``-1 on ``masked``,
-``--control-seeds`` on ``control`` (the seed sets LoRA's init, the data order and dropout; the clips are fixed). Held-out accuracy:
-``audiotune eval --task classify`` (greedy) on ``--test-clips`` clips no arm saw; chance 0.5. Beside each arm's
-per-seed accuracies, a 95% Wilson interval over all its test answers (seeds pooled: it covers the test sample, the
-seeds' spread shows the rest). Linear probes (logistic regression on time-averaged features) say whether the class is
-linearly in the log-mel input and in the frozen encoder's output at all.
+``--control-seeds`` on ``control`` (the seed sets LoRA's init, the data order and dropout; the clips are fixed).
+Held-out accuracy: ``audiotune eval --task classify`` (greedy) on ``--test-clips`` clips no arm saw; chance 0.5.
+Beside each arm's per-seed accuracies, a 95% Wilson interval over all its test answers (seeds pooled: it covers the
+test sample, the seeds' spread shows the rest). Linear probes (logistic regression on time-averaged features) say
+whether the class is linearly in the log-mel input and in the frozen encoder's output at all.
 
 Speed (minutes on two shared cores, not hours):
 
