@@ -68,11 +68,11 @@ soak: setup
 rl-bench: setup
 	$(PY) benchmarks/bench_rl.py --write
 
-# LM-only LoRA vs encoder LoRA vs the whole encoder on two tasks built to hide the label from a frozen encoder
-# (updates its BENCHMARKS.md section).
+# LM-only LoRA vs encoder LoRA vs the whole encoder (and LoRA reaching its convolutions) on a tone the frozen
+# encoder hears and the same tone masked from its random front end (updates its BENCHMARKS.md section; about
+# 10 minutes on 2 shared cores).
 encoder-bench: setup
-	$(PY) benchmarks/bench_encoder.py --design chirps
-	$(PY) benchmarks/bench_encoder.py --design tone-in-noise --write
+	$(PY) benchmarks/bench_encoder.py --write
 
 # The wheels benchmarks/gpu_check.py needs on the GPU machine, in benchmarks/gpu-wheels/ (git-ignored, under 64 MiB).
 gpu-wheels: setup

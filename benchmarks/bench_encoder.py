@@ -1,82 +1,103 @@
-"""When does training the audio encoder pay? LM-only LoRA vs encoder LoRA vs the whole encoder, on synthetic tasks
-whose distinguishing detail a frozen (here: random, never trained) encoder blurs.
+"""When does training the audio encoder pay? LM-only LoRA vs encoder LoRA vs the whole encoder, the same steps, on
+two versions of one synthetic task: a control the frozen encoder hears, and one built so its front end blurs it.
 
-Two designs (``--design``), each a two-class ``--task classify`` set written here:
+The task (``--task classify``, labels ``low``/``high``): 1.5 s of noise with a steady tone at 1000 Hz or 1200 Hz
+(±20 Hz), 20 dB above the noise in its own mel band. The noise's level in each of 128 mel-spaced bands is set per
+clip; the bands between 850 and 1350 Hz (around the tones) are always flat.
 
-- ``chirps`` (the first try): 1.5 s clips of 3–5 chirps of 40 ms, ``rising`` (500 → 3000 Hz) or ``falling``. Both
-  classes fill the same mel bins; only their order within one 40 ms encoder token differs (AF3's stride-2
-  convolution and 2× pooling over 10 ms mel frames hand the LM one token per 40 ms), so the direction survives only
-  as whatever the untrained filters mix into that average.
-- ``tone-in-noise`` (the second, better motivated): 1.5 s of loud noise whose spectral shape is random per clip, with
-  a faint steady tone near 1000 Hz (``low``) or 1200 Hz (``high``). In the log-mel input the class is one bright bin
-  among 128; the encoder's first convolution (a Conv1d: PEFT's LoRA here reaches only the encoder's linear layers,
-  not it) maps 128 bins × 3 frames to the encoder width at random, so the noise's per-clip shape leaks into every
-  feature the LM sees, and no later layer can separate what that projection mixed. Training the tower can aim the
-  convolution at the bin; LoRA on the encoder's linears cannot.
+- ``control``: every band flat (white noise). The tone is the loudest thing in the clip.
+- ``masked``: the bands away from the tones get random levels, N(0, 25 dB) per band and clip, so ~110 independent
+  loud bands vary from clip to clip; the clips are otherwise the same (same seed, same draws).
 
-The three arms train from the same tiny AF3 (micro preset, random weights), with the same seed, data order, steps,
-batch and learning rate (the whole tower's own, lower: ``FULL_ENCODER_LR``); the projector trains in every arm
-(``--train-projector``) and LoRA covers the LM head (as in bench_rl.py), so the LM-only arm has a trained read-out of
-the frozen features and any gain of the encoder arms is the encoder's own. Held-out accuracy: ``audiotune eval
---task classify`` (greedy) on test clips no arm saw; chance is 0.5. Beside the arms, linear probes (logistic
-regression on time-averaged log-mel input vs frozen encoder output) say whether the frozen features hold the class
-at all, which separates "the encoder blurs it" from "the LM has not learned to read it yet".
+Why ``masked`` defeats a frozen random tower: a Whisper-style tower's first layer is a convolution over 3 frames of
+128 mel bins. In the micro AF3 it maps those 384 numbers to 32 channels with random weights, and every channel sums
+every band, so each of the 32 channels the LM can see carries the ~110 random band levels along with the two tone
+bins: a nuisance of more dimensions than the channels, which no read-out of them (projector, LM) can fully cancel,
+whatever it learns. The log-mel input still holds the class plainly (the bands near the tones are clean), and a
+trained first convolution can weight those bands and ignore the rest. ``--train-audio-encoder lora`` reaches the
+tower's attention and MLP linears, which come after that convolution; ``full`` trains the convolution too. (A real
+Whisper-large's first convolution is 384 → 1280, not a bottleneck by width; what carries over is the kind of loss:
+detail the front end mixes away is out of reach of anything after it.) ``control`` checks the recipe: with the same
+steps every arm must learn it, or a "no gain" on ``masked`` would mean nothing. The earlier designs here (chirp
+direction, a faint tone in smoothly coloured noise) left every arm at chance with no such check, while linear probes
+found their classes in the frozen features (0.79, 0.99).
 
-Usage: python benchmarks/bench_encoder.py [--design tone-in-noise] [--out runs/bench-encoder] [--steps 60] [--write]
-(``make encoder-bench``). ``--write`` puts a table for each design whose result is in ``--out`` into BENCHMARKS.md.
+Every arm: the micro AF3 (random weights), LoRA r=16 on the LM and its head (bench_rl.py's finding: the micro model's
+head is too small to move without it), the projector trained (so the LM-only arm has a trained read-out of the frozen
+features and any gain of the encoder arms is the encoder's own), ``--steps`` of ``--batch`` at ``--lr``, the
+encoder's parameters (its LoRA or the whole tower) at ``--encoder-lr``. At the earlier recipe's lr 1e-2 (batch 8 or
+16) the LM-only arm learned a 1000 vs 1200 Hz tone in white noise on a minority of runs (the loss sat at the label
+prior, with spikes, for 100–200 steps); at 3e-3 with batch 16 it learned it in 50–100 steps on every run. A whole
+random tower moved at 3e-3 stayed at chance on one of four runs (a control run), and at 1e-2 or 3e-2 on both runs
+tried, so the encoder learns at 1e-3. The fourth arm (``--no-conv-lora`` leaves it out) is
+``--train-audio-encoder lora`` with ``--lora-targets`` adding the tower's two convolutions (PEFT wraps ``Conv1d``):
+whether LoRA gains what ``full`` gains once it reaches the layer that blurs. Seeds: 0..``--seeds``-1 on ``masked``,
+``--control-seeds`` on ``control`` (the seed sets LoRA's init, the data order and dropout; the clips are fixed).
+Held-out accuracy: ``audiotune eval --task classify`` (greedy) on ``--test-clips`` clips no arm saw; chance 0.5.
+Beside each arm's per-seed accuracies, a 95% Wilson interval over all its test answers (seeds pooled: it covers the
+test sample, the seeds' spread shows the rest). Linear probes (logistic regression on time-averaged features) say
+whether the class is linearly in the log-mel input and in the frozen encoder's output at all.
+
+Speed (minutes on two shared cores, not hours):
+
+- the tower gets a 2 s window instead of AF3's 30 s: the processor pads a 1.5 s clip to its window and the tower
+  masks the padding out of attention, so a window that still ends in padding computes the same audio embeddings
+  (:func:`short_window`, checked bit for bit on every run by :func:`check_short_window`) at 1/15 of the tower's cost
+  or less (``models/encoder_frames.py`` trims the same way at inference, with a ~1e-7 difference at the last frame);
+- one torch thread (``--threads``): on the shared 2-core machine the micro model's small matrix products ran 15×
+  slower with two threads than with one (each op waits for a descheduled partner);
+- no activation checkpointing: the micro model's activations are small, and recomputing them cost ~40% of a step.
+
+Usage: python benchmarks/bench_encoder.py [--design control masked] [--out runs/bench-encoder] [--write]
+(``make encoder-bench``). ``--write`` puts the table into BENCHMARKS.md's encoder section.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import re
+import shutil
 import time
+from datetime import date
 from pathlib import Path
 
 import numpy as np
 
 SECTION = "## Training the audio encoder"
 RATE = 16000
-DESIGNS = {"chirps": ("rising", "falling"), "tone-in-noise": ("low", "high")}
+LABELS = ("low", "high")
+TONES_HZ = {"low": 1000.0, "high": 1200.0}
+FAR_DB = {"control": 0.0, "masked": 25.0}  # the spread of the band levels away from the tones, per design
 ARMS = {"LM-only LoRA (encoder frozen)": "none", "encoder LoRA": "lora", "full encoder": "full"}
-# LoRA on the LM's linears and its head (bench_rl.py's finding: the micro model's head is too small to move without it).
 WITH_HEAD = r".*language_model\..*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)|lm_head"
-FULL_ENCODER_LR = 1e-3  # a whole tower under Adam at the LoRA rate (1e-2) moves every weight 1% per step
+CONV_ARM = "encoder LoRA + its convolutions"  # LoRA on the tower's convs too, via --lora-targets (--no-conv-lora)
+WITH_CONVS = WITH_HEAD + r"|.*audio_tower\.conv[12]"
 
 
-def chirp_clip(label: str, rng: np.random.Generator, seconds: float = 1.5, chirp_ms: float = 40.0,
-               low: float = 500.0, high: float = 3000.0) -> np.ndarray:
-    """``seconds`` of faint noise with 3–5 short chirps of ``label``'s direction at random, non-overlapping times."""
-    n, m = int(seconds * RATE), int(chirp_ms / 1000 * RATE)
-    wave = 0.003 * rng.standard_normal(n)
-    t = np.arange(m) / RATE
-    f0, f1 = (low, high) if label == "rising" else (high, low)
-    chirp = 0.5 * np.sin(2 * np.pi * (f0 * t + (f1 - f0) * t**2 / (2 * t[-1])))
-    chirp *= np.hanning(m) ** 0.25  # soft edges: no click marks either end
-    slots = rng.choice(n // (2 * m), size=int(rng.integers(3, 6)), replace=False)
-    for slot in slots:
-        start = int(slot * 2 * m + rng.integers(0, m))
-        wave[start:start + m] += chirp * rng.uniform(0.6, 1.0)
-    return wave.astype(np.float32)
+def mel(hz: np.ndarray | float) -> np.ndarray | float:
+    return 2595.0 * np.log10(1.0 + np.asarray(hz) / 700.0)
 
 
-def tone_in_noise_clip(label: str, rng: np.random.Generator, seconds: float = 1.5,
-                       tone_db: float = -15.0) -> np.ndarray:
-    """Noise with a random spectral shape (8 bumps of ±12 dB in log frequency) and a steady tone ``tone_db`` below
-    the noise's power, near 1000 Hz (``low``) or 1200 Hz (``high``), its pitch jittered by ±20 Hz."""
+def tone_clip(label: str, rng: np.random.Generator, far_db: float, seconds: float = 1.5, tone_db: float = 20.0,
+              bands: int = 128, clean: tuple[float, float] = (850.0, 1350.0)) -> np.ndarray:
+    """Noise whose level in each of ``bands`` mel-spaced bands is N(0, ``far_db``) dB per clip (0 dB inside
+    ``clean``), plus a steady tone ``tone_db`` above the noise in its own band. The random draws do not depend on
+    ``far_db``, so the designs' clips differ only in the far bands' levels."""
     n = int(seconds * RATE)
-    spectrum = np.fft.rfft(rng.standard_normal(n))
-    log_f = np.log(np.fft.rfftfreq(n, 1 / RATE) + 50.0)
-    centres = rng.uniform(np.log(100.0), np.log(7000.0), size=8)
-    shape_db = (rng.normal(0.0, 12.0, size=8)[:, None] * np.exp(-0.5 * ((log_f - centres[:, None]) / 0.3) ** 2)).sum(0)
-    noise = np.fft.irfft(spectrum * 10 ** (shape_db / 20), n)
-    noise *= 0.1 / noise.std()
-    freq = (1000.0 if label == "low" else 1200.0) + rng.uniform(-20.0, 20.0)
-    phase = 2 * np.pi * freq * np.arange(n) / RATE + rng.uniform(0, 2 * np.pi)
-    tone = np.sqrt(2) * 0.1 * 10 ** (tone_db / 20) * np.sin(phase)
+    freqs = np.fft.rfftfreq(n, 1 / RATE)
+    band = np.minimum((mel(freqs) / mel(RATE / 2) * bands).astype(int), bands - 1)
+    centres_hz = 700.0 * (10 ** ((np.arange(bands) + 0.5) / bands * mel(RATE / 2) / 2595.0) - 1.0)
+    levels_db = np.where((centres_hz > clean[0]) & (centres_hz < clean[1]), 0.0, rng.normal(0.0, 1.0, bands) * far_db)
+    noise = np.fft.irfft(np.fft.rfft(rng.standard_normal(n)) * 10 ** (levels_db[band] / 20), n)
+    noise *= 0.05 / noise.std()
+    freq = TONES_HZ[label] + rng.uniform(-20.0, 20.0)
+    band_power = 2 * (np.abs(np.fft.rfft(noise)) ** 2)[band == band[np.argmin(abs(freqs - freq))]].sum() / n**2
+    amplitude = np.sqrt(2 * band_power * 10 ** (tone_db / 10))
+    tone = amplitude * np.sin(2 * np.pi * freq * np.arange(n) / RATE + rng.uniform(0, 2 * np.pi))
     return (noise + tone).astype(np.float32)
 
 
@@ -90,25 +111,73 @@ def write_dataset(design: str, out_dir: Path, n_train: int, n_test: int, seed: i
     (out_dir / "data").mkdir(parents=True, exist_ok=True)
     features = Features({"id": Value("string"), "audio": Audio(), "label": Value("string")})
     for split, count in (("train", n_train), ("test", n_test)):
-        labels = [DESIGNS[design][i % 2] for i in range(count)]
+        labels = [LABELS[i % 2] for i in range(count)]
         rng.shuffle(labels)
         rows = {"id": [], "audio": [], "label": []}
         for i, label in enumerate(labels):
             rows["id"].append(f"{split}-{i}")
-            clip = chirp_clip(label, rng) if design == "chirps" else tone_in_noise_clip(label, rng)
+            clip = tone_clip(label, rng, FAR_DB[design])
             rows["audio"].append({"bytes": encode_audio(clip, RATE), "path": None})
             rows["label"].append(label)
         Dataset.from_dict(rows, features=features).to_parquet(str(out_dir / "data" / f"{split}-00000-of-00001.parquet"))
+
+
+def short_window(model: Path, out: Path, seconds: int = 2) -> Path:
+    """A copy of a tiny AF3 whose processor pads to ``seconds`` instead of 30 s, its positional table cut to match
+    (a prefix of the same rows). For clips shorter than the window the audio embeddings are unchanged: the tower
+    masks padded positions out of its attention, and the convolutions see the same log-mel of silence after the
+    clip either way."""
+    if (out / "config.json").exists():
+        return out
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(model, out)
+    frames = seconds * RATE // 160
+    processor = json.loads((out / "processor_config.json").read_text())
+    processor["feature_extractor"].update(chunk_length=seconds, n_samples=seconds * RATE, nb_max_frames=frames)
+    (out / "processor_config.json").write_text(json.dumps(processor, indent=1))
+    config = json.loads((out / "config.json").read_text())
+    config["audio_config"]["max_source_positions"] = frames // 2
+    (out / "config.json").write_text(json.dumps(config, indent=1))
+    weights = load_file(str(out / "model.safetensors"))
+    key = next(k for k in weights if k.endswith("audio_tower.embed_positions.weight"))
+    weights[key] = weights[key][: frames // 2].clone()
+    save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
+    return out
+
+
+def check_short_window(long: Path, short: Path, data: Path, clips: int = 8) -> float:
+    """The largest difference between the two models' audio embeddings on ``clips`` training clips (0.0 expected)."""
+    import torch
+
+    from audiotune.models.loading import load_model, load_processor
+
+    waves = _waves(data, "train")[:clips]
+    embeddings = []
+    for path in (long, short):
+        model, _ = load_model(str(path))
+        batch = load_processor(str(path))(text=["<sound>"] * len(waves), audio=waves, return_tensors="pt")
+        with torch.no_grad():
+            embeddings.append(model.model.get_audio_features(batch["input_features"],
+                                                             batch["input_features_mask"]).pooler_output)
+    return float((embeddings[0] - embeddings[1]).abs().max())
+
+
+def _waves(data: Path, split: str) -> list[np.ndarray]:
+    import io
+
+    import pyarrow.parquet as pq
+    import soundfile as sf
+
+    rows = pq.read_table(data / "data" / f"{split}-00000-of-00001.parquet").to_pylist()
+    return [sf.read(io.BytesIO(row["audio"]["bytes"]), dtype="float32")[0] for row in rows]
 
 
 def linear_probes(model: str, data: Path) -> dict[str, float]:
     """Held-out accuracy of a logistic regression on each clip's time-averaged log-mel input vs on the frozen
     encoder's time-averaged output: whether the class is linearly there before and after the untrained encoder,
     independently of how fast the LM learns to read it."""
-    import io
-
     import pyarrow.parquet as pq
-    import soundfile as sf
     import torch
 
     from audiotune.models.loading import load_model, load_processor, to_model_inputs
@@ -118,25 +187,21 @@ def linear_probes(model: str, data: Path) -> dict[str, float]:
     tower = base.get_submodule(family.encoder_prefixes[0])
     features: dict[str, dict[str, torch.Tensor]] = {}
     for split in ("train", "test"):
-        rows = pq.read_table(data / "data" / f"{split}-00000-of-00001.parquet").to_pylist()
-        waves = [sf.read(io.BytesIO(row["audio"]["bytes"]), dtype="float32")[0] for row in rows]
-        batch = processor.feature_extractor(waves, sampling_rate=RATE, return_tensors="pt",
+        rows = pq.read_table(data / "data" / f"{split}-00000-of-00001.parquet", columns=["label"]).to_pylist()
+        batch = processor.feature_extractor(_waves(data, split), sampling_rate=RATE, return_tensors="pt",
                                             return_attention_mask=True)
         mask = batch["attention_mask"].float()
-        mel = (batch["input_features"] * mask[:, None]).sum(-1) / mask.sum(-1, keepdim=True)
+        mel_mean = (batch["input_features"] * mask[:, None]).sum(-1) / mask.sum(-1, keepdim=True)
         with torch.no_grad():
             inputs = to_model_inputs(dict(batch), base)
             hidden = tower(inputs["input_features"], input_features_mask=inputs["attention_mask"]).last_hidden_state
-        valid = mask[:, ::2][:, :hidden.shape[1]]
+        tokens = ((mask.sum(-1) - 1) // 2 + 1) // 2  # the conv's stride 2, then the pooling's 2
+        valid = (torch.arange(hidden.shape[1])[None, :] < tokens[:, None]).float()
         encoded = (hidden * valid[..., None]).sum(1) / valid.sum(-1, keepdim=True)
-        labels = torch.tensor([float(row["label"] == labels_of(data)[1]) for row in rows])
-        features[split] = {"log-mel input": mel, "frozen encoder output": encoded, "labels": labels}
+        labels = torch.tensor([float(row["label"] == LABELS[1]) for row in rows])
+        features[split] = {"log-mel input": mel_mean, "frozen encoder output": encoded, "labels": labels}
     return {name: _probe(features["train"][name], features["train"]["labels"], features["test"][name],
                          features["test"]["labels"]) for name in ("log-mel input", "frozen encoder output")}
-
-
-def labels_of(data: Path) -> tuple[str, str]:
-    return DESIGNS[data.name]
 
 
 def _probe(x, y, x_test, y_test) -> float:
@@ -160,6 +225,22 @@ def _probe(x, y, x_test, y_test) -> float:
         return float(((x_test @ weight + bias > 0).float() == y_test).float().mean())
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process so far (user + system): the run's cost whatever else the machine runs."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def wilson(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% Wilson score interval of a proportion."""
+    p = correct / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return centre - half, centre + half
+
+
 def accuracy(model: str, data: str, adapter: str, out: str) -> float:
     from audiotune.evaluate import EvalConfig, run_evaluation
 
@@ -169,120 +250,186 @@ def accuracy(model: str, data: str, adapter: str, out: str) -> float:
     return float(report.models[0].metrics["accuracy"])
 
 
+def run_design(design: str, model: Path, root: Path, opts: argparse.Namespace, arms: dict[str, str]) -> dict:
+    from audiotune.train import train
+    from audiotune.train_config import TrainConfig
+
+    data = root / design
+    results = {}
+    for name, mode in arms.items():
+        slug = "lora-convs" if name == CONV_ARM else mode
+        runs = []
+        for seed in range(opts.seeds if design == "masked" else opts.control_seeds):
+            start = time.perf_counter()
+            run = train(TrainConfig.from_flat(
+                model=str(model), dataset=str(data), task="classify", output_dir=str(root / f"{design}-{slug}-{seed}"),
+                eval_split=None, eval_generate_take=0, per_device_train_batch_size=opts.batch,
+                gradient_accumulation_steps=1, learning_rate=opts.lr, warmup_steps=5, max_steps=opts.steps,
+                logging_steps=max(1, opts.steps // 5), save_steps=100_000, seed=seed, disable_tqdm=True,
+                lora_targets=WITH_CONVS if name == CONV_ARM else WITH_HEAD, train_projector=True,
+                train_audio_encoder="lora" if name == CONV_ARM else mode, activation_checkpointing=False,
+                encoder_learning_rate=None if mode == "none" else opts.encoder_lr))
+            seconds = time.perf_counter() - start
+            losses = [entry["loss"] for entry in run.log_history if "loss" in entry]
+            runs.append({"seed": seed, "train_seconds": round(seconds, 1), "final_loss": losses[-1],
+                         "accuracy": accuracy(str(model), str(data), str(run.out_dir),
+                                              str(root / f"eval-{design}-{slug}-{seed}"))})
+            print(f"{design} | {name} | seed {seed}: accuracy {runs[-1]['accuracy']:.3f}, "
+                  f"final loss {losses[-1]:.3f}, {seconds:.0f} s", flush=True)
+        accuracies = [r["accuracy"] for r in runs]
+        correct = sum(round(a * opts.test_clips) for a in accuracies)
+        results[name] = {"mode": "lora + convs" if name == CONV_ARM else mode, "trainable": run.trainable_parameters,
+                         "runs": runs, "mean": sum(accuracies) / len(accuracies),
+                         "correct": correct, "answers": opts.test_clips * len(runs),
+                         "wilson": wilson(correct, opts.test_clips * len(runs)),
+                         "train_seconds": sum(r["train_seconds"] for r in runs) / len(runs)}
+    return {"design": design, "arms": results, "probes": linear_probes(str(model), data)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--design", default="tone-in-noise", choices=tuple(DESIGNS))
+    parser.add_argument("--design", nargs="+", default=list(FAR_DB), choices=tuple(FAR_DB))
     parser.add_argument("--out", default="runs/bench-encoder")
     parser.add_argument("--preset", default="micro", help="Tiny AF3 preset (micro: minutes on 2 cores).")
-    parser.add_argument("--train-clips", type=int, default=240)
-    parser.add_argument("--test-clips", type=int, default=80)
-    parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=1e-2)
+    parser.add_argument("--train-clips", type=int, default=480)
+    parser.add_argument("--test-clips", type=int, default=200)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--encoder-lr", type=float, default=1e-3, help="--encoder-learning-rate of the encoder arms.")
+    parser.add_argument("--seeds", type=int, default=3, help="Training seeds per arm on `masked`.")
+    parser.add_argument("--control-seeds", type=int, default=1,
+                        help="Training seeds per arm on `control` (a check that the recipe learns).")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: see the docstring).")
+    parser.add_argument("--no-conv-lora", dest="conv_lora", action="store_false",
+                        help=f"Leave out the fourth arm on `masked`: {CONV_ARM} (via --lora-targets).")
     parser.add_argument("--write", action="store_true", help="Update the encoder section of BENCHMARKS.md.")
-    parser.add_argument("--probes-only", action="store_true",
-                        help="Add the linear probes to an earlier run's OUT/DESIGN.json (no training).")
+    parser.add_argument("--rewrite", action="store_true",
+                        help="Only rewrite the section from OUT/result.json (an earlier run's), training nothing.")
     opts = parser.parse_args()
+    if opts.rewrite:
+        write_section(json.loads((Path(opts.out) / "result.json").read_text()))
+        return
 
     import torch
     from transformers.utils import logging as hf_logging
 
     import datasets
     from audiotune.models.tiny import build_tiny
-    from audiotune.train import train
-    from audiotune.train_config import TrainConfig
 
+    torch.set_num_threads(opts.threads)
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     datasets.disable_progress_bars()
     root = Path(opts.out)
-    model = str(build_tiny("af3", root / f"{opts.preset}-af3", seed=0, preset=opts.preset))
-    data = root / opts.design
-    if not (data / "data").exists():
-        write_dataset(opts.design, data, opts.train_clips, opts.test_clips)
-    if opts.probes_only:
-        saved = root / f"{opts.design}.json"
-        result = {**json.loads(saved.read_text()), "probes": linear_probes(model, data)}
-        saved.write_text(json.dumps(result, indent=1))
-        print(json.dumps(result["probes"]))
-        return
-    results = {}
-    for name, mode in ARMS.items():
-        start = time.perf_counter()
-        run = train(TrainConfig.from_flat(
-            model=model, dataset=str(data), task="classify", output_dir=str(root / f"{opts.design}-{mode}"),
-            eval_split=None,
-            eval_generate_take=0, per_device_train_batch_size=opts.batch, gradient_accumulation_steps=1,
-            learning_rate=opts.lr, warmup_steps=5, max_steps=opts.steps, logging_steps=10, save_steps=100_000,
-            seed=0, lora_targets=WITH_HEAD, train_projector=True, train_audio_encoder=mode, disable_tqdm=True,
-            encoder_learning_rate=FULL_ENCODER_LR if mode == "full" else None))
-        seconds = time.perf_counter() - start
-        results[name] = {"mode": mode, "train_seconds": round(seconds, 1), "trainable": run.trainable_parameters,
-                         "train_loss": run.train_loss,
-                         "accuracy": accuracy(model, str(data), str(run.out_dir),
-                                                     str(root / f"eval-{opts.design}-{mode}"))}
-    result = {"design": opts.design, "arms": results, "probes": linear_probes(model, data), "preset": opts.preset,
-              "steps": opts.steps, "batch": opts.batch, "lr": opts.lr,
-              "train_clips": opts.train_clips, "test_clips": opts.test_clips,
-              "machine": f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"}
-    print(table(result))
-    print(json.dumps(result))
-    (root / f"{opts.design}.json").write_text(json.dumps(result, indent=1))
+    start, load = time.perf_counter(), os.getloadavg()[0]
+    long = build_tiny("af3", root / f"{opts.preset}-af3", seed=0, preset=opts.preset)
+    model = short_window(Path(long), root / f"{opts.preset}-af3-2s")
+    results = []
+    for design in opts.design:
+        if not (root / design / "data").exists():
+            write_dataset(design, root / design, opts.train_clips, opts.test_clips)
+    difference = check_short_window(Path(long), model, root / opts.design[-1])
+    if difference != 0.0:
+        raise SystemExit(f"the 2 s window changed the audio embeddings by {difference}; use the 30 s model")
+    for design in opts.design:
+        arms = dict(ARMS, **({CONV_ARM: "lora"} if opts.conv_lora and design == "masked" else {}))
+        results.append(run_design(design, model, root, opts, arms))
+        print(table(results[-1]), flush=True)
+    summary = {"results": results, "preset": opts.preset, "steps": opts.steps, "batch": opts.batch, "lr": opts.lr,
+               "encoder_lr": opts.encoder_lr,
+               "seeds": opts.seeds, "control_seeds": opts.control_seeds, "train_clips": opts.train_clips,
+               "test_clips": opts.test_clips,
+               "total_seconds": round(time.perf_counter() - start), "date": date.today().isoformat(),
+               "load_average": [round(load, 1), round(os.getloadavg()[0], 1)], "cpu_seconds": round(cpu_seconds()),
+               "machine": f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch thread(s)"}
+    print(json.dumps(summary))
+    (root / "result.json").write_text(json.dumps(summary, indent=1))
     if opts.write:
-        write_section([json.loads((root / f"{d}.json").read_text()) for d in DESIGNS if (root / f"{d}.json").exists()])
+        write_section(summary)
 
 
 def table(result: dict) -> str:
-    return "\n".join(["| arm | `--train-audio-encoder` | trainable parameters | train loss | train time (s) | "
-                      "held-out accuracy |", "|---|---|---|---|---|---|"]
-                     + [f"| {name} | {r['mode']} | {r['trainable']:,} | {r['train_loss']:.3f} | "
-                        f"{r['train_seconds']:.0f} | **{r['accuracy']:.3f}** |" for name, r in result["arms"].items()])
+    rows = ["| arm | `--train-audio-encoder` | trainable parameters | held-out accuracy per seed | mean | 95% CI "
+            "(seeds pooled) | train time per run (s) |", "|---|---|---|---|---|---|---|"]
+    for name, arm in result["arms"].items():
+        low, high = arm["wilson"]
+        per_seed = " / ".join(f"{r['accuracy']:.3f}" for r in arm["runs"])
+        rows.append(f"| {name} | {arm['mode']} | {arm['trainable']:,} | {per_seed} | **{arm['mean']:.3f}** | "
+                    f"{low:.2f}–{high:.2f} | {arm['train_seconds']:.0f} |")
+    return "\n".join(rows)
 
 
-TASKS = {"chirps": "1.5 s clips of 3–5 chirps of 40 ms, `rising` or `falling` (the same mel bins either way; only "
-                   "their order within one 40 ms encoder token differs)",
-         "tone-in-noise": "1.5 s of loud noise with a random spectral shape per clip and a steady tone 15 dB below "
-                          "it near 1000 Hz (`low`) or 1200 Hz (`high`): one bright mel bin among 128, designed so that "
-                          "the encoder's random first convolution would mix it with the noise's shape"}
+DESCRIPTIONS = {
+    "control": "the tone in white noise (every band flat): a task the frozen encoder hears",
+    "masked": "the same clips with the levels of the ~110 bands away from the tones drawn per clip, N(0, 25 dB): "
+              "the bands near the tones stay clean, but every channel of the frozen tower's first convolution mixes "
+              "in the loud random bands"}
 
 
-def write_section(results: list[dict]) -> None:
-    """Replace (or append) BENCHMARKS.md's encoder section, one table per design measured; ``benchmarks/run.py``
-    keeps it when it rewrites the rest."""
-    from datetime import date
+def difference_interval(arm: dict, base: dict) -> tuple[float, float]:
+    """Newcombe's 95% interval of ``arm``'s pooled accuracy minus ``base``'s, from their Wilson intervals. It treats
+    the two arms' answers as independent, which is conservative here: they answer the same test clips."""
+    p, q = arm["correct"] / arm["answers"], base["correct"] / base["answers"]
+    (p_low, p_high), (q_low, q_high) = arm["wilson"], base["wilson"]
+    return (p - q - math.hypot(p - p_low, q_high - q), p - q + math.hypot(p_high - p, q - q_low))
 
-    first = results[0]
-    lines = [SECTION, "", f"Measured {date.today()} with `make encoder-bench` (`benchmarks/bench_encoder.py "
-             "--design ...`) on " f"{first['machine']}. Tiny AF3 ({first['preset']} preset, random weights: the "
-             "stand-in for an encoder that never heard such sounds); each arm LoRA r=16 on the LM and its head plus "
-             f"the trained projector (the full tower at lr {FULL_ENCODER_LR}), {first['steps']} steps of batch "
-             f"{first['batch']}, lr {first['lr']}, seed 0, the same {first['train_clips']} training clips; held-out "
-             f"accuracy by `audiotune eval --task classify` (greedy) on {first['test_clips']} test clips, chance "
-             "0.5. `--train-audio-encoder lora` reaches the encoder's linear layers (attention, MLP), not its "
-             "convolutional front end; `full` trains the whole tower."]
-    for result in results:
-        arms = list(result["arms"].values())
-        frozen, best = arms[0]["accuracy"], max(a["accuracy"] for a in arms[1:])
-        verdict = ("training the encoder paid" if best > frozen else "training the encoder did not pay")
-        probes = result.get("probes")
-        text = f"Here {verdict}: {frozen:.3f} with it frozen vs {best:.3f} at best with it training."
-        if max(frozen, best) <= 0.55:
-            text = (f"No arm rose above chance ({frozen:.3f} frozen, {best:.3f} at best training): none learned the "
-                    f"task in {result['steps']} steps (each answers nearly one label for every clip), so this run "
-                    "shows no gain from training the encoder, and no loss either.")
-        if probes:
-            text += (" Linear probes (logistic regression on time-averaged features, same clips): "
-                     + ", ".join(f"{name} {value:.3f}" for name, value in probes.items()) + ".")
-            if probes["frozen encoder output"] >= 0.75:
-                text += (" The frozen encoder's output already carries the class linearly: it did not blur the "
-                         "detail, and the bottleneck was the LM learning to read the audio, not the encoder.")
-        lines += ["", f"**{result['design']}**: {TASKS[result['design']]}.", "", table(result), "", text]
-    lines += ["", "The encoder arms cost more per step: no audio-embedding cache, and the backward pass runs through "
-                  "the encoder."]
+
+def verdict(result: dict) -> str:
+    """What the numbers say, in words: each encoder arm against the LM-only arm, the difference's interval (the
+    test sample) and whether every seed beat the frozen arm's best (the training seeds)."""
+    arms = list(result["arms"].items())
+    base = arms[0][1]
+    words = []
+    for name, arm in arms[1:]:
+        low, high = difference_interval(arm, base)
+        span = f"{arm['mean'] - base['mean']:+.3f} (95% interval of the difference {low:+.3f} to {high:+.3f}"
+        if low > 0:
+            above = min(r["accuracy"] for r in arm["runs"]) > max(r["accuracy"] for r in base["runs"])
+            words.append(f"{name} {span}; {'every seed above' if above else 'not every seed above'} the frozen "
+                         "arm's best): it pays")
+        elif high < 0:
+            words.append(f"{name} {span}): worse")
+        else:
+            words.append(f"{name} {span}): no difference shown")
+    return f"Against the LM-only arm ({base['mean']:.3f}): " + "; ".join(words) + "."
+
+
+def write_section(summary: dict) -> None:
+    """Replace (or append) BENCHMARKS.md's encoder section; ``benchmarks/run.py`` keeps it when it rewrites the
+    rest."""
+    load = summary.get("load_average")
+    shared = f" (1-minute load average {load[0]} at the start, {load[1]} at the end)" if load else ""
+    lines = [SECTION, "", f"Measured {summary.get('date', date.today().isoformat())} with `make encoder-bench` "
+             f"(`benchmarks/bench_encoder.py --write`) on {summary['machine']}, the machine shared with other "
+             f"jobs{shared}: {summary['total_seconds'] / 60:.1f} min in all, "
+             f"{summary.get('cpu_seconds', 0) / 60:.1f} min of it on a CPU. Tiny AF3 (micro preset, random weights: "
+             "the stand-in for an encoder that never heard such "
+             "sounds). The task: 1.5 s of noise with a steady tone at 1000 Hz (`low`) or 1200 Hz (`high`), 20 dB "
+             "above the noise in its own mel band; `--task classify`. Every arm: LoRA r=16 on the LM and its head, "
+             f"the projector trained, lr {summary['lr']} (the encoder's parameters {summary['encoder_lr']}), "
+             f"{summary['steps']} steps of batch {summary['batch']} over the same {summary['train_clips']} "
+             f"training clips, training seeds 0–{summary['seeds'] - 1} (`control`: {summary['control_seeds']} "
+             f"seed(s), a check of the recipe); held-out accuracy by `audiotune eval --task classify` (greedy) on "
+             f"{summary['test_clips']} test clips, chance 0.5; the interval is a 95% Wilson interval over all "
+             "seeds' answers. `--train-audio-encoder lora` reaches the tower's attention and MLP linears, not its "
+             "convolutional front end; `full` trains the whole tower; the fourth arm adds the tower's two "
+             "convolutions to the LoRA targets (`--lora-targets '...|.*audio_tower\\.conv[12]'`). The tower runs "
+             "over a 2 s window instead of 30 s (the same audio embeddings, checked on every run; the whole "
+             "tower's trainable count has 100 positional rows instead of 1,500); one torch thread."]
+    for result in summary["results"]:
+        probes = result["probes"]
+        lines += ["", f"**{result['design']}**: {DESCRIPTIONS[result['design']]}.", "", table(result), "",
+                  verdict(result) + " Linear probes (logistic regression on time-averaged features, the same clips): "
+                  + ", ".join(f"{name} {value:.3f}" for name, value in probes.items()) + "."]
     body = "\n".join(lines) + "\n"
     path = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
     text = path.read_text()
     pattern = re.compile(re.escape(SECTION) + r".*?(?=\n## |\Z)", re.DOTALL)
+    reading = re.search(r"\n(\*\*Reading\*\*.*?)(?=\n## |\Z)", pattern.search(text).group(0) if SECTION in text
+                        else "", re.DOTALL)
+    if reading:  # the hand-written reading below the tables stays
+        body += "\n" + reading.group(1).rstrip("\n") + "\n"
     text = pattern.sub(lambda _: body.rstrip("\n"), text) if SECTION in text else text.rstrip("\n") + "\n\n" + body
     path.write_text(text if text.endswith("\n") else text + "\n")
 

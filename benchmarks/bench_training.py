@@ -111,16 +111,16 @@ def run_audiotune(data: str, model_path: str, out: str, checkpointing: bool = Fa
     return {"epochs": clock.epochs(), "eval_loss": common_eval_loss(captured["model"], load_processor(model_path), data)}
 
 
-def assistant_loss(model, collate, examples: list, batch: int) -> float:
-    """Mean next-token loss over the assistant tokens of ``examples``, in padded batches of ``batch``: the eval loss
-    both training benchmarks report (bench_packing's too)."""
+def assistant_loss(model, collate, examples: list, batch_size: int) -> float:
+    """Mean next-token loss over the assistant tokens of ``examples``, in padded batches of ``batch_size``: the eval
+    loss both training benchmarks report (bench_packing's too)."""
     import torch
 
     model.eval()
     total, count = 0.0, 0
     with torch.no_grad():
-        for start in range(0, len(examples), batch):
-            inputs = collate(examples[start:start + batch])
+        for start in range(0, len(examples), batch_size):
+            inputs = collate(examples[start:start + batch_size])
             logits = model(**{k: v for k, v in inputs.items() if k != "labels"}).logits[:, :-1]
             labels = inputs["labels"][:, 1:]
             loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
