@@ -304,6 +304,36 @@ def tiny_spec(family: Family) -> tuple[Path, dict]:
     return folder, json.loads((folder / "tiny.json").read_text())
 
 
+def construct(model_class, config, seed: int):
+    """``model_class(config)`` under ``seed``, with every parameter initialised.
+
+    Why: transformers' ``_init_weights`` skips a few parameters (in 5.24, the fused ``gate_up_proj``/``down_proj`` of
+    Qwen3-Omni's talker experts) and leaves them as ``torch.empty`` left them: whatever the memory held, a NaN
+    included, so the files changed from run to run and a bit-for-bit comparison of them failed at random. Under
+    deterministic algorithms torch fills uninitialised memory with NaN; a parameter still holding NaN after the
+    model's own initialisation is drawn here from N(0, the config's ``initializer_range``), seeded.
+    """
+    import torch
+
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    fill = torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    try:
+        torch.manual_seed(seed)
+        model = model_class(config)
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+        torch.utils.deterministic.fill_uninitialized_memory = fill
+    generator = torch.Generator().manual_seed(seed + 3)
+    std = getattr(config, "initializer_range", 0.02)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.is_floating_point() and parameter.isnan().any():
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * std)
+    return model
+
+
 def build_tiny(family: str, out_dir: str | Path, seed: int = 0, preset: str = "default") -> Path:
     """Build the tiny checkpoint of ``family`` in ``out_dir`` (``preset``: default or micro)."""
     import torch
@@ -359,9 +389,7 @@ def build_tiny(family: str, out_dir: str | Path, seed: int = 0, preset: str = "d
         entry.tiny_hook(config, tokenizer, sizes)
     config = AutoConfig.for_model(**config)
 
-    model_class = getattr(transformers, model_class_of(entry))
-    torch.manual_seed(seed)
-    model = model_class(config)
+    model = construct(getattr(transformers, model_class_of(entry)), config, seed)
     generation = {k: ([token_id(t) for t in v] if isinstance(v, list) else token_id(v))
                   if k.endswith("token_id") else v for k, v in spec.get("generation", {}).items()}
     model.generation_config = GenerationConfig(do_sample=False, max_new_tokens=64, **generation)
@@ -428,8 +456,7 @@ def build_tiny_full(family: str, out_dir: str | Path, seed: int = 0, preset: str
     config = AutoConfig.for_model(**config)
 
     part = getattr(transformers, model_class_of(entry)).from_pretrained(str(out))
-    torch.manual_seed(seed + 1)
-    model = getattr(transformers, entry.complete_model_class)(config)
+    model = construct(getattr(transformers, entry.complete_model_class), config, seed + 1)
     getattr(model, entry.complete_model_part).load_state_dict(part.state_dict())
     model.generation_config = part.generation_config
     for stale in out.glob("model*.safetensors*"):
