@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import re
+import statistics
 import time
 from pathlib import Path
 
@@ -103,13 +104,22 @@ def main() -> None:
                                           max_steps=opts.sft_steps))
         timings["sft"] = time.perf_counter() - start
         clock.write_text(f"{timings['sft']:.1f}")
-    start = time.perf_counter()
-    grpo = train(TrainConfig.from_flat(**common, output_dir=str(root / "grpo"), method="grpo",
-                                       init_adapter=str(sft.out_dir), per_device_train_batch_size=4,
-                                       gradient_accumulation_steps=1, num_generations=8, max_completion_length=3,
-                                       learning_rate=opts.grpo_lr, warmup_steps=0, max_steps=opts.grpo_steps,
-                                       beta=opts.beta, temperature=1.0))
-    timings["grpo"] = time.perf_counter() - start
+    # GRPO and its two variants (docs/rl.md's recipes), each from the SFT adapter with the same steps and prompts
+    variants = {"grpo": dict(beta=opts.beta),
+                "gspo": dict(importance_sampling_level="sequence", num_iterations=2, epsilon=3e-4, epsilon_high=4e-4,
+                             beta=0.0),
+                "dapo": dict(grpo_loss_type="dapo", dynamic_sampling=True, mask_truncated_completions=True,
+                             epsilon_high=0.28, beta=0.0)}
+    runs = {}
+    for name, settings in variants.items():
+        start = time.perf_counter()
+        runs[name] = train(TrainConfig.from_flat(**common, output_dir=str(root / name), method="grpo",
+                                                 init_adapter=str(sft.out_dir), per_device_train_batch_size=4,
+                                                 gradient_accumulation_steps=1, num_generations=8,
+                                                 max_completion_length=3, learning_rate=opts.grpo_lr, warmup_steps=0,
+                                                 max_steps=opts.grpo_steps, temperature=1.0, **settings))
+        timings[name] = time.perf_counter() - start
+    grpo = runs["grpo"]
     start = time.perf_counter()
     more = train(TrainConfig.from_flat(**common, output_dir=str(root / "sft-continued"), init_adapter=str(sft.out_dir),
                                        per_device_train_batch_size=8, gradient_accumulation_steps=1,
@@ -117,13 +127,17 @@ def main() -> None:
     timings["sft_continued"] = time.perf_counter() - start
     start = time.perf_counter()
     scores = {name: accuracy(model, str(data), str(run.out_dir), str(root / f"eval-{name}"))
-              for name, run in (("sft", sft), ("grpo", grpo), ("sft_continued", more))}
+              for name, run in (("sft", sft), *runs.items(), ("sft_continued", more))}
     timings["eval"] = time.perf_counter() - start
     rewards = [h["reward"] for h in grpo.log_history if "reward" in h]
     quarter = max(1, len(rewards) // 4)
     result = {"accuracy": scores, "seconds": {k: round(v, 1) for k, v in timings.items()},
               "grpo_reward_first_quarter": sum(rewards[:quarter]) / quarter,
               "grpo_reward_last_quarter": sum(rewards[-quarter:]) / quarter,
+              # per step (each log is the mean over its logging window)
+              **{f"dapo_{key}": statistics.mean(h[f"dynamic_sampling/{key}"] for h in runs["dapo"].log_history
+                                                  if f"dynamic_sampling/{key}" in h) for key in ("draws",
+                                                                                               "dropped_groups")},
               "test_clips": len(list((root / "eval-sft").glob("predictions.jsonl"))) and sum(
                   1 for _ in open(root / "eval-sft" / "predictions.jsonl")),
               "machine": f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"}
@@ -132,6 +146,10 @@ def main() -> None:
         f"| supervised (SFT) | {opts.sft_steps} | {timings['sft']:.0f} | {scores['sft']:.3f} |",
         f"| SFT → GRPO | {opts.sft_steps} + {opts.grpo_steps} | {timings['sft'] + timings['grpo']:.0f} | "
         f"**{scores['grpo']:.3f}** |",
+        f"| SFT → GSPO (`--importance-sampling-level sequence`) | {opts.sft_steps} + {opts.grpo_steps} | "
+        f"{timings['sft'] + timings['gspo']:.0f} | {scores['gspo']:.3f} |",
+        f"| SFT → DAPO (`--grpo-loss-type dapo --dynamic-sampling`) | {opts.sft_steps} + {opts.grpo_steps} | "
+        f"{timings['sft'] + timings['dapo']:.0f} | {scores['dapo']:.3f} |",
         f"| SFT, continued | {opts.sft_steps} + {opts.grpo_steps} | {timings['sft'] + timings['sft_continued']:.0f} | "
         f"{scores['sft_continued']:.3f} |"])
     print(table)
@@ -268,7 +286,11 @@ def write_section(table: str, result: dict, opts) -> None:
             f"{'met' if result['accuracy']['grpo'] > result['accuracy']['sft'] else 'not met'} "
             f"({result['accuracy']['sft']:.3f} → {result['accuracy']['grpo']:.3f}). Continuing supervised training "
             f"for as many steps gives {result['accuracy']['sft_continued']:.3f}: where every row has its exact answer, "
-            "supervision is the cheaper signal; GRPO is for tasks where only a verifier exists.\n")
+            "supervision is the cheaper signal; GRPO is for tasks where only a verifier exists. GSPO and DAPO use "
+            "docs/rl.md's recipes: GSPO one ratio per completion, 2 iterations per rollout, clip 3e-4 / 4e-4, β 0; "
+            "DAPO the token-level loss, dynamic sampling, overlong filtering, clip higher 0.28, β 0 (dynamic "
+            f"sampling dropped {result['dapo_dropped_groups']:.2f} of the 4 groups (all-equal rewards) and drew "
+            f"{result['dapo_draws']:.2f} extra prompt batches per step).\n")
     pattern = re.compile(re.escape(SECTION) + r".*?(?=\n## |\Z)", re.DOTALL)
     kept = re.search(re.escape(ROLLOUT_SECTION) + r".*?(?=\n## |\n### |\Z)", text, re.DOTALL)  # its own writer's
     body = body.rstrip("\n") + ("\n\n" + kept.group(0).rstrip("\n") if kept else "")

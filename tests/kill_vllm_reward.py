@@ -1,5 +1,9 @@
-"""A GRPO user reward (``--rewards tests/kill_vllm_reward.py:accuracy_killing_vllm``) that kills the vLLM rollout
+"""A GRPO user reward (``--rewards tests/kill_vllm_reward.py:reward_killing_vllm``) that kills the vLLM rollout
 server at chosen calls: a real death, mid-run, for tests/test_vllm_rollouts.py.
+
+The reward is the accuracy plus 0.1 on every other completion of a group, so that no group's rewards are all equal:
+every step's policy gradient is non-zero, and the test can check that the steps moved the adapter whatever the
+completions (with the accuracy alone, a step whose groups all answered alike left the adapter as it was).
 
 ``$AUDIOTUNE_TEST_KILL_VLLM`` holds JSON: ``server_file`` (the trainer's ``vllm-rollouts/server.json``: the server's
 pid and URL), ``at`` (the 1-based calls after which to kill it) and ``record`` (a JSON file of the calls so far and
@@ -22,7 +26,7 @@ from audiotune.rl.rewards import accuracy_reward
 ENV = "AUDIOTUNE_TEST_KILL_VLLM"
 
 
-def accuracy_killing_vllm(prompts, completions, **fields):
+def reward_killing_vllm(prompts, completions, **fields):
     plan = json.loads(os.environ[ENV])
     record = Path(plan["record"])
     state = json.loads(record.read_text()) if record.exists() else {"calls": 0, "killed": []}
@@ -39,4 +43,4 @@ def accuracy_killing_vllm(prompts, completions, **fields):
                 break
             time.sleep(0.05)
     record.write_text(json.dumps(state))
-    return accuracy_reward(prompts, completions, **fields)
+    return [score + 0.1 * (i % 2) for i, score in enumerate(accuracy_reward(prompts, completions, **fields))]
