@@ -17,7 +17,12 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# `make test` runs two pytest-xdist workers (one per core on a 2-core machine): each worker, and every process it
+# starts, computes on its share of the cores. Two workers of two OpenMP threads each would oversubscribe the cores,
+# and OpenMP's spin-waiting makes that slower than one thread each.
+_THREADS = max(1, min(2, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
+torch.set_num_threads(_THREADS)
 
 
 @pytest.fixture(scope="session")

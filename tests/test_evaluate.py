@@ -105,17 +105,24 @@ def test_classify_and_asr_metrics(micro_af3, tmp_path, task, expected):
 def test_best_checkpoint_is_kept_loaded_and_saved(tiny_af3, synth_data, tmp_path):
     """This run's eval losses at steps 4 and 8 differ and the best is not the last (training is deterministic
     on the CPU), so the test tells "loaded the best checkpoint" from "kept the last one". The assertion below
-    names the losses if a new tiny checkpoint or platform ever makes the last one the best."""
+    names the losses if a new tiny checkpoint or platform ever makes the last one the best. It trains on two
+    threads, as measured, also under `make test`'s xdist workers (one thread each): float32 sums in another order
+    make another run (one thread: 5.61 at step 4, 5.54 at 8)."""
     from safetensors.torch import load_file
 
     out = tmp_path / "run"
-    result = train(TrainConfig.from_flat(model=str(tiny_af3), dataset=str(synth_data), output_dir=str(out),
-                                         per_device_train_batch_size=4,
-                                         # A large constant rate: the loss overshoots (5.62 at step 4, 5.78 at 8 here).
-                                         gradient_accumulation_steps=1, learning_rate=0.4,
-                                         lr_scheduler_type="constant", max_steps=8, eval_steps=4,
-                                         save_steps=4, save_total_limit=1, eval_take=4, eval_generate_take=4,
-                                         max_new_tokens=8, best_metric="loss", seed=0))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        result = train(TrainConfig.from_flat(model=str(tiny_af3), dataset=str(synth_data), output_dir=str(out),
+                                             per_device_train_batch_size=4,
+                                             # A large constant rate: the loss overshoots (5.62 at step 4, 5.78 at 8).
+                                             gradient_accumulation_steps=1, learning_rate=0.4,
+                                             lr_scheduler_type="constant", max_steps=8, eval_steps=4,
+                                             save_steps=4, save_total_limit=1, eval_take=4, eval_generate_take=4,
+                                             max_new_tokens=8, best_metric="loss", seed=0))
+    finally:
+        torch.set_num_threads(threads)
     evals = [h for h in result.log_history if "eval_loss" in h][:2]
     assert len(evals) == 2 and all("eval_gen_CIDEr-D" in h for h in evals)  # generation metrics at every eval
     values = [h["eval_loss"] for h in evals]

@@ -581,6 +581,10 @@ def cached_tiny(family: str) -> Path:
     if not (out / "config.json").exists():
         tmp = out.with_name(out.name + f".tmp{os.getpid()}")
         build_tiny(family, tmp, seed=0, preset="micro")
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
+        try:
+            tmp.rename(out)  # atomic; fails if another process put its (identical) build there first
+        except OSError:
+            if not (out / "config.json").exists():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
     return out
