@@ -307,8 +307,8 @@ def write_rollout_section(table: str, result: dict, opts) -> None:
     vllm, speed = result["backends"]["vllm"], result["speedup"]
     target = "met" if speed["sampling"] >= 2 else "not met"
     body = (f"{ROLLOUT_SECTION}\n\nMeasured {date.today()} with `python benchmarks/bench_rl.py --rollouts-only "
-            f"--write` (part of `make rl-bench`) on {result['machine']}, a machine shared with other jobs (load "
-            f"average {result['load_average']:.1f} when it ended), under `nice`. The default tiny AF3, a fresh "
+            f"--write` (part of `make rl-bench`) on {result['machine']} (1-minute load average "
+            f"{result['load_average']:.1f} when it ended). The default tiny AF3, a fresh "
             f"LM-only LoRA (r=16), the same {result['prompts']} prompts × a group of {result['group']}, "
             f"{result['tokens']} new tokens at temperature 1. Sampling: the call GRPO makes, timed over "
             f"{result['repeats']} calls each after a warm-up, the backends alternated (vLLM: server started and "
@@ -317,13 +317,15 @@ def write_rollout_section(table: str, result: dict, opts) -> None:
             f"{result['steps']} steps each way (vLLM's include the per-step adapter sync; its first step starts the "
             f"server).\n\n{table}\n\nvLLM vs native: **{speed['sampling']:.2f}×** completions/s, "
             f"{speed['step']:.2f}× per GRPO step. Target (vLLM rollouts ≥ 2× native at group size ≥ 8): "
-            f"{target}. On this CPU vLLM computes on one of the two cores (it keeps the other for its scheduler, "
-            "`VLLM_CPU_OMP_THREADS_BIND=auto`) where HF `generate` uses both; the step gains less than the sampling "
-            "because the learner's forward and backward passes, unchanged, are most of the rest. On a shared "
-            "machine single runs vary: see docs/rl.md for the spread.\n")
+            f"{target}. On this CPU vLLM computes on one of the two cores (it keeps the other for its engine's "
+            "scheduling, `VLLM_CPU_OMP_THREADS_BIND=auto`) where HF `generate` uses both, and its fixed costs per "
+            "decode step (scheduling, sampling with log-probabilities, the OpenAI server, the audio processor per "
+            "request) weigh against a tiny model's steps; what vLLM saves (padding, recomputation, memory: paged "
+            "attention and continuous batching) is what a large model on a GPU gains. On a loaded machine the ratio "
+            "moves a lot: see docs/rl.md for the spread.\n")
     pattern = re.compile(re.escape(ROLLOUT_SECTION) + r".*?(?=\n## |\n### |\Z)", re.DOTALL)
     if ROLLOUT_SECTION in text:
-        text = pattern.sub(lambda _: body.rstrip("\n"), text)
+        text = pattern.sub(lambda _: body.rstrip("\n") + "\n", text)
     else:
         grpo = re.compile(re.escape(SECTION) + r".*?(?=\n## |\Z)", re.DOTALL)
         text = grpo.sub(lambda m: m.group(0).rstrip("\n") + "\n\n" + body.rstrip("\n") + "\n", text)
